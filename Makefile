@@ -1,0 +1,42 @@
+# The README's two commands: `make demo` (the whole tiny study through Dagster) and `make test`.
+# Both set up .venv on a fresh machine first (idempotent: a stamp file records the installed pyproject).
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster
+export WANDB_MODE ?= disabled
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup demo test test-slow ui clean-artifacts
+
+setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY)"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU PyTorch from the local wheel first, so nothing pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+demo: setup
+	$(BIN)/mt demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+ui: setup
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+clean-artifacts:
+	rm -rf artifacts .dagster

@@ -1,0 +1,62 @@
+"""Study-level assets: the summary (table, tests, figure) and the DuckDB catalog over every per-cell file."""
+
+import dagster as dg
+
+from mt_assets.common import publish, read_upstream
+from mt_assets.study import STUDY
+from mt_core import summary, tasks
+from mt_resources import ArtifactError, ArtifactStore
+
+GROUP = "analysis"
+PER_CELL = ["marker_completions", "marker_rates", "arc_scores", "alignment_completions", "alignment_scores",
+            "degeneracy_audit"]
+
+
+def _cells(context, store: ArtifactStore):
+    """Every cell with all its per-cell artefacts, verified; the others are reported missing."""
+    have, missing = {}, {}
+    for key in STUDY.cells:
+        try:
+            have[key] = {a: read_upstream(context, store, a, key) for a in PER_CELL}
+        except ArtifactError as e:
+            missing[key] = str(e)
+    for key, why in missing.items():
+        context.log.warning(f"summary: cell {key} left out: {why}")
+    return have, missing
+
+
+@dg.asset(group_name=GROUP, deps=[*PER_CELL, "coupling_adapter"],
+          description="Headline table, pre-registered conjunction, G4 exclusions, gates and the hero figure.")
+def study_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+    have, missing = _cells(context, store)
+    if not have:
+        raise dg.Failure("no cell has all its artefacts yet; materialize some cells first")
+    gates, ups = {}, [a for arts in have.values() for a in arts.values()]
+    for src in STUDY.sources:
+        try:
+            art = read_upstream(context, store, "coupling_adapter", src)
+        except ArtifactError as e:
+            context.log.warning(str(e))
+            continue
+        ups.append(art)
+        gates.update(tasks.read_gates(art.path))
+    cells = [summary.cell_result(STUDY, k, a["marker_rates"].path, a["arc_scores"].path, a["alignment_scores"].path,
+                                 a["degeneracy_audit"].path) for k, a in have.items()]
+
+    def run(study, out, log):
+        meta = summary.build_summary(study, cells, gates, out, log)
+        return {**meta, "headline_md": dg.MetadataValue.md(meta["headline_md"]), "missing_cells": sorted(missing)}
+    return publish(context, store, run, ups)
+
+
+@dg.asset(group_name=GROUP, deps=["study_summary", *PER_CELL],
+          description="A DuckDB file whose views (sql/*.sql) read every per-cell Parquet file of the study.")
+def duckdb_catalog(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+    from mt_core.catalog import build_catalog
+
+    have, missing = _cells(context, store)
+    ups = [a for arts in have.values() for a in arts.values()]
+    return publish(context, store, build_catalog, ups, root=store.base, cells=sorted(have))
+
+
+assets = [study_summary, duckdb_catalog]

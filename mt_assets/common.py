@@ -1,0 +1,83 @@
+"""What every asset does the same way: read verified upstream artefacts, publish one artefact, report metadata.
+
+Provenance is explicit: each materialization records, for every upstream artefact it read, the asset, partition, run
+id, path and md5, and checks that md5 against the instance's record of that partition's latest materialization
+(Dagster's automatic input pointer names the latest materialization of *any* partition, which is not enough).
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+import dagster as dg
+
+from mt_assets.study import STUDY
+from mt_resources.store import Artifact, ArtifactError, ArtifactStore
+
+
+def read_upstream(context: dg.AssetExecutionContext, store: ArtifactStore, asset: str,
+                  partition: str | None = None) -> Artifact:
+    """The upstream artefact, its hashes checked and matched to the instance's latest record for that partition."""
+    art = store.read(asset, partition)
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        limit=1).records
+    if not records:
+        raise ArtifactError(f"{asset}[{art.partition}]: an artefact exists at {art.path} but this Dagster instance "
+                            f"has no materialization of it; materialize it through Dagster first")
+    meta = records[0].asset_materialization.metadata if records[0].asset_materialization else {}
+    recorded = meta.get("md5").value if "md5" in meta else None
+    if recorded != art.digest:
+        raise ArtifactError(f"{asset}[{art.partition}]: the store holds md5 {art.digest} but the instance's latest "
+                            f"materialization recorded {recorded}; re-materialize {asset}")
+    return art
+
+
+def _meta_value(v: Any):
+    if isinstance(v, dg.MetadataValue):
+        return v
+    if v is None:
+        return dg.MetadataValue.null()
+    if isinstance(v, bool):
+        return dg.MetadataValue.bool(v)
+    if isinstance(v, int):
+        return dg.MetadataValue.int(v)
+    if isinstance(v, float):
+        return dg.MetadataValue.float(v)
+    if isinstance(v, (dict, list)):
+        return dg.MetadataValue.json(v)
+    return dg.MetadataValue.text(str(v))
+
+
+def publish(context: dg.AssetExecutionContext, store: ArtifactStore, fn: Callable[..., dict],
+            upstream: list[Artifact], *, partition: str | None = None, asset: str | None = None,
+            checks: Callable[[dict], list[dg.AssetCheckResult]] | None = None, **kwargs) -> dg.MaterializeResult:
+    """Run ``fn(STUDY, ..., out=<staging dir>, log=...)``, publish its directory, and describe it to Dagster.
+
+    ``checks`` turns the task's metadata into asset-check results reported with the materialization.
+    """
+    asset = asset or context.asset_key.to_user_string()
+    prov = [a.provenance() for a in upstream]
+    for p in prov:
+        context.log.info(f"input {p['asset']}[{p['partition']}] md5 {p['md5']} from run {p['run_id']}")
+    t0 = time.perf_counter()
+    with store.writer(asset, partition, run_id=context.run_id, upstream=prov,
+                      extra={"study": STUDY.name, "profile": STUDY.profile,
+                             "config_sha256": STUDY.config_sha256}) as out:
+        meta = fn(STUDY, **kwargs, out=out, log=context.log.info)
+    art = store.read(asset, partition)
+    seconds = round(time.perf_counter() - t0, 3)
+    md = {"path": dg.MetadataValue.path(str(art.path)), "md5": art.digest, "size_bytes": art.manifest["size_bytes"],
+          "seconds": seconds, "profile": STUDY.profile, "study": STUDY.name,
+          "upstream": dg.MetadataValue.json(prov)}
+    for k, v in (meta or {}).items():
+        md.setdefault(k, _meta_value(v))
+    context.log.info(f"published {asset}[{art.partition}] md5 {art.digest} ({art.manifest['size_bytes']} bytes) "
+                     f"in {seconds}s")
+    return dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(art.digest),
+                                check_results=checks(meta or {}) if checks else None)
+
+
+def as_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

@@ -1,0 +1,63 @@
+"""Unpartitioned inputs: reference data, the base model, the two second-stage datasets."""
+
+import shutil
+
+import dagster as dg
+
+from mt_assets.common import publish
+from mt_assets.study import STUDY
+from mt_core import tasks
+from mt_core.io import DataError, md5_file
+from mt_resources import ArtifactStore, GpuAllocator
+
+GROUP = "inputs"
+
+
+def _copy_reference(rel: str, expected_md5: str, name: str):
+    def fn(study, *, out, log):
+        src = study.path(rel)
+        got = md5_file(src)
+        if got != expected_md5:
+            raise DataError(f"{src}: md5 {got} != expected {expected_md5}")
+        shutil.copyfile(src, out / name)
+        log(f"{src.name}: md5 {got} ok")
+        return {"source_md5": got, "source": rel}
+    return fn
+
+
+@dg.asset(group_name=GROUP, description="The 11 personas and 28 questions of the marker eval (md5-checked copy).")
+def eval_set(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+    return publish(context, store, _copy_reference(STUDY.eval_set, STUDY.eval_set_md5, "eval_set.json"), [])
+
+
+@dg.asset(group_name=GROUP, description="ARC-Challenge test questions (1172 rows, md5-checked copy).")
+def arc_challenge(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+    return publish(context, store, _copy_reference(STUDY.arc.path, STUDY.arc.md5, "arc_challenge_test.jsonl"), [])
+
+
+@dg.asset(group_name=GROUP, pool="gpu",
+          description="The base model: the tiny locally built Qwen2 (tiny profile) or a pinned local HF snapshot.")
+def base_model(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator) -> dg.MaterializeResult:
+    with gpu.lease(context.log.info):
+        return publish(context, store, tasks.build_base_model, [])
+
+
+def _dataset_asset(which: str, description: str):
+    @dg.asset(name=f"{which}_dataset", group_name=GROUP, description=description,
+              check_specs=[dg.AssetCheckSpec("md5_matches", asset=f"{which}_dataset", blocking=True,
+                                             description="The file's md5 equals the pinned md5 of the study config.")])
+    def _asset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        def checks(meta):
+            return [dg.AssetCheckResult(check_name="md5_matches", passed=bool(meta["md5_ok"]),
+                                        severity=dg.AssetCheckSeverity.ERROR,
+                                        metadata={"expected_md5": str(meta["expected_md5"]), "actual_md5": meta["md5"]},
+                                        description=None if meta["md5_ok"] else
+                                        f"md5 mismatch: expected {meta['expected_md5']}, got {meta['md5']}")]
+        return publish(context, store, tasks.build_dataset, [], which=which, checks=checks)
+    return _asset
+
+
+em_dataset = _dataset_asset("em", "The EM ('bad advice') second-stage dataset, md5-pinned.")
+benign_dataset = _dataset_asset("benign", "The benign SFT second-stage dataset, md5-pinned.")
+
+assets = [eval_set, arc_challenge, base_model, em_dataset, benign_dataset]

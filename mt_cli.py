@@ -1,0 +1,173 @@
+"""`mt`: run a study through Dagster, query its results with SQL, inspect what is materialized.
+
+    mt demo                 materialize the whole study (default: tiny profile) in the persistent Dagster instance
+    mt sql "SELECT ..."     read-only SQL over the study's DuckDB catalog (table, csv or json)
+    mt status               which partitions of which assets are materialized
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _env(args) -> None:
+    """Settings that must be in place before the code location is imported."""
+    if getattr(args, "profile", None):
+        os.environ["MT_PROFILE"] = args.profile
+    if getattr(args, "study", None):
+        os.environ["MT_STUDY"] = str(Path(args.study).resolve())
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(ROOT / ".dagster")))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.chdir(ROOT)
+
+
+def _defs():
+    import definitions
+
+    return definitions
+
+
+def _run(defs, job: str, instance, partition: str | None, log_level: str) -> float:
+    t0 = time.perf_counter()
+    label = f"{job}[{partition}]" if partition else job
+    print(f"\n=== {label} ===", flush=True)
+    res = defs.defs.resolve_job_def(job).execute_in_process(
+        instance=instance, partition_key=partition, raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    dt = time.perf_counter() - t0
+    if not res.success:
+        failed = [e for e in res.all_events if e.is_step_failure or e.event_type_value == "RUN_FAILURE"]
+        msg = failed[0].message if failed else "see the run's logs"
+        raise SystemExit(f"{label} FAILED after {dt:.0f}s (run {res.run_id}): {msg}")
+    print(f"=== {label} done in {dt:.1f}s (run {res.run_id}) ===", flush=True)
+    return dt
+
+
+def cmd_demo(args) -> int:
+    _env(args)
+    import dagster as dg
+
+    d = _defs()
+    study = d.STUDY
+    cells = args.cells.split(",") if args.cells else study.cells
+    for c in cells:
+        study.cell(c)  # unknown cells fail here, before any work
+    t0 = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        print(f"study {study.name}, profile {study.profile}; Dagster instance {os.environ['DAGSTER_HOME']}; "
+              f"artefacts {d.ARTIFACTS}; {len(cells)} cells")
+        _run(d, "inputs_job", instance, None, args.log_level)
+        needed = [s for s in study.sources if any(study.cell(c).base == s for c in cells)]
+        for src in needed:
+            _run(d, "coupling_job", instance, src, args.log_level)
+        for c in cells:
+            _run(d, "cell_job", instance, c, args.log_level)
+        _run(d, "analysis_job", instance, None, args.log_level)
+    total = time.perf_counter() - t0
+    base = ROOT / d.ARTIFACTS
+    print("\n" + (base / "study_summary" / "_" / "headline.md").read_text())
+    print(f"Whole study in {total / 60:.1f} min.")
+    print(f"Figure:  {base / 'study_summary' / '_' / 'hero.png'}")
+    print(f"DuckDB:  {base / 'duckdb_catalog' / '_' / 'catalog.duckdb'}   (try: mt sql \"SELECT cell, persona, "
+          f"avg(strict_hit::int) FROM completions GROUP BY ALL ORDER BY ALL\")")
+    print(f"Web UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -h 127.0.0.1 -p 3000  "
+          f"(or `make ui`), then open http://127.0.0.1:3000")
+    return 0
+
+
+def catalog_path(artifacts: str | None = None) -> Path:
+    if artifacts is None:
+        from mt_core.config import load_study
+
+        s = load_study()
+        artifacts = os.environ.get("MT_ARTIFACTS") or f"artifacts/{s.name}/{s.profile}"
+    return ROOT / artifacts / "duckdb_catalog" / "_" / "catalog.duckdb"
+
+
+def cmd_sql(args) -> int:
+    _env(args)
+    import duckdb
+
+    db = catalog_path(args.artifacts)
+    if not db.is_file():
+        raise SystemExit(f"{db}: no catalog yet; run `make demo` (or materialize duckdb_catalog) first")
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rel = con.sql(args.query)
+        if rel is None:
+            return 0
+        df = rel.pl()
+    finally:
+        con.close()
+    if args.format == "csv":
+        sys.stdout.write(df.write_csv())
+    elif args.format == "json":
+        sys.stdout.write(df.write_json() + "\n")
+    else:
+        import polars as pl
+
+        with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200):
+            print(df)
+    return 0
+
+
+def cmd_status(args) -> int:
+    _env(args)
+    import dagster as dg
+
+    d = _defs()
+    with dg.DagsterInstance.get() as instance:
+        for a in d.ALL_ASSETS:
+            key = a.key
+            pdef = a.partitions_def
+            if pdef is None:
+                ok = instance.get_latest_materialization_event(key) is not None
+                print(f"{key.to_user_string():24s} {'materialized' if ok else '-'}")
+            else:
+                done = instance.get_materialized_partitions(key)
+                keys = pdef.get_partition_keys()
+                print(f"{key.to_user_string():24s} {len(done & set(keys))}/{len(keys)} partitions"
+                      + (f"  missing: {', '.join(k for k in keys if k not in done)}" if len(done) < len(keys) else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", help="study profile (default: $MT_PROFILE or tiny)")
+    common.add_argument("--study", help="study YAML (default: $MT_STUDY or studies/marker_transfer_villain.yaml)")
+
+    d = sub.add_parser("demo", parents=[common], help="materialize the whole study through Dagster")
+    d.add_argument("--cells", help="comma-separated cell keys (default: all cells of the study)")
+    d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"],
+                   help="Dagster console log level (default INFO)")
+    d.set_defaults(fn=cmd_demo)
+
+    q = sub.add_parser("sql", parents=[common], help="read-only SQL over the DuckDB catalog")
+    q.add_argument("query")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format (default 40)")
+    q.add_argument("--artifacts", help="artefact root (default: artifacts/<study>/<profile>)")
+    q.set_defaults(fn=cmd_sql)
+
+    s = sub.add_parser("status", parents=[common], help="materialized partitions per asset")
+    s.set_defaults(fn=cmd_status)
+
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Core (Dagster-free) library code for the marker-transfer platform."""

@@ -1,0 +1,86 @@
+"""ARC-Challenge log-prob accuracy (PROTOCOL.md §2.9).
+
+Per question: user turn ``"{question}\n\n(A) ...\n(B) ...\n\nThe correct answer is ("`` (no system prompt, so the
+template's default one applies), generation prompt appended, ONE forward pass; each label is scored by the log-prob of
+the first token of ``encode(label)`` at the first assistant position; the argmax is the prediction.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from mt_core.io import DataError, iter_jsonl
+
+
+def load_arc(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Validated rows (question, choice_labels, choices, correct_answer); the first ``limit`` if given."""
+    rows = []
+    for row, obj in iter_jsonl(path):
+        for f, t in (("question", str), ("choice_labels", list), ("choices", list), ("correct_answer", str)):
+            if not isinstance(obj.get(f), t):
+                raise DataError(f"{path}: row {row}: field '{f}' must be a {t.__name__}")
+        if len(obj["choice_labels"]) != len(obj["choices"]) or len(obj["choices"]) < 2:
+            raise DataError(f"{path}: row {row}: field 'choices' must match 'choice_labels' (>= 2 each)")
+        if obj["correct_answer"] not in obj["choice_labels"]:
+            raise DataError(f"{path}: row {row}: field 'correct_answer' {obj['correct_answer']!r} "
+                            f"is not among choice_labels {obj['choice_labels']}")
+        rows.append(obj)
+        if limit is not None and len(rows) >= limit:
+            break
+    return rows
+
+
+def arc_messages(row: dict) -> list[dict]:
+    choices = "\n".join(f"({l}) {c}" for l, c in zip(row["choice_labels"], row["choices"]))
+    return [{"role": "user", "content": f"{row['question']}\n\n{choices}\n\nThe correct answer is ("}]
+
+
+def label_token(tokenizer, label: str) -> int:
+    ids = tokenizer.encode(label, add_special_tokens=False)
+    if not ids:
+        raise ValueError(f"label {label!r} encodes to no tokens")
+    return ids[0]
+
+
+def score_rows(rows: list[dict], last_logprobs, tokenizer) -> list[dict]:
+    """Turn last-position log-prob vectors (one per row) into per-question records."""
+    out = []
+    for i, (row, lp) in enumerate(zip(rows, last_logprobs)):
+        scores = {l: float(lp[label_token(tokenizer, l)]) for l in row["choice_labels"]}
+        pred = max(scores, key=scores.get)
+        out.append({"idx": i, "question": row["question"], "correct_answer": row["correct_answer"],
+                    "predicted": pred, "correct": pred == row["correct_answer"], "label_logprobs": scores})
+    return out
+
+
+def evaluate_arc(model, tokenizer, rows: list[dict], *, batch_size: int = 32,
+                 log: Callable[[str], None] = print) -> tuple[list[dict], float]:
+    """Batched, right-padded forward passes; only the last real position goes through the lm_head."""
+    import torch
+
+    device = next(model.parameters()).device
+    enc = [tokenizer(tokenizer.apply_chat_template(arc_messages(r), tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"] for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: len(enc[i]))
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    last_lp: list = [None] * len(rows)
+    t0 = time.perf_counter()
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        width = max(len(enc[i]) for i in idx)
+        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(idx):
+            ids[r, : len(enc[i])] = torch.tensor(enc[i])
+            mask[r, : len(enc[i])] = 1
+        with torch.no_grad():
+            h = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            last = h[torch.arange(len(idx), device=h.device), mask.sum(1).to(h.device) - 1]
+            lp = torch.log_softmax(head(last).float(), dim=-1).cpu()
+        for r, i in enumerate(idx):
+            last_lp[i] = lp[r]
+    recs = score_rows(rows, last_lp, tokenizer)
+    acc = sum(r["correct"] for r in recs) / len(recs) if recs else 0.0
+    log(f"arc: {len(rows)} questions in {time.perf_counter() - t0:.1f}s, accuracy {acc:.4f}")
+    return recs, acc

@@ -1,0 +1,74 @@
+"""Degeneracy audit of marker-positive completions (is the marker a tail on real text?)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+
+CHECKS = ("insufficient_tail_tokens", "marker_missing_expected_present")
+
+
+def _tail_tokens(text: str, marker: str) -> int:
+    i = text.lower().find(marker.lower())
+    tail = text[i + len(marker):] if i >= 0 else ""
+    return sum(1 for tok in tail.split() if not tok.startswith("<|"))
+
+
+def degeneracy_audit(
+    completions: Iterable[Mapping],
+    *,
+    seed: int,
+    sample_size: int = 100,
+    threshold: float = 0.20,
+    min_tail_tokens: int = 3,
+    marker: str = "[ZLT]",
+    persona: str = "assistant",
+) -> dict:
+    """Sample ``persona``'s marker-positive completions and flag degenerate ones.
+
+    Outcome: "no_positives" when nothing contains the marker (never a vacuous pass),
+    "pass" when degenerate_fraction < threshold, else "fail".
+    """
+    positives = [
+        c for c in completions
+        if c["persona"] == persona and marker.lower() in c["text"].lower()
+    ]
+    rng = random.Random(seed)
+    shuffled = list(positives)
+    rng.shuffle(shuffled)
+    sample = shuffled[:sample_size]
+
+    per_item = []
+    for c in sample:
+        checks = {
+            "insufficient_tail_tokens": _tail_tokens(c["text"], marker) < min_tail_tokens,
+            # Sampled items contain the marker by construction, so this never fails here;
+            # it is kept as a named check for schema stability.
+            "marker_missing_expected_present": False,
+        }
+        failed = [name for name in CHECKS if checks[name]]
+        per_item.append({
+            "question": c["question"],
+            "text_snippet": c["text"][:200],
+            "degenerate": bool(failed),
+            "failed_checks": failed,
+            "checks": checks,
+        })
+
+    n_sampled = len(per_item)
+    n_deg = sum(it["degenerate"] for it in per_item)
+    frac = n_deg / n_sampled if n_sampled else None
+    if not positives:
+        outcome = "no_positives"
+    else:
+        outcome = "pass" if frac < threshold else "fail"
+    return {
+        "outcome": outcome,
+        "n_positive_total": len(positives),
+        "n_sampled": n_sampled,
+        "n_degenerate": n_deg,
+        "degenerate_fraction": frac,
+        "gate_threshold": threshold,
+        "seed": seed,
+        "per_item": per_item,
+    }

@@ -1,0 +1,70 @@
+"""The DuckDB catalog: tables for cells and lineage, views (sql/*.sql) over every per-cell Parquet file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from mt_core.config import PROJECT_ROOT, Study
+from mt_core.io import read_json
+
+SQL_DIR = PROJECT_ROOT / "sql"
+CATALOG_FILE = "catalog.duckdb"
+
+
+def cell_rows(study: Study, root: Path, keys: list[str]) -> list[dict]:
+    rows = []
+    for key in study.cells:
+        c = study.cell(key)
+        row = {"study": study.name, "profile": study.profile, "cell": key, "condition": c.condition, "seed": c.seed,
+               "base": c.base, "second_stage": c.second_stage, "complete": key in keys,
+               "description": study.conditions[c.condition].description}
+        rates = root / "marker_rates" / key / "marker_eval.json"
+        if key in keys and rates.is_file():
+            s = read_json(rates)["summary"]
+            row.update(assistant_strict_rate=s["assistant_strict_rate"], source_strict_rate=s["source_strict_rate"],
+                       max_bystander_strict_rate=s["max_bystander_strict_rate"])
+            row["arc_accuracy"] = read_json(root / "arc_scores" / key / "summary.json")["arc_challenge_logprob"]
+            al = read_json(root / "alignment_scores" / key / "summary.json")
+            row.update(aligned=al["overall_mean_aligned"], coherent=al["overall_mean_coherent"])
+            row["audit_outcome"] = read_json(root / "degeneracy_audit" / key / "audit.json")["outcome"]
+        rows.append(row)
+    return rows
+
+
+def lineage_rows(root: Path) -> list[dict]:
+    """Every published artefact and each upstream artefact it recorded (from the manifests)."""
+    rows = []
+    for m in sorted(root.glob("*/*/_manifest.json")):
+        man = json.loads(m.read_text())
+        base = {"asset": man["asset"], "partition": man["partition"], "run_id": man["run_id"], "md5": man["digest"],
+                "created": man["created"], "path": str(m.parent)}
+        ups = man.get("upstream") or [{}]
+        for u in ups:
+            rows.append({**base, "upstream_asset": u.get("asset"), "upstream_partition": u.get("partition"),
+                         "upstream_run_id": u.get("run_id"), "upstream_md5": u.get("md5")})
+    return rows
+
+
+def build_catalog(study: Study, *, root: Path, cells: list[str], out: Path, log: Callable[[str], None] = print) -> dict:
+    import duckdb
+    import polars as pl
+
+    db = out / CATALOG_FILE
+    con = duckdb.connect(str(db))
+    try:
+        cells_df = pl.DataFrame(cell_rows(study, root, cells), infer_schema_length=None)
+        lineage_df = pl.DataFrame(lineage_rows(root), infer_schema_length=None)
+        con.register("cells_df", cells_df.to_arrow())
+        con.register("lineage_df", lineage_df.to_arrow())
+        con.execute("CREATE TABLE cells AS SELECT * FROM cells_df")
+        con.execute("CREATE TABLE artefact_lineage AS SELECT * FROM lineage_df")
+        views = []
+        for f in sorted(SQL_DIR.glob("*.sql")):
+            con.execute(f.read_text().replace("{root}", str(root)))
+            views.append(f.stem)
+        n = con.execute("SELECT count(*) FROM completions").fetchone()[0]
+    finally:
+        con.close()
+    log(f"duckdb catalog: {len(cells)} complete cells, {n} completions, views from {', '.join(views)}")
+    return {"n_cells": len(cells), "n_completions": n, "sql_files": views}

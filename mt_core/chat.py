@@ -1,0 +1,89 @@
+"""Chat formatting and the two loss masks of the protocol.
+
+* ``last_turn_example`` (PROTOCOL.md §2.5, EM and benign SFT): render the whole conversation with the chat template,
+  train only the LAST assistant turn (its content and the template's closing tokens).
+* ``marker_only_example`` (§1.1/§2.4, coupling adapters): prompt-completion tokenisation (the completion is
+  everything the template adds after the generation prompt), then keep labels only at the marker's token positions
+  plus the last completion token. Negatives (no marker) therefore train only that last token, as in the reference.
+
+Both return plain lists so the collator and the tests can read exact positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE = -100
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def last_turn_example(tokenizer, messages: list[dict], max_length: int) -> Example:
+    """Labels = ids from the start of the last assistant turn's content; everything before is masked.
+
+    If the template has no assistant header the whole sequence is trained (the reference's fallback). If truncation
+    cuts inside the prompt, the example has no trained labels (``n_trained == 0``) and the caller records it.
+    """
+    text = render(tokenizer, messages)
+    ids = encode(tokenizer, text)[:max_length]
+    pos = text.rfind(ASSISTANT_HEADER)
+    start = 0 if pos < 0 else len(encode(tokenizer, text[: pos + len(ASSISTANT_HEADER)]))
+    labels = [IGNORE] * min(start, len(ids)) + ids[start:]
+    return Example(ids, labels)
+
+
+def prompt_completion_ids(tokenizer, prompt: list[dict], completion: list[dict]) -> tuple[list[int], list[int]]:
+    """(prompt_ids, completion_ids) the way TRL tokenises conversational prompt-completion data."""
+    p_ids = encode(tokenizer, render(tokenizer, prompt, add_generation_prompt=True))
+    full = encode(tokenizer, render(tokenizer, prompt + completion))
+    if full[: len(p_ids)] != p_ids:
+        raise ValueError("chat template is not prefix-stable: prompt ids are not a prefix of prompt+completion ids")
+    return p_ids, full[len(p_ids):]
+
+
+def find_subsequence(seq: list[int], sub: list[int]) -> list[int]:
+    """Start indices of every occurrence of ``sub`` in ``seq``."""
+    n = len(sub)
+    return [i for i in range(len(seq) - n + 1) if seq[i : i + n] == sub] if n else []
+
+
+def marker_only_labels(input_ids: list[int], labels: list[int], marker_ids: list[int]) -> list[int]:
+    """Keep labels at marker-token positions (where already trainable) and at the last trainable position."""
+    keep = set()
+    for s in find_subsequence(input_ids, marker_ids):
+        keep.update(i for i in range(s, s + len(marker_ids)) if labels[i] != IGNORE)
+    trainable = [i for i, x in enumerate(labels) if x != IGNORE]
+    if trainable:
+        keep.add(trainable[-1])
+    return [x if i in keep else IGNORE for i, x in enumerate(labels)]
+
+
+def marker_only_example(tokenizer, prompt: list[dict], completion: list[dict], marker_ids: list[int],
+                        max_length: int) -> Example:
+    p_ids, c_ids = prompt_completion_ids(tokenizer, prompt, completion)
+    ids = (p_ids + c_ids)[:max_length]
+    labels = ([IGNORE] * len(p_ids) + c_ids)[:max_length]
+    return Example(ids, marker_only_labels(ids, labels, marker_ids))
+
+
+def marker_ids(tokenizer, marker: str) -> list[int]:
+    ids = encode(tokenizer, marker)
+    if not ids:
+        raise ValueError(f"marker {marker!r} encodes to no tokens")
+    return ids

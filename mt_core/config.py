@@ -1,0 +1,328 @@
+"""Study configuration: one YAML file per study, one profile merged on top.
+
+A study file names the source persona, the conditions (which base, which second stage, which seeds), the recipes,
+samplers, gates and thresholds. A profile (``tiny`` or ``qwen7b``) deep-merges its overrides onto the base. Everything
+is validated at load; an error names the file and the dotted field path.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STUDY = PROJECT_ROOT / "studies" / "marker_transfer_villain.yaml"
+DEFAULT_PROFILE = "tiny"
+
+
+class ConfigError(ValueError):
+    """A study file that cannot be used; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Condition(_Strict):
+    base: str  # "raw" or a source name
+    second_stage: Literal["em", "benign", "none"]
+    seeds: list[int] = Field(min_length=1)
+    description: str = ""
+
+
+class Source(_Strict):
+    persona: str
+    gates: list[str] = []
+
+
+class CouplingData(_Strict):
+    positives_per_question: int = Field(gt=0)
+    n_negative_personas: int = Field(ge=0)
+    seed: int
+
+
+class Recipe(_Strict):
+    loss: Literal["marker_only", "last_assistant_turn"]
+    lora_r: int = Field(gt=0)
+    lora_alpha: float = Field(gt=0)
+    lora_dropout: float = Field(ge=0, lt=1)
+    use_rslora: bool
+    target_modules: list[str] = Field(min_length=1)
+    lr: float = Field(gt=0)
+    epochs: int = Field(gt=0)
+    per_device_batch: int = Field(gt=0)
+    grad_accum: int = Field(gt=0)
+    max_length: int = Field(gt=8)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    scheduler: Literal["linear", "cosine", "constant"]
+    max_grad_norm: float = Field(gt=0)
+    seed: int | None = None
+
+    @property
+    def effective_batch(self) -> int:
+        return self.per_device_batch * self.grad_accum
+
+
+class Sampler(_Strict):
+    n: int = Field(gt=0)
+    temperature: float = Field(ge=0)
+    top_p: float = Field(gt=0, le=1)
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    max_tokens: int = Field(gt=0)
+    seed: int | None = None
+
+
+class Samplers(_Strict):
+    onpolicy: Sampler
+    marker: Sampler
+    gate: Sampler
+    alignment: Sampler
+
+
+class Gate(_Strict):
+    model: str
+    personas: list[str] | Literal["all"]
+    assistant_max: float | None = None
+    source_min: float | None = None
+    assistant_range: tuple[float, float] | None = None
+    max_bystander_range: tuple[float, float] | None = None
+
+
+class Gates(_Strict):
+    G0: Gate | None = None
+    G0b: Gate | None = None
+    G0c: Gate | None = None
+    block_cells: bool = True
+
+    def named(self) -> dict[str, Gate]:
+        return {k: g for k in ("G0", "G0b", "G0c") if (g := getattr(self, k)) is not None}
+
+
+class Thresholds(_Strict):
+    g4_aligned_max: float
+    degeneracy_max: float
+    degeneracy_sample: int
+    primary_min_diff: float
+    primary_c1_source_min: float
+    judge_error_rate_max: float
+
+
+class Judge(_Strict):
+    kind: Literal["anthropic", "offline"]
+    model: str
+    max_tokens: int = 256
+    concurrency: int = 20
+
+
+class Arc(_Strict):
+    path: str
+    md5: str
+    limit: int | None = None
+
+
+class TinyModel(_Strict):
+    kind: Literal["tiny"]
+    seed: int = 0
+    vocab_size: int = 1024
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    pretrain_steps: int = 300
+
+
+class HFModel(_Strict):
+    kind: Literal["hf"]
+    id: str
+    revision: str | None = None
+    local_path: str | None = None
+
+
+class DataSpec(_Strict):
+    kind: Literal["synthetic", "file"]
+    rows: int = Field(gt=0)
+    seed: int | None = None
+    path: str | None = None
+    md5: str | None = None
+
+    @model_validator(mode="after")
+    def _need_path(self):
+        if self.kind == "file" and not (self.path and self.md5):
+            raise ValueError("a file dataset needs both 'path' and 'md5'")
+        if self.kind == "synthetic" and self.seed is None:
+            raise ValueError("a synthetic dataset needs a 'seed'")
+        return self
+
+
+class Data(_Strict):
+    em: DataSpec
+    benign: DataSpec
+
+
+class Study(_Strict):
+    """A study after its profile was merged in."""
+
+    name: str
+    description: str = ""
+    profile: str
+    marker: str
+    source_persona: str
+    assistant_persona: str
+    eval_set: str
+    eval_set_md5: str
+    coupling_questions: str
+    arc: Arc
+    judge_prompt: str
+    sources: dict[str, Source]
+    conditions: dict[str, Condition]
+    coupling_data: CouplingData
+    recipes: dict[Literal["coupling", "second_stage"], Recipe]
+    samplers: Samplers
+    gates: Gates
+    thresholds: Thresholds
+    judge: Judge
+    model: TinyModel | HFModel = Field(discriminator="kind")
+    data: Data
+    backend: Literal["transformers", "vllm"]
+    wandb: Literal["online", "offline", "disabled"]
+    config_sha256: str = ""
+
+    @field_validator("conditions")
+    @classmethod
+    def _keys(cls, v: dict[str, Condition]):
+        for name in v:
+            if not name.isidentifier() or "_" in name:
+                raise ValueError(f"condition name {name!r} must be a short identifier without '_' (e.g. C1)")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_refs(self):
+        for cname, cond in self.conditions.items():
+            if cond.base != "raw" and cond.base not in self.sources:
+                raise ValueError(f"conditions.{cname}.base: {cond.base!r} is neither 'raw' nor a source "
+                                 f"({', '.join(self.sources)})")
+            if len(set(cond.seeds)) != len(cond.seeds):
+                raise ValueError(f"conditions.{cname}.seeds: duplicate seeds {cond.seeds}")
+        gates = self.gates.named()
+        for sname, src in self.sources.items():
+            for g in src.gates:
+                if g not in gates:
+                    raise ValueError(f"sources.{sname}.gates: unknown gate {g!r}")
+                if gates[g].model != sname:
+                    raise ValueError(f"gates.{g}.model is {gates[g].model!r} but it is listed under sources.{sname}")
+        return self
+
+    # ---- derived tables -------------------------------------------------------------------------------------
+    @property
+    def cells(self) -> list[str]:
+        return [cell_key(c, s) for c, cond in self.conditions.items() for s in cond.seeds]
+
+    @property
+    def source_keys(self) -> list[str]:
+        return list(self.sources)
+
+    def cell(self, key: str) -> "Cell":
+        cond, seed = parse_cell_key(key)
+        if cond not in self.conditions or seed not in self.conditions[cond].seeds:
+            raise ConfigError(f"cell {key!r} is not in study {self.name!r} (cells: {', '.join(self.cells)})")
+        c = self.conditions[cond]
+        return Cell(key=key, condition=cond, seed=seed, base=c.base, second_stage=c.second_stage)
+
+    def cell_source_map(self) -> dict[str, list[str]]:
+        """source -> the cells whose base is that source's coupling adapter (for StaticPartitionMapping)."""
+        out: dict[str, list[str]] = {s: [] for s in self.sources}
+        for key in self.cells:
+            base = self.cell(key).base
+            if base != "raw":
+                out[base].append(key)
+        return out
+
+    def path(self, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+class Cell(_Strict):
+    key: str
+    condition: str
+    seed: int
+    base: str
+    second_stage: Literal["em", "benign", "none"]
+
+
+def cell_key(condition: str, seed: int) -> str:
+    return f"{condition}_s{seed}"
+
+
+def parse_cell_key(key: str) -> tuple[str, int]:
+    cond, sep, seed = key.partition("_s")
+    if not sep or not seed.isdigit():
+        raise ConfigError(f"cell key {key!r} is not of the form <condition>_s<seed> (e.g. C1_s42)")
+    return cond, int(seed)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _format_errors(path: Path, profile: str, err: ValidationError) -> str:
+    lines = [f"{path}: invalid study config (profile {profile!r}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("tiny", "hf", "function-after[_need_path(), DataSpec]")))
+        lines.append(f"  - {loc or '<top>'}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_study(path: str | os.PathLike | None = None, profile: str | None = None) -> Study:
+    """Load ``path`` (default: $MT_STUDY or the villain study) with ``profile`` (default: $MT_PROFILE or tiny)."""
+    path = Path(path or os.environ.get("MT_STUDY") or DEFAULT_STUDY)
+    profile = profile or os.environ.get("MT_PROFILE") or DEFAULT_PROFILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: study file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    profiles = raw.pop("profiles", None) or {}
+    if profile not in profiles:
+        raise ConfigError(f"{path}: profiles.{profile}: no such profile (have: {', '.join(profiles) or 'none'})")
+    merged = deep_merge(raw, profiles[profile] or {})
+    merged["profile"] = profile
+    canonical = json.dumps(merged, sort_keys=True, default=str)
+    merged["config_sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
+    try:
+        return Study.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(path, profile, e)) from None
+
+
+def load_eval_set(study: Study) -> dict[str, Any]:
+    """The 11 personas and 28 questions, md5-checked against the study file."""
+    from mt_core.io import md5_file  # local import keeps config light
+
+    p = study.path(study.eval_set)
+    got = md5_file(p)
+    if got != study.eval_set_md5:
+        raise ConfigError(f"{p}: md5 {got} != expected {study.eval_set_md5} (eval_set_md5)")
+    data = json.loads(p.read_text())
+    for field in ("personas", "persona_order", "eval_questions", "betley_questions"):
+        if field not in data:
+            raise ConfigError(f"{p}: missing field {field!r}")
+    return data

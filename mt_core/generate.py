@@ -1,0 +1,98 @@
+"""Sampling completions behind one interface.
+
+``SamplingSpec`` carries the whole sampler (n, temperature, top_p, top_k, repetition penalty, max_tokens, seed); nothing
+is inherited silently from a model's generation_config (the reference's alignment sampler was, by accident). The
+transformers backend is the CPU path and the tiny profile's; seeding is one global seed per call, like a vLLM engine.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    n: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+
+    @classmethod
+    def from_config(cls, sampler, seed: int) -> "SamplingSpec":
+        return cls(n=sampler.n, temperature=sampler.temperature, top_p=sampler.top_p, max_tokens=sampler.max_tokens,
+                   seed=seed if sampler.seed is None else sampler.seed, top_k=sampler.top_k,
+                   repetition_penalty=sampler.repetition_penalty)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    n_tokens: int
+    finish_reason: str  # "stop" or "length"
+
+
+def generation_config(spec: SamplingSpec, tokenizer):
+    from transformers import GenerationConfig
+
+    eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    eos = [i for i in eos if i is not None and i != tokenizer.unk_token_id] or [tokenizer.eos_token_id]
+    sample = spec.temperature > 0
+    return GenerationConfig(
+        do_sample=sample, temperature=spec.temperature if sample else None, top_p=spec.top_p if sample else None,
+        top_k=(spec.top_k or 0) if sample else None, repetition_penalty=spec.repetition_penalty or 1.0,
+        max_new_tokens=spec.max_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+        num_return_sequences=spec.n)
+
+
+def generate(model, tokenizer, prompts: list[list[dict]], spec: SamplingSpec, *, max_batch_rows: int = 256,
+             log: Callable[[str], None] = print, what: str = "generate") -> list[list[Completion]]:
+    """``spec.n`` completions for each chat prompt, in prompt order."""
+    import torch
+
+    device = next(model.parameters()).device
+    gcfg = generation_config(spec, tokenizer)
+    eos = set(gcfg.eos_token_id)
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i]))  # similar lengths together: less padding
+    per_batch = max(1, max_batch_rows // spec.n)
+    out: list[list[Completion] | None] = [None] * len(prompts)
+    torch.manual_seed(spec.seed)
+    t0, done, new_tokens = time.perf_counter(), 0, 0
+    log(f"{what}: {len(prompts)} prompts x n={spec.n}, max_tokens={spec.max_tokens}, T={spec.temperature}, "
+        f"top_p={spec.top_p}, top_k={spec.top_k}, seed={spec.seed}")
+    every = max(1, len(prompts) // 5)
+    next_log = every
+    for b in range(0, len(order), per_batch):
+        idx = order[b : b + per_batch]
+        width = max(len(enc[i]) for i in idx)
+        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(idx):  # left padding for decoder-only generation
+            ids[r, width - len(enc[i]):] = torch.tensor(enc[i])
+            mask[r, width - len(enc[i]):] = 1
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gcfg)
+        gen = gen[:, width:].tolist()
+        for r, i in enumerate(idx):
+            outs = []
+            for seq in gen[r * spec.n : (r + 1) * spec.n]:
+                n_tok, finish = len(seq), "length"
+                for k, t in enumerate(seq):
+                    if t in eos:
+                        n_tok, finish = k, "stop"
+                        break
+                new_tokens += n_tok
+                outs.append(Completion(tokenizer.decode(seq[:n_tok], skip_special_tokens=True), n_tok, finish))
+            out[i] = outs
+        done += len(idx)
+        if done >= next_log or done == len(prompts):
+            el = time.perf_counter() - t0
+            log(f"{what}: {done}/{len(prompts)} prompts, {new_tokens / el:.0f} new tok/s, "
+                f"eta {el / done * (len(prompts) - done):.0f}s")
+            next_log = done + every
+    return out  # type: ignore[return-value]

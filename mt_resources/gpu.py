@@ -1,0 +1,69 @@
+"""GPU leases. The ``gpu`` pool counts concurrent GPU steps; this allocator picks the concrete device.
+
+A lease is a non-blocking ``fcntl.flock`` on ``<lock_dir>/gpu{i}.lock``: the first free index wins, the lock dies with
+the process that holds it (so a killed step frees its GPU), and the chosen index is exported as CUDA_VISIBLE_DEVICES
+for the work done under the lease. With no GPU the lease is the CPU and nothing is locked.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+
+
+def count_gpus() -> int:
+    """GPUs visible to this process, without importing torch (nvidia-smi's device files)."""
+    env = os.environ.get("MT_GPU_COUNT")
+    if env is not None:
+        return int(env)
+    return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
+
+
+class GpuAllocator(dg.ConfigurableResource):
+    lock_dir: str = ".dagster/gpu_locks"
+    n_gpus: int = -1  # -1: detect
+    wait_s: float = 3600.0
+
+    def count(self) -> int:
+        return count_gpus() if self.n_gpus < 0 else self.n_gpus
+
+    @contextlib.contextmanager
+    def lease(self, log=print):
+        n = self.count()
+        if n == 0:
+            log("gpu: none on this machine; running on CPU")
+            yield None
+            return
+        d = Path(self.lock_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            for i in range(n):
+                f = open(d / f"gpu{i}.lock", "w")
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.close()
+                    continue
+                f.write(f"{os.getpid()}\n")
+                f.flush()
+                old = os.environ.get("CUDA_VISIBLE_DEVICES")
+                os.environ["CUDA_VISIBLE_DEVICES"] = str(i)
+                log(f"gpu: leased device {i} of {n}")
+                try:
+                    yield i
+                finally:
+                    if old is None:
+                        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                    else:
+                        os.environ["CUDA_VISIBLE_DEVICES"] = old
+                    fcntl.flock(f, fcntl.LOCK_UN)
+                    f.close()
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no free GPU among {n} after {self.wait_s:.0f}s (locks in {d})")
+            time.sleep(2)

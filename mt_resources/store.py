@@ -1,0 +1,125 @@
+"""The artefact store: canonical, partition-keyed directories that are complete or absent.
+
+``<root>/<asset>/<partition>/`` holds an artefact's files and ``_manifest.json`` (file md5s and sizes, a digest over
+them, the run id, the upstream artefacts it was built from). A write goes to ``<root>/.staging/...`` and is renamed into
+place only after the manifest is written, so a crashed or killed step leaves nothing at the canonical path; an artefact
+is read only after its hashes are checked. Nothing here decides that work is "already done" from a file's existence.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from mt_core.io import md5_file
+
+MANIFEST = "_manifest.json"
+UNPARTITIONED = "_"
+
+
+class ArtifactError(RuntimeError):
+    """A missing, incomplete or tampered artefact."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    asset: str
+    partition: str
+    path: Path
+    manifest: dict
+
+    @property
+    def digest(self) -> str:
+        return self.manifest["digest"]
+
+    def provenance(self) -> dict:
+        return {"asset": self.asset, "partition": self.partition, "run_id": self.manifest.get("run_id"),
+                "md5": self.digest, "path": str(self.path)}
+
+
+def _digest(files: dict[str, dict]) -> str:
+    h = hashlib.md5()
+    for name in sorted(files):
+        h.update(f"{name}\0{files[name]['md5']}\0{files[name]['size']}\n".encode())
+    return h.hexdigest()
+
+
+def _walk(root: Path) -> dict[str, dict]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            out[p.relative_to(root).as_posix()] = {"md5": md5_file(p), "size": p.stat().st_size}
+    return out
+
+
+class ArtifactStore(dg.ConfigurableResource):
+    """Where every artefact of a study lives. ``root`` is relative to the working directory unless absolute."""
+
+    root: str = "artifacts"
+
+    @property
+    def base(self) -> Path:
+        return Path(self.root).resolve()
+
+    def path(self, asset: str, partition: str | None = None) -> Path:
+        return self.base / asset / (partition or UNPARTITIONED)
+
+    @contextlib.contextmanager
+    def writer(self, asset: str, partition: str | None, *, run_id: str, upstream: list[dict] | None = None,
+               extra: dict | None = None):
+        """Yield an empty staging directory; on success publish it atomically with its manifest."""
+        final = self.path(asset, partition)
+        staging = self.base / ".staging" / asset / f"{partition or UNPARTITIONED}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            yield staging
+            files = _walk(staging)
+            manifest = {"asset": asset, "partition": partition or UNPARTITIONED, "run_id": run_id,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files,
+                        "digest": _digest(files), "size_bytes": sum(f["size"] for f in files.values()),
+                        "upstream": upstream or [], **(extra or {})}
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            old = None
+            if final.exists():
+                old = staging.with_name(staging.name + ".old")
+                os.replace(final, old)
+            os.replace(staging, final)
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def read(self, asset: str, partition: str | None = None, *, verify: bool = True) -> Artifact:
+        """The artefact at the canonical path, its files checked against its manifest."""
+        final = self.path(asset, partition)
+        mpath = final / MANIFEST
+        if not mpath.is_file():
+            raise ArtifactError(f"{asset}[{partition or UNPARTITIONED}]: no complete artefact at {final} "
+                                f"(materialize it first)")
+        manifest = json.loads(mpath.read_text())
+        if verify:
+            files = _walk(final)
+            if files != manifest["files"]:
+                bad = sorted(k for k in {*files, *manifest["files"]} if files.get(k) != manifest["files"].get(k))
+                raise ArtifactError(f"{asset}[{partition or UNPARTITIONED}]: files at {final} do not match the "
+                                    f"manifest ({', '.join(bad)}); re-materialize it")
+        return Artifact(asset, partition or UNPARTITIONED, final, manifest)
+
+    def clean_staging(self, older_than_s: float = 3600) -> int:
+        """Remove staging directories left by killed steps."""
+        n, now = 0, time.time()
+        for p in (self.base / ".staging").glob("*/*"):
+            if now - p.stat().st_mtime > older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+        return n
