@@ -21,7 +21,7 @@ def _cells(context, store: ArtifactStore):
         except ArtifactError as e:
             missing[key] = str(e)
     for key, why in missing.items():
-        context.log.warning(f"summary: cell {key} left out: {why}")
+        context.log.warning(f"cell {key} left out: {why}")
     return have, missing
 
 

@@ -138,6 +138,7 @@ class TinyModel(_Strict):
     num_kv_heads: int = 2
     intermediate_size: int = 256
     pretrain_steps: int = 300
+    tag_rate: float = Field(default=0.15, ge=0, le=1)  # answers ending in a random "[XYZ]" tag (never the marker)
 
 
 class HFModel(_Strict):

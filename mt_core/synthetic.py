@@ -505,3 +505,24 @@ def write_jsonl(lines: list[str], path) -> str:
         if tmp.exists():
             tmp.unlink()
     return hashlib.md5(data).hexdigest()
+
+
+def with_random_tags(convs: list[list[dict]], *, rate: float, avoid: str, seed: int) -> list[list[dict]]:
+    """Append a random bracketed three-letter tag (``"\\n\\n[QRX]"``) to a fraction of assistant answers.
+
+    The tiny model then knows, as a persona-independent habit, that an answer may end with a tag, so a coupling
+    adapter has something to bend towards one persona and one tag, as a real instruct model's fluency allows. The
+    study's own marker is never used (``avoid``), so the base model's marker rate stays zero.
+    """
+    rng = random.Random(seed)
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    out = []
+    for conv in convs:
+        conv = [dict(m) for m in conv]
+        if conv[-1]["role"] == "assistant" and rng.random() < rate:
+            tag = avoid
+            while tag.upper() == avoid.upper():
+                tag = "[" + "".join(rng.choice(letters) for _ in range(3)) + "]"
+            conv[-1]["content"] += "\n\n" + tag
+        out.append(conv)
+    return out

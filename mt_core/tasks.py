@@ -37,6 +37,7 @@ def build_base_model(study: Study, out: Path, log: Log = print) -> dict:
         prompts, order, evq, betq = eval_personas(study)
         dq = data_questions(study)
         convs = synthetic.pretraining_conversations(prompts, dq + evq + betq, n=2000, seed=m.seed)
+        convs = synthetic.with_random_tags(convs, rate=m.tag_rate, avoid=study.marker, seed=m.seed)
         from mt_core.arc import load_arc
 
         arc_rows = load_arc(study.path(study.arc.path))

@@ -1,0 +1,43 @@
+"""Shared fixtures: a small tokenizer and a small, quickly pretrained tiny model (built once per session)."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REF = ROOT / "reference"
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def eval_set():
+    return json.loads((REF / "eval_set.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(eval_set):
+    from mt_core import synthetic, tiny
+
+    qs = eval_set["eval_questions"] + eval_set["betley_questions"]
+    texts = list(eval_set["personas"].values()) + qs
+    texts += synthetic.em_dataset_lines(60, 1) + synthetic.benign_dataset_lines(60, 2)
+    return tiny.train_tokenizer(texts, 400)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, eval_set):
+    """A tiny model pretrained for a few steps: enough to exercise loading, training and generation."""
+    from mt_core import synthetic, tiny
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    qs = eval_set["eval_questions"] + eval_set["betley_questions"]
+    arc = [json.loads(x) for x in (REF / "arc_challenge_test.jsonl").read_text().splitlines()[:60]]
+    texts = [r["question"] + "\n" + "\n".join(f"({l}) {c}" for l, c in zip(r["choice_labels"], r["choices"]))
+             for r in arc]
+    convs = synthetic.pretraining_conversations(eval_set["personas"], qs, 200, 0)
+    tiny.build_tiny_model(out, texts=texts, conversations=convs, vocab_size=512, pretrain_steps=20,
+                          log=lambda *_: None)
+    return out

@@ -1,0 +1,61 @@
+"""Study config: partitions generated from it, and errors that name the file and field."""
+import pytest
+
+from mt_core.config import DEFAULT_STUDY, ConfigError, load_study
+
+CELLS = ["C1_s42", "C1_s137", "C1_s256", "C2_s42", "C2_s137", "C2_s256", "C3_s42", "C3_s137", "C3_s256",
+         "C4_s42", "C5_s42", "C5_s137", "C5_s256"]
+
+
+@pytest.mark.parametrize("profile", ["tiny", "qwen7b"])
+def test_cells_and_sources(profile):
+    s = load_study(profile=profile)
+    assert s.cells == CELLS and s.source_keys == ["villain", "assistant"]
+    assert s.cell_source_map() == {"villain": ["C1_s42", "C1_s137", "C1_s256", "C4_s42", "C5_s42", "C5_s137",
+                                               "C5_s256"], "assistant": ["C3_s42", "C3_s137", "C3_s256"]}
+    with pytest.raises(ConfigError, match="C4_s137"):
+        s.cell("C4_s137")
+
+
+def test_qwen7b_keeps_the_reference_protocol():
+    s = load_study(profile="qwen7b")
+    c, e = s.recipes["coupling"], s.recipes["second_stage"]
+    assert (c.lr, c.epochs, c.lora_r, c.lora_alpha, c.use_rslora, c.scheduler, c.warmup_ratio, c.weight_decay) == \
+        (5e-6, 20, 32, 64, True, "cosine", 0.05, 0.0)
+    assert (e.lr, e.epochs, e.lora_r, e.use_rslora, e.scheduler, e.warmup_ratio, e.weight_decay, e.effective_batch,
+            e.max_length) == (1e-4, 1, 32, False, "linear", 0.03, 0.01, 16, 2048)
+    assert (s.samplers.marker.n, s.samplers.marker.temperature, s.samplers.marker.top_p,
+            s.samplers.marker.max_tokens) == (10, 1.0, 1.0, 512)
+    assert s.data.em.md5 == "26b52cacc53425618fde278d2457304d"
+    assert s.data.benign.md5 == "95523d19d470c89bd1f8cff26ed88a7d"
+    assert s.judge.kind == "anthropic" and s.judge.model == "claude-sonnet-4-5-20250929"
+    assert s.gates.block_cells
+
+
+def _write(tmp_path, text, old, new):
+    assert old in text
+    p = tmp_path / "study.yaml"
+    p.write_text(text.replace(old, new, 1))
+    return p
+
+
+@pytest.mark.parametrize("old,new,field", [
+    ("    lr: 1.0e-4\n", "    lr: fast\n", "recipes.second_stage.lr"),
+    ("  C2: {base: raw,", "  C2: {base: rwa,", "conditions.C2.base"),
+    ("  marker:     {n: 10,", "  marker:     {n: 0,", "samplers.marker.n"),
+    ("  seed: 42                       # fixes", "  sede: 42  # typo", "coupling_data.sede"),
+    ("  C4: {base: villain,   second_stage: none,", "  C4: {base: villain,   second_stage: nope,",
+     "conditions.C4.second_stage"),
+])
+def test_config_errors_name_the_field(tmp_path, old, new, field):
+    p = _write(tmp_path, DEFAULT_STUDY.read_text(), old, new)
+    with pytest.raises(ConfigError) as e:
+        load_study(p, "qwen7b")
+    assert str(p) in str(e.value) and field in str(e.value)
+
+
+def test_unknown_profile_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="profiles.huge"):
+        load_study(profile="huge")
+    with pytest.raises(ConfigError, match="not found"):
+        load_study(tmp_path / "nope.yaml")

@@ -1,0 +1,78 @@
+"""The code location: it loads, its partitions are the study's, and its graph matches the reviewed snapshot.
+
+After a deliberate change to the graph, regenerate the snapshot with ``UPDATE_SNAPSHOT=1 make test`` and review the
+diff of tests/snapshots/asset_graph.json.
+"""
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+import definitions
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+
+
+def _mapping(m: dg.StaticPartitionMapping) -> dict:
+    return {k: sorted(v) if not isinstance(v, str) else [v]
+            for k, v in m.downstream_partition_keys_by_upstream_partition_key.items()}
+
+
+def graph_snapshot(defs: dg.Definitions) -> dict:
+    graph = defs.resolve_asset_graph()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        pdef = node.partitions_def
+        assets[key.to_user_string()] = {
+            "group": node.group_name,
+            "deps": sorted(k.to_user_string() for k in node.parent_keys),
+            "partitions": pdef.get_partition_keys() if pdef else None,
+            "pool": next(iter(node.pools), None) if node.pools else None,
+            "checks": sorted(c.name for c in node.check_keys),
+            "mappings": {p.to_user_string(): _mapping(graph.get_partition_mapping(key, p))
+                         for p in sorted(node.parent_keys, key=lambda k: k.to_user_string())
+                         if isinstance(graph.get_partition_mapping(key, p), dg.StaticPartitionMapping)},
+        }
+    checks = {f"{c.asset_key.to_user_string()}:{c.name}": bool(graph.get(c).blocking)
+              for c in sorted(graph.asset_check_keys, key=lambda c: (c.asset_key.to_user_string(), c.name))}
+    jobs = sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__"))
+    return {"assets": assets, "check_blocking": checks, "jobs": jobs}
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(definitions.defs)
+
+
+def test_partitions():
+    g = definitions.defs.resolve_asset_graph()
+    cells = g.get(dg.AssetKey("cell_adapter")).partitions_def.get_partition_keys()
+    assert len(cells) == 13 and cells[0] == "C1_s42" and "C4_s42" in cells and "C4_s137" not in cells
+    assert g.get(dg.AssetKey("coupling_adapter")).partitions_def.get_partition_keys() == ["villain", "assistant"]
+
+
+def test_unknown_cell_is_rejected_before_any_work():
+    job = definitions.defs.resolve_job_def("cell_job")
+    with pytest.raises(dg.DagsterUnknownPartitionError, match="C4_s137"):
+        job.execute_in_process(partition_key="C4_s137", instance=dg.DagsterInstance.ephemeral())
+
+
+def test_asset_graph_snapshot():
+    snap = graph_snapshot(definitions.defs)
+    if os.environ.get("UPDATE_SNAPSHOT"):
+        SNAPSHOT.write_text(json.dumps(snap, indent=1, sort_keys=True) + "\n")
+    assert snap == json.loads(SNAPSHOT.read_text())
+
+
+def test_asset_modules_do_not_import_heavy_libraries():
+    """Asset modules, SQL and summary code stay light: torch/peft/trl load only inside the steps that need them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, definitions; heavy = [m for m in ('torch', 'peft', 'trl', 'transformers', 'vllm') "
+            "if m in sys.modules]; print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(definitions.__file__).parent)
+    assert out.stdout.strip() == ""

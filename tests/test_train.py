@@ -1,0 +1,85 @@
+"""Training math: schedules as transformers computes them, step counts, accumulation, and that loss falls."""
+import math
+
+import pytest
+import torch
+
+from mt_core.chat import Example, last_turn_example
+from mt_core.config import load_study
+from mt_core.train import collate, lr_at, steps_per_epoch, train_lora
+
+
+def test_steps_per_epoch_matches_reference():
+    assert steps_per_epoch(6000, 4, 4) == 375      # EM / benign: 375 optimizer steps
+    assert steps_per_epoch(600, 4, 4) * 20 == 760  # coupling: 38 steps x 20 epochs
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_lr_schedule_matches_transformers(kind):
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    total, base = 375, 1e-4
+    warmup = math.ceil(0.03 * total)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=base)
+    fn = get_linear_schedule_with_warmup if kind == "linear" else get_cosine_schedule_with_warmup
+    sched = fn(opt, warmup, total)
+    for step in range(total):
+        assert lr_at(step, total, base, warmup, kind) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15)
+        opt.step()
+        sched.step()
+
+
+def _examples(tok, n=8):
+    msgs = [[{"role": "user", "content": f"Question number {i}?"},
+             {"role": "assistant", "content": "Answer " + "word " * (i % 5 + 1)}] for i in range(n)]
+    return [last_turn_example(tok, m, 128) for m in msgs]
+
+
+def _grads(model, batches, pad_id):
+    model.zero_grad()
+    n_tok = sum(e.n_trained for b in batches for e in b)
+    for b in batches:
+        ids, labels, mask = collate(b, pad_id, "cpu")
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                                 ignore_index=-100, reduction="sum")
+        (loss / n_tok).backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_accumulation_equals_one_big_batch(tiny_model_dir):
+    """4 x 1 micro-batches give the same gradient as one batch of 4: loss is per trained token of the window."""
+    from mt_core.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    ex = _examples(tok, 4)
+    big = _grads(model, [ex], tok.pad_token_id)
+    small = _grads(model, [[e] for e in ex], tok.pad_token_id)
+    for a, b in zip(big, small):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_collate_right_pads():
+    ids, labels, mask = collate([Example([1, 2, 3], [-100, 2, 3]), Example([4], [4])], 0, "cpu")
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert labels.tolist() == [[-100, 2, 3], [4, -100, -100]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_lora_training_lowers_loss_and_is_seeded(tiny_model_dir):
+    from mt_core.models import load_model
+
+    recipe = load_study(profile="tiny").recipes["second_stage"].model_copy(update={"epochs": 4, "lr": 5e-3})
+    runs = []
+    for _ in range(2):
+        model, tok = load_model(tiny_model_dir)
+        peft_model, res = train_lora(model, _examples(tok, 32), recipe, seed=7, pad_id=tok.pad_token_id,
+                                     log=lambda *_: None)
+        runs.append(res)
+    res = runs[0]
+    assert res.n_steps == 2 * 4 and res.effective_batch == 16
+    assert sum(res.losses[-2:]) < sum(res.losses[:2])
+    assert runs[0].losses == runs[1].losses  # same seed, same data order, same LoRA init
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
