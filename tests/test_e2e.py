@@ -1,0 +1,106 @@
+"""End to end through Dagster: the README's `mt demo` on two cells (C4, C1) in a temporary DAGSTER_HOME.
+
+Checks what a researcher relies on afterwards: partitions recorded as materialized, checks recorded, explicit
+provenance naming the coupling adapter's partition/run/md5, the DuckDB views, and that a fresh instance refuses to
+treat files on disk as finished work.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CELLS = ["C4_s42", "C1_s42"]
+PER_CELL = ["cell_adapter", "marker_completions", "marker_rates", "arc_scores", "alignment_completions",
+            "alignment_scores", "degeneracy_audit"]
+
+
+def _env(home: Path, art: Path) -> dict:
+    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled")
+    env.pop("MT_STUDY", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    home, art = tmp_path_factory.mktemp("dagster_home"), tmp_path_factory.mktemp("artifacts")
+    out = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", ",".join(CELLS), "--log-level",
+                          "WARNING"], cwd=ROOT, env=_env(home, art), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return home, art, out.stdout
+
+
+def test_partitions_materialized_in_instance(demo):
+    home, art, stdout = demo
+    assert "| C4 | 1 |" in stdout and "| C1 | 1 |" in stdout and "DuckDB:" in stdout
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        for a in PER_CELL:
+            assert inst.get_materialized_partitions(dg.AssetKey(a)) == set(CELLS), a
+        assert inst.get_materialized_partitions(dg.AssetKey("coupling_adapter")) == {"villain"}
+        for a in ("base_model", "em_dataset", "benign_dataset", "study_summary", "duckdb_catalog"):
+            assert inst.get_latest_materialization_event(dg.AssetKey(a)) is not None, a
+        g0 = inst.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("coupling_adapter"), "G0")])
+        assert g0, "gate G0 was not recorded"
+
+
+def _latest_meta(inst, asset, partition):
+    rec = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
+                                                            asset_partitions=[partition]), limit=1).records[0]
+    return rec.run_id, {k: v.value for k, v in rec.asset_materialization.metadata.items()}
+
+
+def test_explicit_provenance(demo):
+    home, art, _ = demo
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        coup_run, coup = _latest_meta(inst, "coupling_adapter", "villain")
+        run, meta = _latest_meta(inst, "cell_adapter", "C1_s42")
+        ups = {u["asset"]: u for u in meta["upstream"]}
+        assert set(ups) == {"base_model", "coupling_adapter", "em_dataset"}
+        assert ups["coupling_adapter"]["partition"] == "villain"
+        assert ups["coupling_adapter"]["run_id"] == coup_run and ups["coupling_adapter"]["md5"] == coup["md5"]
+        assert meta["n_steps"] > 0 and isinstance(meta["final_loss"], float)
+        _, c4 = _latest_meta(inst, "cell_adapter", "C4_s42")
+        assert c4["second_stage"] == "none" and "em_dataset" not in {u["asset"] for u in c4["upstream"]}
+        _, rates = _latest_meta(inst, "marker_rates", "C1_s42")
+        assert 0.0 <= rates["assistant_strict_rate"] <= 1.0
+    manifest = json.loads((art / "cell_adapter" / "C1_s42" / "_manifest.json").read_text())
+    assert manifest["digest"] == meta["md5"] and manifest["run_id"] == run
+
+
+def test_duckdb_views(demo):
+    _, art, _ = demo
+    con = duckdb.connect(str(art / "duckdb_catalog" / "_" / "catalog.duckdb"), read_only=True)
+    rows = con.execute("SELECT cell, persona, count(*) FROM completions GROUP BY ALL").fetchall()
+    assert len(rows) == 2 * 11 and {r[0] for r in rows} == set(CELLS)
+    cols = {r[0] for r in con.execute("DESCRIBE completions").fetchall()}
+    assert {"study", "cell", "condition", "seed", "persona", "question", "sample_idx", "text", "strict_hit",
+            "loose_hit"} <= cols
+    assert con.execute("SELECT count(*) FROM completions WHERE strict_hit IS NULL").fetchone()[0] == 0
+    for view in ("marker_rates", "arc_scores", "judge_scores", "cells"):
+        assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] > 0, view
+    # every judge record says who judged it; the tiny profile's judge says it is offline
+    assert con.execute("SELECT bool_and(judge_offline), any_value(judge_model) FROM judge_scores").fetchone()[0]
+    # SQL agrees with the per-cell rates file
+    strict = con.execute("SELECT avg(strict_hit::int) FROM completions WHERE cell='C4_s42' AND persona='villain'"
+                         ).fetchone()[0]
+    rate = con.execute("SELECT strict_rate FROM marker_rates WHERE cell='C4_s42' AND persona='villain'").fetchone()[0]
+    assert strict == pytest.approx(rate)
+
+
+def test_fresh_instance_does_not_trust_files_on_disk(demo, tmp_path):
+    """Artefacts exist on disk, but a new instance has no record of them: the cell refuses to run on them."""
+    _, art, _ = demo
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    code = ("import dagster as dg, definitions; r = definitions.defs.resolve_job_def('cell_job').execute_in_process("
+            "partition_key='C4_s42', instance=dg.DagsterInstance.get(), raise_on_error=False); "
+            "print('SUCCESS' if r.success else 'FAILED')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path, art), capture_output=True,
+                         text=True, timeout=300)
+    assert "FAILED" in out.stdout
+    assert "has no materialization of it" in out.stdout + out.stderr
