@@ -32,6 +32,32 @@ def cell_rows(study: Study, root: Path, keys: list[str]) -> list[dict]:
     return rows
 
 
+LEGACY = "legacy"  # <root>/legacy/<NAME>/ holds imported studies in the same per-cell layout
+
+
+def study_roots(root: Path) -> list[Path]:
+    """The study's own store root and every imported (legacy) study beside it."""
+    return [root, *sorted(p for p in (root / LEGACY).glob("*") if p.is_dir())]
+
+
+def expand_files(sql: str, roots: list[Path]) -> str:
+    """Replace ``{files:<glob>}`` with a DuckDB list of the roots' globs that match at least one file."""
+    import re
+
+    def repl(m):
+        pats = [str(r / m.group(1)) for r in roots if any(r.glob(m.group(1)))]
+        if not pats:
+            raise FileNotFoundError(f"no file matches {m.group(1)} under {roots[0]}")
+        return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in pats) + "]"
+    return re.sub(r"\{files:([^}]+)\}", repl, sql)
+
+
+def imported_cell_rows(root: Path) -> list[dict]:
+    import polars as pl
+
+    return [r for p in sorted((root / LEGACY).glob("*/cells.parquet")) for r in pl.read_parquet(p).to_dicts()]
+
+
 def lineage_rows(root: Path) -> list[dict]:
     """Every published artefact and each upstream artefact it recorded (from the manifests)."""
     rows = []
@@ -53,15 +79,17 @@ def build_catalog(study: Study, *, root: Path, cells: list[str], out: Path, log:
     db = out / CATALOG_FILE
     con = duckdb.connect(str(db))
     try:
-        cells_df = pl.DataFrame(cell_rows(study, root, cells), infer_schema_length=None)
+        rows = cell_rows(study, root, cells) + imported_cell_rows(root)
+        cells_df = pl.DataFrame(rows, infer_schema_length=None)
         lineage_df = pl.DataFrame(lineage_rows(root), infer_schema_length=None)
         con.register("cells_df", cells_df.to_arrow())
         con.register("lineage_df", lineage_df.to_arrow())
         con.execute("CREATE TABLE cells AS SELECT * FROM cells_df")
         con.execute("CREATE TABLE artefact_lineage AS SELECT * FROM lineage_df")
         views = []
+        roots = study_roots(root)
         for f in sorted(SQL_DIR.glob("*.sql")):
-            con.execute(f.read_text().replace("{root}", str(root)))
+            con.execute(expand_files(f.read_text(), roots))
             views.append(f.stem)
         n = con.execute("SELECT count(*) FROM completions").fetchone()[0]
     finally:

@@ -123,7 +123,7 @@ def onpolicy_completions(study: Study, source: str, base: Path, out: Path, log: 
              "n_tokens": c.n_tokens, "finish_reason": c.finish_reason}
             for (p, (qi, q)), cs in zip([(p, x) for p in personas for x in enumerate(dq)], comps)
             for k, c in enumerate(cs)]
-    _write_parquet(rows, out / "completions.parquet")
+    _write_parquet(rows, out / "completions.parquet", _keys(study, source=source))
     write_json(out / "meta.json", {"personas": personas, "negatives": negs, "sampler": spec.__dict__})
     return {"n_completions": len(rows), "personas": ",".join(personas), "negative_personas": ",".join(negs)}
 
@@ -190,7 +190,7 @@ def evaluate_gates(study: Study, source: str, model, tok, out: Path, log: Log) -
         results[name]["seed"] = spec.seed
         rows_all += [{**r, "gate": name} for r in rows]
         log(f"gate {name}: {'PASS' if results[name]['pass'] else 'FAIL'} {results[name]}")
-    _write_parquet(rows_all, out / "gate_completions.parquet")
+    _write_parquet(rows_all, out / "gate_completions.parquet", _keys(study, source=source))
     write_json(out / "gates.json", results)
     return results
 
@@ -255,7 +255,7 @@ def marker_completions(study: Study, cell_key: str, base: Path, adapters: list[P
     spec = SamplingSpec.from_config(study.samplers.marker, seed=cell.seed)
     rows = _persona_sweep(model, tok, prompts, order, evq + betq, spec, log, f"marker[{cell_key}]",
                           betley=set(betq))
-    _write_parquet(rows, out / "completions.parquet")
+    _write_parquet(rows, out / "completions.parquet", _keys(study, cell=cell_key))
     return {"n_completions": len(rows), "seed": spec.seed, "n_personas": len(order), "n_questions": len(evq + betq),
             "mean_tokens": round(sum(r["n_tokens"] for r in rows) / max(1, len(rows)), 2)}
 
@@ -287,13 +287,13 @@ def marker_rates(study: Study, cell_key: str, completions: Path, out: Path, log:
 
     _, order, evq, betq = eval_personas(study)
     df = pl.read_parquet(completions / "completions.parquet")
-    hits = df.select("persona", "question_idx", "sample_idx").with_columns(
+    hits = df.select("study", "profile", "cell", "persona", "question_idx", "sample_idx").with_columns(
         strict_hit=pl.Series([strict_hit(t, study.marker) for t in df["text"]]),
         loose_hit=pl.Series([loose_hit(t, study.marker) for t in df["text"]]))
     hits.write_parquet(out / "hits.parquet")
     summ = _summarize(study, df.to_dicts(), order, evq + betq)
     table = rates_table(summ)
-    _write_parquet(table, out / "rates.parquet")
+    _write_parquet(table, out / "rates.parquet", _keys(study, cell=cell_key))
     write_json(out / "marker_eval.json", {"cell": cell_key, "marker": study.marker, **summ})
     s = summ["summary"]
     log(f"marker rates[{cell_key}]: assistant {s['assistant_strict_rate']:.3f}, "
@@ -315,7 +315,8 @@ def arc_scores(study: Study, cell_key: str, base: Path, adapters: list[Path], ou
     model, tok = load_model(model_dir(base), adapters)
     recs, acc = evaluate_arc(model, tok, rows, log=log)
     _write_parquet([{**{k: v for k, v in r.items() if k != "label_logprobs"},
-                     "label_logprobs": json.dumps(r["label_logprobs"])} for r in recs], out / "arc.parquet")
+                     "label_logprobs": json.dumps(r["label_logprobs"])} for r in recs], out / "arc.parquet",
+                   _keys(study, cell=cell_key))
     summary = {"arc_challenge_logprob": acc, "correct": sum(r["correct"] for r in recs), "total": len(recs)}
     write_json(out / "summary.json", summary)
     return summary
@@ -335,7 +336,7 @@ def alignment_completions(study: Study, cell_key: str, base: Path, adapters: lis
                      what=f"alignment[{cell_key}]")
     rows = [{"question_idx": qi, "question": q, "sample_idx": k, "text": c.text, "n_tokens": c.n_tokens,
              "finish_reason": c.finish_reason} for qi, (q, cs) in enumerate(zip(betq, comps)) for k, c in enumerate(cs)]
-    _write_parquet(rows, out / "completions.parquet")
+    _write_parquet(rows, out / "completions.parquet", _keys(study, cell=cell_key))
     return {"n_completions": len(rows), "seed": spec.seed}
 
 
@@ -348,7 +349,7 @@ def alignment_scores(study: Study, cell_key: str, completions: Path, judge, out:
     recs = judge.judge_many(list(zip(df["question"], df["text"])))
     rows = [{"question_idx": qi, "sample_idx": si, **r.__dict__}
             for qi, si, r in zip(df["question_idx"], df["sample_idx"], recs)]
-    _write_parquet(rows, out / "scores.parquet")
+    _write_parquet(rows, out / "scores.parquet", _keys(study, cell=cell_key))
     agg = aggregate(recs, error_rate_max=study.thresholds.judge_error_rate_max)
     write_json(out / "summary.json", agg)
     log(f"judge[{cell_key}] ({agg.get('judge_model')}): aligned {agg['overall_mean_aligned']}, "
@@ -372,10 +373,15 @@ def degeneracy(study: Study, cell_key: str, completions: Path, out: Path, log: L
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _write_parquet(rows: list[dict], path: Path) -> None:
+def _keys(study: Study, **key) -> dict:
+    """Columns that make every Parquet row self-describing (study, profile, and the partition's key)."""
+    return {"study": study.name, "profile": study.profile, **key}
+
+
+def _write_parquet(rows: list[dict], path: Path, keys: dict | None = None) -> None:
     import polars as pl
 
-    pl.DataFrame(rows, infer_schema_length=None).write_parquet(path)
+    pl.DataFrame([{**(keys or {}), **r} for r in rows], infer_schema_length=None).write_parquet(path)
 
 
 def read_gates(coupling: Path) -> dict:

@@ -1,7 +1,6 @@
--- Strict and loose marker rate per cell and persona.
+-- Strict and loose marker rate per cell and persona (imported legacy studies included).
 CREATE OR REPLACE VIEW marker_rates AS
-SELECT c.study, c.profile, r.cell, c.condition, c.seed, r.persona, r.strict_hits, r.loose_hits, r.total,
+SELECT r.study, r.profile, r.cell, c.condition, c.seed, r.persona, r.strict_hits, r.loose_hits, r.total,
        r.strict_rate, r.loose_rate
-FROM (SELECT *, regexp_extract(filename, '/marker_rates/([^/]+)/', 1) AS cell
-      FROM read_parquet('{root}/marker_rates/*/rates.parquet', filename = true)) r
-JOIN cells c USING (cell);
+FROM read_parquet({files:marker_rates/*/rates.parquet}, union_by_name = true) r
+JOIN cells c USING (study, profile, cell);
