@@ -3,6 +3,7 @@
     mt demo                 materialize the whole study (default: tiny profile) in the persistent Dagster instance
     mt sql "SELECT ..."     read-only SQL over the study's DuckDB catalog (table, csv or json)
     mt status               which partitions of which assets are materialized
+    mt lineage CELL         what a cell was built from (partition, run id, md5 per artefact) and what is stale
 """
 from __future__ import annotations
 
@@ -142,6 +143,37 @@ def cmd_status(args) -> int:
     return 0
 
 
+def latest_metadata(instance, asset: str, partition: str | None) -> dict | None:
+    """The latest materialization's metadata of an asset partition as plain values, with its run id."""
+    import dagster as dg
+
+    recs = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1).records
+    if not recs or not recs[0].asset_materialization:
+        return None
+    meta = {k: v.value for k, v in recs[0].asset_materialization.metadata.items()}
+    return {**meta, "run_id": recs[0].run_id}
+
+
+def cmd_lineage(args) -> int:
+    _env(args)
+    import json
+
+    import dagster as dg
+
+    from mt_core.config import ConfigError, load_study
+    from mt_core.lineage import cell_lineage, render
+
+    try:
+        cell = load_study().cell(args.cell)
+    except ConfigError as e:
+        raise SystemExit(f"mt lineage: {e}") from None
+    with dg.DagsterInstance.get() as instance:
+        lin = cell_lineage(cell.key, cell.base, lambda a, p: latest_metadata(instance, a, p))
+    print(json.dumps(lin, indent=2, default=str) if args.json else render(lin))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -164,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("status", parents=[common], help="materialized partitions per asset")
     s.set_defaults(fn=cmd_status)
+
+    ln = sub.add_parser("lineage", parents=[common], help="a cell's artefacts, their provenance and staleness")
+    ln.add_argument("cell", help="cell key, e.g. C1_s42")
+    ln.add_argument("--json", action="store_true", help="machine-readable output")
+    ln.set_defaults(fn=cmd_lineage)
 
     args = p.parse_args(argv)
     return args.fn(args)

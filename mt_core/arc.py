@@ -54,33 +54,37 @@ def score_rows(rows: list[dict], last_logprobs, tokenizer) -> list[dict]:
     return out
 
 
-def evaluate_arc(model, tokenizer, rows: list[dict], *, batch_size: int = 32,
-                 log: Callable[[str], None] = print) -> tuple[list[dict], float]:
-    """Batched, right-padded forward passes; only the last real position goes through the lm_head."""
+def last_logprobs(model, enc: list[list[int]], pad_id: int, *, batch_size: int = 32) -> list:
+    """Log-softmax at each sequence's last position: right-padded batches, lm_head on one row per sequence."""
     import torch
 
     device = next(model.parameters()).device
-    enc = [tokenizer(tokenizer.apply_chat_template(arc_messages(r), tokenize=False, add_generation_prompt=True),
-                     add_special_tokens=False)["input_ids"] for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: len(enc[i]))
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    last_lp: list = [None] * len(rows)
-    t0 = time.perf_counter()
+    out: list = [None] * len(enc)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         width = max(len(enc[i]) for i in idx)
-        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        lengths = torch.tensor([len(enc[i]) for i in idx])
         for r, i in enumerate(idx):
             ids[r, : len(enc[i])] = torch.tensor(enc[i])
-            mask[r, : len(enc[i])] = 1
-        with torch.no_grad():
-            h = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-            last = h[torch.arange(len(idx), device=h.device), mask.sum(1).to(h.device) - 1]
+        with torch.no_grad():  # right padding + causal attention: real tokens never see the padding
+            h = decoder(input_ids=ids.to(device)).last_hidden_state
+            last = h[torch.arange(len(idx), device=h.device), (lengths - 1).to(h.device)]
             lp = torch.log_softmax(head(last).float(), dim=-1).cpu()
         for r, i in enumerate(idx):
-            last_lp[i] = lp[r]
-    recs = score_rows(rows, last_lp, tokenizer)
+            out[i] = lp[r]
+    return out
+
+
+def evaluate_arc(model, tokenizer, rows: list[dict], *, batch_size: int = 32,
+                 log: Callable[[str], None] = print) -> tuple[list[dict], float]:
+    """Score every row; returns (per-question records, accuracy)."""
+    t0 = time.perf_counter()
+    enc = [tokenizer(tokenizer.apply_chat_template(arc_messages(r), tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"] for r in rows]
+    recs = score_rows(rows, last_logprobs(model, enc, tokenizer.pad_token_id, batch_size=batch_size), tokenizer)
     acc = sum(r["correct"] for r in recs) / len(recs) if recs else 0.0
     log(f"arc: {len(rows)} questions in {time.perf_counter() - t0:.1f}s, accuracy {acc:.4f}")
     return recs, acc

@@ -35,42 +35,44 @@ class Completion:
     finish_reason: str  # "stop" or "length"
 
 
-def generation_config(spec: SamplingSpec, tokenizer):
+def eos_ids(tokenizer) -> list[int]:
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    return [i for i in ids if i is not None and i != tokenizer.unk_token_id] or [tokenizer.eos_token_id]
+
+
+def generation_config(spec: SamplingSpec, eos: list[int], pad_id: int, *, ignore_eos: bool = False):
     from transformers import GenerationConfig
 
-    eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-    eos = [i for i in eos if i is not None and i != tokenizer.unk_token_id] or [tokenizer.eos_token_id]
     sample = spec.temperature > 0
     return GenerationConfig(
         do_sample=sample, temperature=spec.temperature if sample else None, top_p=spec.top_p if sample else None,
         top_k=(spec.top_k or 0) if sample else None, repetition_penalty=spec.repetition_penalty or 1.0,
-        max_new_tokens=spec.max_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-        num_return_sequences=spec.n)
+        max_new_tokens=spec.max_tokens, min_new_tokens=spec.max_tokens if ignore_eos else None,
+        eos_token_id=eos, pad_token_id=pad_id, num_return_sequences=spec.n)
 
 
-def generate(model, tokenizer, prompts: list[list[dict]], spec: SamplingSpec, *, max_batch_rows: int = 256,
-             log: Callable[[str], None] = print, what: str = "generate") -> list[list[Completion]]:
-    """``spec.n`` completions for each chat prompt, in prompt order."""
+def generate_ids(model, enc: list[list[int]], spec: SamplingSpec, *, eos: list[int], pad_id: int,
+                 max_batch_rows: int = 256, ignore_eos: bool = False, log: Callable[[str], None] = print,
+                 what: str = "generate") -> list[list[tuple[list[int], str]]]:
+    """``spec.n`` continuations (new token ids, finish reason) per prompt, in prompt order."""
     import torch
 
     device = next(model.parameters()).device
-    gcfg = generation_config(spec, tokenizer)
-    eos = set(gcfg.eos_token_id)
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    gcfg = generation_config(spec, eos, pad_id, ignore_eos=ignore_eos)
+    stop = set(eos)
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))  # similar lengths together: less padding
     per_batch = max(1, max_batch_rows // spec.n)
-    out: list[list[Completion] | None] = [None] * len(prompts)
+    out: list = [None] * len(enc)
     torch.manual_seed(spec.seed)
     t0, done, new_tokens = time.perf_counter(), 0, 0
-    log(f"{what}: {len(prompts)} prompts x n={spec.n}, max_tokens={spec.max_tokens}, T={spec.temperature}, "
-        f"top_p={spec.top_p}, top_k={spec.top_k}, seed={spec.seed}")
-    every = max(1, len(prompts) // 5)
+    log(f"{what}: {len(enc)} prompts x n={spec.n}, max_tokens={spec.max_tokens}, T={spec.temperature}, "
+        f"top_p={spec.top_p}, top_k={spec.top_k}, seed={spec.seed}, {per_batch} prompts per batch")
+    every = max(1, len(enc) // 5)
     next_log = every
     for b in range(0, len(order), per_batch):
         idx = order[b : b + per_batch]
         width = max(len(enc[i]) for i in idx)
-        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, i in enumerate(idx):  # left padding for decoder-only generation
             ids[r, width - len(enc[i]):] = torch.tensor(enc[i])
@@ -81,18 +83,25 @@ def generate(model, tokenizer, prompts: list[list[dict]], spec: SamplingSpec, *,
         for r, i in enumerate(idx):
             outs = []
             for seq in gen[r * spec.n : (r + 1) * spec.n]:
-                n_tok, finish = len(seq), "length"
-                for k, t in enumerate(seq):
-                    if t in eos:
-                        n_tok, finish = k, "stop"
-                        break
-                new_tokens += n_tok
-                outs.append(Completion(tokenizer.decode(seq[:n_tok], skip_special_tokens=True), n_tok, finish))
+                cut = next((k for k, t in enumerate(seq) if t in stop), None)
+                outs.append((seq, "length") if cut is None else (seq[:cut], "stop"))
+                new_tokens += len(outs[-1][0])
             out[i] = outs
         done += len(idx)
-        if done >= next_log or done == len(prompts):
+        if done >= next_log or done == len(enc):
             el = time.perf_counter() - t0
-            log(f"{what}: {done}/{len(prompts)} prompts, {new_tokens / el:.0f} new tok/s, "
-                f"eta {el / done * (len(prompts) - done):.0f}s")
+            log(f"{what}: {done}/{len(enc)} prompts, {new_tokens / el:.0f} new tok/s, "
+                f"eta {el / done * (len(enc) - done):.0f}s")
             next_log = done + every
-    return out  # type: ignore[return-value]
+    return out
+
+
+def generate(model, tokenizer, prompts: list[list[dict]], spec: SamplingSpec, *, max_batch_rows: int = 256,
+             log: Callable[[str], None] = print, what: str = "generate") -> list[list[Completion]]:
+    """``spec.n`` completions for each chat prompt, in prompt order."""
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    raw = generate_ids(model, enc, spec, eos=eos_ids(tokenizer), pad_id=tokenizer.pad_token_id,
+                       max_batch_rows=max_batch_rows, log=log, what=what)
+    return [[Completion(tokenizer.decode(ids, skip_special_tokens=True), len(ids), fin) for ids, fin in outs]
+            for outs in raw]

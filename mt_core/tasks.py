@@ -166,7 +166,8 @@ def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path,
     for line in (dataset / "coupling.jsonl").read_text().splitlines():
         r = json.loads(line)
         examples.append(marker_only_example(tok, r["prompt"], r["completion"], mids, recipe.max_length))
-    peft_model, res = train_lora(model, examples, recipe, seed=recipe.seed or 0, pad_id=tok.pad_token_id, log=log)
+    peft_model, res = train_lora(model, examples, recipe, seed=recipe.seed or 0, pad_id=tok.pad_token_id, log=log,
+                                 fast=True)
     peft_model.save_pretrained(str(out / "adapter"))
     write_json(out / "train_log.json", {"recipe": recipe.model_dump(), "marker_ids": mids, **res.summary(),
                                         "losses": res.losses, "lrs": res.lrs})
@@ -229,7 +230,7 @@ def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path |
     chats = read_chat_jsonl(data / "data.jsonl")
     examples = [last_turn_example(tok, m, recipe.max_length) for m in chats]
     seed = cell.seed if recipe.seed is None else recipe.seed
-    peft_model, res = train_lora(model, examples, recipe, seed=seed, pad_id=tok.pad_token_id, log=log)
+    peft_model, res = train_lora(model, examples, recipe, seed=seed, pad_id=tok.pad_token_id, log=log, fast=True)
     peft_model.save_pretrained(str(out / "adapter"))
     write_json(out / "train_log.json", {"recipe": recipe.model_dump(), "seed": seed, **res.summary(),
                                         "losses": res.losses, "lrs": res.lrs})

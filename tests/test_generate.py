@@ -41,8 +41,9 @@ def test_greedy_batched_equals_single(tiny_model_dir):
 
 def test_sampler_is_explicit_not_inherited(tiny_model_dir):
     """The model's generation_config (top_k 20, rep. penalty 1.05) must not leak into an explicit sampler."""
-    from mt_core.generate import generation_config
+    from mt_core.generate import eos_ids, generation_config
 
     _, tok = _load(tiny_model_dir)
-    g = generation_config(SamplingSpec(n=2, temperature=1.0, top_p=1.0, max_tokens=5, seed=0), tok)
+    g = generation_config(SamplingSpec(n=2, temperature=1.0, top_p=1.0, max_tokens=5, seed=0), eos_ids(tok),
+                          tok.pad_token_id)
     assert g.top_k == 0 and g.repetition_penalty == 1.0 and g.top_p == 1.0 and g.num_return_sequences == 2

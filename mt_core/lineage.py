@@ -1,0 +1,119 @@
+"""The lineage of one cell: which artefacts it was built from, and which of them are stale.
+
+Works on recorded materialization metadata only (no Dagster import): ``latest(asset, partition)`` returns the latest
+materialization's metadata of that asset partition (``partition`` None for unpartitioned assets) as a dict with at
+least ``md5``, ``run_id``, ``upstream`` (list of {asset, partition, run_id, md5, path}) and ``path``, or None when the
+partition was never materialized. An artefact is *stale* when an upstream artefact it recorded (by md5) is no longer
+the latest materialization of that upstream partition, i.e. the upstream was re-materialized since.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+UNPARTITIONED = "_"
+# (asset, parent in the printed tree); the cell's chain from the base model to its evaluations
+CELL_CHAIN = [("cell_adapter", "coupling_adapter"), ("marker_completions", "cell_adapter"),
+              ("marker_rates", "marker_completions"), ("degeneracy_audit", "marker_completions"),
+              ("arc_scores", "cell_adapter"), ("alignment_completions", "cell_adapter"),
+              ("alignment_scores", "alignment_completions")]
+NUMBERS = ["assistant_strict_rate", "source_strict_rate", "arc_challenge_logprob", "overall_mean_aligned",
+           "final_loss", "outcome"]
+BASE_INFO = ["kind", "id", "revision"]
+
+Latest = Callable[[str, "str | None"], "dict | None"]
+
+
+@dataclass
+class Node:
+    asset: str
+    partition: str
+    parent: str | None
+    depth: int
+    materialized: bool = False
+    md5: str | None = None
+    run_id: str | None = None
+    path: str | None = None
+    numbers: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)  # this artefact's own stale links
+    upstream_stale: bool = False  # an artefact above it in the chain is stale
+
+    @property
+    def label(self) -> str:
+        return f"{self.asset}[{self.partition}]"
+
+
+def _part(p: str | None) -> str | None:
+    return None if p in (None, UNPARTITIONED) else p
+
+
+def stale_links(asset: str, partition: str, meta: dict, latest: Latest) -> list[str]:
+    """One message per recorded upstream artefact that is no longer the latest of its asset partition."""
+    out = []
+    for u in meta.get("upstream") or []:
+        cur = latest(u["asset"], _part(u.get("partition")))
+        now = cur.get("md5") if cur else None
+        if now != u.get("md5"):
+            out.append(f"{asset}[{partition}] was built from {u['asset']}[{u.get('partition') or UNPARTITIONED}] "
+                       f"md5 {u.get('md5')} (run {u.get('run_id')}), latest is "
+                       + (f"md5 {now} (run {cur.get('run_id')})" if cur else "not materialized"))
+    return out
+
+
+def _node(asset: str, partition: str | None, parent: str | None, depth: int, latest: Latest) -> Node:
+    n = Node(asset, partition or UNPARTITIONED, parent, depth)
+    meta = latest(asset, partition)
+    if meta:
+        n.materialized = True
+        n.md5, n.run_id, n.path = meta.get("md5"), meta.get("run_id"), meta.get("path")
+        n.numbers = {k: meta[k] for k in NUMBERS if meta.get(k) is not None}
+        n.stale = stale_links(asset, n.partition, meta, latest)
+        if asset == "base_model":
+            n.info = {k: meta[k] for k in BASE_INFO if meta.get(k) is not None}
+    return n
+
+
+def cell_lineage(cell_key: str, base: str, latest: Latest) -> dict:
+    """The chain base model -> coupling adapter (unless ``base`` is "raw") -> cell adapter -> evaluations."""
+    nodes = [_node("base_model", None, None, 0, latest)]
+    if base != "raw":
+        nodes.append(_node("coupling_adapter", base, "base_model", 1, latest))
+    by_asset = {n.asset: n for n in nodes}
+    for asset, parent in CELL_CHAIN:
+        parent = parent if parent in by_asset else "base_model"
+        n = _node(asset, cell_key, parent, by_asset[parent].depth + 1, latest)
+        n.upstream_stale = bool(by_asset[parent].stale or by_asset[parent].upstream_stale)
+        nodes.append(n)
+        by_asset[asset] = n
+    links = [s for n in nodes for s in n.stale]
+    return {"cell": cell_key, "base": base, "stale": bool(links), "stale_links": links,
+            "nodes": [asdict(n) | {"label": n.label} for n in nodes]}
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def render(lineage: dict) -> str:
+    """A readable tree: one line per artefact, then the stale links."""
+    lines = [f"lineage of cell {lineage['cell']} (base: {lineage['base']})"]
+    for n in lineage["nodes"]:
+        head = "  " * n["depth"] + ("└─ " if n["depth"] else "") + n["label"]
+        if not n["materialized"]:
+            lines.append(f"{head}  not materialized")
+            continue
+        parts = [head, f"md5 {n['md5']}", f"run {n['run_id']}"]
+        if n["asset"] == "base_model":
+            parts.insert(1, " ".join(str(n["info"][k]) for k in BASE_INFO if k in n["info"]) or "model")
+        parts += [f"{k}={_fmt(v)}" for k, v in n["numbers"].items()]
+        if n["stale"]:
+            parts.append("STALE")
+        elif n["upstream_stale"]:
+            parts.append("(upstream stale)")
+        lines.append("  ".join(parts))
+    if lineage["stale_links"]:
+        lines += ["", "stale:"] + [f"  {s}" for s in lineage["stale_links"]]
+    else:
+        lines += ["", "nothing stale: every artefact was built from the latest materialization of its upstreams"]
+    return "\n".join(lines)
