@@ -3,6 +3,8 @@
     mt demo                 materialize the whole study (default: tiny profile) in the persistent Dagster instance
     mt sql "SELECT ..."     read-only SQL over the study's DuckDB catalog (table, csv or json)
     mt status               which partitions of which assets are materialized
+    mt import-legacy DIR --study NAME   import the reference pipeline's result files as study NAME
+    mt report --study NAME  the headline table (or --json) of the current study or an imported one
     mt lineage CELL         what a cell was built from (partition, run id, md5 per artefact) and what is stale
 """
 from __future__ import annotations
@@ -174,6 +176,100 @@ def cmd_lineage(args) -> int:
     return 0
 
 
+def store_root(artifacts: str | None = None) -> Path:
+    """The current study's artefact root (artifacts/<study>/<profile> or $MT_ARTIFACTS)."""
+    return catalog_path(artifacts).parents[2]
+
+
+def cmd_import_legacy(args) -> int:
+    src = Path(args.dir).resolve()  # before _env changes directory
+    _env(args)
+    import re
+
+    from mt_core.config import load_study
+    from mt_core.io import DataError
+    from mt_core.legacy import import_legacy
+    from mt_resources.store import ArtifactStore
+
+    current = load_study().name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name) or args.name == current:
+        raise SystemExit(f"--study {args.name!r}: use a new name of letters, digits, '_', '.', '-' "
+                         f"(not the current study {current!r})")
+    root = store_root()
+    store = ArtifactStore(root=str(root))
+    try:
+        with store.writer("legacy", args.name, run_id="import-legacy", extra={"source_dir": str(src)}) as out:
+            res = import_legacy(src, args.name, out, source=args.source)
+    except DataError as e:
+        raise SystemExit(f"import failed, nothing written: {e}") from None
+    print(f"imported {res['n_cells']} cells ({', '.join(res['cells'])}) as study {args.name!r} into "
+          f"{store.path('legacy', args.name)}")
+    if not any((root / "marker_completions").glob("*/_manifest.json")):
+        print(f"No cell of study {current!r} is materialized under {root} yet, so the DuckDB catalog was not "
+              f"rebuilt. The import is stored and will appear in `mt sql` once `make demo` has run.")
+        return 0
+    import dagster as dg
+
+    d = _defs()
+    with dg.DagsterInstance.get() as instance:
+        run = d.defs.resolve_job_def("analysis_job").execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey("duckdb_catalog")], raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+    if not run.success:
+        failed = [e.message for e in run.all_events if e.is_step_failure]
+        raise SystemExit(f"the import is stored, but rebuilding the DuckDB catalog failed (run {run.run_id}): "
+                         f"{failed[0] if failed else 'see the run logs'}")
+    print(f"DuckDB catalog rebuilt (run {run.run_id}): {catalog_path()}")
+    return 0
+
+
+def _current_cells(study, root: Path) -> list[dict]:
+    """Per-cell results of the current study, for the cells whose marker rates are published."""
+    from mt_core.summary import cell_result
+    from mt_resources.store import MANIFEST, ArtifactStore
+
+    store = ArtifactStore(root=str(root))
+
+    def art(asset: str, key: str) -> Path | None:
+        return store.read(asset, key).path if (store.path(asset, key) / MANIFEST).is_file() else None
+
+    return [cell_result(study, k, rates, art("arc_scores", k), art("alignment_scores", k), art("degeneracy_audit", k))
+            for k in study.cells if (rates := art("marker_rates", k))]
+
+
+def cmd_report(args) -> int:
+    _env(args)
+    import json
+
+    from mt_core import stats
+    from mt_core.config import load_study
+    from mt_core.legacy import read_cells
+    from mt_resources.store import MANIFEST, ArtifactError, ArtifactStore
+
+    study = load_study()
+    root = store_root(args.artifacts)
+    imported = sorted(p.name for p in (root / "legacy").glob("*") if (p / MANIFEST).is_file())
+    name = args.name or study.name
+    try:
+        if name == study.name:
+            cells = _current_cells(study, root)
+            src, asst, marker = study.source_persona, study.assistant_persona, study.marker
+            order = list(study.conditions)
+        elif name in imported:
+            meta, cells = read_cells(ArtifactStore(root=str(root)).read("legacy", name).path)
+            src, asst, marker = meta["source_persona"], meta["assistant_persona"], meta["marker"]
+            order = list(dict.fromkeys(c["condition"] for c in cells))
+        else:
+            raise SystemExit(f"unknown study {name!r}; available under {root}: {', '.join([study.name, *imported])}")
+    except ArtifactError as e:
+        raise SystemExit(str(e)) from None
+    if not cells:
+        raise SystemExit(f"study {name!r}: no cell has published marker rates under {root} yet (run `make demo`)")
+    head = stats.headline(cells, study=name, source=src, assistant=asst, conditions_order=order, marker=marker)
+    print(json.dumps(head, indent=2) if args.json else f"# {name}\n\n{stats.markdown_table(head)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -196,6 +292,20 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("status", parents=[common], help="materialized partitions per asset")
     s.set_defaults(fn=cmd_status)
+
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--profile", help="profile of the current study (default: $MT_PROFILE or tiny)")
+    li = sub.add_parser("import-legacy", parents=[where], help="import the reference pipeline's result files")
+    li.add_argument("dir", help="directory with prepare_result.json and c<N>/run_result_c<N>_seed<S>.json")
+    li.add_argument("--study", dest="name", required=True, help="name of the imported study")
+    li.add_argument("--source", default="villain", help="the source persona (default villain)")
+    li.set_defaults(fn=cmd_import_legacy)
+
+    r = sub.add_parser("report", parents=[where], help="headline table of the current or an imported study")
+    r.add_argument("--study", dest="name", help="study name (default: the current study)")
+    r.add_argument("--json", action="store_true", help="print mt_core.stats.headline as JSON")
+    r.add_argument("--artifacts", help="artefact root (default: artifacts/<study>/<profile>)")
+    r.set_defaults(fn=cmd_report)
 
     ln = sub.add_parser("lineage", parents=[common], help="a cell's artefacts, their provenance and staleness")
     ln.add_argument("cell", help="cell key, e.g. C1_s42")

@@ -198,7 +198,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--ref-steps", type=int, default=3)
     ap.add_argument("--ours-steps", type=int, default=6)
-    ap.add_argument("--token-budget", type=int, default=16384)
+    ap.add_argument("--token-budget", type=int, default=6144)
     ap.add_argument("--gen-batch-rows", type=int, default=1540)
     args = ap.parse_args()
 

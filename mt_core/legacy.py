@@ -69,11 +69,12 @@ def _per_persona(path: Path, me: dict, source: str, assistant: str) -> dict:
     if not per:
         raise DataError(f"{path}: field 'per_persona' is empty")
     out = {}
-    for p, d in per.items():
+    for p in per:
         f = f"per_persona.{p}"
         _get(path, me, f, dict, "an object")
         row = {k: _get(path, me, f"{f}.{k}", int, "an integer") for k in ("strict_hits", "loose_hits", "total")}
-        if row["total"] <= 0 or not 0 <= row["strict_hits"] <= row["total"] or not 0 <= row["loose_hits"] <= row["total"]:
+        t = row["total"]
+        if t <= 0 or not (0 <= row["strict_hits"] <= t and 0 <= row["loose_hits"] <= t):
             raise DataError(f"{path}: field '{f}' needs total > 0 and 0 <= strict_hits, loose_hits <= total")
         for kind in ("strict", "loose"):
             rate = _get(path, me, f"{f}.{kind}_rate", NUM, "a number")

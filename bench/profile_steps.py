@@ -1,0 +1,78 @@
+"""Where a training step and a decode step spend their time on the GPU (torch.profiler), for tuning the fast paths.
+
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python bench/profile_steps.py
+"""
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from gpu_bench import QWEN7B, TINY, build_model, recipe, sft_examples, sync  # noqa: E402
+from mt_core.generate import SamplingSpec, generate_ids  # noqa: E402
+from mt_core.train import train_lora  # noqa: E402
+
+
+def prof(fn, label, rows=18):
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    sync()
+    t0 = time.perf_counter()
+    with profile(activities=acts) as p:
+        fn()
+        sync()
+    wall = time.perf_counter() - t0
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    print(f"\n##### {label}: wall {wall:.3f}s (profiled)")
+    print(p.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60))
+
+
+def main():
+    tiny = "--tiny" in sys.argv
+    dev = "cpu" if tiny or not torch.cuda.is_available() else "cuda"
+    model, n = build_model(TINY if tiny else QWEN7B, dev)
+    rng = random.Random(0)
+    ex = sft_examples(16 * 6, model.config.vocab_size, 300.0, rng)
+    rc = recipe()
+    pm, res = train_lora(model, ex[:32], rc, seed=1, pad_id=0, fast=True, log=lambda *_: None)
+    model = pm.unload()
+    prof(lambda: train_lora(model, ex[64:80], rc, seed=1, pad_id=0, fast=True, log=lambda *_: None)[0].unload(),
+         "one fast (packed) training step", rows=25)
+    if "--train-only" in sys.argv:
+        return
+    vocab = model.config.vocab_size
+    prompts = [[rng.randrange(10, vocab) for _ in range(rng.randint(40, 90))] for _ in range(154)]
+    for cache in ("dynamic", "static"):
+        spec = SamplingSpec(n=10, temperature=1.0, top_p=1.0, max_tokens=32, seed=0)
+        import mt_core.generate as g
+
+        orig = g.generation_config
+
+        def gc(*a, **k):
+            cfg = orig(*a, **k)
+            if cache == "static":
+                cfg.cache_implementation = "static"
+            return cfg
+        g.generation_config = gc
+        generate_ids(model, prompts[:8], SamplingSpec(n=10, temperature=1.0, top_p=1.0, max_tokens=4, seed=0),
+                     eos=[1], pad_id=0, max_batch_rows=80, ignore_eos=True, log=lambda *_: None)
+        sync()
+        t0 = time.perf_counter()
+        generate_ids(model, prompts, spec, eos=[1], pad_id=0, max_batch_rows=1540, ignore_eos=True,
+                     log=lambda *_: None)
+        sync()
+        dt = time.perf_counter() - t0
+        print(f"generate cache={cache}: 1540 rows x 32 tokens in {dt:.2f}s = {1540 * 32 / dt:.0f} tok/s")
+        g.generation_config = orig
+    spec = SamplingSpec(n=10, temperature=1.0, top_p=1.0, max_tokens=16, seed=0)
+    prof(lambda: generate_ids(model, prompts, spec, eos=[1], pad_id=0, max_batch_rows=1540, ignore_eos=True,
+                              log=lambda *_: None), "generate 1540 rows x 16 tokens (dynamic cache)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The web UI, driven by a real browser: launch one cell from `dagster dev` and see its partitions turn materialized.
+
+Inputs and the villain coupling adapter are materialized first (through Dagster, in a subprocess); then `dagster dev`
+(webserver + daemon, the instance's queued run coordinator) serves a temporary DAGSTER_HOME. Playwright drives
+Debian's chromium: on cell_job's page, "Materialize all…", pick partition C4_s42, "Launch 1 run"; the test waits for
+the run, checks every cell asset's C4_s42 partition in the instance, and saves docs/ui_cell_materialized.png.
+Skips where /usr/bin/chromium is missing (`make setup` installs it with apt-get where it can).
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = ROOT / "docs" / "ui_cell_materialized.png"
+CELL = "C4_s42"
+CELL_ASSETS = ["cell_adapter", "marker_completions", "marker_rates", "arc_scores", "alignment_completions",
+               "alignment_scores", "degeneracy_audit"]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is missing (install Debian's chromium: apt-get install -y chromium)",
+                allow_module_level=True)
+sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gql(port: int, query: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", json.dumps({"query": query}).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)["data"]
+
+
+def _wait(what: str, fn, timeout: float, log: Path, every: float = 1.0):
+    """Poll ``fn`` until it returns a truthy value; fail naming ``what`` (with the server's log) after ``timeout``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            got = fn()
+        except (OSError, LookupError, TypeError):  # not up yet
+            got = None
+        if got:
+            return got
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; dagster dev log:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ui")
+    home, art, log = tmp / "home", tmp / "art", tmp / "dagster_dev.log"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled")
+    env.pop("MT_STUDY", None)
+    code = ("import dagster as dg, definitions as d; i = dg.DagsterInstance.get(); "
+            "assert d.defs.resolve_job_def('inputs_job').execute_in_process(instance=i).success; "
+            "assert d.defs.resolve_job_def('coupling_job').execute_in_process(partition_key='villain', "
+            "instance=i).success")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    port = _free_port()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
+                                cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def loaded():
+        if proc.poll() is not None:
+            pytest.fail(f"dagster dev exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        q = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
+        return _gql(port, q)["workspaceOrError"]["locationEntries"][0]["loadStatus"] == "LOADED"
+    try:
+        _wait("the code location to load", loaded, 180, log)
+        yield {"port": port, "home": home, "log": log}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # webserver, daemon, code server and any run worker
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is still there
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+def _run_status(port: int) -> str | None:
+    runs = _gql(port, '{ runsOrError(filter: {pipelineName: "cell_job"}) { ... on Runs { results { status } } } }')
+    status = [r["status"] for r in runs["runsOrError"]["results"]]
+    return status[0] if status and status[0] in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+
+def test_launch_one_cell_from_the_ui(server):
+    port, home, log = server["port"], server["home"], server["log"]
+    base = f"http://127.0.0.1:{port}"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(60_000)
+            page.goto(f"{base}/assets/cell_adapter?view=partitions")
+            page.get_by_text("Missing (13)").wait_for()  # nothing of any cell yet
+
+            page.goto(f"{base}/locations/marker_transfer/jobs/cell_job")
+            page.get_by_role("button", name="Materialize all…").click()
+            dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
+            dialog.get_by_text("Select a partition or create one").click()
+            page.get_by_placeholder("Filter partitions").fill(CELL)
+            page.get_by_role("menuitem").filter(has_text=CELL).click()
+            page.keyboard.press("Escape")  # close the picker, keep the dialog
+            dialog.get_by_role("button", name="Launch 1 run").click()
+
+            status = _wait("the cell_job run to finish", lambda: _run_status(port), 300, log, every=2)
+            assert status == "SUCCESS", f"run ended {status}; dagster dev log:\n{log.read_text()[-4000:]}"
+            with dg.DagsterInstance.from_config(str(home)) as inst:
+                run = inst.get_runs(dg.RunsFilter(job_name="cell_job"))[0]
+                assert run.tags.get("dagster/partition") == CELL
+                for a in CELL_ASSETS:
+                    assert inst.get_materialized_partitions(dg.AssetKey(a)) == {CELL}, a
+
+            page.goto(f"{base}/assets/cell_adapter?view=partitions")
+            page.get_by_text("Materialized (1)").wait_for()
+            page.get_by_text(CELL, exact=True).first.click()
+            page.get_by_text(run.run_id[:8]).first.wait_for()  # the partition's latest materialization and run
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+        finally:
+            browser.close()
