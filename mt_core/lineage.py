@@ -36,6 +36,7 @@ class Node:
     path: str | None = None
     numbers: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    upstream: list[dict] = field(default_factory=list)  # what it recorded: asset, partition, run_id, md5, path
     stale: list[str] = field(default_factory=list)  # this artefact's own stale links
     upstream_stale: bool = False  # an artefact above it in the chain is stale
 
@@ -68,6 +69,7 @@ def _node(asset: str, partition: str | None, parent: str | None, depth: int, lat
         n.materialized = True
         n.md5, n.run_id, n.path = meta.get("md5"), meta.get("run_id"), meta.get("path")
         n.numbers = {k: meta[k] for k in NUMBERS if meta.get(k) is not None}
+        n.upstream = list(meta.get("upstream") or [])
         n.stale = stale_links(asset, n.partition, meta, latest)
         if asset == "base_model":
             n.info = {k: meta[k] for k in BASE_INFO if meta.get(k) is not None}

@@ -150,11 +150,16 @@ def collate_packed(examples: list[Example], device, row_tokens: int = 1536):
             pos[r, off : off + n] = torch.arange(n)
             doc[r, off : off + n] = k
             off += n
-    doc = doc.to(device)
+    ids, labels, pos, doc = (_to(t, device) for t in (ids, labels, pos, doc))
     idx = torch.arange(width, device=device)
     same = (doc[:, :, None] == doc[:, None, :]) & (doc[:, :, None] >= 0)
     mask = (same & (idx[:, None] >= idx[None, :])) | torch.eye(width, dtype=torch.bool, device=device)
-    return ids.to(device), labels.to(device), pos.to(device), mask[:, None], int(sum(sizes))
+    return ids, labels, pos, mask[:, None], int(sum(sizes))
+
+
+def _to(t, device):
+    """Host-to-device without a hidden synchronisation: pinned memory and a non-blocking copy on CUDA."""
+    return t.pin_memory().to(device, non_blocking=True) if getattr(device, "type", device) == "cuda" else t
 
 
 def _token_loss_full(model, ids, labels, mask):
@@ -225,6 +230,7 @@ def train_lora(model, examples: list[Example], recipe, *, seed: int, pad_id: int
                 m.cast_input_dtype_enabled = False
     t0 = time.perf_counter()
     step = 0
+    step_losses: list = []
     for _epoch in range(recipe.epochs):
         order = torch.randperm(n, generator=gen).tolist()
         for s in range(per_epoch):
@@ -253,12 +259,12 @@ def train_lora(model, examples: list[Example], recipe, *, seed: int, pad_id: int
             opt.step()
             opt.zero_grad(set_to_none=True)
             res.trained_tokens += n_tok
-            res.losses.append(loss_sum.item() / max(1, n_tok))
+            step_losses.append(loss_sum / max(1, n_tok))  # stays on the device: no sync between steps
             res.lrs.append(lr)
             step += 1
             if step % every == 0 or step == total or step == max_steps:
                 el = time.perf_counter() - t0
-                info = {"step": step, "total": total, "loss": res.losses[-1], "lr": lr,
+                info = {"step": step, "total": total, "loss": step_losses[-1].item(), "lr": lr,
                         "tok_s": res.seen_tokens / el, "eta_s": el / step * (total - step)}
                 log(f"train step {step}/{total} loss {info['loss']:.4f} lr {lr:.2e} "
                     f"{info['tok_s']:.0f} tok/s eta {info['eta_s']:.0f}s")
@@ -268,6 +274,7 @@ def train_lora(model, examples: list[Example], recipe, *, seed: int, pad_id: int
                 break
         if step == max_steps:
             break
+    res.losses = torch.stack(step_losses).tolist() if step_losses else []
     res.seconds = time.perf_counter() - t0
     if checkpointing:
         peft_model.gradient_checkpointing_disable()

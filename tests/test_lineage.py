@@ -13,7 +13,6 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import polars as pl
-import pytest
 
 from mt_core.catalog import SQL_DIR, lineage_rows
 from mt_core.lineage import cell_lineage, render
@@ -148,7 +147,6 @@ def _dagster_stale(home: Path, asset: str, partition: str) -> str:
         return CachingStaleStatusResolver(inst, graph, view).get_status(dg.AssetKey(asset), partition).value
 
 
-@pytest.mark.slow  # the tiny demo plus a second coupling run: 4-8 min on this shared 2-core box (> 120 s)
 def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(tmp_path):
     home, art = tmp_path / "home", tmp_path / "art"
     home.mkdir()
