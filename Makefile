@@ -5,7 +5,6 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
-export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
@@ -33,10 +32,10 @@ demo: setup
 	$(BIN)/mt demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
 
 ui: setup
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000

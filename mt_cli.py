@@ -29,7 +29,6 @@ def _env(args) -> None:
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
-    os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(ROOT)

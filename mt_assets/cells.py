@@ -6,7 +6,7 @@ from mt_assets.common import publish, read_upstream
 from mt_assets.study import STUDY, cell_to_source, cells_partitions
 from mt_core import tasks
 from mt_core.io import DataError
-from mt_resources import Artifact, ArtifactStore, GpuAllocator, JudgeResource
+from mt_resources import Artifact, ArtifactStore, Compute, GpuAllocator, JudgeResource
 
 GROUP = "cells"
 CELL = dict(group_name=GROUP, partitions_def=cells_partitions)
@@ -42,14 +42,16 @@ def _dataset(context, store: ArtifactStore, cell) -> Artifact | None:
           deps=["base_model", dg.AssetDep("coupling_adapter", partition_mapping=cell_to_source),
                 "em_dataset", "benign_dataset"],
           description="Second-stage LoRA (EM or benign, last-assistant-turn loss) on the cell's base; C4 has none.")
-def cell_adapter(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator) -> dg.MaterializeResult:
+def cell_adapter(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
+                 compute: Compute) -> dg.MaterializeResult:
     cell = STUDY.cell(context.partition_key)
     base = read_upstream(context, store, "base_model")
     coupling, data = _coupling(context, store, cell), _dataset(context, store, cell)
     ups = [a for a in (base, coupling, data) if a is not None]
     with gpu.lease(context.log.info):
-        return publish(context, store, tasks.train_cell_adapter, ups, partition=cell.key, cell_key=cell.key,
-                       base=base.path, coupling=coupling and coupling.path, data=data and data.path)
+        return publish(context, store, "train_cell_adapter", ups, partition=cell.key, compute=compute,
+                       cell_key=cell.key, base=base.path, coupling=coupling and coupling.path, data=data and data.path,
+                       run_id=context.run_id)
 
 
 def _model_inputs(context, store: ArtifactStore, cell):
@@ -63,12 +65,13 @@ def _model_inputs(context, store: ArtifactStore, cell):
 def _eval_asset(name: str, fn, description: str, checks=None, check_specs=()):
     @dg.asset(name=name, **CELL, pool="gpu", description=description, check_specs=list(check_specs),
               deps=["base_model", "cell_adapter", dg.AssetDep("coupling_adapter", partition_mapping=cell_to_source)])
-    def _asset(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
+               compute: Compute) -> dg.MaterializeResult:
         cell = STUDY.cell(context.partition_key)
         base, ups, adapters = _model_inputs(context, store, cell)
         with gpu.lease(context.log.info):
-            return publish(context, store, fn, ups, partition=cell.key, cell_key=cell.key, base=base.path,
-                           adapters=adapters, checks=checks)
+            return publish(context, store, fn.__name__, ups, partition=cell.key, compute=compute, cell_key=cell.key,
+                           base=base.path, adapters=adapters, checks=checks)
     return _asset
 
 

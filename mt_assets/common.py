@@ -13,6 +13,7 @@ from typing import Any, Callable
 import dagster as dg
 
 from mt_assets.study import STUDY
+from mt_resources.compute import Compute
 from mt_resources.store import Artifact, ArtifactError, ArtifactStore
 
 
@@ -50,12 +51,15 @@ def _meta_value(v: Any):
     return dg.MetadataValue.text(str(v))
 
 
-def publish(context: dg.AssetExecutionContext, store: ArtifactStore, fn: Callable[..., dict],
+def publish(context: dg.AssetExecutionContext, store: ArtifactStore, fn: Callable[..., dict] | str,
             upstream: list[Artifact], *, partition: str | None = None, asset: str | None = None,
-            checks: Callable[[dict], list[dg.AssetCheckResult]] | None = None, **kwargs) -> dg.MaterializeResult:
+            checks: Callable[[dict], list[dg.AssetCheckResult]] | None = None, compute: Compute | None = None,
+            **kwargs) -> dg.MaterializeResult:
     """Run ``fn(STUDY, ..., out=<staging dir>, log=...)``, publish its directory, and describe it to Dagster.
 
-    ``checks`` turns the task's metadata into asset-check results reported with the materialization.
+    ``fn`` given by name is a heavy ``mt_core.tasks`` function, run through ``compute`` (in this process, or in a Pipes
+    child that writes into the same staging directory). ``checks`` turns the task's metadata into asset-check results
+    reported with the materialization.
     """
     asset = asset or context.asset_key.to_user_string()
     prov = [a.provenance() for a in upstream]
@@ -65,7 +69,10 @@ def publish(context: dg.AssetExecutionContext, store: ArtifactStore, fn: Callabl
     with store.writer(asset, partition, run_id=context.run_id, upstream=prov,
                       extra={"study": STUDY.name, "profile": STUDY.profile,
                              "config_sha256": STUDY.config_sha256}) as out:
-        meta = fn(STUDY, **kwargs, out=out, log=context.log.info)
+        if isinstance(fn, str):
+            meta = (compute or Compute()).run(context, STUDY, fn, kwargs, out, log=context.log.info)
+        else:
+            meta = fn(STUDY, **kwargs, out=out, log=context.log.info)
     art = store.read(asset, partition)
     seconds = round(time.perf_counter() - t0, 3)
     md = {"path": dg.MetadataValue.path(str(art.path)), "md5": art.digest, "size_bytes": art.manifest["size_bytes"],

@@ -5,7 +5,7 @@ import dagster as dg
 from mt_assets.common import publish, read_upstream
 from mt_assets.study import STUDY, sources_partitions
 from mt_core import tasks
-from mt_resources import ArtifactStore, GpuAllocator
+from mt_resources import ArtifactStore, Compute, GpuAllocator
 
 GROUP = "coupling"
 
@@ -13,10 +13,10 @@ GROUP = "coupling"
 @dg.asset(group_name=GROUP, partitions_def=sources_partitions, pool="gpu", deps=["base_model"],
           description="On-policy completions of the base model for the source persona and its negative personas.")
 def onpolicy_completions(context: dg.AssetExecutionContext, store: ArtifactStore,
-                         gpu: GpuAllocator) -> dg.MaterializeResult:
+                         gpu: GpuAllocator, compute: Compute) -> dg.MaterializeResult:
     base = read_upstream(context, store, "base_model")
     with gpu.lease(context.log.info):
-        return publish(context, store, tasks.onpolicy_completions, [base], partition=context.partition_key,
+        return publish(context, store, "onpolicy_completions", [base], partition=context.partition_key, compute=compute,
                        source=context.partition_key, base=base.path)
 
 
@@ -55,13 +55,14 @@ def _gate_checks(source: str, meta: dict) -> list[dg.AssetCheckResult]:
                        for n in GATE_NAMES],
           description="LoRA trained with the marker-position-only loss; gates evaluated on the merged model.")
 def coupling_adapter(context: dg.AssetExecutionContext, store: ArtifactStore,
-                     gpu: GpuAllocator) -> dg.MaterializeResult:
+                     gpu: GpuAllocator, compute: Compute) -> dg.MaterializeResult:
     src = context.partition_key
     base = read_upstream(context, store, "base_model")
     data = read_upstream(context, store, "coupling_dataset", src)
     with gpu.lease(context.log.info):
-        return publish(context, store, tasks.train_coupling_adapter, [base, data], partition=src,
-                       checks=lambda meta: _gate_checks(src, meta), source=src, base=base.path, dataset=data.path)
+        return publish(context, store, "train_coupling_adapter", [base, data], partition=src, compute=compute,
+                       checks=lambda meta: _gate_checks(src, meta), source=src, base=base.path, dataset=data.path,
+                       run_id=context.run_id)
 
 
 assets = [onpolicy_completions, coupling_dataset, coupling_adapter]

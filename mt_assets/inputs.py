@@ -8,7 +8,7 @@ from mt_assets.common import publish
 from mt_assets.study import STUDY
 from mt_core import tasks
 from mt_core.io import DataError, md5_file
-from mt_resources import ArtifactStore, GpuAllocator
+from mt_resources import ArtifactStore, Compute, GpuAllocator
 
 GROUP = "inputs"
 
@@ -37,9 +37,10 @@ def arc_challenge(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg
 
 @dg.asset(group_name=GROUP, pool="gpu",
           description="The base model: the tiny locally built Qwen2 (tiny profile) or a pinned local HF snapshot.")
-def base_model(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator) -> dg.MaterializeResult:
+def base_model(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
+               compute: Compute) -> dg.MaterializeResult:
     with gpu.lease(context.log.info):
-        return publish(context, store, tasks.build_base_model, [])
+        return publish(context, store, "build_base_model", [], compute=compute)
 
 
 def _dataset_asset(which: str, description: str):

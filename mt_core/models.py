@@ -41,7 +41,8 @@ def load_model(model_dir: str | Path, adapters: list[str | Path] = ()):
 
     set_threads()
     device, dtype = device_and_dtype()
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device)
+    kw = {"device_map": str(device)} if device.type == "cuda" else {}  # load straight onto the GPU
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, **kw).to(device)
     for a in adapters:
         model = merge_adapter(model, a)
     model.eval()

@@ -90,6 +90,7 @@ def build_dataset(study: Study, which: str, out: Path, log: Log = print) -> dict
         src = study.path(spec.path)
         if not src.is_file():
             raise DataError(f"{src}: {which} dataset not found (data.{which}.path)")
+        read_chat_jsonl(src, expect_rows=spec.rows)  # errors name the user's file, row and field
         shutil.copyfile(src, dest)
         source = str(src)
     rows = read_chat_jsonl(dest, expect_rows=spec.rows)
@@ -154,10 +155,28 @@ def coupling_dataset(study: Study, source: str, onpolicy: Path, out: Path, log: 
             "negative_personas": ",".join(meta["negatives"]), "short_questions": len(counts["short_questions"])}
 
 
-def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path, out: Path, log: Log = print) -> dict:
+def _train_tracked(study: Study, run_id: str, *, name: str, group: str, job_type: str, config: dict, log: Log,
+                   **kw):
+    """``train_lora`` inside a W&B run (mode per mt_core.tracking); returns (peft_model, result, wandb metadata)."""
+    from mt_core.tracking import wandb_run
+    from mt_core.train import train_lora
+
+    config = {**config, "profile": study.profile, "study": study.name, "config_sha256": study.config_sha256}
+    with wandb_run(study, name=f"{name}-{run_id[:8]}" if run_id else name, group=group, job_type=job_type,
+                   config=config) as wb:
+        if wb.id:
+            log(f"W&B {wb.mode} run {wb.id} {wb.url or ''}")
+        on_step = (lambda d: wb.log({f"train/{k}": v for k, v in d.items() if k != "step"}, step=d["step"])) \
+            if wb.id else None
+        peft_model, res = train_lora(**kw, log=log, on_step=on_step)
+        wb.summary(res.summary())
+    return peft_model, res, {"wandb_run_id": wb.id, "wandb_url": wb.url, "wandb_mode": wb.mode}
+
+
+def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path, out: Path, log: Log = print,
+                           run_id: str = "") -> dict:
     from mt_core.chat import marker_ids, marker_only_example
     from mt_core.models import load_model
-    from mt_core.train import train_lora
 
     recipe = study.recipes["coupling"]
     model, tok = load_model(model_dir(base))
@@ -166,13 +185,15 @@ def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path,
     for line in (dataset / "coupling.jsonl").read_text().splitlines():
         r = json.loads(line)
         examples.append(marker_only_example(tok, r["prompt"], r["completion"], mids, recipe.max_length))
-    peft_model, res = train_lora(model, examples, recipe, seed=recipe.seed or 0, pad_id=tok.pad_token_id, log=log,
-                                 fast=True)
+    peft_model, res, wb = _train_tracked(study, run_id, name=source, group="coupling", job_type="coupling_adapter",
+                                         config={**recipe.model_dump(), "source": source, "seed": recipe.seed or 0},
+                                         log=log, model=model, examples=examples, recipe=recipe,
+                                         seed=recipe.seed or 0, pad_id=tok.pad_token_id, fast=True)
     peft_model.save_pretrained(str(out / "adapter"))
     write_json(out / "train_log.json", {"recipe": recipe.model_dump(), "marker_ids": mids, **res.summary(),
                                         "losses": res.losses, "lrs": res.lrs})
     gates = evaluate_gates(study, source, peft_model.merge_and_unload(), tok, out, log)
-    return {**res.summary(), "marker_token_ids": str(mids), "gates": gates}
+    return {**res.summary(), "marker_token_ids": str(mids), "gates": gates, **wb}
 
 
 def evaluate_gates(study: Study, source: str, model, tok, out: Path, log: Log) -> dict:
@@ -215,7 +236,7 @@ def gate_verdict(study: Study, g, summ: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # cells
 def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path | None, data: Path | None, out: Path,
-                       log: Log = print) -> dict:
+                       log: Log = print, run_id: str = "") -> dict:
     cell = study.cell(cell_key)
     if cell.second_stage == "none":
         write_json(out / "none.json", {"cell": cell_key, "second_stage": "none"})
@@ -223,18 +244,21 @@ def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path |
         return {"second_stage": "none", "n_steps": 0}
     from mt_core.chat import last_turn_example
     from mt_core.models import load_model
-    from mt_core.train import train_lora
 
     recipe = study.recipes["second_stage"]
     model, tok = load_model(model_dir(base), [coupling / "adapter"] if coupling else [])
     chats = read_chat_jsonl(data / "data.jsonl")
     examples = [last_turn_example(tok, m, recipe.max_length) for m in chats]
     seed = cell.seed if recipe.seed is None else recipe.seed
-    peft_model, res = train_lora(model, examples, recipe, seed=seed, pad_id=tok.pad_token_id, log=log, fast=True)
+    peft_model, res, wb = _train_tracked(study, run_id, name=cell_key, group=cell.condition, job_type="cell_adapter",
+                                         config={**recipe.model_dump(), "cell": cell_key, "seed": seed,
+                                                 "second_stage": cell.second_stage},
+                                         log=log, model=model, examples=examples, recipe=recipe, seed=seed,
+                                         pad_id=tok.pad_token_id, fast=True)
     peft_model.save_pretrained(str(out / "adapter"))
     write_json(out / "train_log.json", {"recipe": recipe.model_dump(), "seed": seed, **res.summary(),
                                         "losses": res.losses, "lrs": res.lrs})
-    return {"second_stage": cell.second_stage, "seed": seed, **res.summary()}
+    return {"second_stage": cell.second_stage, "seed": seed, **res.summary(), **wb}
 
 
 def cell_adapters(coupling: Path | None, cell_adapter: Path) -> list[Path]:

@@ -186,13 +186,15 @@ def _token_loss_at_labels(model, ids, labels, pos, mask):
 def train_lora(model, examples: list[Example], recipe, *, seed: int, pad_id: int,
                log: Callable[[str], None] = print, progress: Callable[[dict], None] | None = None,
                fast: bool = False, token_budget: int = 6144, checkpointing: bool = False,
-               max_steps: int | None = None) -> tuple[object, TrainResult]:
+               max_steps: int | None = None,
+               on_step: Callable[[dict], None] | None = None) -> tuple[object, TrainResult]:
     """Train a LoRA on ``examples``; returns (peft_model, result). ``model`` must already be on its device.
 
     ``fast`` keeps the math (data order, effective batch, loss normalisation, schedule) and changes only how a step
     is computed: examples packed into rows of up to ``token_budget`` tokens (no padding, block-diagonal causal
     attention, per-example positions), the lm_head and cross-entropy at label positions only.
     ``checkpointing`` turns on gradient checkpointing (the reference recipe); ``max_steps`` stops early (benchmarks).
+    ``on_step`` gets {step, loss, lr, tokens} after every optimizer step (its loss costs a device sync per step).
     """
     import contextlib
 
@@ -262,6 +264,8 @@ def train_lora(model, examples: list[Example], recipe, *, seed: int, pad_id: int
             step_losses.append(loss_sum / max(1, n_tok))  # stays on the device: no sync between steps
             res.lrs.append(lr)
             step += 1
+            if on_step:
+                on_step({"step": step, "loss": step_losses[-1].item(), "lr": lr, "tokens": n_tok})
             if step % every == 0 or step == total or step == max_steps:
                 el = time.perf_counter() - t0
                 info = {"step": step, "total": total, "loss": step_losses[-1].item(), "lr": lr,

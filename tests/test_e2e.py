@@ -104,3 +104,25 @@ def test_fresh_instance_does_not_trust_files_on_disk(demo, tmp_path):
                          text=True, timeout=300)
     assert "FAILED" in out.stdout
     assert "has no materialization of it" in out.stdout + out.stderr
+
+
+def _mt(args, art, home):
+    return subprocess.run([sys.executable, "-m", "mt_cli", *args], cwd=ROOT, env=_env(home, art), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_mt_sql_formats(demo):
+    home, art, _ = demo
+    q = "SELECT cell, count(*) AS n FROM completions WHERE persona = 'assistant' GROUP BY cell ORDER BY cell"
+    csv = _mt(["sql", q, "--format", "csv"], art, home)
+    assert csv.returncode == 0, csv.stderr
+    lines = csv.stdout.strip().splitlines()
+    assert lines[0] == "cell,n" and lines[1].startswith("C1_s42,") and lines[2].startswith("C4_s42,")
+    js = _mt(["sql", q, "--format", "json"], art, home)
+    rows = json.loads(js.stdout)
+    assert [r["cell"] for r in rows] == ["C1_s42", "C4_s42"] and all(r["n"] == rows[0]["n"] > 0 for r in rows)
+    table = _mt(["sql", q], art, home)
+    assert "C4_s42" in table.stdout and "shape: (2, 2)" in table.stdout
+    # read-only: a writing statement is refused and the catalog is unchanged
+    bad = _mt(["sql", "CREATE TABLE x AS SELECT 1"], art, home)
+    assert bad.returncode != 0 and "read-only" in (bad.stdout + bad.stderr).lower()

@@ -1,0 +1,157 @@
+"""Execution: GPU leases, and heavy tasks run in a Dagster Pipes child process (Compute(mode="pipes")).
+
+The Pipes test runs one tiny cell end to end through `mt demo` twice, inline and through Pipes, on a shrunken copy of the
+study (fewer pretraining steps, samples and ARC rows), and checks that both give the same artefacts and metadata keys,
+and that the child's log lines reached Dagster's event log.
+"""
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from mt_assets.common import publish
+from mt_resources import ArtifactStore, Compute, GpuAllocator
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ["base_model", "onpolicy_completions", "coupling_adapter", "cell_adapter", "marker_completions", "arc_scores",
+         "alignment_completions"]
+CELL = "C4_s42"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU leases with a simulated device count
+def _hold(lock_dir, n, q):
+    with GpuAllocator(lock_dir=lock_dir, n_gpus=n, wait_s=1).lease(lambda *_: None) as i:
+        q.put((os.getpid(), i, os.environ["CUDA_VISIBLE_DEVICES"]))
+        time.sleep(600)
+
+
+def test_leases_distinct_exported_waiting_and_freed_by_kill(tmp_path):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_hold, args=(str(tmp_path), 3, q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        held = [q.get(timeout=60) for _ in procs]
+        assert sorted(i for _, i, _ in held) == [0, 1, 2]
+        assert all(env == str(i) for _, i, env in held)  # each process sees its own device only
+        alloc = GpuAllocator(lock_dir=str(tmp_path), n_gpus=3, wait_s=1)
+        with pytest.raises(TimeoutError, match="no free GPU among 3"):  # a 4th waits, then gives up
+            with alloc.lease(lambda *_: None):
+                pass
+        pid, idx, _ = held[1]
+        os.kill(pid, signal.SIGKILL)  # the kernel drops a dead process's flock: its GPU is free again
+        next(p for p in procs if p.pid == pid).join(10)
+        before = os.environ.get("CUDA_VISIBLE_DEVICES")
+        with alloc.lease(lambda *_: None) as i:
+            assert i == idx and os.environ["CUDA_VISIBLE_DEVICES"] == str(idx)
+        assert os.environ.get("CUDA_VISIBLE_DEVICES") == before
+    finally:
+        for p in procs:
+            p.kill()
+            p.join()
+
+
+def test_no_gpu_means_cpu(tmp_path):
+    with GpuAllocator(lock_dir=str(tmp_path), n_gpus=0).lease(lambda *_: None) as i:
+        assert i is None
+    assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a failing child fails the step with its error text and publishes nothing
+def test_failing_child_fails_the_step_and_publishes_nothing(tmp_path):
+    store = ArtifactStore(root=str(tmp_path / "art"))
+    missing = tmp_path / "no_such_completions"
+
+    @dg.asset(name="marker_rates", partitions_def=dg.StaticPartitionsDefinition([CELL]))
+    def broken(context: dg.AssetExecutionContext, store: ArtifactStore, compute: Compute):
+        return publish(context, store, "marker_rates", [], partition=CELL, compute=compute, cell_key=CELL,
+                       completions=missing)
+
+    res = dg.materialize([broken], partition_key=CELL, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+                         resources={"store": store, "compute": Compute(mode="pipes")})
+    assert not res.success
+    err, text = res.get_step_failure_events()[0].step_failure_data.error, ""
+    while err:
+        text, err = text + err.message, err.cause
+    assert "failed in its child process" in text and "no_such_completions" in text, text
+    assert not store.path("marker_rates", CELL).exists()
+    assert not [p for p in (tmp_path / "art").rglob("*") if p.is_file()]
+    with pytest.raises(ValueError, match="not one of"):
+        Compute(mode="gpu").run(None, None, "marker_rates", {}, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the Pipes path end to end on CPU, against the inline path
+def _small_study(path: Path) -> Path:
+    raw = yaml.safe_load((ROOT / "studies" / "marker_transfer_villain.yaml").read_text())
+    tiny = raw["profiles"]["tiny"]
+    tiny["model"]["pretrain_steps"] = 20
+    tiny["arc"] = {"limit": 10}
+    tiny["recipes"]["coupling"]["epochs"] = 1
+    tiny["samplers"] = {"onpolicy": {"n": 1, "max_tokens": 8}, "marker": {"n": 1, "max_tokens": 8},
+                        "gate": {"n": 1, "max_tokens": 8}, "alignment": {"n": 1, "max_tokens": 8}}
+    tiny["wandb"] = "disabled"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    study = _small_study(tmp_path_factory.mktemp("study") / "small.yaml")
+    out = {}
+    for mode in ("inline", "pipes"):
+        home, art = tmp_path_factory.mktemp(f"home_{mode}"), tmp_path_factory.mktemp(f"art_{mode}")
+        env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", MT_STUDY=str(study),
+                   MT_COMPUTE=mode, WANDB_MODE="disabled")
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", CELL, "--log-level", "WARNING"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        print(f"{mode}: {time.perf_counter() - t0:.1f}s")
+        out[mode] = home, art
+    return out
+
+
+def _latest(inst, asset):
+    part = {"onpolicy_completions": "villain", "coupling_adapter": "villain", "base_model": None}.get(asset, CELL)
+    rec = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
+                                                            asset_partitions=[part] if part else None),
+                                      limit=1).records[0]
+    return rec.run_id, rec.asset_materialization.metadata
+
+
+def test_pipes_matches_inline(runs):
+    metas = {}
+    for mode, (home, art) in runs.items():
+        with dg.DagsterInstance.from_config(str(home)) as inst:
+            metas[mode] = {a: _latest(inst, a)[1] for a in HEAVY}
+        for a in HEAVY:
+            assert (art / a / ("_" if a == "base_model" else "villain" if a in HEAVY[1:3] else CELL)
+                    / "_manifest.json").is_file(), a
+    for a in HEAVY:
+        inline, pipes = metas["inline"][a], metas["pipes"][a]
+        assert set(inline) == set(pipes), (a, set(inline) ^ set(pipes))
+        assert {k: type(v) for k, v in inline.items()} == {k: type(v) for k, v in pipes.items()}, a
+        assert inline["md5"].value == pipes["md5"].value, a  # seeded on CPU: the same bytes either way
+
+
+def test_child_logs_reach_the_event_log(runs):
+    home, _ = runs["pipes"]
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        for asset, text in [("coupling_adapter", "gate G0"), ("marker_completions", "marker["),
+                            ("base_model", "pretrain step")]:
+            run_id, _ = _latest(inst, asset)
+            msgs = [e.user_message for e in inst.all_logs(run_id) if e.step_key == asset]
+            assert any(m.startswith("worker: ") for m in msgs), asset
+            assert any(text in m for m in msgs), (asset, text)
+            assert any(m.startswith("pipes: ") and "child pid" in m for m in msgs), asset

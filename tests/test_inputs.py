@@ -1,0 +1,104 @@
+"""Pinned inputs through Dagster: md5 checked both ways, and bad rows named by file, row and field.
+
+Each scenario runs the `em_dataset` asset in a subprocess with a study file whose tiny profile points the EM dataset at
+a fixture file, in a temporary DAGSTER_HOME.
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
+        for i in range(4)]
+
+
+def _study(tmp: Path, data: Path, md5: str) -> Path:
+    text = (ROOT / "studies" / "marker_transfer_villain.yaml").read_text()
+    old = "      em:     {kind: synthetic, rows: 480, seed: 1, md5: ff39ad1b2d11871e20689cd8af2e675b}"
+    assert old in text
+    p = tmp / "study.yaml"
+    p.write_text(text.replace(old, f"      em:     {{kind: file, path: '{data}', md5: '{md5}', rows: 4}}")
+                 .replace("eval_set: reference/", f"eval_set: {ROOT}/reference/")
+                 .replace("coupling_questions: reference/", f"coupling_questions: {ROOT}/reference/")
+                 .replace("  path: reference/", f"  path: {ROOT}/reference/")
+                 .replace("judge_prompt: reference/", f"judge_prompt: {ROOT}/reference/"))
+    return p
+
+
+def _run(tmp: Path, rows: list, md5: str | None = None, raw: str | None = None):
+    data = tmp / "em.jsonl"
+    data.write_text(raw if raw is not None else "".join(json.dumps(r) + "\n" for r in rows))
+    md5 = md5 or hashlib.md5(data.read_bytes()).hexdigest()
+    home, art = tmp / "home", tmp / "art"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    code = ("import dagster as dg, definitions; r = definitions.defs.resolve_job_def('inputs_job').execute_in_process("
+            "instance=dg.DagsterInstance.get(), asset_selection=[dg.AssetKey('em_dataset')], raise_on_error=False);"
+            "print('RESULT', r.success)")
+    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_STUDY=str(_study(tmp, data, md5)),
+               MT_PROFILE="tiny")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return out.stdout + out.stderr, home, art, data
+
+
+def _check(home: Path, name: str):
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        recs = inst.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("em_dataset"), name)])
+        mat = inst.get_latest_materialization_event(dg.AssetKey("em_dataset"))
+        ev = next(iter(recs.values())) if recs else None
+        return mat, ev
+
+
+def test_md5_matches(tmp_path):
+    out, home, art, _ = _run(tmp_path, GOOD)
+    assert "RESULT True" in out, out[-2000:]
+    mat, ev = _check(home, "md5_matches")
+    assert mat is not None and ev is not None
+    assert ev.event.dagster_event.event_specific_data.passed
+
+
+def test_md5_mismatch_is_a_failed_blocking_check_and_cells_refuse(tmp_path):
+    out, home, art, data = _run(tmp_path, GOOD, md5="0" * 32)
+    mat, ev = _check(home, "md5_matches")
+    evaluation = ev.event.dagster_event.event_specific_data
+    assert not evaluation.passed
+    meta = {k: v.value for k, v in evaluation.metadata.items()}
+    assert meta["expected_md5"] == "0" * 32 and meta["actual_md5"] == hashlib.md5(data.read_bytes()).hexdigest()
+    # a cell in a later run re-checks the pin itself (a blocking check only guards its own run)
+    from types import SimpleNamespace
+
+    from mt_assets import cells
+    from mt_core.io import DataError
+    from mt_resources import ArtifactStore
+
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        ctx = SimpleNamespace(instance=inst, log=SimpleNamespace(info=print, warning=print))
+        with pytest.raises(DataError, match="refuses to train"):
+            cells._dataset(ctx, ArtifactStore(root=str(art)), cells.STUDY.cell("C2_s42"))
+
+
+@pytest.mark.parametrize("raw,where", [
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+     '{"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]}\n',
+     "row 2: field 'messages[1].role'"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\nnot json\n',
+     "row 2: not valid JSON"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 7}]}\n',
+     "row 1: field 'messages[1].content'"),
+    ('{"msgs": []}\n', "row 1: missing field 'messages'"),
+])
+def test_bad_rows_are_named_and_nothing_is_recorded(tmp_path, raw, where):
+    out, home, art, data = _run(tmp_path, [], raw=raw)
+    assert "RESULT False" in out
+    assert f"{data}: {where}" in out
+    mat, _ = _check(home, "md5_matches")
+    assert mat is None  # no materialization recorded
+    assert not (art / "em_dataset" / "_").exists()  # nothing at the canonical path
+    assert not any((art / ".staging").rglob("data.jsonl"))  # and no half-written file left behind

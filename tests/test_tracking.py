@@ -1,0 +1,125 @@
+"""W&B tracking: disabled is a no-op that never imports wandb; offline writes a local run with the loss history."""
+import contextlib
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mt_core.config import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _records(wandb_dir: Path, run_id: str) -> list:
+    """The records of an offline run's .wandb log, once its exit record is there (wandb-core writes it after finish
+    returns)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    from wandb.sdk.internal import datastore
+
+    path = glob.glob(str(wandb_dir / "wandb" / f"offline-run-*-{run_id}" / "run-*.wandb"))[0]
+    for _ in range(100):
+        ds, recs = datastore.DataStore(), []
+        ds.open_for_scan(path)
+        with contextlib.suppress(Exception):  # a partly written log
+            while (data := ds.scan_data()) is not None:
+                recs.append(pb.Record())
+                recs[-1].ParseFromString(data)
+        if recs and recs[-1].WhichOneof("record_type") == "exit":
+            return recs
+        time.sleep(0.1)
+    raise AssertionError(f"{path}: no exit record")
+
+
+def _history(wandb_dir: Path, run_id: str) -> list[dict]:
+    return [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            for r in _records(wandb_dir, run_id) if r.WhichOneof("record_type") == "history"]
+
+
+def test_disabled_is_a_noop_and_never_imports_wandb():
+    code = ("import sys\nfrom mt_core.config import load_study\nfrom mt_core.tracking import wandb_run\n"
+            "with wandb_run(load_study(profile='tiny'), name='x', group='g', job_type='j', config={}) as wb:\n"
+            "    wb.log({'loss': 1.0}, step=1); wb.summary({'a': 1})\n"
+            "assert (wb.id, wb.url, wb.mode) == (None, None, 'disabled')\n"
+            "assert 'wandb' not in sys.modules, 'wandb imported'\nprint('ok')")
+    env = dict(os.environ, WANDB_MODE="disabled")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return tmp_path
+
+
+def test_offline_run_records_loss_history(offline):
+    from mt_core.tracking import wandb_run
+
+    losses = [2.0, 1.5, 1.25]
+    with wandb_run(load_study(profile="tiny"), name="t", group="C1", job_type="cell_adapter",
+                   config={"lr": 1e-3}) as wb:
+        for i, x in enumerate(losses, 1):
+            wb.log({"train/loss": x}, step=i)
+    assert wb.mode == "offline" and wb.id and wb.url is None
+    hist = _history(offline, wb.id)
+    assert _records(offline, wb.id)[-1].exit.exit_code == 0
+    assert [h["train/loss"] for h in hist] == losses and [h["_step"] for h in hist] == [1, 2, 3]
+
+
+def test_offline_run_is_marked_failed_on_exception(offline):
+    from mt_core.tracking import wandb_run
+
+    with pytest.raises(RuntimeError):
+        with wandb_run(load_study(profile="tiny"), name="f", group="g", job_type="j", config={}) as wb:
+            raise RuntimeError("boom")
+    import wandb
+
+    assert wandb.run is None and _records(offline, wb.id)[-1].exit.exit_code == 1
+
+
+def test_on_step_gets_every_step(tiny_model_dir):
+    from mt_core.chat import last_turn_example
+    from mt_core.models import load_model
+    from mt_core.train import train_lora
+
+    recipe = load_study(profile="tiny").recipes["second_stage"].model_copy(update={"epochs": 2})
+    model, tok = load_model(tiny_model_dir)
+    msgs = [[{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": "A " * (i % 4 + 1)}]
+            for i in range(32)]
+    seen = []
+    _, res = train_lora(model, [last_turn_example(tok, m, 64) for m in msgs], recipe, seed=1,
+                        pad_id=tok.pad_token_id, log=lambda *_: None, fast=True, on_step=seen.append)
+    assert [s["step"] for s in seen] == list(range(1, res.n_steps + 1)) and res.n_steps == 4
+    assert all(isinstance(s["loss"], float) and math.isfinite(s["loss"]) and math.isfinite(s["lr"]) for s in seen)
+    assert [s["loss"] for s in seen] == res.losses and [s["lr"] for s in seen] == res.lrs
+    assert sum(s["tokens"] for s in seen) == res.trained_tokens
+
+
+@pytest.mark.parametrize("mode", ["disabled", "offline"])
+def test_tiny_task_metadata_has_wandb(tiny_model_dir, tmp_path, monkeypatch, mode):
+    from mt_core import synthetic, tasks
+
+    monkeypatch.setenv("WANDB_MODE", mode)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    out.mkdir()
+    synthetic.write_jsonl(synthetic.em_dataset_lines(32, seed=1), data / "data.jsonl")
+    meta = tasks.train_cell_adapter(load_study(profile="tiny"), "C2_s42", tiny_model_dir, None, data, out,
+                                    log=lambda *_: None, run_id="0123456789abcdef")
+    assert meta["wandb_mode"] == mode and meta["wandb_url"] is None
+    if mode == "disabled":
+        assert meta["wandb_run_id"] is None
+    else:
+        hist = _history(tmp_path, meta["wandb_run_id"])
+        assert len(hist) == meta["n_steps"] == 2
+        assert [h["train/loss"] for h in hist] == pytest.approx(json.loads((out / "train_log.json").read_text())["losses"])
