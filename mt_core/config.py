@@ -149,16 +149,17 @@ class HFModel(_Strict):
 
 
 class DataSpec(_Strict):
-    kind: Literal["synthetic", "file"]
+    kind: Literal["synthetic", "file", "ultrachat"]  # ultrachat: built by recipe from a local copy of the split
     rows: int = Field(gt=0)
     seed: int | None = None
     path: str | None = None
     md5: str | None = None
+    offset: int = 0
 
     @model_validator(mode="after")
     def _need_path(self):
-        if self.kind == "file" and not (self.path and self.md5):
-            raise ValueError("a file dataset needs both 'path' and 'md5'")
+        if self.kind in ("file", "ultrachat") and not (self.path and self.md5):
+            raise ValueError(f"a {self.kind} dataset needs both 'path' and 'md5'")
         if self.kind == "synthetic" and self.seed is None:
             raise ValueError("a synthetic dataset needs a 'seed'")
         return self

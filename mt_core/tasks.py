@@ -86,6 +86,12 @@ def build_dataset(study: Study, which: str, out: Path, log: Log = print) -> dict
         fn = synthetic.em_dataset_lines if which == "em" else synthetic.benign_dataset_lines
         synthetic.write_jsonl(fn(spec.rows, seed=spec.seed), dest)
         source = f"synthetic:{which}:rows={spec.rows}:seed={spec.seed}"
+    elif spec.kind == "ultrachat":
+        from mt_core import benign, synthetic
+
+        synthetic.write_jsonl(benign.benign_lines(spec.path, n=spec.rows, seed=spec.seed or 42,
+                                                  offset=spec.offset), dest)
+        source = f"ultrachat:{spec.path}:shuffle_seed={spec.seed or 42}:offset={spec.offset}:rows={spec.rows}"
     else:
         src = study.path(spec.path)
         if not src.is_file():
