@@ -6,6 +6,7 @@
     mt import-legacy DIR --study NAME   import the reference pipeline's result files as study NAME
     mt report --study NAME  the headline table (or --json) of the current study or an imported one
     mt lineage CELL         what a cell was built from (partition, run id, md5 per artefact) and what is stale
+    mt pool [--gpus N]      set the instance's `gpu` pool limit to N (default: the GPUs found, at least 1)
 """
 from __future__ import annotations
 
@@ -56,6 +57,27 @@ def _run(defs, job: str, instance, partition: str | None, log_level: str) -> flo
     return dt
 
 
+def set_gpu_pool(instance, n: int | None = None) -> int:
+    """The instance's ``gpu`` pool limit := n, or the number of GPUs found (at least 1: without a GPU the pool's steps
+    run on CPU). Once set it overrides ``concurrency.pools.default_limit`` of dagster.yaml for this pool."""
+    from mt_resources import GpuAllocator
+
+    n = max(1, GpuAllocator().count()) if n is None else n
+    if n < 1:
+        raise SystemExit(f"--gpus {n}: a pool limit below 1 would never run a GPU step")
+    instance.event_log_storage.set_concurrency_slots("gpu", n)
+    return n
+
+
+def cmd_pool(args) -> int:
+    _env(args)
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        print(f"gpu pool limit: {set_gpu_pool(instance, args.gpus)} (instance {os.environ['DAGSTER_HOME']})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     _env(args)
     import dagster as dg
@@ -69,6 +91,10 @@ def cmd_demo(args) -> int:
     with dg.DagsterInstance.get() as instance:
         print(f"study {study.name}, profile {study.profile}; Dagster instance {os.environ['DAGSTER_HOME']}; "
               f"artefacts {d.ARTIFACTS}; {len(cells)} cells")
+        if args.gpus is not None or "gpu" not in instance.event_log_storage.get_concurrency_keys():
+            set_gpu_pool(instance, args.gpus)  # a limit set before (`mt pool`) is kept unless --gpus is given
+        print(f"gpu pool limit {instance.event_log_storage.get_concurrency_info('gpu').slot_count}; "
+              f"compute {d.defs.resources['compute'].mode}")
         _run(d, "inputs_job", instance, None, args.log_level)
         needed = [s for s in study.sources if any(study.cell(c).base == s for c in cells)]
         for src in needed:
@@ -280,7 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--cells", help="comma-separated cell keys (default: all cells of the study)")
     d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"],
                    help="Dagster console log level (default INFO)")
+    d.add_argument("--gpus", type=int, help="set the gpu pool limit (default: keep it, or the GPUs found if unset)")
     d.set_defaults(fn=cmd_demo)
+
+    po = sub.add_parser("pool", help="set the instance's gpu pool limit (concurrent GPU steps)")
+    po.add_argument("--gpus", type=int, help="the limit (default: the number of GPUs found, at least 1)")
+    po.set_defaults(fn=cmd_pool)
 
     q = sub.add_parser("sql", parents=[common], help="read-only SQL over the DuckDB catalog")
     q.add_argument("query")

@@ -9,6 +9,7 @@ interrupted step sends the child SIGINT, then SIGKILL after ``grace_s``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,6 +35,15 @@ def encode(v):
     return v
 
 
+@contextlib.contextmanager
+def _pipes_session(context, extras: dict):
+    with warnings.catch_warnings():  # Dagster's own message handler calls one of its preview APIs: not ours to act on
+        warnings.filterwarnings("ignore", message=".*expected_writer_count.*")
+        with dg.open_pipes_session(context=context, extras=extras, context_injector=dg.PipesTempFileContextInjector(),
+                                   message_reader=dg.PipesTempFileMessageReader()) as session:
+            yield session
+
+
 class ChildTaskError(RuntimeError):
     """A task that failed in its Pipes child process; the message carries the child's error."""
 
@@ -57,10 +67,7 @@ class Compute(dg.ConfigurableResource):
                   "study": str(os.environ.get("MT_STUDY") or DEFAULT_STUDY), "profile": study.profile,
                   "config_sha256": study.config_sha256}
         cvd = os.environ.get("CUDA_VISIBLE_DEVICES")  # set by gpu.lease for the work under it; the child inherits it
-        with warnings.catch_warnings(), dg.open_pipes_session(
-                context=context, extras=extras, context_injector=dg.PipesTempFileContextInjector(),
-                message_reader=dg.PipesTempFileMessageReader()) as session:
-            warnings.simplefilter("ignore", dg.PreviewWarning)  # raised by Dagster's own message handler
+        with _pipes_session(context, extras) as session:
             # same cwd and environment as the step, so relative paths mean the same; the project importable
             path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
             proc = subprocess.Popen([sys.executable, "-m", "mt_worker"],
