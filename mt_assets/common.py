@@ -7,6 +7,7 @@ id, path and md5, and checks that md5 against the instance's record of that part
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Callable
 
@@ -62,6 +63,8 @@ def publish(context: dg.AssetExecutionContext, store: ArtifactStore, fn: Callabl
     reported with the materialization.
     """
     asset = asset or context.asset_key.to_user_string()
+    if isinstance(fn, str):
+        require_judge_credentials()
     prov = [a.provenance() for a in upstream]
     for p in prov:
         context.log.info(f"input {p['asset']}[{p['partition']}] md5 {p['md5']} from run {p['run_id']}")
@@ -84,6 +87,14 @@ def publish(context: dg.AssetExecutionContext, store: ArtifactStore, fn: Callabl
                      f"in {seconds}s")
     return dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(art.digest),
                                 check_results=checks(meta or {}) if checks else None)
+
+
+def require_judge_credentials() -> None:
+    """A study judged by Claude refuses to start GPU work without an API key (the reference silently wrote nulls)."""
+    if STUDY.judge.kind == "anthropic" and not os.environ.get("ANTHROPIC_API_KEY"):
+        raise dg.Failure(f"ANTHROPIC_API_KEY is not set, but study {STUDY.name!r} (profile {STUDY.profile!r}) is "
+                         f"judged by {STUDY.judge.model}; set the key before any GPU work starts, or use a profile "
+                         f"with judge.kind: offline")
 
 
 def as_json(obj: Any) -> str:

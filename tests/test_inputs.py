@@ -102,3 +102,23 @@ def test_bad_rows_are_named_and_nothing_is_recorded(tmp_path, raw, where):
     assert mat is None  # no materialization recorded
     assert not (art / "em_dataset" / "_").exists()  # nothing at the canonical path
     assert not any((art / ".staging").rglob("data.jsonl"))  # and no half-written file left behind
+
+
+@pytest.mark.parametrize("key,expect", [(None, "ANTHROPIC_API_KEY is not set"), ("sk-test", "no local snapshot")])
+def test_real_profile_needs_the_judge_key_before_gpu_work(tmp_path, key, expect):
+    """qwen7b without ANTHROPIC_API_KEY fails at its first GPU step, before looking for model weights."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(tmp_path / "art"), MT_PROFILE="qwen7b",
+               MT_COMPUTE="inline", HF_HOME=str(tmp_path / "hf"))
+    env.pop("ANTHROPIC_API_KEY", None)
+    if key:
+        env["ANTHROPIC_API_KEY"] = key
+    code = ("import dagster as dg, definitions; r = definitions.defs.resolve_job_def('inputs_job').execute_in_process("
+            "instance=dg.DagsterInstance.get(), asset_selection=[dg.AssetKey('base_model')], raise_on_error=False);"
+            "print('RESULT', r.success)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert "RESULT False" in text and expect in text
+    assert not (tmp_path / "art" / "base_model" / "_").exists()
