@@ -8,9 +8,11 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-slow ui clean-artifacts
+.PHONY: setup browser demo test test-slow ui clean-artifacts
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+
+browser:
 	@# tests/test_ui.py drives Debian's chromium; where it cannot be installed (no apt, not root) the test skips
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -q && apt-get install -y -q chromium; } || echo "chromium not installed: tests/test_ui.py will skip"
@@ -31,10 +33,10 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: setup
 	$(BIN)/mt demo
 
-test: setup
+test: setup browser
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
-test-slow: setup
+test-slow: setup browser
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
 
 ui: setup
