@@ -95,6 +95,9 @@ def cmd_demo(args) -> int:
             set_gpu_pool(instance, args.gpus)  # a limit set before (`mt pool`) is kept unless --gpus is given
         print(f"gpu pool limit {instance.event_log_storage.get_concurrency_info('gpu').slot_count}; "
               f"compute {d.defs.resources['compute'].mode}")
+        stale = d.defs.resources["store"].clean_staging()  # left by steps killed over an hour ago
+        if stale:
+            print(f"removed {stale} staging folder(s) left by killed steps")
         _run(d, "inputs_job", instance, None, args.log_level)
         needed = [s for s in study.sources if any(study.cell(c).base == s for c in cells)]
         for src in needed:

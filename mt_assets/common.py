@@ -6,7 +6,6 @@ id, path and md5, and checks that md5 against the instance's record of that part
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Callable
@@ -95,7 +94,3 @@ def require_judge_credentials() -> None:
         raise dg.Failure(f"ANTHROPIC_API_KEY is not set, but study {STUDY.name!r} (profile {STUDY.profile!r}) is "
                          f"judged by {STUDY.judge.model}; set the key before any GPU work starts, or use a profile "
                          f"with judge.kind: offline")
-
-
-def as_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)

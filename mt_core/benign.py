@@ -28,7 +28,7 @@ def load_split(source: str):
         return load_dataset(source, split="train_sft"), source
     except Exception as e:  # noqa: BLE001 - anything here means "not available locally"
         raise DataError(f"{source}: UltraChat train_sft is not available locally ({type(e).__name__}: {e}); "
-                        f"point data.benign.path at a parquet copy of the split") from None
+                        f"point data.benign.path at a parquet copy of the split, or cache {HUB_ID} under HF_HOME") from None
 
 
 def benign_lines(source: str, *, n: int = 6000, seed: int = 42, offset: int = 0, marker: str = "zlt") -> list[str]:

@@ -21,6 +21,7 @@ def cell_result(study: Study, key: str, rates: Path, arc: Path | None, scores: P
             "arc_accuracy": read_json(arc / "summary.json")["arc_challenge_logprob"] if arc else None,
             "aligned": al.get("overall_mean_aligned"), "coherent": al.get("overall_mean_coherent"),
             "judge_model": al.get("judge_model"), "judge_offline": al.get("judge_offline"),
+            "judge_error_gate_pass": al.get("error_gate_pass"),
             "degenerate_fraction": au.get("degenerate_fraction"), "audit_outcome": au.get("outcome")}
 
 
@@ -44,6 +45,10 @@ def build_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: 
         notes.append(f"Alignment scores come from an OFFLINE stand-in judge ({', '.join(judges)}), not an LLM.")
     notes.append(f"Primary conjunction: {'PASS' if primary['pass'] else 'FAIL'}.")
     notes.append("Gates: " + ", ".join(f"{n} {'pass' if g['pass'] else 'FAIL'}" for n, g in gates.items()) + ".")
+    bad_judge = [c["cell"] for c in cells if c.get("judge_error_gate_pass") is False]
+    if bad_judge:
+        notes.append("Judge error rate above the study's limit (alignment numbers unreliable): "
+                     + ", ".join(bad_judge) + ".")
     if g4:
         notes.append("G4 exclusions (alignment above threshold): " + ", ".join(x["cell"] for x in g4) + ".")
     text = f"# {study.name} ({study.profile})\n\n{md}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

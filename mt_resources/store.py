@@ -77,7 +77,7 @@ class ArtifactStore(dg.ConfigurableResource):
                extra: dict | None = None):
         """Yield an empty staging directory; on success publish it atomically with its manifest."""
         final = self.path(asset, partition)
-        staging = self.base / ".staging" / asset / f"{partition or UNPARTITIONED}-{uuid.uuid4().hex[:8]}"
+        staging = self.base / ".staging" / asset / f"{partition or UNPARTITIONED}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir(parents=True)
         try:
             yield staging
@@ -116,9 +116,18 @@ class ArtifactStore(dg.ConfigurableResource):
         return Artifact(asset, partition or UNPARTITIONED, final, manifest)
 
     def clean_staging(self, older_than_s: float = 3600) -> int:
-        """Remove staging directories left by killed steps."""
+        """Remove staging directories left by killed steps: their writer process is gone (same host) and they are
+        older than ``older_than_s``. A step still writing is never touched."""
         n, now = 0, time.time()
         for p in (self.base / ".staging").glob("*/*"):
+            try:
+                pid = int(p.name.rsplit("-", 2)[-2])
+                os.kill(pid, 0)
+                continue  # the writer is alive
+            except ProcessLookupError:
+                pass
+            except (ValueError, IndexError, PermissionError):
+                continue  # not ours to judge
             if now - p.stat().st_mtime > older_than_s:
                 shutil.rmtree(p, ignore_errors=True)
                 n += 1

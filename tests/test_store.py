@@ -88,6 +88,10 @@ def test_killed_writer_leaves_nothing(tmp_path):
     leftovers = list((tmp_path / ".staging" / "adapter").iterdir())
     assert len(leftovers) == 1 and not (leftovers[0] / MANIFEST).exists()
     assert store.clean_staging(older_than_s=0) == 1
+    # a writer that is still alive keeps its staging folder, however old
+    with store.writer("adapter", "C1_s42", run_id="r") as out:
+        assert store.clean_staging(older_than_s=0) == 0 and out.exists()
+        (out / "w").write_text("x")
 
 
 def test_manifest_digest_changes_with_content(tmp_path):
