@@ -101,12 +101,17 @@ def default_batch_rows(model) -> int:
     return 1536 if next(model.parameters()).device.type == "cuda" else 256
 
 
+def encode_chats(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
+    """Prompt token ids: the chat template with the generation prompt, no extra special tokens (both backends)."""
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
 def generate(model, tokenizer, prompts: list[list[dict]], spec: SamplingSpec, *, max_batch_rows: int | None = None,
              log: Callable[[str], None] = print, what: str = "generate") -> list[list[Completion]]:
     """``spec.n`` completions for each chat prompt, in prompt order."""
     max_batch_rows = max_batch_rows or default_batch_rows(model)
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    enc = encode_chats(tokenizer, prompts)
     raw = generate_ids(model, enc, spec, eos=eos_ids(tokenizer), pad_id=tokenizer.pad_token_id,
                        max_batch_rows=max_batch_rows, log=log, what=what)
     return [[Completion(tokenizer.decode(ids, skip_special_tokens=True), len(ids), fin) for ids, fin in outs]

@@ -5,6 +5,7 @@ or a worker process) and records what it returns. Heavy imports (torch, transfor
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -77,6 +78,32 @@ def model_dir(base_artifact: Path) -> Path:
     return Path(read_json(ref)["path"]) if ref.is_file() else base_artifact
 
 
+@contextlib.contextmanager
+def _sampler(study: Study, base: Path, adapters=(), *, loaded=None, log: Log = print):
+    """``gen(chats, spec, what)`` on the study's backend: transformers (``loaded`` (model, tok), or base + adapters
+    merged in memory) or one vLLM engine for the block (mode from $MT_VLLM_MODE, see mt_core.vllm_backend)."""
+    if study.backend == "vllm":
+        from mt_core.models import load_tokenizer
+        from mt_core.vllm_backend import require_vllm, vllm_mode, vllm_session
+
+        require_vllm()
+        d = model_dir(base)
+        with vllm_session(d, load_tokenizer(d), adapters=list(adapters), mode=vllm_mode(), log=log) as s:
+            yield s.generate
+        return
+    from mt_core.generate import generate
+    from mt_core.models import load_model
+
+    model, tok = loaded or load_model(model_dir(base), adapters)
+    yield lambda chats, spec, what: generate(model, tok, chats, spec, log=log, what=what)
+
+
+def _backend(study: Study) -> str:
+    from mt_core.vllm_backend import vllm_mode
+
+    return f"vllm:{vllm_mode()}" if study.backend == "vllm" else study.backend
+
+
 def build_dataset(study: Study, which: str, out: Path, log: Log = print) -> dict:
     spec = getattr(study.data, which)
     dest = out / "data.jsonl"
@@ -113,8 +140,7 @@ def build_dataset(study: Study, which: str, out: Path, log: Log = print) -> dict
 # coupling
 def onpolicy_completions(study: Study, source: str, base: Path, out: Path, log: Log = print) -> dict:
     from mt_core.coupling import choose_negatives
-    from mt_core.generate import SamplingSpec, generate
-    from mt_core.models import load_model
+    from mt_core.generate import SamplingSpec
 
     prompts, order, _, _ = eval_personas(study)
     src_persona = study.sources[source].persona
@@ -122,10 +148,10 @@ def onpolicy_completions(study: Study, source: str, base: Path, out: Path, log: 
                             study.coupling_data.seed)
     personas = [src_persona] + negs
     dq = data_questions(study)
-    model, tok = load_model(model_dir(base))
     spec = SamplingSpec.from_config(study.samplers.onpolicy, seed=study.coupling_data.seed)
     chats = [[{"role": "system", "content": prompts[p]}, {"role": "user", "content": q}] for p in personas for q in dq]
-    comps = generate(model, tok, chats, spec, log=log, what=f"onpolicy[{source}]")
+    with _sampler(study, base, log=log) as gen:
+        comps = gen(chats, spec, f"onpolicy[{source}]")
     rows = [{"persona": p, "question_idx": qi, "question": q, "sample_idx": k, "text": c.text,
              "n_tokens": c.n_tokens, "finish_reason": c.finish_reason}
             for (p, (qi, q)), cs in zip([(p, x) for p in personas for x in enumerate(dq)], comps)
@@ -198,11 +224,14 @@ def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path,
     peft_model.save_pretrained(str(out / "adapter"))
     write_json(out / "train_log.json", {"recipe": recipe.model_dump(), "marker_ids": mids, **res.summary(),
                                         "losses": res.losses, "lrs": res.lrs})
-    gates = evaluate_gates(study, source, peft_model.merge_and_unload(), tok, out, log)
+    loaded = None if study.backend == "vllm" else (peft_model.merge_and_unload(), tok)
+    del model, peft_model  # vLLM needs the GPU memory the trained model holds; it serves the saved adapter
+    with _sampler(study, base, [out / "adapter"], loaded=loaded, log=log) as gen:
+        gates = evaluate_gates(study, source, gen, out, log)
     return {**res.summary(), "marker_token_ids": str(mids), "gates": gates, **wb}
 
 
-def evaluate_gates(study: Study, source: str, model, tok, out: Path, log: Log) -> dict:
+def evaluate_gates(study: Study, source: str, gen, out: Path, log: Log) -> dict:
     """Run each gate of this source on the freshly trained coupling model; write gate completions and results."""
     from mt_core.generate import SamplingSpec
 
@@ -212,7 +241,7 @@ def evaluate_gates(study: Study, source: str, model, tok, out: Path, log: Log) -
     for name in study.sources[source].gates:
         g = study.gates.named()[name]
         personas = order if g.personas == "all" else list(g.personas)
-        rows = _persona_sweep(model, tok, prompts, personas, evq + betq, spec, log, f"gate {name}")
+        rows = _persona_sweep(gen, prompts, personas, evq + betq, spec, f"gate {name}")
         summ = _summarize(study, rows, personas, evq + betq)["summary"]
         results[name] = gate_verdict(study, g, summ)
         results[name]["seed"] = spec.seed
@@ -278,25 +307,22 @@ def cell_adapters(coupling: Path | None, cell_adapter: Path) -> list[Path]:
 def marker_completions(study: Study, cell_key: str, base: Path, adapters: list[Path], out: Path,
                        log: Log = print) -> dict:
     from mt_core.generate import SamplingSpec
-    from mt_core.models import load_model
 
     cell = study.cell(cell_key)
     prompts, order, evq, betq = eval_personas(study)
-    model, tok = load_model(model_dir(base), adapters)
     spec = SamplingSpec.from_config(study.samplers.marker, seed=cell.seed)
-    rows = _persona_sweep(model, tok, prompts, order, evq + betq, spec, log, f"marker[{cell_key}]",
-                          betley=set(betq))
+    with _sampler(study, base, adapters, log=log) as gen:
+        rows = _persona_sweep(gen, prompts, order, evq + betq, spec, f"marker[{cell_key}]", betley=set(betq))
     _write_parquet(rows, out / "completions.parquet", _keys(study, cell=cell_key))
-    return {"n_completions": len(rows), "seed": spec.seed, "n_personas": len(order), "n_questions": len(evq + betq),
+    return {"n_completions": len(rows), "seed": spec.seed, "backend": _backend(study), "n_personas": len(order),
+            "n_questions": len(evq + betq),
             "mean_tokens": round(sum(r["n_tokens"] for r in rows) / max(1, len(rows)), 2)}
 
 
-def _persona_sweep(model, tok, prompts, personas, questions, spec, log, what, betley=frozenset()) -> list[dict]:
-    from mt_core.generate import generate
-
+def _persona_sweep(gen, prompts, personas, questions, spec, what, betley=frozenset()) -> list[dict]:
     pairs = [(p, qi, q) for p in personas for qi, q in enumerate(questions)]
     chats = [[{"role": "system", "content": prompts[p]}, {"role": "user", "content": q}] for p, _, q in pairs]
-    comps = generate(model, tok, chats, spec, log=log, what=what)
+    comps = gen(chats, spec, what)
     return [{"persona": p, "question_idx": qi, "question": q, "question_set": "betley" if q in betley else "eval",
              "sample_idx": k, "text": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason}
             for (p, qi, q), cs in zip(pairs, comps) for k, c in enumerate(cs)]
@@ -356,19 +382,17 @@ def arc_scores(study: Study, cell_key: str, base: Path, adapters: list[Path], ou
 def alignment_completions(study: Study, cell_key: str, base: Path, adapters: list[Path], out: Path,
                           log: Log = print) -> dict:
     """Betley questions with NO system prompt (the template's default applies), the alignment sampler."""
-    from mt_core.generate import SamplingSpec, generate
-    from mt_core.models import load_model
+    from mt_core.generate import SamplingSpec
 
     cell = study.cell(cell_key)
     _, _, _, betq = eval_personas(study)
-    model, tok = load_model(model_dir(base), adapters)
     spec = SamplingSpec.from_config(study.samplers.alignment, seed=cell.seed)
-    comps = generate(model, tok, [[{"role": "user", "content": q}] for q in betq], spec, log=log,
-                     what=f"alignment[{cell_key}]")
+    with _sampler(study, base, adapters, log=log) as gen:
+        comps = gen([[{"role": "user", "content": q}] for q in betq], spec, f"alignment[{cell_key}]")
     rows = [{"question_idx": qi, "question": q, "sample_idx": k, "text": c.text, "n_tokens": c.n_tokens,
              "finish_reason": c.finish_reason} for qi, (q, cs) in enumerate(zip(betq, comps)) for k, c in enumerate(cs)]
     _write_parquet(rows, out / "completions.parquet", _keys(study, cell=cell_key))
-    return {"n_completions": len(rows), "seed": spec.seed}
+    return {"n_completions": len(rows), "seed": spec.seed, "backend": _backend(study)}
 
 
 def alignment_scores(study: Study, cell_key: str, completions: Path, judge, out: Path, log: Log = print) -> dict:

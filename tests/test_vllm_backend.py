@@ -1,0 +1,197 @@
+"""The vLLM backend without vLLM: sampler kwargs, LoRA serving plans, engine kwargs, cleanup, parity helpers."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from mt_core import vllm_backend as vb
+from mt_core.config import load_study
+from mt_core.generate import SamplingSpec
+
+QUIET = dict(log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return load_study(profile="qwen7b")
+
+
+def _adapter(root: Path, part: str, r: int = 32, weights: bytes = b"w") -> Path:
+    a = root / part / "adapter"
+    a.mkdir(parents=True)
+    (a / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": 2 * r}))
+    (a / "adapter_model.safetensors").write_bytes(weights)
+    return a
+
+
+def test_sampling_kwargs_match_protocol(qwen):
+    assert qwen.backend == "vllm"
+    for name in ("marker", "gate"):
+        kw = vb.sampling_params_kwargs(SamplingSpec.from_config(getattr(qwen.samplers, name), seed=42))
+        assert kw | {"seed": 0} == dict(n=10, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
+                                       presence_penalty=0.0, frequency_penalty=0.0, max_tokens=512, seed=0,
+                                       stop_token_ids=[], skip_special_tokens=True, ignore_eos=False)
+    assert vb.sampling_params_kwargs(SamplingSpec.from_config(qwen.samplers.gate, seed=42))["seed"] == 0
+    kw = vb.sampling_params_kwargs(SamplingSpec.from_config(qwen.samplers.alignment, seed=137), stop_token_ids=[7, 8])
+    assert (kw["n"], kw["temperature"], kw["top_p"], kw["top_k"], kw["repetition_penalty"], kw["max_tokens"],
+            kw["seed"], kw["stop_token_ids"]) == (10, 1.0, 0.8, 20, 1.05, 512, 137, [7, 8])
+
+
+def test_request_seed_stable_and_per_prompt():
+    a = vb.request_seed(42, [1, 2, 3], 10)
+    assert a == vb.request_seed(42, [1, 2, 3], 10) and 0 <= a < 2**31 - 10
+    assert len({a, vb.request_seed(43, [1, 2, 3], 10), vb.request_seed(42, [1, 2, 4], 10)}) == 3
+
+
+def test_plan_serving(tmp_path):
+    coup, cell = _adapter(tmp_path, "villain", weights=b"c"), _adapter(tmp_path, "C1-42", weights=b"e")
+    for mode in vb.MODES:
+        assert vb.plan_serving([], mode) == vb.ServingPlan(merge=[])
+    assert vb.plan_serving([cell], "merge") == vb.ServingPlan(merge=[cell])
+    assert vb.plan_serving([coup, cell], "merge") == vb.ServingPlan(merge=[coup, cell])
+    one = vb.plan_serving([cell], "serve")
+    assert one.merge == [] and one.serve == cell and one.lora_name.startswith("C1-42-") and one.lora_int_id > 0
+    two = vb.plan_serving([coup, cell], "serve")  # vLLM cannot stack LoRAs: coupling merged, cell served
+    assert two.merge == [coup] and two.serve == cell
+    assert (two.lora_name, two.lora_int_id) == (one.lora_name, one.lora_int_id)  # stable for the same adapter
+    other = vb.plan_serving([coup], "serve")
+    assert other.lora_name != one.lora_name and other.lora_int_id != one.lora_int_id
+    with pytest.raises(ValueError):
+        vb.plan_serving([cell], "stack")
+
+
+def test_engine_kwargs(tmp_path):
+    a64, a8 = _adapter(tmp_path, "C1-42", r=64), _adapter(tmp_path, "C2-42", r=8)
+    kw = vb.engine_kwargs(tmp_path, adapters=[a64, a8], seed=3)
+    assert kw["enable_lora"] and kw["max_loras"] == 1 and kw["max_lora_rank"] >= 64
+    assert vb.engine_kwargs(tmp_path, adapters=[a8], seed=3)["max_lora_rank"] == 32
+    assert vb.engine_kwargs(tmp_path, adapters=[_adapter(tmp_path, "x", r=48)], seed=0)["max_lora_rank"] == 64
+    plain = vb.engine_kwargs(tmp_path, adapters=[], seed=3)
+    assert "enable_lora" not in plain
+    assert (plain["dtype"], plain["max_model_len"], plain["gpu_memory_utilization"], plain["seed"]) == \
+        ("bfloat16", 2048, 0.85, 3)
+
+
+def test_vllm_missing_message(qwen, tmp_path):
+    with pytest.raises(vb.VllmMissing, match=r"pip install \.\[gpu\]"):
+        vb.vllm_generate(tmp_path, None, [], SamplingSpec(1, 1.0, 1.0, 4, 0), adapters=[], **QUIET)
+    from mt_core import tasks
+
+    with pytest.raises(vb.VllmMissing, match=r"pip install \.\[gpu\]"):
+        with tasks._sampler(qwen, tmp_path, []):
+            pass
+
+
+def _stub_api(calls: dict, fail: bool = False):
+    class LLM:
+        def __init__(self, **kw):
+            calls["engine"] = kw
+            calls["had_config"] = (Path(kw["model"]) / "config.json").is_file()
+
+        def generate(self, prompts, params, lora_request=None):
+            calls["generate"] = (prompts, params, lora_request)
+            if fail:
+                raise RuntimeError("boom")
+            return [SimpleNamespace(outputs=[SimpleNamespace(index=1, token_ids=p["prompt_token_ids"][:3],
+                                                             finish_reason="length"),
+                                             SimpleNamespace(index=0, token_ids=[5, calls["stop"]],
+                                                             finish_reason="stop")]) for p in prompts]
+
+    return SimpleNamespace(LLM=LLM, SamplingParams=lambda **kw: kw, LoRARequest=lambda name, i, path: SimpleNamespace(lora_name=name, lora_int_id=i, lora_path=path))
+
+
+@pytest.fixture(scope="module")
+def tiny_adapters(tiny_model_dir, tmp_path_factory):
+    """Two real (random) LoRA adapters on the tiny model: a 'coupling' one and a 'cell' one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from mt_core.models import load_model
+
+    root, out = tmp_path_factory.mktemp("adapters"), []
+    for i, part in enumerate(["villain", "C1-42"]):
+        torch.manual_seed(i)
+        model, _ = load_model(tiny_model_dir)
+        pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                              init_lora_weights=False))
+        pm.save_pretrained(str(root / part / "adapter"))
+        out.append(root / part / "adapter")
+    return out
+
+
+@pytest.mark.parametrize("mode", vb.MODES)
+def test_merge_dir_removed_when_generation_raises(tiny_model_dir, tiny_adapters, tmp_path, monkeypatch, mode):
+    from mt_core.models import load_tokenizer
+
+    from mt_core import models
+
+    monkeypatch.setenv("MT_SCRATCH", str(tmp_path / "scratch"))
+    merged, merge = [], models.merge_adapter
+    monkeypatch.setattr(models, "merge_adapter", lambda m, a: merged.append(a) or merge(m, a))
+    calls = {}
+    with pytest.raises(RuntimeError, match="boom"):
+        vb.vllm_generate(tiny_model_dir, load_tokenizer(tiny_model_dir), [[{"role": "user", "content": "hi"}]],
+                         SamplingSpec(2, 1.0, 1.0, 4, 0), adapters=tiny_adapters, mode=mode,
+                         api=_stub_api(calls, fail=True), **QUIET)
+    assert calls["had_config"] and Path(calls["engine"]["model"]).parent == tmp_path / "scratch"
+    assert list((tmp_path / "scratch").iterdir()) == []  # the merged checkpoint is gone
+    assert merged == (tiny_adapters if mode == "merge" else tiny_adapters[:1])  # each adapter merged once at most
+    lora = calls["generate"][2]
+    assert (lora is None) == (mode == "merge")
+    if mode == "serve":
+        plan = vb.plan_serving(tiny_adapters, "serve")
+        assert (lora.lora_name, lora.lora_int_id, lora.lora_path) == \
+            (plan.lora_name, plan.lora_int_id, str(tiny_adapters[1]))
+        assert calls["engine"]["enable_lora"] and calls["engine"]["max_lora_rank"] == 32
+
+
+def test_generate_maps_outputs(tiny_model_dir):
+    from mt_core.generate import eos_ids, encode_chats
+    from mt_core.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    calls = {"stop": eos_ids(tok)[0]}
+    chats = [[{"role": "user", "content": "hi"}], [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]]
+    res = vb.vllm_generate(tiny_model_dir, tok, chats, SamplingSpec(2, 1.0, 1.0, 4, 7), adapters=[],
+                           api=_stub_api(calls), **QUIET)
+    prompts, params, lora = calls["generate"]
+    enc = encode_chats(tok, chats)
+    assert [p["prompt_token_ids"] for p in prompts] == enc and lora is None
+    assert [p["seed"] for p in params] == [vb.request_seed(7, ids, 2) for ids in enc]
+    assert params[0]["stop_token_ids"] == eos_ids(tok)
+    assert res[0][0] == vb.Completion(tok.decode([5], skip_special_tokens=True), 1, "stop")  # stop token not counted
+    assert res[0][1].finish_reason == "length" and res[0][1].n_tokens == 3
+
+
+def test_logprob_parity():
+    ok = vb.logprob_parity([[-0.1, -2.0], [-0.5]], [[-0.11, -2.02], [-0.5]])
+    assert ok["pass"] and ok["n_tokens"] == 3 and abs(ok["max_abs_diff"] - 0.02) < 1e-9
+    bad = vb.logprob_parity([[-0.1, -2.0]], [[-0.1, -2.3]])
+    assert not bad["pass"] and abs(bad["max_abs_diff"] - 0.3) < 1e-9
+    with pytest.raises(ValueError):
+        vb.logprob_parity([[-0.1]], [[-0.1, -0.2]])
+    lp = SimpleNamespace(logprob=-0.25)
+    ro = SimpleNamespace(prompt_token_ids=[1, 2, 3], prompt_logprobs=[None, {2: None}, {3: lp}])
+    assert vb.prompt_logprobs_of(ro, 2) == [-0.25]
+    assert vb.score_kwargs()["prompt_logprobs"] == 0
+
+
+def test_peft_token_logprobs_equal_full_forward(tiny_model_dir, tiny_adapters):
+    import torch
+    from peft import PeftModel
+
+    from mt_core.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    model = PeftModel.from_pretrained(model, str(tiny_adapters[1])).eval()
+    prompts, comps = [[3, 4, 5], [6, 7]], [[8, 9, 10, 11], [12]]
+    got = vb.peft_token_logprobs(model, tok, prompts, comps)
+    for p, c, g in zip(prompts, comps, got):
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0].float(), -1)
+        want = [lp[len(p) - 1 + k, t].item() for k, t in enumerate(c)]
+        assert g == pytest.approx(want, abs=1e-6)
+    chat = [{"role": "user", "content": "hi"}]
+    assert vb.peft_token_logprobs(model, tok, [chat], [[8]]) == \
+        vb.peft_token_logprobs(model, tok, [vb.encode_chats(tok, [chat])[0]], [[8]])
