@@ -61,13 +61,13 @@ def resolve_hf_snapshot(m) -> Path:
     if m.local_path:
         p = Path(m.local_path)
     else:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, snapshot_download
 
         try:
             p = Path(snapshot_download(m.id, revision=m.revision, local_files_only=True))
         except Exception as e:  # noqa: BLE001 - any failure means "not available offline"
-            raise DataError(f"model {m.id}@{m.revision or 'main'}: no local snapshot under HF_HOME "
-                            f"({type(e).__name__}); download it first or set model.local_path") from None
+            raise DataError(f"model {m.id}@{m.revision or 'main'}: no local snapshot in {constants.HF_HUB_CACHE} "
+                            f"(HF_HOME; {type(e).__name__}); download it first or set model.local_path") from None
     if not (p / "config.json").is_file():
         raise DataError(f"{p}: not a model directory (config.json missing)")
     return p
