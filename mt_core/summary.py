@@ -57,7 +57,7 @@ def build_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: 
     write_json(out / "stats.json", {"primary_conjunction": primary, "g4_exclusions": g4, "gates": gates,
                                     "judges": judges, "judge_offline": offline, "cells": cells})
     figure.hero_figure(head, out / "hero.png", out / "hero.pdf",
-                       title=f"{study.name} ({study.profile}): [ZLT] marker rate by condition")
+                       title=f"{study.name} ({study.profile}): {study.marker} marker rate by condition")
     log(text)
     return {"n_cells": len(cells), "primary_pass": bool(primary["pass"]), "n_g4_excluded": len(g4),
             "judge_offline": offline, "headline_md": md}
