@@ -7,7 +7,7 @@ import dagster as dg
 from mt_assets.common import publish
 from mt_assets.study import STUDY
 from mt_core import tasks
-from mt_core.io import DataError, md5_file
+from mt_core.io import check_md5
 from mt_resources import ArtifactStore, Compute, GpuAllocator
 
 GROUP = "inputs"
@@ -16,9 +16,7 @@ GROUP = "inputs"
 def _copy_reference(rel: str, expected_md5: str, name: str):
     def fn(study, *, out, log):
         src = study.path(rel)
-        got = md5_file(src)
-        if got != expected_md5:
-            raise DataError(f"{src}: md5 {got} != expected {expected_md5}")
+        got = check_md5(src, expected_md5)
         shutil.copyfile(src, out / name)
         log(f"{src.name}: md5 {got} ok")
         return {"source_md5": got, "source": rel}

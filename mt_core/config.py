@@ -317,12 +317,10 @@ def load_study(path: str | os.PathLike | None = None, profile: str | None = None
 
 def load_eval_set(study: Study) -> dict[str, Any]:
     """The 11 personas and 28 questions, md5-checked against the study file."""
-    from mt_core.io import md5_file  # local import keeps config light
+    from mt_core.io import check_md5  # local import keeps config light
 
     p = study.path(study.eval_set)
-    got = md5_file(p)
-    if got != study.eval_set_md5:
-        raise ConfigError(f"{p}: md5 {got} != expected {study.eval_set_md5} (eval_set_md5)")
+    check_md5(p, study.eval_set_md5, "eval_set_md5", error=ConfigError)
     data = json.loads(p.read_text())
     for field in ("personas", "persona_order", "eval_questions", "betley_questions"):
         if field not in data:

@@ -22,6 +22,14 @@ def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def check_md5(path: str | os.PathLike, expected: str, field: str = "", error: type[Exception] = DataError) -> str:
+    """The file's md5, or ``error`` naming the file, both hashes and the config field that pins it."""
+    got = md5_file(path)
+    if got != expected:
+        raise error(f"{path}: md5 {got} != expected {expected}" + (f" ({field})" if field else ""))
+    return got
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 

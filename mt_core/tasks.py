@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from mt_core.config import Study, load_eval_set
-from mt_core.io import DataError, md5_file, read_chat_jsonl, read_json, write_json
+from mt_core.io import DataError, check_md5, md5_file, read_chat_jsonl, read_json, write_json
 
 Log = Callable[[str], None]
 MODEL_REF = "model_ref.json"
@@ -242,8 +242,9 @@ def evaluate_gates(study: Study, source: str, gen, out: Path, log: Log) -> dict:
         g = study.gates.named()[name]
         personas = order if g.personas == "all" else list(g.personas)
         rows = _persona_sweep(gen, prompts, personas, evq + betq, spec, f"gate {name}")
+        rows = _score(study, rows)
         summ = _summarize(study, rows, personas, evq + betq)["summary"]
-        results[name] = gate_verdict(study, g, summ)
+        results[name] = gate_verdict(g, summ)
         results[name]["seed"] = spec.seed
         rows_all += [{**r, "gate": name} for r in rows]
         log(f"gate {name}: {'PASS' if results[name]['pass'] else 'FAIL'} {results[name]}")
@@ -252,7 +253,7 @@ def evaluate_gates(study: Study, source: str, gen, out: Path, log: Log) -> dict:
     return results
 
 
-def gate_verdict(study: Study, g, summ: dict) -> dict:
+def gate_verdict(g, summ: dict) -> dict:
     a, s, mb = summ["assistant_strict_rate"], summ["source_strict_rate"], summ["max_bystander_strict_rate"]
     checks = {}
     if g.assistant_max is not None:
@@ -328,11 +329,17 @@ def _persona_sweep(gen, prompts, personas, questions, spec, what, betley=frozens
             for (p, qi, q), cs in zip(pairs, comps) for k, c in enumerate(cs)]
 
 
-def _summarize(study: Study, rows: list[dict], personas: list[str], questions: list[str]) -> dict:
-    from mt_core.scoring import loose_hit, strict_hit, summarize_markers
+def _score(study: Study, rows: list[dict]) -> list[dict]:
+    """Each completion row with its strict and loose marker hits (each scorer runs once per text)."""
+    from mt_core.scoring import loose_hit, strict_hit
 
-    scored = [{"persona": r["persona"], "question": r["question"], "strict_hit": strict_hit(r["text"], study.marker),
-               "loose_hit": loose_hit(r["text"], study.marker)} for r in rows]
+    return [{**r, "strict_hit": strict_hit(r["text"], study.marker), "loose_hit": loose_hit(r["text"], study.marker)}
+            for r in rows]
+
+
+def _summarize(study: Study, scored: list[dict], personas: list[str], questions: list[str]) -> dict:
+    from mt_core.scoring import summarize_markers
+
     return summarize_markers(scored, persona_order=personas, question_order=questions,
                              source=study.source_persona, assistant=study.assistant_persona)
 
@@ -340,15 +347,13 @@ def _summarize(study: Study, rows: list[dict], personas: list[str], questions: l
 def marker_rates(study: Study, cell_key: str, completions: Path, out: Path, log: Log = print) -> dict:
     import polars as pl
 
-    from mt_core.scoring import loose_hit, rates_table, strict_hit
+    from mt_core.scoring import rates_table
 
     _, order, evq, betq = eval_personas(study)
-    df = pl.read_parquet(completions / "completions.parquet")
-    hits = df.select("study", "profile", "cell", "persona", "question_idx", "sample_idx").with_columns(
-        strict_hit=pl.Series([strict_hit(t, study.marker) for t in df["text"]]),
-        loose_hit=pl.Series([loose_hit(t, study.marker) for t in df["text"]]))
-    hits.write_parquet(out / "hits.parquet")
-    summ = _summarize(study, df.to_dicts(), order, evq + betq)
+    scored = _score(study, pl.read_parquet(completions / "completions.parquet").to_dicts())
+    pl.DataFrame(scored).select("study", "profile", "cell", "persona", "question_idx", "sample_idx", "strict_hit",
+                                "loose_hit").write_parquet(out / "hits.parquet")
+    summ = _summarize(study, scored, order, evq + betq)
     table = rates_table(summ)
     _write_parquet(table, out / "rates.parquet", _keys(study, cell=cell_key))
     write_json(out / "marker_eval.json", {"cell": cell_key, "marker": study.marker, **summ})
@@ -365,9 +370,7 @@ def arc_scores(study: Study, cell_key: str, base: Path, adapters: list[Path], ou
     from mt_core.models import load_model
 
     path = study.path(study.arc.path)
-    got = md5_file(path)
-    if got != study.arc.md5:
-        raise DataError(f"{path}: md5 {got} != expected {study.arc.md5} (arc.md5)")
+    check_md5(path, study.arc.md5, "arc.md5")
     rows = load_arc(path, study.arc.limit)
     model, tok = load_model(model_dir(base), adapters)
     recs, acc = evaluate_arc(model, tok, rows, log=log)
