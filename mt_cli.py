@@ -173,18 +173,6 @@ def cmd_status(args) -> int:
     return 0
 
 
-def latest_metadata(instance, asset: str, partition: str | None) -> dict | None:
-    """The latest materialization's metadata of an asset partition as plain values, with its run id."""
-    import dagster as dg
-
-    recs = instance.fetch_materializations(dg.AssetRecordsFilter(
-        asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1).records
-    if not recs or not recs[0].asset_materialization:
-        return None
-    meta = {k: v.value for k, v in recs[0].asset_materialization.metadata.items()}
-    return {**meta, "run_id": recs[0].run_id}
-
-
 def cmd_lineage(args) -> int:
     _env(args)
     import json
@@ -199,6 +187,8 @@ def cmd_lineage(args) -> int:
     except ConfigError as e:
         raise SystemExit(f"mt lineage: {e}") from None
     with dg.DagsterInstance.get() as instance:
+        from mt_resources.store import latest_metadata
+
         lin = cell_lineage(cell.key, cell.base, lambda a, p: latest_metadata(instance, a, p))
     print(json.dumps(lin, indent=2, default=str) if args.json else render(lin))
     return 0

@@ -14,21 +14,18 @@ import dagster as dg
 
 from mt_assets.study import STUDY
 from mt_resources.compute import Compute
-from mt_resources.store import Artifact, ArtifactError, ArtifactStore
+from mt_resources.store import Artifact, ArtifactError, ArtifactStore, latest_metadata
 
 
 def read_upstream(context: dg.AssetExecutionContext, store: ArtifactStore, asset: str,
                   partition: str | None = None) -> Artifact:
     """The upstream artefact, its hashes checked and matched to the instance's latest record for that partition."""
     art = store.read(asset, partition)
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
-        limit=1).records
-    if not records:
+    meta = latest_metadata(context.instance, asset, partition)
+    if meta is None:
         raise ArtifactError(f"{asset}[{art.partition}]: an artefact exists at {art.path} but this Dagster instance "
                             f"has no materialization of it; materialize it through Dagster first")
-    meta = records[0].asset_materialization.metadata if records[0].asset_materialization else {}
-    recorded = meta.get("md5").value if "md5" in meta else None
+    recorded = meta.get("md5")
     if recorded != art.digest:
         raise ArtifactError(f"{asset}[{art.partition}]: the store holds md5 {art.digest} but the instance's latest "
                             f"materialization recorded {recorded}; re-materialize {asset}")

@@ -132,3 +132,13 @@ class ArtifactStore(dg.ConfigurableResource):
                 shutil.rmtree(p, ignore_errors=True)
                 n += 1
         return n
+
+
+def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str | None) -> dict | None:
+    """The latest materialization of an asset partition: its metadata as plain values, plus its run id."""
+    recs = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1).records
+    if not recs or not recs[0].asset_materialization:
+        return None
+    meta = {k: v.value for k, v in recs[0].asset_materialization.metadata.items()}
+    return {**meta, "run_id": recs[0].run_id}
