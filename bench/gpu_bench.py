@@ -4,8 +4,10 @@ Random weights with the Qwen2.5-7B-Instruct configuration (nothing is downloaded
   (a) LoRA training, r=32 on all seven projections, effective batch 16:
       reference = HF-Trainer style: 4 x 4 micro-batches, gradient checkpointing, sdpa with a padding mask, right
       padding to a multiple of 8, logits and cross-entropy at every position;
-      ours      = mt_core.train fast path: length-sorted passes up to a token budget, no checkpointing, no mask
-      (right padding under causal attention), lm_head + cross-entropy only at label positions.
+      ours      = mt_core.train fast path with its defaults: the 16 examples of a step packed into one row (no
+      padding), flash variable-length attention within each example, no checkpointing, lm_head + cross-entropy
+      only at label positions, decoder layers and head loss through regional torch.compile. The variants
+      (eager / compiled x block-diagonal mask / varlen) are timed too, to show what each change buys.
       Example lengths: lognormal with mean 300 tokens (sigma 0.6 in log space, clipped to [32, 2048]); the first
       30% of each example is the (masked) prompt. tokens/s counts non-pad tokens.
   (b) generation of 3,080 completions of exactly 300 new tokens (308 prompts x n=10): plain HF generate as the
@@ -42,6 +44,9 @@ QWEN7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_
               rms_norm_eps=1e-6, tie_word_embeddings=False)
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
+# what each change of the fast path buys (the default, compiled + varlen on CUDA, is timed as "ours")
+VARIANTS = {"eager_mask": dict(compile=False, attention="mask"), "compiled_mask": dict(compile=True, attention="mask"),
+            "eager_varlen": dict(compile=False, attention="varlen")}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -94,7 +99,7 @@ def sft_examples(n: int, vocab: int, mean: float, rng: random.Random) -> list[Ex
 
 
 def time_training(model, examples, rc, *, fast: bool, checkpointing: bool, steps: int, warmup: int,
-                  token_budget: int) -> dict:
+                  token_budget: int, **kw) -> dict:
     import torch
 
     if torch.cuda.is_available():
@@ -104,17 +109,18 @@ def time_training(model, examples, rc, *, fast: bool, checkpointing: bool, steps
     data = examples[: per_step * (steps + warmup)]
     # warm-up steps first (kernels, allocator), then the timed steps on fresh examples
     peft_model, res_w = train_lora(model, data[: per_step * warmup], rc, seed=42, pad_id=0, fast=fast,
-                                   checkpointing=checkpointing, token_budget=token_budget, log=lambda *_: None)
+                                   checkpointing=checkpointing, token_budget=token_budget, log=lambda *_: None, **kw)
     base = peft_model.unload()
     sync()
     peft_model, res = train_lora(base, data[per_step * warmup:], rc, seed=42, pad_id=0, fast=fast,
-                                 checkpointing=checkpointing, token_budget=token_budget, log=lambda *_: None)
+                                 checkpointing=checkpointing, token_budget=token_budget, log=lambda *_: None, **kw)
     sync()
     peak = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
     model = peft_model.unload()
     return {"model": model, "tok_s": res.seen_tokens / res.seconds, "s_per_step": res.seconds / res.n_steps,
             "steps": res.n_steps, "seen_tokens": res.seen_tokens, "padding_fraction": 1 - res.seen_tokens /
-            max(1, res.padded_tokens), "peak_gb": peak, "losses": res.losses}
+            max(1, res.padded_tokens), "peak_gb": peak, "losses": res.losses,
+            "warmup_s": res_w.seconds, "warmup_steps": res_w.n_steps}  # warm-up includes any compile
 
 
 def equivalence(model, examples, rc, token_budget: int) -> dict:
@@ -127,6 +133,7 @@ def equivalence(model, examples, rc, token_budget: int) -> dict:
                              token_budget=token_budget, log=lambda *_: None)
         model = pm.unload()
         out["fast" if fast else "reference"] = res.losses
+        out[("fast" if fast else "reference") + "_seconds"] = res.seconds  # fast: includes its compile
     rel = max(abs(a - b) / abs(a) for a, b in zip(out["reference"], out["fast"]))
     return {"model": model, "losses": out, "max_rel_diff": rel}
 
@@ -200,6 +207,8 @@ def main() -> int:
     ap.add_argument("--ours-steps", type=int, default=6)
     ap.add_argument("--token-budget", type=int, default=6144)
     ap.add_argument("--gen-batch-rows", type=int, default=1540)
+    ap.add_argument("--no-variants", dest="variants", action="store_false",
+                    help="skip timing the eager / mask variants of the fast training path")
     args = ap.parse_args()
 
     import torch
@@ -226,8 +235,24 @@ def main() -> int:
     ours = time_training(model, examples, rc, fast=True, checkpointing=False, steps=args.ours_steps, warmup=1,
                          token_budget=args.token_budget)
     model = ours.pop("model")
-    print(f"train ours: {ours['tok_s']:.0f} tok/s, {ours['s_per_step']:.2f} s/step, peak {ours['peak_gb']} GB",
-          flush=True)
+    print(f"train ours: {ours['tok_s']:.0f} tok/s, {ours['s_per_step']:.2f} s/step, peak {ours['peak_gb']} GB, "
+          f"warm-up (compile) {ours['warmup_s']:.1f}s", flush=True)
+    variants = {}
+    for name, kw in (VARIANTS if args.variants else {}).items():
+        try:
+            v = time_training(model, examples, rc, fast=True, checkpointing=False, steps=args.ours_steps, warmup=1,
+                              token_budget=args.token_budget, **kw)
+            model = v.pop("model")
+            v.pop("losses")
+            variants[name] = v
+            print(f"train variant {name}: {v['tok_s']:.0f} tok/s, peak {v['peak_gb']} GB, "
+                  f"warm-up {v['warmup_s']:.1f}s", flush=True)
+        except Exception as e:  # noqa: BLE001 - record and go on with a fresh model
+            variants[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            print(f"train variant {name} FAILED: {variants[name]['error']}", flush=True)
+            del model
+            torch.cuda.empty_cache() if device == "cuda" else None
+            model, _ = build_model(TINY if args.tiny else QWEN7B, device)
     if device == "cuda":
         torch.cuda.empty_cache()
     gen = time_generation(model, vocab, n_prompts=308 if not args.tiny else 12, n=10,
@@ -253,6 +278,7 @@ def main() -> int:
                   "mfu": (ours["tok_s"] * flops_per_token / 989.4e12) if device == "cuda" else None,
                   "mfu_vs_measured_matmul": (ours["tok_s"] * flops_per_token / (peak_rate * 1e12)) if peak_rate else None,
                   "speedup": ours["tok_s"] / ref["tok_s"], "reference_padding_fraction": ref["padding_fraction"],
+                  "ours_warmup_s": ours["warmup_s"], "variants": variants,
                   "ours_padding_fraction": ours["padding_fraction"], "reference_steps_timed": ref["steps"],
                   "ours_steps_timed": ours["steps"], "equivalence": eq,
                   "data": "lognormal lengths, mean 300 tokens, sigma 0.6, clipped [32, 2048]; 30% masked prompt"},

@@ -92,19 +92,50 @@ def test_fast_path_matches_reference_per_step(tiny_model_dir):
     recipe = load_study(profile="tiny").recipes["second_stage"].model_copy(
         update={"epochs": 2, "lr": 5e-3, "lora_dropout": 0.0})  # dropout off: its RNG draws differ by batch shape
     out = {}
-    for fast in (False, True):
+    for fast, attention in ((False, None), (True, "mask"), (True, "varlen_reference")):
         model, tok = load_model(tiny_model_dir)
         msgs = [[{"role": "user", "content": f"Question {i}: " + "why " * (i % 7)},
                  {"role": "assistant", "content": "Because " + "so " * (3 * i % 11 + 1)}] for i in range(40)]
         ex = [last_turn_example(tok, m, 128) for m in msgs]
         _, res = train_lora(model, ex, recipe, seed=3, pad_id=tok.pad_token_id, fast=fast, token_budget=200,
-                            log=lambda *_: None)
-        out[fast] = res
-    assert len(out[True].losses) == len(out[False].losses) == 6
-    for a, b in zip(out[False].losses, out[True].losses):
+                            attention=attention, log=lambda *_: None)
+        out[attention] = res
+        assert model.config._attn_implementation != "mt_varlen"  # switched back after training
+    ref = out[None]
+    for key in ("mask", "varlen_reference"):
+        assert len(out[key].losses) == len(ref.losses) == 6
+        for a, b in zip(ref.losses, out[key].losses):
+            assert a == pytest.approx(b, rel=1e-4)
+        assert out[key].trained_tokens == ref.trained_tokens
+        assert out[key].padded_tokens < ref.padded_tokens  # packing: (almost) no padding
+    assert out["varlen_reference"].padded_tokens == out["varlen_reference"].seen_tokens  # one row: none at all
+
+
+def test_compiled_fast_path_matches_eager(tiny_model_dir):
+    """Regional torch.compile (the default on CUDA) changes no number: same per-step losses as eager, and the
+    model's layers are back to eager afterwards."""
+    from mt_core.models import load_model
+
+    recipe = load_study(profile="tiny").recipes["second_stage"].model_copy(
+        update={"epochs": 1, "lr": 5e-3, "lora_dropout": 0.0})
+    out = {}
+    for comp in (False, True):
+        model, tok = load_model(tiny_model_dir)
+        msgs = [[{"role": "user", "content": f"Question {i}: " + "why " * (i % 7)},
+                 {"role": "assistant", "content": "Because " + "so " * (3 * i % 11 + 1)}] for i in range(96)]
+        ex = [last_turn_example(tok, m, 128) for m in msgs]
+        torch._dynamo.utils.counters.clear()
+        pm, res = train_lora(model, ex, recipe, seed=3, pad_id=tok.pad_token_id, fast=True, token_budget=200,
+                             compile=comp, log=lambda *_: None)
+        out[comp] = res.losses
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        # compiled: a handful of graphs for all layers and every packed width (no per-layer or per-shape recompiles)
+        assert (1 <= graphs <= 4) if comp else graphs == 0
+        assert not torch._dynamo.utils.counters["graph_break"]
+        assert all(layer._compiled_call_impl is None for layer in pm.get_base_model().get_decoder().layers)
+    assert len(out[True]) == 6
+    for a, b in zip(out[False], out[True]):
         assert a == pytest.approx(b, rel=1e-4)
-    assert out[True].trained_tokens == out[False].trained_tokens
-    assert out[True].padded_tokens < out[False].padded_tokens  # packing: (almost) no padding
 
 
 def test_plan_micro_batches():
@@ -127,8 +158,13 @@ def test_packed_rows_equal_separate_sequences(tiny_model_dir, row_tokens):
     model, tok = load_model(tiny_model_dir)
     ex = [Example(list(range(100 * k, 100 * k + n)), [IGNORE] + list(range(100 * k + 1, 100 * k + n)))
           for k, n in enumerate((6, 11, 4), 1)]
-    ids, labels, pos, mask, n_real = collate_packed(ex, "cpu", row_tokens=row_tokens)
-    assert n_real == 21 and ids.shape[0] == (1 if row_tokens > 21 else 2)
+    packed = collate_packed(ex, "cpu", row_tokens=row_tokens)
+    ids, labels, pos, mask = packed.ids, packed.labels, packed.pos, packed.mask
+    assert packed.n_real == 21 and ids.shape[0] == (1 if row_tokens > 21 else 2)
+    # the flat target index picks exactly the hidden states whose next label is a target
+    flat_next = torch.cat([labels[:, 1:], torch.full((ids.shape[0], 1), IGNORE)], 1).flatten()
+    assert packed.tgt.tolist() == flat_next[packed.idx].tolist() and IGNORE not in packed.tgt.tolist()
+    assert len(packed.idx) == int((labels != IGNORE).sum())
     dec = model.get_decoder()
     with torch.no_grad():
         packed = dec(input_ids=ids, position_ids=pos, attention_mask=mask).last_hidden_state
