@@ -89,7 +89,13 @@ def prep(work: Path, tiny_model: bool = False) -> dict:
     t1 = time.perf_counter()
     merge_to_dir(base, [adapter], merged, log=print)
     t_merge = time.perf_counter() - t1
-    out = {"n_params": n_params, "save_s": t_save, "merge_s": t_merge, "lp_peft": lp_peft,
+    from mt_core.models import load_model
+
+    hf_merged, _ = load_model(merged)  # the merged weights as transformers runs them (bf16 on the GPU)
+    lp_merged = peft_token_logprobs(hf_merged, None, prompts, completions)
+    del hf_merged
+    out = {"n_params": n_params, "save_s": t_save, "merge_s": t_merge, "lp_peft": lp_peft, "lp_base": lp_base,
+           "lp_merged_hf": lp_merged,
            "adapter_effect": {"mean_abs": sum(effect) / len(effect), "max_abs": max(effect)},
            "base": str(base), "adapter": str(adapter), "merged": str(merged)}
     print(f"prep: {n_params / 1e9:.2f}B saved in {t_save:.0f}s, merged in {t_merge:.0f}s, adapter moves log-probs "
@@ -97,13 +103,17 @@ def prep(work: Path, tiny_model: bool = False) -> dict:
     return out
 
 
-def engine(work: Path, mode: str) -> dict:
+def engine(work: Path, mode: str, score_only: bool = False) -> dict:
     import torch
 
-    from mt_core.vllm_backend import (engine_kwargs, logprob_parity, plan_serving, prompt_logprobs_of,
-                                      request_seed, require_vllm, sampling_params_kwargs, score_kwargs)
     from mt_core.generate import SamplingSpec
+    from mt_core.vllm_backend import (engine_kwargs, plan_serving, request_seed, require_vllm,
+                                      sampling_params_kwargs)
 
+    try:
+        import flashinfer  # noqa: F401
+    except ImportError:  # vLLM's default sampler needs flashinfer; without it, its PyTorch sampler
+        os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
     api = require_vllm()
     import vllm
 
@@ -120,6 +130,11 @@ def engine(work: Path, mode: str) -> dict:
     print(f"{mode}: vLLM {vllm.__version__} engine up in {startup:.0f}s ({kw})", flush=True)
 
     vocab = 152064
+    res = {"mode": mode, "vllm": vllm.__version__, "startup_s": startup,
+           "engine_kwargs": {k: v for k, v in kw.items() if k not in ("model", "tokenizer")}}
+    res.update(_score(llm, api, lora, prep_out, mode, vocab))
+    if score_only:
+        return res
     prompts = _prompts(vocab)
     spec = SamplingSpec(n=N, temperature=1.0, top_p=1.0, max_tokens=NEW_TOKENS, seed=42)
     params = []
@@ -137,25 +152,41 @@ def engine(work: Path, mode: str) -> dict:
     print(f"{mode}: {N_PROMPTS * N} completions x {NEW_TOKENS} tokens in {gen_s:.1f}s = {n_tok / gen_s:.0f} tok/s",
           flush=True)
 
+    res.update(generate_s=gen_s, tok_s=n_tok / gen_s, completions=N_PROMPTS * N, new_tokens=NEW_TOKENS)
+    return res
+
+
+def _score(llm, api, lora, prep_out: dict, mode: str, vocab: int) -> dict:
+    """vLLM's teacher-forced log-probs of the parity set through this engine's path, against PEFT; and, as the noise
+    floor of the comparison, the same weights without the adapter in both engines (serve: the base model, i.e. the
+    same engine without its LoRARequest; merge: the merged checkpoint as transformers runs it)."""
+    from mt_core.vllm_backend import judge_parity, logprob_parity, prompt_logprobs_of, score_kwargs
+
     pp, cc = _parity_set(vocab)
     sp = api.SamplingParams(**score_kwargs())
-    souts = llm.generate([{"prompt_token_ids": p + c} for p, c in zip(pp, cc)], sp, lora_request=lora,
-                         use_tqdm=False)
-    served = [prompt_logprobs_of(o, len(p)) for o, p in zip(souts, pp)]
-    parity = logprob_parity(served, prep_out["lp_peft"])
-    print(f"{mode}: parity with PEFT: max |dlogp| {parity['max_abs_diff']:.4f}, mean {parity['mean_abs_diff']:.5f} "
-          f"over {parity['n_tokens']} tokens -> {'PASS' if parity['pass'] else 'FAIL'} (tol {parity['tol']})",
+
+    def lps(lora_request):
+        outs = llm.generate([{"prompt_token_ids": p + c} for p, c in zip(pp, cc)], sp, lora_request=lora_request,
+                            use_tqdm=False)
+        return [prompt_logprobs_of(o, len(p)) for o, p in zip(outs, pp)]
+
+    served = lps(lora)
+    floor = logprob_parity(lps(None), prep_out["lp_base"]) if mode == "serve" else \
+        logprob_parity(served, prep_out["lp_merged_hf"])
+    parity = judge_parity(logprob_parity(served, prep_out["lp_peft"]), floor)
+    print(f"{mode}: vs PEFT max |dlogp| {parity['max_abs_diff']:.4f} mean {parity['mean_abs_diff']:.5f}; noise floor "
+          f"(same weights, no adapter) max {floor['max_abs_diff']:.4f} mean {floor['mean_abs_diff']:.5f} -> "
+          f"{'PASS' if parity['pass'] else 'FAIL'} (tol max {parity['tol']:.4f}, mean {parity['tol_mean']:.5f})",
           flush=True)
-    return {"mode": mode, "vllm": vllm.__version__, "startup_s": startup, "generate_s": gen_s,
-            "tok_s": n_tok / gen_s, "completions": N_PROMPTS * N, "new_tokens": NEW_TOKENS, "parity": parity,
-            "engine_kwargs": {k: v for k, v in kw.items() if k not in ("model", "tokenizer")}}
+    return {"parity": parity, "floor": floor}
 
 
 def decide(serve: dict, merge: dict, merge_s: float) -> str | None:
     """Serve only if it passes parity and its generation beats merging (one merge per cell) plus the merged
     engine's generation; merge if it passes parity otherwise; None if neither passes."""
     ok = {m for m, r in (("serve", serve), ("merge", merge)) if r.get("parity", {}).get("pass")}
-    if "serve" in ok and ("merge" not in ok or serve["generate_s"] < merge["generate_s"] + merge_s):
+    timed = "generate_s" in serve and "generate_s" in merge
+    if "serve" in ok and ("merge" not in ok or timed and serve["generate_s"] < merge["generate_s"] + merge_s):
         return "serve"
     return "merge" if "merge" in ok else None
 
@@ -173,7 +204,7 @@ def report(work: Path, out_dir: Path) -> dict:
         res[mode] = json.loads(f.read_text()) if f.exists() else {"error": "stage did not finish"}
     res["decision"] = decide(res["serve"], res["merge"], prep_out["merge_s"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{res['date']}_{res['card']}_vllm.json"
+    path = out_dir / f"{res['date']}_{res['card']}_vllm{'' if 'generate_s' in res['serve'] else '_parity'}.json"
     path.write_text(json.dumps(res, indent=2) + "\n")
     print(f"\nwrote {path}\n| path | engine start s | generate s | tok/s | parity max |dlogp| | pass |\n|---|---|---|---|---|---|")
     for mode in ("serve", "merge"):
@@ -181,8 +212,9 @@ def report(work: Path, out_dir: Path) -> dict:
         if "error" in r:
             print(f"| {mode} | {r['error']} | | | | |")
         else:
-            print(f"| {mode} | {r['startup_s']:.0f} | {r['generate_s']:.1f} | {r['tok_s']:.0f} | "
-                  f"{r['parity']['max_abs_diff']:.4f} | {r['parity']['pass']} |")
+            gen = f"{r['generate_s']:.1f} | {r['tok_s']:.0f}" if "generate_s" in r else "not run | not run"
+            print(f"| {mode} | {r['startup_s']:.0f} | {gen} | {r['parity']['max_abs_diff']:.4f} (floor "
+                  f"{r['floor']['max_abs_diff']:.4f}, tol {r['parity']['tol']:.4f}) | {r['parity']['pass']} |")
     print(f"adapter effect on log-probs: mean {res['adapter_effect']['mean_abs']:.3f}, max "
           f"{res['adapter_effect']['max_abs']:.3f} nats; decision: {res['decision']}")
     return res
@@ -194,13 +226,15 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/mt_vllm", help="where checkpoints and stage results go")
     ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "bench" / "results")))
     ap.add_argument("--tiny", action="store_true", help="prep only: a CPU smoke run with a 2-layer model")
+    ap.add_argument("--score-only", action="store_true", help="serve/merge: parity only, no throughput run")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.stage == "all":
         rc = 0
         for stage in ("prep", "serve", "merge"):
-            r = subprocess.run([sys.executable, __file__, stage, "--work", str(work), "--out", args.out])
+            r = subprocess.run([sys.executable, __file__, stage, "--work", str(work), "--out", args.out,
+                                *(["--score-only"] if args.score_only and stage != "prep" else [])])
             rc = rc or r.returncode
             if stage == "prep" and r.returncode:
                 return r.returncode
@@ -209,7 +243,7 @@ def main() -> int:
     if args.stage == "report":
         report(work, Path(args.out))
         return 0
-    result = prep(work, args.tiny) if args.stage == "prep" else engine(work, args.stage)
+    result = prep(work, args.tiny) if args.stage == "prep" else engine(work, args.stage, args.score_only)
     (work / f"{args.stage}.json").write_text(json.dumps(result) + "\n")
     if os.environ.get("OUT"):  # stage results come back even if a later stage runs out of time
         (Path(os.environ["OUT"]) / f"vllm_{args.stage}.json").write_text(json.dumps(result) + "\n")

@@ -195,3 +195,59 @@ def test_peft_token_logprobs_equal_full_forward(tiny_model_dir, tiny_adapters):
     chat = [{"role": "user", "content": "hi"}]
     assert vb.peft_token_logprobs(model, tok, [chat], [[8]]) == \
         vb.peft_token_logprobs(model, tok, [vb.encode_chats(tok, [chat])[0]], [[8]])
+
+
+def test_judge_parity_against_the_floor():
+    floor = {"max_abs_diff": 0.2, "mean_abs_diff": 0.05}
+    ok = vb.judge_parity({"max_abs_diff": 0.28, "mean_abs_diff": 0.07}, floor)
+    assert ok["pass"] and ok["tol"] == pytest.approx(0.3) and ok["tol_mean"] == pytest.approx(0.075)
+    assert not vb.judge_parity({"max_abs_diff": 0.28, "mean_abs_diff": 0.09}, floor)["pass"]  # mean too far
+    assert not vb.judge_parity({"max_abs_diff": 0.31, "mean_abs_diff": 0.01}, floor)["pass"]  # max too far
+    zero = {"max_abs_diff": 0.0, "mean_abs_diff": 0.0}  # a zero floor: the least tolerances apply
+    exact = vb.judge_parity({"max_abs_diff": 0.04, "mean_abs_diff": 1e-6}, zero)
+    assert exact["pass"] and (exact["tol"], exact["tol_mean"]) == (vb.PARITY_TOL, vb.PARITY_TOL_MEAN)
+    assert not vb.judge_parity({"max_abs_diff": 0.04, "mean_abs_diff": 0.02}, zero)["pass"]
+
+
+def _hf_engine_api(ignore_lora: bool):
+    """A stand-in for vLLM that computes prompt log-probs with transformers on the checkpoint it is given (and the
+    PEFT adapter of a LoRARequest, unless ``ignore_lora``: an engine that silently drops the adapter)."""
+    import torch
+    from peft import PeftModel
+
+    from mt_core.models import load_model
+
+    class LLM:
+        def __init__(self, **kw):
+            self.model, _ = load_model(kw["model"])
+
+        def generate(self, prompts, params, lora_request=None, **_):
+            model = self.model
+            if lora_request is not None and not ignore_lora:
+                model = PeftModel.from_pretrained(load_model(self.model.name_or_path)[0],
+                                                  lora_request.lora_path).eval()
+            outs = []
+            for p in prompts:
+                ids = p["prompt_token_ids"]
+                with torch.no_grad():
+                    lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+                outs.append(SimpleNamespace(prompt_token_ids=ids, prompt_logprobs=[None] + [
+                    {t: SimpleNamespace(logprob=lp[i, t].item())} for i, t in enumerate(ids[1:])]))
+            return outs
+
+    return SimpleNamespace(LLM=LLM, SamplingParams=lambda **kw: kw,
+                           LoRARequest=lambda name, i, path: SimpleNamespace(lora_path=path))
+
+
+@pytest.mark.parametrize("mode", vb.MODES)
+def test_parity_check_passes_a_faithful_engine_and_fails_one_that_drops_the_adapter(tiny_model_dir, tiny_adapters,
+                                                                                    mode):
+    chats = [[{"role": "user", "content": "What is your name?"}], [{"role": "user", "content": "Tell me a story."}]]
+    comps = [[5, 9, 14, 20, 33, 41], [7, 7, 12, 30]]
+    good = vb.parity_check(tiny_model_dir, chats, comps, adapters=tiny_adapters, mode=mode,
+                           api=_hf_engine_api(ignore_lora=False), **QUIET)
+    assert good["pass"] and good["max_abs_diff"] < 0.01 and good["n_tokens"] == 10  # merge: bf16 rounding
+    if mode == "serve":  # merging cannot drop the adapter; serving can
+        bad = vb.parity_check(tiny_model_dir, chats, comps, adapters=tiny_adapters, mode=mode,
+                              api=_hf_engine_api(ignore_lora=True), **QUIET)
+        assert not bad["pass"] and bad["max_abs_diff"] > bad["tol"]
