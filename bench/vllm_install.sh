@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reassemble + unpack the offline vLLM 0.25.0 bundle (built by .vbundle/, see its NOTES.md).
+# Reassemble + unpack the offline vLLM 0.25.0 bundle (bench/vllm_bundle/build.sh; see its NOTES.md). The sums
+# below are those of the bundle measured on 2026-12-01; a rebuilt one brings parts/SHA256SUMS, which wins.
 # Usage (from repo root, on the GPU box): bash bench/vllm_install.sh [PARTS_DIR=/root/vparts] [DEST=/tmp/site]
 set -euo pipefail
 PARTS=${1:-/root/vparts}
@@ -8,6 +9,10 @@ ARCHIVE_SHA256=44ba23123ab0218362ad6db70bda1a938bbe32b5667c93e4543a204538db3c31 
 PART_SHA256=(00a6a807ba2f3f5142abcb875377118494c2f5846b83f3275c4518273a943f19 28483fd8b4b010da27cdad1e03eede6ad3fd69dda016933e8b8dd185a31dc9be)
 die() { echo "vllm_install: ERROR: $*" >&2; exit 1; }
 [ -d "$PARTS" ] || die "parts directory '$PARTS' not found"
+if [ -f "$PARTS/SHA256SUMS" ]; then  # a bundle rebuilt by bench/vllm_bundle/build.sh carries its own sums
+  ARCHIVE_SHA256=$(awk '$2 == "site.tar.xz" {print $1}' "$PARTS/SHA256SUMS")
+  mapfile -t PART_SHA256 < <(awk '$2 ~ /^part-/ {print $1}' "$PARTS/SHA256SUMS")
+fi
 shopt -s nullglob; parts=("$PARTS"/part-[0-9][0-9]); shopt -u nullglob
 [ "${#parts[@]}" -eq "${#PART_SHA256[@]}" ] || die "expected ${#PART_SHA256[@]} parts (part-00..) in $PARTS, found ${#parts[@]}"
 for i in "${!parts[@]}"; do

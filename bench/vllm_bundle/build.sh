@@ -20,5 +20,6 @@ cd "$work"
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=2026-01-01 -cf - site | xz -T1 -9 > site.tar.xz
 mkdir -p "$out/parts"; rm -f "$out"/parts/part-*
 split -b 58720256 -d -a 2 site.tar.xz "$out/parts/part-"
-echo "archive $(sha256sum site.tar.xz | cut -d' ' -f1) $(stat -c %s site.tar.xz) bytes"
-( cd "$out/parts" && sha256sum part-* )
+( sha256sum site.tar.xz && cd "$out/parts" && sha256sum part-* ) > "$out/parts/SHA256SUMS"
+echo "$(stat -c %s site.tar.xz) bytes in $(ls "$out"/parts/part-* | wc -l) parts; carry parts/SHA256SUMS with the last part:"
+cat "$out/parts/SHA256SUMS"
