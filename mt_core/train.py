@@ -220,6 +220,14 @@ def _token_loss_at_labels(model, b: Packed, loss_fn=head_loss):
 
 # --- variable-length attention for the varlen layout ------------------------------------------------------------
 VARLEN = "mt_varlen"  # the attention implementation's name while a varlen training runs
+# decoders whose forward is exactly embed -> rotary -> layers -> norm, which the varlen loop above repeats
+# (Gemma, for one, scales its embeddings first, so it keeps the mask path)
+VARLEN_DECODERS = ("Qwen2Model", "Qwen3Model", "LlamaModel", "MistralModel")
+
+
+def varlen_supported(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base.get_decoder()).__name__ in VARLEN_DECODERS
 
 
 def varlen_kernel():
@@ -322,6 +330,14 @@ def train_lora(model, examples: list[Example], recipe, *, seed: int, pad_id: int
     import torch
 
     device = next(model.parameters()).device
+    if attention is None:
+        attention = "varlen" if fast and device.type == "cuda" and varlen_kernel() and varlen_supported(model) \
+            else "mask"
+    if attention not in ("mask", "varlen", "varlen_reference"):
+        raise ValueError(f"attention={attention!r}: expected 'mask', 'varlen' or 'varlen_reference'")
+    if attention != "mask" and not varlen_supported(model):
+        raise ValueError(f"attention={attention!r}: {type(model).__name__} is not one of the decoders the varlen "
+                         f"loop repeats ({', '.join(VARLEN_DECODERS)}); use 'mask'")
     peft_model = attach_lora(model, recipe, seed)
     if checkpointing:
         peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -351,10 +367,6 @@ def train_lora(model, examples: list[Example], recipe, *, seed: int, pad_id: int
         for m in peft_model.modules():
             if hasattr(m, "cast_input_dtype_enabled"):
                 m.cast_input_dtype_enabled = False
-    if attention is None:
-        attention = "varlen" if fast and device.type == "cuda" and varlen_kernel() else "mask"
-    if attention not in ("mask", "varlen", "varlen_reference"):
-        raise ValueError(f"attention={attention!r}: expected 'mask', 'varlen' or 'varlen_reference'")
     compiled = varlen = None
     try:
         if fast and attention != "mask":

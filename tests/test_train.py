@@ -182,3 +182,20 @@ def test_packed_rows_equal_separate_sequences(tiny_model_dir, row_tokens):
                     found += 1
     assert found == 3
     assert int((labels != IGNORE).sum()) == sum(e.n_trained for e in ex)
+
+
+def test_varlen_only_for_decoders_it_repeats(tiny_model_dir):
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    from mt_core.models import load_model
+    from mt_core.train import varlen_supported
+
+    model, _ = load_model(tiny_model_dir)
+    assert varlen_supported(model)
+    gemma = GemmaForCausalLM(GemmaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    assert not varlen_supported(gemma)
+    recipe = load_study(profile="tiny").recipes["second_stage"]
+    with pytest.raises(ValueError, match="varlen loop"):
+        train_lora(gemma, [Example([1, 2, 3], [IGNORE, 2, 3])], recipe, seed=0, pad_id=0, fast=True,
+                   attention="varlen_reference", log=lambda *_: None)
