@@ -14,7 +14,7 @@ Stages, each its own process so the GPU is empty between engines (``all`` runs t
   merge  vLLM on the merged checkpoint: start-up, throughput, parity
   report combine into bench/results/<date>_<card>_vllm.json (or $OUT) and print a table
 
-    python bench/vllm_bench.py all [--work /tmp/mt_vllm]
+    python bench/vllm_bench.py all [--work DIR]   # DIR: default mt_vllm in the system temp folder
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -223,7 +224,8 @@ def report(work: Path, out_dir: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["all", "prep", "serve", "merge", "report"])
-    ap.add_argument("--work", default="/tmp/mt_vllm", help="where checkpoints and stage results go")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "mt_vllm"),
+                    help="where checkpoints (about 45 GB) and stage results go")
     ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "bench" / "results")))
     ap.add_argument("--tiny", action="store_true", help="prep only: a CPU smoke run with a 2-layer model")
     ap.add_argument("--score-only", action="store_true", help="serve/merge: parity only, no throughput run")

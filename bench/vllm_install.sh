@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Reassemble + unpack the offline vLLM 0.25.0 bundle (bench/vllm_bundle/build.sh; see its NOTES.md). The sums
 # below are those of the bundle measured on 2026-12-01; a rebuilt one brings parts/SHA256SUMS, which wins.
-# Usage (from repo root, on the GPU box): bash bench/vllm_install.sh [PARTS_DIR=/root/vparts] [DEST=/tmp/site]
+# Usage (from the repo root, on the GPU machine): bash bench/vllm_install.sh [PARTS_DIR=.vbundle/stash] [DEST=.vbundle/site]
 set -euo pipefail
-PARTS=${1:-/root/vparts}
-DEST=${2:-/tmp/site}
+PARTS=${1:-.vbundle/stash}
+DEST=${2:-.vbundle/site}
 ARCHIVE_SHA256=44ba23123ab0218362ad6db70bda1a938bbe32b5667c93e4543a204538db3c31   # sha256 of site.tar.xz (all parts concatenated)
 PART_SHA256=(00a6a807ba2f3f5142abcb875377118494c2f5846b83f3275c4518273a943f19 28483fd8b4b010da27cdad1e03eede6ad3fd69dda016933e8b8dd185a31dc9be)
 die() { echo "vllm_install: ERROR: $*" >&2; exit 1; }
@@ -19,7 +19,7 @@ for i in "${!parts[@]}"; do
   got=$(sha256sum "${parts[$i]}" | cut -d' ' -f1)
   [ "$got" = "${PART_SHA256[$i]}" ] || die "sha256 mismatch for ${parts[$i]}: got $got, expected ${PART_SHA256[$i]}"
 done
-tmp=$(mktemp /tmp/site.tar.xz.XXXXXX); trap 'rm -f "$tmp"' EXIT
+mkdir -p "$(dirname "$DEST")"; tmp=$(mktemp -p "$(dirname "$DEST")" site.tar.xz.XXXXXX); trap 'rm -f "$tmp"' EXIT
 cat "${parts[@]}" > "$tmp"
 got=$(sha256sum "$tmp" | cut -d' ' -f1)
 [ "$got" = "$ARCHIVE_SHA256" ] || die "archive sha256 mismatch: got $got, expected $ARCHIVE_SHA256"

@@ -5,7 +5,7 @@ from packaging.version import Version
 from email.parser import Parser
 PY = sys.argv[1]  # "3.12"
 D = sys.argv[2]   # download dir
-PLAT = open('/tmp/vb/plat.txt').read().split()
+PLAT = open(os.path.join(os.path.dirname(__file__), 'plat.txt')).read().split()
 INSTALLED = set(cn(x) for x in """torch torchvision torchaudio triton transformers tokenizers safetensors huggingface_hub numpy sentencepiece tiktoken accelerate peft
 absl-py aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs certifi charset-normalizer click cloudpickle cmake colorama einops filelock frozenlist fsspec h11 hf-xet httpcore httpx idna jinja2 markupsafe msgpack multidict networkx ninja numba numba-cuda nvidia-ml-py opencv-python-headless packaging pandas pillow pip prometheus-client propcache protobuf psutil py-cpuinfo pyarrow pygments pyyaml regex requests rich scipy setuptools six sympy tqdm typer typing-extensions urllib3 uvloop wheel xxhash yarl zipp pytest
 llvmlite mpmath python-dateutil pytz tzdata markdown-it-py mdurl iniconfig pluggy shellingham""".split())
