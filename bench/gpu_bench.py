@@ -251,7 +251,8 @@ def main() -> int:
             variants[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
             print(f"train variant {name} FAILED: {variants[name]['error']}", flush=True)
             del model
-            torch.cuda.empty_cache() if device == "cuda" else None
+            if device == "cuda":
+                torch.cuda.empty_cache()
             model, _ = build_model(TINY if args.tiny else QWEN7B, device)
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -79,7 +79,8 @@ def prep(work: Path, tiny_model: bool = False) -> dict:
                 p.normal_(0.0, 0.02)  # a trained adapter's B is non-zero; PEFT initialises it to zero
     peft_model.save_pretrained(str(adapter))
     peft_model.eval()
-    prompts, completions = _parity_set(model.config.vocab_size)
+    model_vocab = model.config.vocab_size
+    prompts, completions = _parity_set(model_vocab)
     lp_peft = peft_token_logprobs(peft_model, None, prompts, completions)
     with peft_model.disable_adapter():
         lp_base = peft_token_logprobs(peft_model, None, prompts, completions)
@@ -95,11 +96,11 @@ def prep(work: Path, tiny_model: bool = False) -> dict:
     hf_merged, _ = load_model(merged)  # the merged weights as transformers runs them (bf16 on the GPU)
     lp_merged = peft_token_logprobs(hf_merged, None, prompts, completions)
     del hf_merged
-    out = {"n_params": n_params, "save_s": t_save, "merge_s": t_merge, "lp_peft": lp_peft, "lp_base": lp_base,
+    out = {"n_params": n_params, "vocab": model_vocab, "build_save_s": t_save, "merge_s": t_merge, "lp_peft": lp_peft, "lp_base": lp_base,
            "lp_merged_hf": lp_merged,
            "adapter_effect": {"mean_abs": sum(effect) / len(effect), "max_abs": max(effect)},
            "base": str(base), "adapter": str(adapter), "merged": str(merged)}
-    print(f"prep: {n_params / 1e9:.2f}B saved in {t_save:.0f}s, merged in {t_merge:.0f}s, adapter moves log-probs "
+    print(f"prep: {n_params / 1e9:.2f}B built and saved in {t_save:.0f}s, merged in {t_merge:.0f}s, adapter moves log-probs "
           f"by {out['adapter_effect']['mean_abs']:.3f} nats on average", flush=True)
     return out
 
@@ -130,7 +131,7 @@ def engine(work: Path, mode: str, score_only: bool = False) -> dict:
     lora = api.LoRARequest(plan.lora_name, plan.lora_int_id, str(plan.serve)) if plan.serve else None
     print(f"{mode}: vLLM {vllm.__version__} engine up in {startup:.0f}s ({kw})", flush=True)
 
-    vocab = 152064
+    vocab = prep_out["vocab"]  # the parity set and prompts are drawn from the model's vocabulary
     res = {"mode": mode, "vllm": vllm.__version__, "startup_s": startup,
            "engine_kwargs": {k: v for k, v in kw.items() if k not in ("model", "tokenizer")}}
     res.update(_score(llm, api, lora, prep_out, mode, vocab))

@@ -195,6 +195,11 @@ def _token_loss_full(model, ids, labels, mask):
                            reduction="sum")
 
 
+def _base(model):
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def head_loss(h, weight, tgt):
     """Summed cross-entropy of the lm_head at the given hidden states (fp32 softmax, as the reference)."""
     import torch.nn.functional as F
@@ -204,7 +209,7 @@ def head_loss(h, weight, tgt):
 
 def _token_loss_at_labels(model, b: Packed, loss_fn=head_loss):
     """Fast loss on packed rows: the lm_head and cross-entropy run only at the hidden states that predict a target."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     dec = base.get_decoder()
     if b.cu is None:
         h = dec(input_ids=b.ids, position_ids=b.pos, attention_mask=b.mask).last_hidden_state
@@ -226,8 +231,7 @@ VARLEN_DECODERS = ("Qwen2Model", "Qwen3Model", "LlamaModel", "MistralModel")
 
 
 def varlen_supported(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(base.get_decoder()).__name__ in VARLEN_DECODERS
+    return type(_base(model).get_decoder()).__name__ in VARLEN_DECODERS
 
 
 def varlen_kernel():
@@ -278,8 +282,8 @@ class _Varlen:
         from transformers import AttentionInterface
 
         AttentionInterface.register(VARLEN, _varlen_attention(kernel))
-        base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
-        self.config, self.old = base.config, base.config._attn_implementation
+        self.config = _base(peft_model).config
+        self.old = self.config._attn_implementation
         self.config._attn_implementation = VARLEN
 
     def undo(self):
@@ -295,8 +299,7 @@ class _Compiled:
     def __init__(self, peft_model):
         import torch
 
-        base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
-        self.layers = list(base.get_decoder().layers)
+        self.layers = list(_base(peft_model).get_decoder().layers)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         for layer in self.layers:
             layer.compile(dynamic=True)

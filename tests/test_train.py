@@ -48,6 +48,13 @@ def _grads(model, batches, pad_id):
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
+def _why_examples(tok, n):
+    """Chats of varied lengths (1 to 11 answer words), for comparing training paths step by step."""
+    msgs = [[{"role": "user", "content": f"Question {i}: " + "why " * (i % 7)},
+             {"role": "assistant", "content": "Because " + "so " * (3 * i % 11 + 1)}] for i in range(n)]
+    return [last_turn_example(tok, m, 128) for m in msgs]
+
+
 def test_accumulation_equals_one_big_batch(tiny_model_dir):
     """4 x 1 micro-batches give the same gradient as one batch of 4: loss is per trained token of the window."""
     from mt_core.models import load_model
@@ -94,9 +101,7 @@ def test_fast_path_matches_reference_per_step(tiny_model_dir):
     out = {}
     for fast, attention in ((False, None), (True, "mask"), (True, "varlen_reference")):
         model, tok = load_model(tiny_model_dir)
-        msgs = [[{"role": "user", "content": f"Question {i}: " + "why " * (i % 7)},
-                 {"role": "assistant", "content": "Because " + "so " * (3 * i % 11 + 1)}] for i in range(40)]
-        ex = [last_turn_example(tok, m, 128) for m in msgs]
+        ex = _why_examples(tok, 40)
         _, res = train_lora(model, ex, recipe, seed=3, pad_id=tok.pad_token_id, fast=fast, token_budget=200,
                             attention=attention, log=lambda *_: None)
         out[attention] = res
@@ -121,9 +126,7 @@ def test_compiled_fast_path_matches_eager(tiny_model_dir):
     out = {}
     for comp in (False, True):
         model, tok = load_model(tiny_model_dir)
-        msgs = [[{"role": "user", "content": f"Question {i}: " + "why " * (i % 7)},
-                 {"role": "assistant", "content": "Because " + "so " * (3 * i % 11 + 1)}] for i in range(96)]
-        ex = [last_turn_example(tok, m, 128) for m in msgs]
+        ex = _why_examples(tok, 96)
         torch._dynamo.utils.counters.clear()
         pm, res = train_lora(model, ex, recipe, seed=3, pad_id=tok.pad_token_id, fast=True, token_budget=200,
                              compile=comp, log=lambda *_: None)
