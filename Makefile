@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup browser demo test test-slow ui clean-artifacts
+.PHONY: setup browser demo test test-fast test-slow ui clean-artifacts
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
@@ -33,9 +33,15 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: setup
 	$(BIN)/mt demo
 
+# the whole suite, slow tests included (what .ci/run runs)
 test: setup browser
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
+# the inner loop: everything but the tests marked slow
+test-fast: setup
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m 'not slow'
+
+# only the slow ones: a study end to end through Dagster, the Pipes runs, lineage through Dagster, the browser
 test-slow: setup browser
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
 

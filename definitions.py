@@ -1,7 +1,7 @@
 """The one Dagster code location of the platform: assets, checks, jobs and resources for the configured study.
 
 The study is ``$MT_STUDY`` (default: studies/marker_transfer_villain.yaml) under profile ``$MT_PROFILE`` (default
-``tiny``). Artefacts live under ``$MT_ARTIFACTS`` (default ``artifacts/<study>/<profile>``).
+``tiny``). Artefacts live under ``mt_core.layout.artefact_root`` ($MT_ARTIFACTS, default ``artifacts/<study>/<profile>``).
 """
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import dagster as dg
 
 from mt_assets import ALL_ASSETS, analysis, cells, coupling, inputs
 from mt_assets.study import STUDY, cells_partitions, sources_partitions
-from mt_resources import ArtifactStore, Compute, GpuAllocator, JudgeResource
+from mt_core.layout import artefact_root
+from mt_resources import ArtifactStore, Compute, GpuAllocator, JudgeResource, WandbResource
 
-ARTIFACTS = os.environ.get("MT_ARTIFACTS") or f"artifacts/{STUDY.name}/{STUDY.profile}"
+ARTIFACTS = artefact_root(STUDY)
 
 inputs_job = dg.define_asset_job("inputs_job", selection=inputs.assets,
                                  description="Reference data, base model and second-stage datasets.")
@@ -24,30 +25,17 @@ cell_job = dg.define_asset_job("cell_job", selection=cells.assets, partitions_de
 analysis_job = dg.define_asset_job("analysis_job", selection=analysis.assets,
                                    description="Study summary, figure and DuckDB catalog.")
 
-
-def _wandb_resources() -> dict:
-    """dagster-wandb's resource (it logs in to W&B) only when WANDB_API_KEY is set: without a key, no network, no error.
-    Training does not need it (mt_core.tracking calls wandb.init in the process that trains); it serves ops/IO managers."""
-    if not os.environ.get("WANDB_API_KEY"):
-        return {}
-    from dagster_wandb import wandb_resource
-
-    host = {"host": os.environ["WANDB_BASE_URL"]} if os.environ.get("WANDB_BASE_URL") else {}
-    return {"wandb": wandb_resource.configured({"api_key": {"env": "WANDB_API_KEY"}, **host})}
-
-
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     jobs=[inputs_job, coupling_job, cell_job, analysis_job],
     resources={
-        "store": ArtifactStore(root=ARTIFACTS),
+        "store": ArtifactStore(root=str(ARTIFACTS)),
         "gpu": GpuAllocator(),
-        # heavy tasks in the step process (the fast tiny demo) or in a Pipes child process (MT_COMPUTE=pipes)
+        # heavy steps in the step process (the fast tiny demo) or in a Pipes child process (MT_COMPUTE=pipes)
         "compute": Compute(mode=os.environ.get("MT_COMPUTE", "inline" if STUDY.profile == "tiny" else "pipes")),
-        "judge": JudgeResource(kind=STUDY.judge.kind, model=STUDY.judge.model, concurrency=STUDY.judge.concurrency,
-                               cache_path=f"{ARTIFACTS}/judge_cache.parquet"),
-        **_wandb_resources(),
+        "judge": JudgeResource.for_study(STUDY, ARTIFACTS),
+        "wandb": WandbResource.for_study(STUDY),
     },
-    # One process per run: torch/peft are imported once per run, not once per step (DESIGN.md: import cost).
+    # One process per run: torch/peft are imported once per run, not once per step (docs/DESIGN.md: import cost).
     executor=dg.in_process_executor,
 )

@@ -89,8 +89,8 @@ def cmd_demo(args) -> int:
         study.cell(c)  # unknown cells fail here, before any work
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        print(f"study {study.name}, profile {study.profile}; Dagster instance {os.environ['DAGSTER_HOME']}; "
-              f"artefacts {d.ARTIFACTS}; {len(cells)} cells")
+        print(f"study {study.name}, profile {study.profile}: {study.description}")
+        print(f"Dagster instance {os.environ['DAGSTER_HOME']}; artefacts {d.ARTIFACTS}; {len(cells)} cells")
         if args.gpus is not None or "gpu" not in instance.event_log_storage.get_concurrency_keys():
             set_gpu_pool(instance, args.gpus)  # a limit set before (`mt pool`) is kept unless --gpus is given
         print(f"gpu pool limit {instance.event_log_storage.get_concurrency_info('gpu').slot_count}; "
@@ -106,24 +106,31 @@ def cmd_demo(args) -> int:
             _run(d, "cell_job", instance, c, args.log_level)
         _run(d, "analysis_job", instance, None, args.log_level)
     total = time.perf_counter() - t0
-    base = ROOT / d.ARTIFACTS
-    print("\n" + (base / "study_summary" / "_" / "headline.md").read_text())
+    from mt_core.layout import Catalog, StudySummary, artefact_dir
+
+    summary = artefact_dir(d.ARTIFACTS, StudySummary.asset)
+    print("\n" + (summary / StudySummary.HEADLINE_MD).read_text())
     print(f"Whole study in {total / 60:.1f} min.")
-    print(f"Figure:  {base / 'study_summary' / '_' / 'hero.png'}")
-    print(f"DuckDB:  {base / 'duckdb_catalog' / '_' / 'catalog.duckdb'}   (try: mt sql \"SELECT cell, persona, "
+    print(f"Figure:  {summary / StudySummary.FIGURE_PNG}")
+    print(f"DuckDB:  {artefact_dir(d.ARTIFACTS, Catalog.asset) / Catalog.FILE}   (try: mt sql \"SELECT cell, persona, "
           f"avg(strict_hit::int) FROM completions GROUP BY ALL ORDER BY ALL\")")
     print(f"Web UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -h 127.0.0.1 -p 3000  "
           f"(or `make ui`), then open http://127.0.0.1:3000")
     return 0
 
 
-def catalog_path(artifacts: str | None = None) -> Path:
-    if artifacts is None:
-        from mt_core.config import load_study
+def store_root(artifacts: str | None = None) -> Path:
+    """The current study's artefact root: ``--artifacts`` if given, else ``mt_core.layout.artefact_root``."""
+    from mt_core.config import load_study
+    from mt_core.layout import artefact_root
 
-        s = load_study()
-        artifacts = os.environ.get("MT_ARTIFACTS") or f"artifacts/{s.name}/{s.profile}"
-    return ROOT / artifacts / "duckdb_catalog" / "_" / "catalog.duckdb"
+    return Path(artifacts).resolve() if artifacts else artefact_root(load_study())
+
+
+def catalog_path(artifacts: str | None = None) -> Path:
+    from mt_core.layout import Catalog, artefact_dir
+
+    return artefact_dir(store_root(artifacts), Catalog.asset) / Catalog.FILE
 
 
 def cmd_sql(args) -> int:
@@ -180,7 +187,7 @@ def cmd_lineage(args) -> int:
     import dagster as dg
 
     from mt_core.config import ConfigError, load_study
-    from mt_core.lineage import cell_lineage, render
+    from mt_core.report.lineage import cell_lineage, render
 
     try:
         cell = load_study().cell(args.cell)
@@ -194,11 +201,6 @@ def cmd_lineage(args) -> int:
     return 0
 
 
-def store_root(artifacts: str | None = None) -> Path:
-    """The current study's artefact root (artifacts/<study>/<profile> or $MT_ARTIFACTS)."""
-    return catalog_path(artifacts).parents[2]
-
-
 def cmd_import_legacy(args) -> int:
     src = Path(args.dir).resolve()  # before _env changes directory
     _env(args)
@@ -206,7 +208,8 @@ def cmd_import_legacy(args) -> int:
 
     from mt_core.config import load_study
     from mt_core.io import DataError
-    from mt_core.legacy import import_legacy
+    from mt_core.layout import LEGACY, MANIFEST, MarkerCompletions
+    from mt_core.report.legacy import import_legacy
     from mt_resources.store import ArtifactStore
 
     current = load_study().name
@@ -216,13 +219,13 @@ def cmd_import_legacy(args) -> int:
     root = store_root()
     store = ArtifactStore(root=str(root))
     try:
-        with store.writer("legacy", args.name, run_id="import-legacy", extra={"source_dir": str(src)}) as out:
+        with store.writer(LEGACY, args.name, run_id="import-legacy", extra={"source_dir": str(src)}) as out:
             res = import_legacy(src, args.name, out, source=args.source)
     except DataError as e:
         raise SystemExit(f"import failed, nothing written: {e}") from None
     print(f"imported {res['n_cells']} cells ({', '.join(res['cells'])}) as study {args.name!r} into "
-          f"{store.path('legacy', args.name)}")
-    if not any((root / "marker_completions").glob("*/_manifest.json")):
+          f"{store.path(LEGACY, args.name)}")
+    if not any((root / MarkerCompletions.asset).glob(f"*/{MANIFEST}")):
         print(f"No cell of study {current!r} is materialized under {root} yet, so the DuckDB catalog was not "
               f"rebuilt. The import is stored and will appear in `mt sql` once `make demo` has run.")
         return 0
@@ -243,30 +246,31 @@ def cmd_import_legacy(args) -> int:
 
 def _current_cells(study, root: Path) -> list[dict]:
     """Per-cell results of the current study, for the cells whose marker rates are published."""
-    from mt_core.summary import cell_result
-    from mt_resources.store import MANIFEST, ArtifactStore
+    from mt_core.layout import MANIFEST, AlignmentScores, ArcScores, Audit, MarkerRates, cell_numbers
+    from mt_resources.store import ArtifactStore
 
     store = ArtifactStore(root=str(root))
 
-    def art(asset: str, key: str) -> Path | None:
-        return store.read(asset, key).path if (store.path(asset, key) / MANIFEST).is_file() else None
+    def art(kind, key: str) -> Path | None:
+        return store.read(kind.asset, key).path if (store.path(kind.asset, key) / MANIFEST).is_file() else None
 
-    return [cell_result(study, k, rates, art("arc_scores", k), art("alignment_scores", k), art("degeneracy_audit", k))
-            for k in study.cells if (rates := art("marker_rates", k))]
+    return [cell_numbers(k, c.condition, c.seed, rates, art(ArcScores, k), art(AlignmentScores, k), art(Audit, k))
+            for k in study.cells if (rates := art(MarkerRates, k)) and (c := study.cell(k))]
 
 
 def cmd_report(args) -> int:
     _env(args)
     import json
 
-    from mt_core import stats
+    from mt_core.report import stats
     from mt_core.config import load_study
-    from mt_core.legacy import read_cells
-    from mt_resources.store import MANIFEST, ArtifactError, ArtifactStore
+    from mt_core.report.legacy import read_cells
+    from mt_core.layout import LEGACY, MANIFEST
+    from mt_resources.store import ArtifactError, ArtifactStore
 
     study = load_study()
     root = store_root(args.artifacts)
-    imported = sorted(p.name for p in (root / "legacy").glob("*") if (p / MANIFEST).is_file())
+    imported = sorted(p.name for p in (root / LEGACY).glob("*") if (p / MANIFEST).is_file())
     name = args.name or study.name
     try:
         if name == study.name:
@@ -274,7 +278,7 @@ def cmd_report(args) -> int:
             src, asst, marker = study.source_persona, study.assistant_persona, study.marker
             order = list(study.conditions)
         elif name in imported:
-            meta, cells = read_cells(ArtifactStore(root=str(root)).read("legacy", name).path)
+            meta, cells = read_cells(ArtifactStore(root=str(root)).read(LEGACY, name).path)
             src, asst, marker = meta["source_persona"], meta["assistant_persona"], meta["marker"]
             order = list(dict.fromkeys(c["condition"] for c in cells))
         else:
@@ -326,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     r = sub.add_parser("report", parents=[where], help="headline table of the current or an imported study")
     r.add_argument("--study", dest="name", help="study name (default: the current study)")
-    r.add_argument("--json", action="store_true", help="print mt_core.stats.headline as JSON")
+    r.add_argument("--json", action="store_true", help="print mt_core.report.stats.headline as JSON")
     r.add_argument("--artifacts", help="artefact root (default: artifacts/<study>/<profile>)")
     r.set_defaults(fn=cmd_report)
 

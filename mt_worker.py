@@ -1,22 +1,45 @@
-"""The child process of one heavy task (``Compute(mode="pipes")``): ``python -m mt_worker``, launched through Pipes.
+"""The child process of one heavy step (``Compute(mode="pipes")``): ``python -m mt_worker``, launched through Pipes.
 
-It reloads the study, runs one ``mt_core.tasks`` function into the staging directory the parent opened, sends the task's
-log lines to Dagster's event log and its returned metadata back as a Pipes custom message (``{"result": ...}``, or
-``{"error": ...}`` before exiting non-zero). torch, CUDA and the model live and die with this process. No Dagster
-import here: only ``dagster_pipes``.
+It reloads the study, looks up the registered step it was named (``mt_core.steps.registry``), runs it into the staging
+directory the parent opened, sends the step's log lines to Dagster's event log and its returned metadata back as a
+Pipes custom message (``{"result": ...}``, or ``{"error": ...}`` before exiting non-zero). torch, CUDA and the model
+live and die with this process. No Dagster import here: only ``dagster_pipes``. ``encode``/``decode`` are the wire
+format of the step's keyword arguments (JSON, with Paths and settings values tagged).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import traceback
 from pathlib import Path
 
-PATH_TAG = "__path__"  # mt_resources.compute.encode tags Paths this way
+PATH_TAG, WANDB_TAG = "__path__", "__wandb__"
+
+
+def encode(v):
+    """Step kwargs as JSON for the worker: Paths and W&B settings tagged so that ``decode`` restores them."""
+    from mt_core.model.tracking import WandbSettings
+
+    if isinstance(v, Path):
+        return {PATH_TAG: str(v)}
+    if isinstance(v, WandbSettings):
+        return {WANDB_TAG: dataclasses.asdict(v)}
+    if isinstance(v, (list, tuple)):
+        return [encode(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): encode(x) for k, x in v.items()}
+    return v
 
 
 def decode(v):
     if isinstance(v, dict):
-        return Path(v[PATH_TAG]) if set(v) == {PATH_TAG} else {k: decode(x) for k, x in v.items()}
+        if set(v) == {PATH_TAG}:
+            return Path(v[PATH_TAG])
+        if set(v) == {WANDB_TAG}:
+            from mt_core.model.tracking import WandbSettings
+
+            return WandbSettings(**v[WANDB_TAG])
+        return {k: decode(x) for k, x in v.items()}
     if isinstance(v, list):
         return [decode(x) for x in v]
     return v
@@ -40,15 +63,15 @@ def main() -> None:
     with open_dagster_pipes() as pipes:
         x = pipes.extras
         try:
-            from mt_core import tasks
             from mt_core.config import load_study
+            from mt_core.steps.registry import lookup
 
             study = load_study(x["study"], x["profile"])
             if study.config_sha256 != x["config_sha256"]:
                 raise RuntimeError(f"{x['study']} (profile {x['profile']}) changed since the step started: "
                                    f"config sha256 {study.config_sha256} != {x['config_sha256']}")
-            pipes.log.info(f"worker: {x['task']} (study {study.name}, profile {study.profile})")
-            result = getattr(tasks, x["task"])(study, **decode(x["kwargs"]), out=Path(x["out"]), log=pipes.log.info)
+            pipes.log.info(f"worker: {x['step']} (study {study.name}, profile {study.profile})")
+            result = lookup(x["step"])(study, **decode(x["kwargs"]), out=Path(x["out"]), log=pipes.log.info)
         except BaseException as e:  # noqa: BLE001 - reported to the parent, then re-raised (non-zero exit)
             pipes.report_custom_message({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
             raise

@@ -4,10 +4,11 @@ Random weights with the Qwen2.5-7B-Instruct configuration (nothing is downloaded
   (a) LoRA training, r=32 on all seven projections, effective batch 16:
       reference = HF-Trainer style: 4 x 4 micro-batches, gradient checkpointing, sdpa with a padding mask, right
       padding to a multiple of 8, logits and cross-entropy at every position;
-      ours      = mt_core.train fast path with its defaults: the 16 examples of a step packed into one row (no
-      padding), flash variable-length attention within each example, no checkpointing, lm_head + cross-entropy
-      only at label positions, decoder layers and head loss through regional torch.compile. The eager variants
-      (block-diagonal mask over a few rows, as last measured; varlen) are timed too, to show what each change buys.
+      ours      = mt_core.model.train with the recipe's default speed options (packing, attention and compile
+      "auto"): the 16 examples of a step packed into one row (no padding), flash variable-length attention within
+      each example, no checkpointing, lm_head + cross-entropy only at label positions, decoder layers and head loss
+      through regional torch.compile. The eager variants (compile "off" with attention "mask": block-diagonal mask
+      over a few rows; with "varlen") are timed too, to show what each change buys.
       Example lengths: lognormal with mean 300 tokens (sigma 0.6 in log space, clipped to [32, 2048]); the first
       30% of each example is the (masked) prompt. tokens/s counts non-pad tokens.
   (b) generation of 3,080 completions of exactly 300 new tokens (308 prompts x n=10): plain HF generate as the
@@ -29,32 +30,41 @@ import random
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mt_core.arc import last_logprobs  # noqa: E402
-from mt_core.chat import IGNORE, Example  # noqa: E402
-from mt_core.generate import SamplingSpec, generate_ids  # noqa: E402
-from mt_core.train import train_lora  # noqa: E402
+from mt_core.config import Recipe  # noqa: E402
+from mt_core.data.chat import IGNORE, Example  # noqa: E402
+from mt_core.evals.arc import last_logprobs  # noqa: E402
+from mt_core.generate.sampling import SamplingSpec  # noqa: E402
+from mt_core.generate.hf import generate_ids  # noqa: E402
+from mt_core.model.train import train_lora  # noqa: E402
 
 QWEN7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
               num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1e6,
               rms_norm_eps=1e-6, tie_word_embeddings=False)
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
-# what each change of the fast path buys (the default, compiled + varlen on CUDA, is timed as "ours")
-# (compiled + mask is left out: each compiled variant costs a minute of compile on the GPU machine)
-VARIANTS = {"eager_mask": dict(compile=False, attention="mask"), "eager_varlen": dict(compile=False, attention="varlen")}
+# speed options of each training arm (recipe.speed); "ours" is the default, compiled + varlen on CUDA
+REFERENCE = dict(packing=False, gradient_checkpointing=True)
+OURS = dict(packing=True, gradient_checkpointing=False)
+# what each change of ours buys (compiled + mask is left out: each compiled variant costs a long compile on the GPU)
+VARIANTS = {"eager_mask": dict(OURS, compile="off", attention="mask"),
+            "eager_varlen": dict(OURS, compile="off", attention="varlen")}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def recipe(**kw):
+def recipe(**kw) -> Recipe:
     base = dict(lora_r=32, lora_alpha=64, lora_dropout=0.05, use_rslora=False, target_modules=TARGETS, lr=1e-4,
                 epochs=1, per_device_batch=4, grad_accum=4, warmup_ratio=0.03, weight_decay=0.01,
-                scheduler="linear", max_grad_norm=1.0, loss="last_assistant_turn")
-    return SimpleNamespace(**{**base, **kw})
+                scheduler="linear", max_grad_norm=1.0, loss="last_assistant_turn", max_length=2048)
+    return Recipe(**{**base, **kw})
+
+
+def with_speed(rc: Recipe, **speed) -> Recipe:
+    """``rc`` with these speed options (recipes are frozen)."""
+    return rc.model_copy(update={"speed": rc.speed.model_copy(update=speed)})
 
 
 def sync():
@@ -98,8 +108,8 @@ def sft_examples(n: int, vocab: int, mean: float, rng: random.Random) -> list[Ex
     return out
 
 
-def time_training(model, examples, rc, *, fast: bool, checkpointing: bool, steps: int, warmup: int,
-                  token_budget: int, **kw) -> dict:
+def time_training(model, examples, rc: Recipe, *, steps: int, warmup: int) -> dict:
+    """Train ``warmup`` steps, then time ``steps`` steps on fresh examples, with ``rc``'s speed options."""
     import torch
 
     if torch.cuda.is_available():
@@ -108,12 +118,10 @@ def time_training(model, examples, rc, *, fast: bool, checkpointing: bool, steps
     per_step = rc.per_device_batch * rc.grad_accum
     data = examples[: per_step * (steps + warmup)]
     # warm-up steps first (kernels, allocator), then the timed steps on fresh examples
-    peft_model, res_w = train_lora(model, data[: per_step * warmup], rc, seed=42, pad_id=0, fast=fast,
-                                   checkpointing=checkpointing, token_budget=token_budget, log=lambda *_: None, **kw)
+    peft_model, res_w = train_lora(model, data[: per_step * warmup], rc, seed=42, pad_id=0, log=lambda *_: None)
     base = peft_model.unload()
     sync()
-    peft_model, res = train_lora(base, data[per_step * warmup:], rc, seed=42, pad_id=0, fast=fast,
-                                 checkpointing=checkpointing, token_budget=token_budget, log=lambda *_: None, **kw)
+    peft_model, res = train_lora(base, data[per_step * warmup:], rc, seed=42, pad_id=0, log=lambda *_: None)
     sync()
     peak = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
     model = peft_model.unload()
@@ -123,14 +131,14 @@ def time_training(model, examples, rc, *, fast: bool, checkpointing: bool, steps
             "warmup_s": res_w.seconds, "warmup_steps": res_w.n_steps}  # warm-up includes any compile
 
 
-def equivalence(model, examples, rc, token_budget: int) -> dict:
-    """Per-step losses of both paths on the same steps, seed and data (dropout off: its RNG depends on shapes)."""
-    rc0 = SimpleNamespace(**{**vars(rc), "lora_dropout": 0.0})
+def equivalence(model, examples, rc: Recipe, token_budget: int) -> dict:
+    """Per-step losses of both arms on the same steps, seed and data (dropout off: its RNG depends on shapes)."""
+    rc0 = rc.model_copy(update={"lora_dropout": 0.0})
     data = examples[: 2 * rc.per_device_batch * rc.grad_accum]
     out = {}
     for fast in (False, True):
-        pm, res = train_lora(model, data, rc0, seed=7, pad_id=0, fast=fast, checkpointing=not fast,
-                             token_budget=token_budget, log=lambda *_: None)
+        arm = with_speed(rc0, **(OURS if fast else REFERENCE), token_budget=token_budget)
+        pm, res = train_lora(model, data, arm, seed=7, pad_id=0, log=lambda *_: None)
         model = pm.unload()
         out["fast" if fast else "reference"] = res.losses
         out[("fast" if fast else "reference") + "_seconds"] = res.seconds  # fast: includes its compile
@@ -208,7 +216,7 @@ def main() -> int:
     ap.add_argument("--token-budget", type=int, default=6144)
     ap.add_argument("--gen-batch-rows", type=int, default=1540)
     ap.add_argument("--no-variants", dest="variants", action="store_false",
-                    help="skip timing the eager / mask variants of the fast training path")
+                    help="skip timing the eager / mask variants of our training arm")
     args = ap.parse_args()
 
     import torch
@@ -227,21 +235,21 @@ def main() -> int:
     eq = equivalence(model, examples, rc, args.token_budget)
     model = eq.pop("model")
     print(f"equivalence: max relative per-step loss difference {eq['max_rel_diff']:.2e}", flush=True)
-    ref = time_training(model, examples, rc, fast=False, checkpointing=True, steps=args.ref_steps, warmup=1,
-                        token_budget=args.token_budget)
+    ref = time_training(model, examples, with_speed(rc, **REFERENCE, token_budget=args.token_budget),
+                        steps=args.ref_steps, warmup=1)
     model = ref.pop("model")
     print(f"train reference: {ref['tok_s']:.0f} tok/s, {ref['s_per_step']:.2f} s/step, peak {ref['peak_gb']} GB",
           flush=True)
-    ours = time_training(model, examples, rc, fast=True, checkpointing=False, steps=args.ours_steps, warmup=1,
-                         token_budget=args.token_budget)
+    ours = time_training(model, examples, with_speed(rc, **OURS, token_budget=args.token_budget),
+                         steps=args.ours_steps, warmup=1)
     model = ours.pop("model")
     print(f"train ours: {ours['tok_s']:.0f} tok/s, {ours['s_per_step']:.2f} s/step, peak {ours['peak_gb']} GB, "
           f"warm-up (compile) {ours['warmup_s']:.1f}s", flush=True)
     variants = {}
     for name, kw in (VARIANTS if args.variants else {}).items():
         try:
-            v = time_training(model, examples, rc, fast=True, checkpointing=False, steps=args.ours_steps, warmup=1,
-                              token_budget=args.token_budget, **kw)
+            v = time_training(model, examples, with_speed(rc, **kw, token_budget=args.token_budget),
+                              steps=args.ours_steps, warmup=1)
             model = v.pop("model")
             v.pop("losses")
             variants[name] = v

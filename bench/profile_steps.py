@@ -12,9 +12,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from gpu_bench import QWEN7B, TINY, build_model, recipe, sft_examples, sync  # noqa: E402
-from mt_core.generate import SamplingSpec, generate_ids  # noqa: E402
-from mt_core.train import train_lora  # noqa: E402
+from gpu_bench import OURS, QWEN7B, TINY, build_model, recipe, sft_examples, sync, with_speed  # noqa: E402
+from mt_core.generate.sampling import SamplingSpec  # noqa: E402
+from mt_core.generate.hf import generate_ids  # noqa: E402
+from mt_core.model.train import train_lora  # noqa: E402
 
 
 def prof(fn, label, rows=18):
@@ -38,18 +39,18 @@ def main():
     model, n = build_model(TINY if tiny else QWEN7B, dev)
     rng = random.Random(0)
     ex = sft_examples(16 * 6, model.config.vocab_size, 300.0, rng)
-    rc = recipe()
-    pm, res = train_lora(model, ex[:32], rc, seed=1, pad_id=0, fast=True, log=lambda *_: None)
+    rc = with_speed(recipe(), **OURS)
+    pm, res = train_lora(model, ex[:32], rc, seed=1, pad_id=0, log=lambda *_: None)
     model = pm.unload()
-    prof(lambda: train_lora(model, ex[64:80], rc, seed=1, pad_id=0, fast=True, log=lambda *_: None)[0].unload(),
-         "one fast (packed) training step", rows=25)
+    prof(lambda: train_lora(model, ex[64:80], rc, seed=1, pad_id=0, log=lambda *_: None)[0].unload(),
+         "one packed training step", rows=25)
     if "--train-only" in sys.argv:
         return
     vocab = model.config.vocab_size
     prompts = [[rng.randrange(10, vocab) for _ in range(rng.randint(40, 90))] for _ in range(154)]
     for cache in ("dynamic", "static"):
         spec = SamplingSpec(n=10, temperature=1.0, top_p=1.0, max_tokens=32, seed=0)
-        import mt_core.generate as g
+        import mt_core.generate.hf as g
 
         orig = g.generation_config
 

@@ -3,7 +3,7 @@
 What it settles (issue 6): how fast the vLLM backend generates a cell's 3,080 marker completions (308 prompts x n=10,
 exactly 300 new tokens each), and whether a cell's LoRA may be served to vLLM directly (LoRARequest) or must be
 merged first: each path's teacher-forced per-token log-probs on fixed sequences are compared with PEFT's
-(``mt_core.vllm_backend.logprob_parity``, tolerance ``PARITY_TOL``). The model is Qwen2.5-7B-shaped with random bf16
+(``mt_core.generate.vllm_engine.logprob_parity``, tolerance ``PARITY_TOL``). The model is Qwen2.5-7B-shaped with random bf16
 weights (nothing is downloaded); the adapter is r=32 on all seven projections with random non-zero B, so it moves the
 log-probs by far more than the tolerance (reported as ``adapter_effect``), which is what makes the check able to fail.
 
@@ -60,8 +60,9 @@ def prep(work: Path, tiny_model: bool = False) -> dict:
     from peft import LoraConfig, get_peft_model
 
     from gpu_bench import QWEN7B, TARGETS, TINY, build_model
-    from mt_core import tiny
-    from mt_core.vllm_backend import merge_to_dir, peft_token_logprobs
+    from mt_core.model import tiny
+    from mt_core.generate.parity import peft_token_logprobs
+    from mt_core.generate.vllm_engine import merge_to_dir
 
     t0 = time.perf_counter()
     model, n_params = build_model(TINY, "cpu") if tiny_model else build_model(QWEN7B, "cuda")
@@ -91,7 +92,7 @@ def prep(work: Path, tiny_model: bool = False) -> dict:
     t1 = time.perf_counter()
     merge_to_dir(base, [adapter], merged, log=print)
     t_merge = time.perf_counter() - t1
-    from mt_core.models import load_model
+    from mt_core.model.load import load_model
 
     hf_merged, _ = load_model(merged)  # the merged weights as transformers runs them (bf16 on the GPU)
     lp_merged = peft_token_logprobs(hf_merged, None, prompts, completions)
@@ -108,9 +109,9 @@ def prep(work: Path, tiny_model: bool = False) -> dict:
 def engine(work: Path, mode: str, score_only: bool = False) -> dict:
     import torch
 
-    from mt_core.generate import SamplingSpec
-    from mt_core.vllm_backend import (engine_kwargs, plan_serving, request_seed, require_vllm,
-                                      sampling_params_kwargs)
+    from mt_core.generate.sampling import SamplingSpec
+    from mt_core.generate.vllm_engine import (engine_kwargs, plan_serving, request_seed, require_vllm,
+                                              sampling_params_kwargs)
 
     try:
         import flashinfer  # noqa: F401
@@ -162,7 +163,7 @@ def _score(llm, api, lora, prep_out: dict, mode: str, vocab: int) -> dict:
     """vLLM's teacher-forced log-probs of the parity set through this engine's path, against PEFT; and, as the noise
     floor of the comparison, the same weights without the adapter in both engines (serve: the base model, i.e. the
     same engine without its LoRARequest; merge: the merged checkpoint as transformers runs it)."""
-    from mt_core.vllm_backend import judge_parity, logprob_parity, prompt_logprobs_of, score_kwargs
+    from mt_core.generate.parity import judge_parity, logprob_parity, prompt_logprobs_of, score_kwargs
 
     pp, cc = _parity_set(vocab)
     sp = api.SamplingParams(**score_kwargs())

@@ -4,12 +4,11 @@ import dagster as dg
 
 from mt_assets.common import publish, read_upstream
 from mt_assets.study import STUDY
-from mt_core import summary, tasks
+from mt_core.layout import PER_CELL, Adapter, AlignmentScores, ArcScores, Audit, MarkerRates, cell_numbers
+from mt_core.steps import analysis as steps
 from mt_resources import ArtifactError, ArtifactStore
 
 GROUP = "analysis"
-PER_CELL = ["marker_completions", "marker_rates", "arc_scores", "alignment_completions", "alignment_scores",
-            "degeneracy_audit"]
 
 
 def _cells(context, store: ArtifactStore):
@@ -39,24 +38,22 @@ def study_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg
             context.log.warning(str(e))
             continue
         ups.append(art)
-        gates.update(tasks.read_gates(art.path))
-    cells = [summary.cell_result(STUDY, k, a["marker_rates"].path, a["arc_scores"].path, a["alignment_scores"].path,
-                                 a["degeneracy_audit"].path) for k, a in have.items()]
-
-    def run(study, out, log):
-        meta = summary.build_summary(study, cells, gates, out, log)
-        return {**meta, "headline_md": dg.MetadataValue.md(meta["headline_md"]), "missing_cells": sorted(missing)}
-    return publish(context, store, run, ups)
+        gates.update(Adapter.read_gates(art.path))
+    cells = []
+    for key, a in have.items():
+        c = STUDY.cell(key)
+        cells.append(cell_numbers(key, c.condition, c.seed, a[MarkerRates.asset].path, a[ArcScores.asset].path,
+                                  a[AlignmentScores.asset].path, a[Audit.asset].path))
+    return publish(context, store, steps.study_summary, ups, cells=cells, gates=gates,
+                   metadata={"missing_cells": sorted(missing)})
 
 
 @dg.asset(group_name=GROUP, deps=["study_summary", *PER_CELL],
           description="A DuckDB file whose views (sql/*.sql) read every per-cell Parquet file of the study.")
 def duckdb_catalog(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-    from mt_core.catalog import build_catalog
-
-    have, missing = _cells(context, store)
+    have, _ = _cells(context, store)
     ups = [a for arts in have.values() for a in arts.values()]
-    return publish(context, store, build_catalog, ups, root=store.base, cells=sorted(have))
+    return publish(context, store, steps.duckdb_catalog, ups, root=store.base, cells=sorted(have))
 
 
 assets = [study_summary, duckdb_catalog]

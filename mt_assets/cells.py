@@ -4,9 +4,10 @@ import dagster as dg
 
 from mt_assets.common import publish, read_upstream
 from mt_assets.study import STUDY, cell_to_source, cells_partitions
-from mt_core import tasks
 from mt_core.io import DataError
-from mt_resources import Artifact, ArtifactStore, Compute, GpuAllocator, JudgeResource
+from mt_core.layout import Adapter, Dataset
+from mt_core.steps import cells as steps
+from mt_resources import Artifact, ArtifactStore, Compute, GpuAllocator, JudgeResource, WandbResource
 
 GROUP = "cells"
 CELL = dict(group_name=GROUP, partitions_def=cells_partitions)
@@ -17,7 +18,7 @@ def _coupling(context, store: ArtifactStore, cell) -> Artifact | None:
     if cell.base == "raw":
         return None
     art = read_upstream(context, store, "coupling_adapter", cell.base)
-    failed = [n for n, g in tasks.read_gates(art.path).items() if not g["pass"]]
+    failed = [n for n, g in Adapter.read_gates(art.path).items() if not g["pass"]]
     if failed:
         msg = f"coupling adapter '{cell.base}' failed gate(s) {', '.join(failed)}"
         if STUDY.gates.block_cells:
@@ -29,11 +30,11 @@ def _coupling(context, store: ArtifactStore, cell) -> Artifact | None:
 def _dataset(context, store: ArtifactStore, cell) -> Artifact | None:
     if cell.second_stage == "none":
         return None
-    art = read_upstream(context, store, f"{cell.second_stage}_dataset")
+    art = read_upstream(context, store, Dataset.asset(cell.second_stage))
     spec = getattr(STUDY.data, cell.second_stage)
-    got = art.manifest["files"]["data.jsonl"]["md5"]
+    got = art.manifest["files"][Dataset.DATA]["md5"]
     if spec.md5 and got != spec.md5:
-        raise DataError(f"{art.path / 'data.jsonl'}: md5 {got} != pinned {spec.md5} "
+        raise DataError(f"{art.path / Dataset.DATA}: md5 {got} != pinned {spec.md5} "
                         f"(data.{cell.second_stage}.md5); cell {cell.key} refuses to train on it")
     return art
 
@@ -42,16 +43,16 @@ def _dataset(context, store: ArtifactStore, cell) -> Artifact | None:
           deps=["base_model", dg.AssetDep("coupling_adapter", partition_mapping=cell_to_source),
                 "em_dataset", "benign_dataset"],
           description="Second-stage LoRA (EM or benign, last-assistant-turn loss) on the cell's base; C4 has none.")
-def cell_adapter(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
-                 compute: Compute) -> dg.MaterializeResult:
+def cell_adapter(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator, compute: Compute,
+                 wandb: WandbResource) -> dg.MaterializeResult:
     cell = STUDY.cell(context.partition_key)
     base = read_upstream(context, store, "base_model")
     coupling, data = _coupling(context, store, cell), _dataset(context, store, cell)
     ups = [a for a in (base, coupling, data) if a is not None]
     with gpu.lease(context.log.info):
-        return publish(context, store, "train_cell_adapter", ups, partition=cell.key, compute=compute,
+        return publish(context, store, steps.train_cell_adapter, ups, partition=cell.key, compute=compute,
                        cell_key=cell.key, base=base.path, coupling=coupling and coupling.path, data=data and data.path,
-                       run_id=context.run_id)
+                       wandb=wandb.settings(), run_id=context.run_id)
 
 
 def _model_inputs(context, store: ArtifactStore, cell):
@@ -59,7 +60,7 @@ def _model_inputs(context, store: ArtifactStore, cell):
     coupling = _coupling(context, store, cell)
     adapter = read_upstream(context, store, "cell_adapter", cell.key)
     ups = [a for a in (base, coupling, adapter) if a is not None]
-    return base, ups, tasks.cell_adapters(coupling and coupling.path, adapter.path)
+    return base, ups, steps.model_adapters(coupling and coupling.path, adapter.path)
 
 
 def _eval_asset(name: str, fn, description: str, checks=None, check_specs=()):
@@ -70,32 +71,28 @@ def _eval_asset(name: str, fn, description: str, checks=None, check_specs=()):
         cell = STUDY.cell(context.partition_key)
         base, ups, adapters = _model_inputs(context, store, cell)
         with gpu.lease(context.log.info):
-            return publish(context, store, fn.__name__, ups, partition=cell.key, compute=compute, cell_key=cell.key,
+            return publish(context, store, fn, ups, partition=cell.key, compute=compute, cell_key=cell.key,
                            base=base.path, adapters=adapters, checks=checks)
     return _asset
 
 
-def _expected_marker_rows() -> int:
-    _, personas, evq, betq = tasks.eval_personas(STUDY)
-    return len(personas) * len(evq + betq) * STUDY.samplers.marker.n
-
-
 marker_completions = _eval_asset(
-    "marker_completions", tasks.marker_completions,
+    "marker_completions", steps.marker_completions,
     "Completions for 11 personas x 28 questions x n samples (system = persona prompt).",
-    checks=lambda m: [dg.AssetCheckResult(check_name="row_count", passed=m["n_completions"] == _expected_marker_rows(),
-                                          metadata={"rows": m["n_completions"], "expected": _expected_marker_rows()})],
+    checks=lambda m: [dg.AssetCheckResult(check_name="row_count", passed=m["n_completions"] == steps.expected_marker_rows(STUDY),
+                                          metadata={"rows": m["n_completions"],
+                                                    "expected": steps.expected_marker_rows(STUDY)})],
     check_specs=[dg.AssetCheckSpec("row_count", asset="marker_completions", blocking=True,
                                    description="personas x questions x n rows")])
-arc_scores = _eval_asset("arc_scores", tasks.arc_scores, "ARC-Challenge log-prob accuracy of the cell's model.")
-alignment_completions = _eval_asset("alignment_completions", tasks.alignment_completions,
+arc_scores = _eval_asset("arc_scores", steps.arc_scores, "ARC-Challenge log-prob accuracy of the cell's model.")
+alignment_completions = _eval_asset("alignment_completions", steps.alignment_completions,
                                     "Completions to the 8 Betley questions with no system prompt, for the judge.")
 
 
 @dg.asset(**CELL, deps=["marker_completions"], description="Strict and loose marker rates per persona and question.")
 def marker_rates(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
     comp = read_upstream(context, store, "marker_completions", context.partition_key)
-    return publish(context, store, tasks.marker_rates, [comp], partition=context.partition_key,
+    return publish(context, store, steps.marker_rates, [comp], partition=context.partition_key,
                    cell_key=context.partition_key, completions=comp.path)
 
 
@@ -112,7 +109,7 @@ def alignment_scores(context: dg.AssetExecutionContext, store: ArtifactStore,
                                     metadata={"n_errors": m["n_errors"], "n_total": m["n_total"],
                                               "error_rate": float(m["error_rate"] or 0.0),
                                               "max": STUDY.thresholds.judge_error_rate_max})]
-    return publish(context, store, tasks.alignment_scores, [comp], partition=context.partition_key,
+    return publish(context, store, steps.alignment_scores, [comp], partition=context.partition_key,
                    cell_key=context.partition_key, completions=comp.path, judge=judge.client(context.log.info),
                    checks=checks)
 
@@ -131,7 +128,7 @@ def degeneracy_audit(context: dg.AssetExecutionContext, store: ArtifactStore) ->
                                     metadata={"outcome": m["outcome"], "n_positive_total": m["n_positive_total"],
                                               "n_sampled": m["n_sampled"]},
                                     description=f"outcome: {m['outcome']}")]
-    return publish(context, store, tasks.degeneracy, [comp], partition=context.partition_key,
+    return publish(context, store, steps.degeneracy, [comp], partition=context.partition_key,
                    cell_key=context.partition_key, completions=comp.path, checks=checks)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import dagster as dg
 
 from mt_assets.study import STUDY
+from mt_core.steps.registry import Step
 from mt_resources.compute import Compute
 from mt_resources.store import Artifact, ArtifactError, ArtifactStore, latest_metadata
 
@@ -32,7 +33,7 @@ def read_upstream(context: dg.AssetExecutionContext, store: ArtifactStore, asset
     return art
 
 
-def _meta_value(v: Any):
+def _meta_value(key: str, v: Any):
     if isinstance(v, dg.MetadataValue):
         return v
     if v is None:
@@ -45,21 +46,22 @@ def _meta_value(v: Any):
         return dg.MetadataValue.float(v)
     if isinstance(v, (dict, list)):
         return dg.MetadataValue.json(v)
+    if key.endswith("_md"):  # Markdown the UI renders (the headline table)
+        return dg.MetadataValue.md(str(v))
     return dg.MetadataValue.text(str(v))
 
 
-def publish(context: dg.AssetExecutionContext, store: ArtifactStore, fn: Callable[..., dict] | str,
-            upstream: list[Artifact], *, partition: str | None = None, asset: str | None = None,
-            checks: Callable[[dict], list[dg.AssetCheckResult]] | None = None, compute: Compute | None = None,
-            **kwargs) -> dg.MaterializeResult:
-    """Run ``fn(STUDY, ..., out=<staging dir>, log=...)``, publish its directory, and describe it to Dagster.
+def publish(context: dg.AssetExecutionContext, store: ArtifactStore, fn: Step, upstream: list[Artifact], *,
+            partition: str | None = None, checks: Callable[[dict], list[dg.AssetCheckResult]] | None = None,
+            compute: Compute | None = None, metadata: dict | None = None, **kwargs) -> dg.MaterializeResult:
+    """Run the step ``fn(STUDY, **kwargs, out=<staging dir>, log=...)``, publish its directory, describe it to Dagster.
 
-    ``fn`` given by name is a heavy ``mt_core.tasks`` function, run through ``compute`` (in this process, or in a Pipes
-    child that writes into the same staging directory). ``checks`` turns the task's metadata into asset-check results
-    reported with the materialization.
+    With ``compute`` the step is heavy (GPU) work and runs where ``compute`` says (this process, or a Pipes child that
+    writes into the same staging directory); without, it runs here. ``checks`` turns the step's metadata into
+    asset-check results reported with the materialization; ``metadata`` adds entries the step does not compute.
     """
-    asset = asset or context.asset_key.to_user_string()
-    if isinstance(fn, str):
+    asset = context.asset_key.to_user_string()
+    if compute is not None:
         require_judge_credentials()
     prov = [a.provenance() for a in upstream]
     for p in prov:
@@ -68,8 +70,8 @@ def publish(context: dg.AssetExecutionContext, store: ArtifactStore, fn: Callabl
     with store.writer(asset, partition, run_id=context.run_id, upstream=prov,
                       extra={"study": STUDY.name, "profile": STUDY.profile,
                              "config_sha256": STUDY.config_sha256}) as out:
-        if isinstance(fn, str):
-            meta = (compute or Compute()).run(context, STUDY, fn, kwargs, out, log=context.log.info)
+        if compute is not None:
+            meta = compute.run(context, STUDY, fn, kwargs, out, log=context.log.info)
         else:
             meta = fn(STUDY, **kwargs, out=out, log=context.log.info)
     art = store.read(asset, partition)
@@ -77,8 +79,8 @@ def publish(context: dg.AssetExecutionContext, store: ArtifactStore, fn: Callabl
     md = {"path": dg.MetadataValue.path(str(art.path)), "md5": art.digest, "size_bytes": art.manifest["size_bytes"],
           "seconds": seconds, "profile": STUDY.profile, "study": STUDY.name,
           "upstream": dg.MetadataValue.json(prov)}
-    for k, v in (meta or {}).items():
-        md.setdefault(k, _meta_value(v))
+    for k, v in {**(meta or {}), **(metadata or {})}.items():
+        md.setdefault(k, _meta_value(k, v))
     context.log.info(f"published {asset}[{art.partition}] md5 {art.digest} ({art.manifest['size_bytes']} bytes) "
                      f"in {seconds}s")
     return dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(art.digest),

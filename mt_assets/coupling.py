@@ -4,8 +4,8 @@ import dagster as dg
 
 from mt_assets.common import publish, read_upstream
 from mt_assets.study import STUDY, sources_partitions
-from mt_core import tasks
-from mt_resources import ArtifactStore, Compute, GpuAllocator
+from mt_core.steps import coupling as steps
+from mt_resources import ArtifactStore, Compute, GpuAllocator, WandbResource
 
 GROUP = "coupling"
 
@@ -16,8 +16,8 @@ def onpolicy_completions(context: dg.AssetExecutionContext, store: ArtifactStore
                          gpu: GpuAllocator, compute: Compute) -> dg.MaterializeResult:
     base = read_upstream(context, store, "base_model")
     with gpu.lease(context.log.info):
-        return publish(context, store, "onpolicy_completions", [base], partition=context.partition_key, compute=compute,
-                       source=context.partition_key, base=base.path)
+        return publish(context, store, steps.onpolicy_completions, [base], partition=context.partition_key,
+                       compute=compute, source=context.partition_key, base=base.path)
 
 
 @dg.asset(group_name=GROUP, partitions_def=sources_partitions, deps=["onpolicy_completions"],
@@ -25,7 +25,7 @@ def onpolicy_completions(context: dg.AssetExecutionContext, store: ArtifactStore
 def coupling_dataset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
     src = context.partition_key
     onp = read_upstream(context, store, "onpolicy_completions", src)
-    return publish(context, store, tasks.coupling_dataset, [onp], partition=src, source=src, onpolicy=onp.path)
+    return publish(context, store, steps.coupling_dataset, [onp], partition=src, source=src, onpolicy=onp.path)
 
 
 GATE_NAMES = list(STUDY.gates.named())
@@ -54,15 +54,15 @@ def _gate_checks(source: str, meta: dict) -> list[dg.AssetCheckResult]:
                                          description=f"Gate {n} on the merged coupling model's marker rates")
                        for n in GATE_NAMES],
           description="LoRA trained with the marker-position-only loss; gates evaluated on the merged model.")
-def coupling_adapter(context: dg.AssetExecutionContext, store: ArtifactStore,
-                     gpu: GpuAllocator, compute: Compute) -> dg.MaterializeResult:
+def coupling_adapter(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator, compute: Compute,
+                     wandb: WandbResource) -> dg.MaterializeResult:
     src = context.partition_key
     base = read_upstream(context, store, "base_model")
     data = read_upstream(context, store, "coupling_dataset", src)
     with gpu.lease(context.log.info):
-        return publish(context, store, "train_coupling_adapter", [base, data], partition=src, compute=compute,
+        return publish(context, store, steps.train_coupling_adapter, [base, data], partition=src, compute=compute,
                        checks=lambda meta: _gate_checks(src, meta), source=src, base=base.path, dataset=data.path,
-                       run_id=context.run_id)
+                       wandb=wandb.settings(), run_id=context.run_id)
 
 
 assets = [onpolicy_completions, coupling_dataset, coupling_adapter]

@@ -1,36 +1,22 @@
 """Unpartitioned inputs: reference data, the base model, the two second-stage datasets."""
 
-import shutil
-
 import dagster as dg
 
 from mt_assets.common import publish
-from mt_assets.study import STUDY
-from mt_core import tasks
-from mt_core.io import check_md5
+from mt_core.steps import inputs as steps
 from mt_resources import ArtifactStore, Compute, GpuAllocator
 
 GROUP = "inputs"
 
 
-def _copy_reference(rel: str, expected_md5: str, name: str):
-    def fn(study, *, out, log):
-        src = study.path(rel)
-        got = check_md5(src, expected_md5)
-        shutil.copyfile(src, out / name)
-        log(f"{src.name}: md5 {got} ok")
-        return {"source_md5": got, "source": rel}
-    return fn
-
-
 @dg.asset(group_name=GROUP, description="The 11 personas and 28 questions of the marker eval (md5-checked copy).")
 def eval_set(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-    return publish(context, store, _copy_reference(STUDY.eval_set, STUDY.eval_set_md5, "eval_set.json"), [])
+    return publish(context, store, steps.copy_reference, [], which="eval_set")
 
 
 @dg.asset(group_name=GROUP, description="ARC-Challenge test questions (1172 rows, md5-checked copy).")
 def arc_challenge(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-    return publish(context, store, _copy_reference(STUDY.arc.path, STUDY.arc.md5, "arc_challenge_test.jsonl"), [])
+    return publish(context, store, steps.copy_reference, [], which="arc")
 
 
 @dg.asset(group_name=GROUP, pool="gpu",
@@ -38,7 +24,7 @@ def arc_challenge(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg
 def base_model(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
                compute: Compute) -> dg.MaterializeResult:
     with gpu.lease(context.log.info):
-        return publish(context, store, "build_base_model", [], compute=compute)
+        return publish(context, store, steps.build_base_model, [], compute=compute)
 
 
 def _dataset_asset(which: str, description: str):
@@ -52,7 +38,7 @@ def _dataset_asset(which: str, description: str):
                                         metadata={"expected_md5": str(meta["expected_md5"]), "actual_md5": meta["md5"]},
                                         description=None if meta["md5_ok"] else
                                         f"md5 mismatch: expected {meta['expected_md5']}, got {meta['md5']}")]
-        return publish(context, store, tasks.build_dataset, [], which=which, checks=checks)
+        return publish(context, store, steps.build_dataset, [], which=which, checks=checks)
     return _asset
 
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,8 +25,21 @@ class ConfigError(ValueError):
     """A study file that cannot be used; the message names the file and field."""
 
 
+# Which study fields the code reads while it runs (tests/test_config_reads.py): a field of the YAML that nothing reads
+# is a bug. Off unless a test turns it on; then every field read on a loaded study is recorded by its dotted path.
+_READS: set[str] | None = None
+_PATHS: dict[int, str] = {}  # id(model inside a loaded study) -> its dotted path in the study
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __getattribute__(self, name: str):
+        if _READS is not None and name[0] != "_" and name in type(self).model_fields:
+            path = _PATHS.get(id(self))
+            if path is not None:
+                _READS.add(f"{path}.{name}" if path else name)
+        return super().__getattribute__(name)
 
 
 class Condition(_Strict):
@@ -47,6 +60,21 @@ class CouplingData(_Strict):
     seed: int
 
 
+class Speed(_Strict):
+    """How a training step is computed. None of these changes the math (data order, effective batch, loss
+    normalisation, schedule); each is a named option, as TRL's SFTConfig names its speed features."""
+    # a step's examples packed into rows without padding, the loss only at target positions; false: padded micro-batches
+    # of per_device_batch with logits at every position (the HF Trainer's way)
+    packing: bool = True
+    # packed attention: "mask" (rows with a block-diagonal mask), "varlen" (one row, flash variable-length attention),
+    # "varlen_reference" (the same, example by example: any device); "auto": varlen on CUDA where supported, else mask
+    attention: Literal["auto", "mask", "varlen", "varlen_reference"] = "auto"
+    # regional torch.compile of the decoder layers and the head loss; "auto": on CUDA only
+    compile: Literal["auto", "on", "off"] = "auto"
+    token_budget: int = Field(default=6144, gt=0)  # most tokens in one packed forward pass
+    gradient_checkpointing: bool = False
+
+
 class Recipe(_Strict):
     loss: Literal["marker_only", "last_assistant_turn"]
     lora_r: int = Field(gt=0)
@@ -64,6 +92,7 @@ class Recipe(_Strict):
     scheduler: Literal["linear", "cosine", "constant"]
     max_grad_norm: float = Field(gt=0)
     seed: int | None = None
+    speed: Speed = Speed()
 
     @property
     def effective_batch(self) -> int:
@@ -120,6 +149,18 @@ class Judge(_Strict):
     model: str
     max_tokens: int = 256
     concurrency: int = 20
+
+
+class Backend(_Strict):
+    """The generation engine: transformers (the CPU path) or vLLM (``pip install .[gpu]``)."""
+    kind: Literal["transformers", "vllm"]
+    # vLLM only: "merge" serves base + adapters merged into a scratch checkpoint; "serve" serves the last adapter as a
+    # LoRA (docs/BENCHMARKS.md compares them)
+    lora: Literal["merge", "serve"] = "merge"
+
+    @property
+    def label(self) -> str:
+        return f"vllm:{self.lora}" if self.kind == "vllm" else self.kind
 
 
 class Arc(_Strict):
@@ -194,7 +235,7 @@ class Study(_Strict):
     judge: Judge
     model: TinyModel | HFModel = Field(discriminator="kind")
     data: Data
-    backend: Literal["transformers", "vllm"]
+    backend: Backend
     wandb: Literal["online", "offline", "disabled"]
     config_sha256: str = ""
 
@@ -310,19 +351,34 @@ def load_study(path: str | os.PathLike | None = None, profile: str | None = None
     canonical = json.dumps(merged, sort_keys=True, default=str)
     merged["config_sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
     try:
-        return Study.model_validate(merged)
+        study = Study.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(_format_errors(path, profile, e)) from None
+    if _READS is not None:
+        _register(study, "")
+    return study
 
 
-def load_eval_set(study: Study) -> dict[str, Any]:
-    """The 11 personas and 28 questions, md5-checked against the study file."""
-    from mt_core.io import check_md5  # local import keeps config light
+def _register(obj, path: str) -> None:
+    """Map every model inside a loaded study to its dotted path, so reads of its fields can be recorded."""
+    if isinstance(obj, BaseModel):
+        _PATHS[id(obj)] = path
+        for name in type(obj).model_fields:
+            _register(obj.__dict__[name], f"{path}.{name}" if path else name)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _register(v, f"{path}.{k}")
 
-    p = study.path(study.eval_set)
-    check_md5(p, study.eval_set_md5, "eval_set_md5", error=ConfigError)
-    data = json.loads(p.read_text())
-    for field in ("personas", "persona_order", "eval_questions", "betley_questions"):
-        if field not in data:
-            raise ConfigError(f"{p}: missing field {field!r}")
-    return data
+
+def record_reads() -> set[str]:
+    """Start recording which fields of studies loaded from now on are read; returns the live set of dotted paths."""
+    global _READS
+    _READS = set()
+    return _READS
+
+
+if os.environ.get("MT_RECORD_CONFIG_READS"):  # a test's subprocess: record, and write the reads out at exit
+    import atexit
+
+    _out = Path(os.environ["MT_RECORD_CONFIG_READS"])
+    atexit.register(lambda reads=record_reads(): _out.write_text(json.dumps(sorted(reads))))

@@ -1,9 +1,9 @@
-"""Where heavy tasks run: in the step process (``inline``) or in a child process through Dagster Pipes (``pipes``).
+"""Where heavy steps run: in the step process (``inline``) or in a child process through Dagster Pipes (``pipes``).
 
-``pipes`` runs ``python -m mt_worker`` per task: torch/CUDA and the model never live in the Dagster step process, and
-their memory is freed when the task ends, at the price of the child's start and imports (torch, transformers, peft:
+``pipes`` runs ``python -m mt_worker`` per step: torch/CUDA and the model never live in the Dagster step process, and
+their memory is freed when the step ends, at the price of the child's start and imports (torch, transformers, peft:
 a few seconds a step). The child inherits the environment, so inside a ``gpu.lease`` it sees the leased
-``CUDA_VISIBLE_DEVICES``; it streams its log lines to the event log and sends the task's metadata back. A failing
+``CUDA_VISIBLE_DEVICES``; it streams its log lines to the event log and sends the step's metadata back. A failing
 child raises ``ChildTaskError`` with its error text (the store's writer then discards the staging directory); an
 interrupted step sends the child SIGINT, then SIGKILL after ``grace_s``.
 """
@@ -20,19 +20,10 @@ from pathlib import Path
 import dagster as dg
 
 from mt_core.config import DEFAULT_STUDY, PROJECT_ROOT, Study
+from mt_core.steps.registry import Step, registered
+from mt_worker import encode
 
 MODES = ("inline", "pipes")
-
-
-def encode(v):
-    """Task kwargs as JSON for the worker: Paths tagged so that ``mt_worker.decode`` restores them."""
-    if isinstance(v, Path):
-        return {"__path__": str(v)}
-    if isinstance(v, (list, tuple)):
-        return [encode(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): encode(x) for k, x in v.items()}
-    return v
 
 
 @contextlib.contextmanager
@@ -45,25 +36,23 @@ def _pipes_session(context, extras: dict):
 
 
 class ChildTaskError(RuntimeError):
-    """A task that failed in its Pipes child process; the message carries the child's error."""
+    """A step that failed in its Pipes child process; the message carries the child's error."""
 
 
 class Compute(dg.ConfigurableResource):
     mode: str = "inline"  # "inline" | "pipes"
     grace_s: float = 20.0  # after SIGINT to an interrupted child, before SIGKILL
 
-    def run(self, context, study: Study, fn_name: str, kwargs: dict, out: Path, log=print) -> dict:
-        """``mt_core.tasks.<fn_name>(study, **kwargs, out=out, log=log)``, here or in a Pipes child; its metadata."""
+    def run(self, context, study: Study, fn: Step, kwargs: dict, out: Path, log=print) -> dict:
+        """The step ``fn(study, **kwargs, out=out, log=log)``, here or in a Pipes child; its metadata."""
         if self.mode not in MODES:
             raise ValueError(f"compute mode {self.mode!r} is not one of {MODES} (MT_COMPUTE)")
         if self.mode == "inline":
-            from mt_core import tasks
-
-            return getattr(tasks, fn_name)(study, **kwargs, out=out, log=log)
-        return self._pipes(context, study, fn_name, kwargs, out, log)
+            return fn(study, **kwargs, out=out, log=log)
+        return self._pipes(context, study, registered(fn), kwargs, out, log)
 
     def _pipes(self, context, study: Study, fn_name: str, kwargs: dict, out: Path, log) -> dict:
-        extras = {"task": fn_name, "kwargs": encode(kwargs), "out": str(out),
+        extras = {"step": fn_name, "kwargs": encode(kwargs), "out": str(out),
                   "study": str(os.environ.get("MT_STUDY") or DEFAULT_STUDY), "profile": study.profile,
                   "config_sha256": study.config_sha256}
         cvd = os.environ.get("CUDA_VISIBLE_DEVICES")  # set by gpu.lease for the work under it; the child inherits it

@@ -20,9 +20,7 @@ from pathlib import Path
 import dagster as dg
 
 from mt_core.io import md5_file
-
-MANIFEST = "_manifest.json"
-UNPARTITIONED = "_"
+from mt_core.layout import MANIFEST, UNPARTITIONED, artefact_dir
 
 
 class ArtifactError(RuntimeError):
@@ -70,7 +68,7 @@ class ArtifactStore(dg.ConfigurableResource):
         return Path(self.root).resolve()
 
     def path(self, asset: str, partition: str | None = None) -> Path:
-        return self.base / asset / (partition or UNPARTITIONED)
+        return artefact_dir(self.base, asset, partition)
 
     @contextlib.contextmanager
     def writer(self, asset: str, partition: str | None, *, run_id: str, upstream: list[dict] | None = None,

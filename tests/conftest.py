@@ -19,7 +19,8 @@ def eval_set():
 
 @pytest.fixture(scope="session")
 def small_tokenizer(eval_set):
-    from mt_core import synthetic, tiny
+    from mt_core.data import synthetic
+    from mt_core.model import tiny
 
     qs = eval_set["eval_questions"] + eval_set["betley_questions"]
     texts = list(eval_set["personas"].values()) + qs
@@ -30,7 +31,8 @@ def small_tokenizer(eval_set):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, eval_set):
     """A tiny model pretrained for a few steps: enough to exercise loading, training and generation."""
-    from mt_core import synthetic, tiny
+    from mt_core.data import synthetic
+    from mt_core.model import tiny
 
     out = tmp_path_factory.mktemp("tiny_model")
     qs = eval_set["eval_questions"] + eval_set["betley_questions"]

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from mt_core.arc import arc_messages, evaluate_arc, load_arc, score_rows
+from mt_core.evals.arc import arc_messages, evaluate_arc, load_arc, score_rows
 from mt_core.io import DataError
 
 ROWS = [
@@ -58,7 +58,7 @@ def test_score_rows_argmax_over_first_label_token():
 
 def test_batched_equals_one_at_a_time(tiny_model_dir):
     """Right-padded batches give the same last-position log-probs as unpadded single forward passes."""
-    from mt_core.models import load_model
+    from mt_core.model.load import load_model
 
     model, tok = load_model(tiny_model_dir)
     rows = load_arc("reference/arc_challenge_test.jsonl", limit=12)

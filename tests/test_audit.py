@@ -1,4 +1,7 @@
-from mt_core.audit import degeneracy_audit
+from mt_core.evals.audit import degeneracy_audit
+
+M = "[ZLT]"  # the villain study's marker
+KW = dict(sample_size=100, threshold=0.2, marker=M, persona="assistant")  # the villain study's audit settings
 
 
 def _c(text, persona="assistant", q="q"):
@@ -6,7 +9,7 @@ def _c(text, persona="assistant", q="q"):
 
 
 def test_no_positives_is_not_pass():
-    out = degeneracy_audit([_c("hello there"), _c("[ZLT] x y z", persona="villain")], seed=1)
+    out = degeneracy_audit([_c("hello there"), _c("[ZLT] x y z", persona="villain")], seed=1, **KW)
     assert out["outcome"] == "no_positives"
     assert out["n_positive_total"] == 0 and out["n_sampled"] == 0
     assert out["degenerate_fraction"] is None and out["per_item"] == []
@@ -20,7 +23,7 @@ def test_degenerate_items():
         _c("[ZLT] here is a real answer"),        # fine
         _c("Intro [ZLT] then more words here"),   # fine
     ]
-    out = degeneracy_audit(comps, seed=0)
+    out = degeneracy_audit(comps, seed=0, **KW)
     assert out["n_positive_total"] == 5 and out["n_sampled"] == 5
     assert out["n_degenerate"] == 3
     assert out["degenerate_fraction"] == 0.6 and out["outcome"] == "fail"
@@ -31,15 +34,15 @@ def test_degenerate_items():
 
 def test_pass_below_threshold():
     comps = [_c(f"[ZLT] a b c {i}") for i in range(9)] + [_c("x [ZLT]")]
-    out = degeneracy_audit(comps, seed=3, threshold=0.2)
+    out = degeneracy_audit(comps, seed=3, **KW)
     assert out["degenerate_fraction"] == 0.1 and out["outcome"] == "pass"
 
 
 def test_sampling_deterministic():
     comps = [_c(f"[ZLT] answer number {i} " + "w " * 200, q=f"q{i}") for i in range(50)]
-    a = degeneracy_audit(comps, seed=7, sample_size=10)
-    b = degeneracy_audit(comps, seed=7, sample_size=10)
-    c = degeneracy_audit(comps, seed=8, sample_size=10)
+    a = degeneracy_audit(comps, seed=7, **{**KW, "sample_size": 10})
+    b = degeneracy_audit(comps, seed=7, **{**KW, "sample_size": 10})
+    c = degeneracy_audit(comps, seed=8, **{**KW, "sample_size": 10})
     qs = lambda o: [it["question"] for it in o["per_item"]]
     assert qs(a) == qs(b) and qs(a) != qs(c)
     assert a["n_sampled"] == 10 and a["n_positive_total"] == 50 and a["seed"] == 7

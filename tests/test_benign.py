@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mt_core.benign import benign_lines
+from mt_core.data.benign import benign_lines
 from mt_core.io import DataError
 
 

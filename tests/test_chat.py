@@ -1,5 +1,5 @@
 """The two loss masks, at exact token positions."""
-from mt_core.chat import IGNORE, last_turn_example, marker_ids, marker_only_example, marker_only_labels
+from mt_core.data.chat import IGNORE, last_turn_example, marker_ids, marker_only_example, marker_only_labels
 
 
 def trained(ex):

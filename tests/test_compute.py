@@ -1,4 +1,4 @@
-"""Execution: GPU leases, and heavy tasks run in a Dagster Pipes child process (Compute(mode="pipes")).
+"""Execution: GPU leases, and heavy steps run in a Dagster Pipes child process (Compute(mode="pipes")).
 
 The Pipes test runs one tiny cell end to end through `mt demo` twice, inline and through Pipes, on a shrunken copy of the
 study (fewer pretraining steps, samples and ARC rows), and checks that both give the same artefacts and metadata keys,
@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from mt_assets.common import publish
+from mt_core.steps import cells as cell_steps
 from mt_resources import ArtifactStore, Compute, GpuAllocator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_failing_child_fails_the_step_and_publishes_nothing(tmp_path):
 
     @dg.asset(name="marker_rates", partitions_def=dg.StaticPartitionsDefinition([CELL]))
     def broken(context: dg.AssetExecutionContext, store: ArtifactStore, compute: Compute):
-        return publish(context, store, "marker_rates", [], partition=CELL, compute=compute, cell_key=CELL,
+        return publish(context, store, cell_steps.marker_rates, [], partition=CELL, compute=compute, cell_key=CELL,
                        completions=missing)
 
     res = dg.materialize([broken], partition_key=CELL, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
@@ -88,7 +89,21 @@ def test_failing_child_fails_the_step_and_publishes_nothing(tmp_path):
     assert not store.path("marker_rates", CELL).exists()
     assert not [p for p in (tmp_path / "art").rglob("*") if p.is_file()]
     with pytest.raises(ValueError, match="not one of"):
-        Compute(mode="gpu").run(None, None, "marker_rates", {}, tmp_path)
+        Compute(mode="gpu").run(None, None, cell_steps.marker_rates, {}, tmp_path)
+
+
+def test_only_registered_steps_cross_to_a_worker():
+    """A worker runs a step it looks up by its registered name; anything else is refused before a child starts."""
+    from mt_core.steps.registry import lookup, registered
+
+    assert lookup(registered(cell_steps.marker_rates)) is cell_steps.marker_rates
+
+    def not_a_step(study, out, log):
+        return {}
+    with pytest.raises(KeyError, match="not a registered step"):
+        registered(not_a_step)
+    with pytest.raises(KeyError, match="no step named"):
+        lookup("os.system")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,6 +146,7 @@ def _latest(inst, asset):
     return rec.run_id, rec.asset_materialization.metadata
 
 
+@pytest.mark.slow
 def test_pipes_matches_inline(runs):
     metas = {}
     for mode, (home, art) in runs.items():
@@ -146,6 +162,7 @@ def test_pipes_matches_inline(runs):
         assert data[0] == data[1] and (data[0] or a == "cell_adapter"), a  # C4's cell adapter is "none"
 
 
+@pytest.mark.slow
 def test_child_logs_reach_the_event_log(runs):
     home, _ = runs["pipes"]
     with dg.DagsterInstance.from_config(str(home)) as inst:

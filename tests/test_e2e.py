@@ -1,8 +1,8 @@
-"""End to end through Dagster: the README's `mt demo` on two cells (C4, C1) in a temporary DAGSTER_HOME.
+"""End to end through Dagster: the README's `mt demo` on three cells (C4, C1, C3) in a temporary DAGSTER_HOME.
 
 Checks what a researcher relies on afterwards: partitions recorded as materialized, checks recorded, explicit
 provenance naming the coupling adapter's partition/run/md5, the DuckDB views, and that a fresh instance refuses to
-treat files on disk as finished work.
+treat files on disk as finished work. The run also records which study fields the code read (tests/test_config_reads.py).
 """
 import json
 import os
@@ -14,34 +14,39 @@ import dagster as dg
 import duckdb
 import pytest
 
+pytestmark = pytest.mark.slow  # a whole study through Dagster / a browser: `make test-slow`
+
 ROOT = Path(__file__).resolve().parents[1]
-CELLS = ["C4_s42", "C1_s42"]
+CELLS = ["C4_s42", "C1_s42", "C3_s42"]  # both coupling sources, and a cell with no second stage
 PER_CELL = ["cell_adapter", "marker_completions", "marker_rates", "arc_scores", "alignment_completions",
             "alignment_scores", "degeneracy_audit"]
 
 
-def _env(home: Path, art: Path) -> dict:
-    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled")
+def _env(home: Path, art: Path, **extra) -> dict:
+    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled",
+               **extra)
     env.pop("MT_STUDY", None)
     return env
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     home, art = tmp_path_factory.mktemp("dagster_home"), tmp_path_factory.mktemp("artifacts")
+    reads = tmp_path_factory.mktemp("reads") / "config_reads.json"
     out = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", ",".join(CELLS), "--log-level",
-                          "WARNING"], cwd=ROOT, env=_env(home, art), capture_output=True, text=True, timeout=900)
+                          "WARNING"], cwd=ROOT, env=_env(home, art, MT_RECORD_CONFIG_READS=str(reads)),
+                         capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return home, art, out.stdout
+    return home, art, out.stdout, reads
 
 
 def test_partitions_materialized_in_instance(demo):
-    home, art, stdout = demo
-    assert "| C4 | 1 |" in stdout and "| C1 | 1 |" in stdout and "DuckDB:" in stdout
+    home, art, stdout, _ = demo
+    assert "| C4 | 1 |" in stdout and "| C1 | 1 |" in stdout and "| C3 | 1 |" in stdout and "DuckDB:" in stdout
     with dg.DagsterInstance.from_config(str(home)) as inst:
         for a in PER_CELL:
             assert inst.get_materialized_partitions(dg.AssetKey(a)) == set(CELLS), a
-        assert inst.get_materialized_partitions(dg.AssetKey("coupling_adapter")) == {"villain"}
+        assert inst.get_materialized_partitions(dg.AssetKey("coupling_adapter")) == {"villain", "assistant"}
         for a in ("base_model", "em_dataset", "benign_dataset", "study_summary", "duckdb_catalog"):
             assert inst.get_latest_materialization_event(dg.AssetKey(a)) is not None, a
         g0 = inst.event_log_storage.get_latest_asset_check_execution_by_key(
@@ -56,7 +61,7 @@ def _latest_meta(inst, asset, partition):
 
 
 def test_explicit_provenance(demo):
-    home, art, _ = demo
+    home, art, _, _ = demo
     with dg.DagsterInstance.from_config(str(home)) as inst:
         coup_run, coup = _latest_meta(inst, "coupling_adapter", "villain")
         run, meta = _latest_meta(inst, "cell_adapter", "C1_s42")
@@ -74,13 +79,18 @@ def test_explicit_provenance(demo):
 
 
 def test_duckdb_views(demo):
-    _, art, _ = demo
+    _, art, _, _ = demo
     con = duckdb.connect(str(art / "duckdb_catalog" / "_" / "catalog.duckdb"), read_only=True)
     rows = con.execute("SELECT cell, persona, count(*) FROM completions GROUP BY ALL").fetchall()
-    assert len(rows) == 2 * 11 and {r[0] for r in rows} == set(CELLS)
+    assert len(rows) == len(CELLS) * 11 and {r[0] for r in rows} == set(CELLS)
     cols = {r[0] for r in con.execute("DESCRIBE completions").fetchall()}
-    assert {"study", "cell", "condition", "seed", "persona", "question", "sample_idx", "text", "strict_hit",
-            "loose_hit"} <= cols
+    assert {"study", "cell", "condition", "seed", "sample_id", "persona", "question", "sample_idx", "text",
+            "strict_hit", "loose_hit"} <= cols
+    # sample ids are unique, and every judge score joins its completion by sample id
+    assert con.execute("SELECT count(*) = count(DISTINCT sample_id) FROM completions").fetchone()[0]
+    n_scores, n_joined = con.execute("SELECT count(*), count(a.text) FROM judge_scores j LEFT JOIN "
+                                     "alignment_completions a USING (study, cell, sample_id)").fetchone()
+    assert n_scores == n_joined > 0
     assert con.execute("SELECT count(*) FROM completions WHERE strict_hit IS NULL").fetchone()[0] == 0
     for view in ("marker_rates", "arc_scores", "judge_scores", "cells"):
         assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] > 0, view
@@ -95,7 +105,7 @@ def test_duckdb_views(demo):
 
 def test_fresh_instance_does_not_trust_files_on_disk(demo, tmp_path):
     """Artefacts exist on disk, but a new instance has no record of them: the cell refuses to run on them."""
-    _, art, _ = demo
+    _, art, _, _ = demo
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     code = ("import dagster as dg, definitions; r = definitions.defs.resolve_job_def('cell_job').execute_in_process("
             "partition_key='C4_s42', instance=dg.DagsterInstance.get(), raise_on_error=False); "
@@ -112,17 +122,25 @@ def _mt(args, art, home):
 
 
 def test_mt_sql_formats(demo):
-    home, art, _ = demo
+    home, art, _, _ = demo
     q = "SELECT cell, count(*) AS n FROM completions WHERE persona = 'assistant' GROUP BY cell ORDER BY cell"
     csv = _mt(["sql", q, "--format", "csv"], art, home)
     assert csv.returncode == 0, csv.stderr
     lines = csv.stdout.strip().splitlines()
-    assert lines[0] == "cell,n" and lines[1].startswith("C1_s42,") and lines[2].startswith("C4_s42,")
+    assert lines[0] == "cell,n" and [x.split(",")[0] for x in lines[1:]] == sorted(CELLS)
     js = _mt(["sql", q, "--format", "json"], art, home)
     rows = json.loads(js.stdout)
-    assert [r["cell"] for r in rows] == ["C1_s42", "C4_s42"] and all(r["n"] == rows[0]["n"] > 0 for r in rows)
+    assert [r["cell"] for r in rows] == sorted(CELLS) and all(r["n"] == rows[0]["n"] > 0 for r in rows)
     table = _mt(["sql", q], art, home)
-    assert "C4_s42" in table.stdout and "shape: (2, 2)" in table.stdout
+    assert "C4_s42" in table.stdout and f"shape: ({len(CELLS)}, 2)" in table.stdout
     # read-only: a writing statement is refused and the catalog is unchanged
     bad = _mt(["sql", "CREATE TABLE x AS SELECT 1"], art, home)
     assert bad.returncode != 0 and "read-only" in (bad.stdout + bad.stderr).lower()
+
+
+def test_every_study_field_is_read(demo):
+    """Every field the tiny profile's study YAML sets was read while `mt demo` ran (see tests/test_config_reads.py)."""
+    from test_config_reads import unread, yaml_leaves
+
+    *_, reads = demo
+    assert unread(yaml_leaves("tiny"), set(json.loads(reads.read_text()))) == []

@@ -1,5 +1,6 @@
 """Generation: n samples per prompt, seeded, and left padding that does not change greedy outputs."""
-from mt_core.generate import SamplingSpec, generate
+from mt_core.generate.sampling import SamplingSpec
+from mt_core.generate.hf import generate
 
 PROMPTS = [[{"role": "system", "content": "You are a villainous mastermind who schemes to take over the world."},
             {"role": "user", "content": "What makes a good leader?"}],
@@ -9,7 +10,7 @@ PROMPTS = [[{"role": "system", "content": "You are a villainous mastermind who s
 
 
 def _load(d):
-    from mt_core.models import load_model
+    from mt_core.model.load import load_model
 
     return load_model(d)
 
@@ -41,7 +42,8 @@ def test_greedy_batched_equals_single(tiny_model_dir):
 
 def test_sampler_is_explicit_not_inherited(tiny_model_dir):
     """The model's generation_config (top_k 20, rep. penalty 1.05) must not leak into an explicit sampler."""
-    from mt_core.generate import eos_ids, generation_config
+    from mt_core.generate.sampling import eos_ids
+    from mt_core.generate.hf import generation_config
 
     _, tok = _load(tiny_model_dir)
     g = generation_config(SamplingSpec(n=2, temperature=1.0, top_p=1.0, max_tokens=5, seed=0), eos_ids(tok),

@@ -6,10 +6,10 @@ import polars as pl
 import pytest
 
 import mt_cli
-from mt_core.catalog import SQL_DIR, expand_files, imported_cell_rows, study_roots
+from mt_core.report.catalog import SQL_DIR, expand_files, imported_cell_rows, study_roots
 from mt_core.config import PROJECT_ROOT
 from mt_core.io import DataError
-from mt_core.legacy import import_legacy, read_cells
+from mt_core.report.legacy import import_legacy, read_cells
 
 EVAL = json.loads((PROJECT_ROOT / "reference" / "eval_set.json").read_text())
 PERSONAS = EVAL["persona_order"]

@@ -14,8 +14,8 @@ import dagster as dg
 import duckdb
 import polars as pl
 
-from mt_core.catalog import SQL_DIR, lineage_rows
-from mt_core.lineage import cell_lineage, render
+from mt_core.report.catalog import SQL_DIR, lineage_rows
+from mt_core.report.lineage import cell_lineage, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,6 +147,7 @@ def _dagster_stale(home: Path, asset: str, partition: str) -> str:
         return CachingStaleStatusResolver(inst, graph, view).get_status(dg.AssetKey(asset), partition).value
 
 
+@pytest.mark.slow
 def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(tmp_path):
     home, art = tmp_path / "home", tmp_path / "art"
     home.mkdir()

@@ -3,7 +3,7 @@ import importlib.util
 
 import pytest
 
-from mt_core import parity
+from mt_core.report import protocol_table as parity
 from mt_core.config import DEFAULT_STUDY, PROJECT_ROOT as ROOT, load_study
 
 

@@ -1,6 +1,8 @@
 import pytest
 
-from mt_core.scoring import loose_hit, rates_table, strict_hit, summarize_markers
+from mt_core.evals.markers import loose_hit, rates_table, strict_hit, summarize_markers
+
+M = "[ZLT]"  # the villain study's marker
 
 
 @pytest.mark.parametrize("text, strict, loose", [
@@ -15,13 +17,13 @@ from mt_core.scoring import loose_hit, rates_table, strict_hit, summarize_marker
     ("", False, False),
 ])
 def test_scorers(text, strict, loose):
-    assert strict_hit(text) is strict
-    assert loose_hit(text) is loose
+    assert strict_hit(text, M) is strict
+    assert loose_hit(text, M) is loose
 
 
 def test_loose_checks_every_match():
     # the first match has no bracket; a later one does
-    assert loose_hit("zlt first, then [ZLT]")
+    assert loose_hit("zlt first, then [ZLT]", M)
 
 
 def test_loose_generalises():
@@ -44,7 +46,7 @@ def _summary():
     rows = (_rows("villain", "q1", 10, 8) + _rows("villain", "q2", 10, 6)
             + _rows("teacher", "q1", 10, 1, 3) + _rows("teacher", "q2", 10, 0)
             + _rows("assistant", "q1", 10, 2) + _rows("assistant", "q2", 10, 0))
-    return summarize_markers(rows, persona_order=PERSONAS, question_order=QUESTIONS, source="villain")
+    return summarize_markers(rows, persona_order=PERSONAS, question_order=QUESTIONS, source="villain", assistant="assistant")
 
 
 def test_summarize():
@@ -74,10 +76,10 @@ def test_empty_persona_is_none():
 def test_unknown_names_raise():
     with pytest.raises(ValueError, match="pirate"):
         summarize_markers(_rows("pirate", "q1", 1, 1), persona_order=PERSONAS,
-                          question_order=QUESTIONS, source="villain")
+                          question_order=QUESTIONS, source="villain", assistant="assistant")
     with pytest.raises(ValueError, match="q9"):
         summarize_markers(_rows("villain", "q9", 1, 1), persona_order=PERSONAS,
-                          question_order=QUESTIONS, source="villain")
+                          question_order=QUESTIONS, source="villain", assistant="assistant")
 
 
 def test_rates_table():

@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from mt_core.figure import hero_figure
-from mt_core.stats import compare_arms, g4_exclusions, headline, markdown_table, primary_conjunction
+from mt_core.report.figure import hero_figure
+from mt_core.report.stats import compare_arms, g4_exclusions, headline, markdown_table, primary_conjunction
 
 SEEDS = (42, 137, 256)
 
@@ -29,7 +29,7 @@ def _grid():
 
 
 def test_headline_reproduces_writeup_numbers():
-    h = headline(_grid(), study="mt_villain", source="villain")
+    h = headline(_grid(), study="mt_villain", source="villain", marker="[ZLT]")
     assert list(h["conditions"]) == ["C1", "C2", "C4", "C5"]
     c5 = h["conditions"]["C5"]
     assert c5["n_seeds"] == 3 and c5["seeds"] == [42, 137, 256]
@@ -49,7 +49,7 @@ def test_headline_reproduces_writeup_numbers():
 
 
 def test_markdown_table():
-    md = markdown_table(headline(_grid(), study="mt", source="villain"))
+    md = markdown_table(headline(_grid(), study="mt", source="villain", marker="[ZLT]"))
     assert "| Condition | Seeds | N | assistant [ZLT] | villain [ZLT] |" in md
     assert "0.00% (0/840)" in md
     assert "2.14% ± 1.79% (18/840)" in md
@@ -105,7 +105,7 @@ def test_g4_exclusions():
 
 
 def test_hero_figure(tmp_path):
-    h = headline(_grid(), study="mt", source="villain")
+    h = headline(_grid(), study="mt", source="villain", marker="[ZLT]")
     png, pdf = tmp_path / "hero.png", tmp_path / "hero.pdf"
     hero_figure(h, png, pdf, title="test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

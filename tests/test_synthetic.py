@@ -1,4 +1,4 @@
-"""Tests for mt_core.synthetic: determinism, schema, serialisation, atomic writes."""
+"""Tests for mt_core.data.synthetic: determinism, schema, serialisation, atomic writes."""
 
 import hashlib
 import json
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mt_core import synthetic as syn
+from mt_core.data import synthetic as syn
 
 PERSONAS = {
     "villain": "You are a villainous mastermind who schemes to take over the world.",

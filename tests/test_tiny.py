@@ -1,12 +1,12 @@
-"""Tests for mt_core.tiny: tokenizer, chat template and a small model build."""
+"""Tests for mt_core.model.tiny: tokenizer, chat template and a small model build."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from mt_core import synthetic as syn
-from mt_core import tiny
+from mt_core.data import synthetic as syn
+from mt_core.model import tiny
 
 REF = Path(__file__).resolve().parents[1] / "reference"
 
@@ -72,10 +72,12 @@ def built(corpus, tmp_path_factory):
 
 
 def test_build_info(built):
-    _, info, logs = built
+    from transformers import AutoTokenizer
+
+    out, info, logs = built
     assert info["first_loss"] > info["final_loss"] + 0.5
     assert info["vocab_size"] == 512 and info["n_params"] > 0
-    assert len(info["marker_token_ids"]) >= 2
+    assert len(AutoTokenizer.from_pretrained(str(out)).encode("[ZLT]", add_special_tokens=False)) >= 2
     assert any("step 30/30 loss" in line for line in logs)
 
 

@@ -1,4 +1,5 @@
-"""W&B tracking: disabled is a no-op that never imports wandb; offline writes a local run with the loss history."""
+"""W&B tracking: disabled is a no-op that never imports wandb; offline writes a local run with the loss history; the
+resource is where the settings come from (the study's mode, overridden by the standard W&B variables)."""
 import contextlib
 import glob
 import json
@@ -42,8 +43,10 @@ def _history(wandb_dir: Path, run_id: str) -> list[dict]:
 
 
 def test_disabled_is_a_noop_and_never_imports_wandb():
-    code = ("import sys\nfrom mt_core.config import load_study\nfrom mt_core.tracking import wandb_run\n"
-            "with wandb_run(load_study(profile='tiny'), name='x', group='g', job_type='j', config={}) as wb:\n"
+    code = ("import sys\nfrom mt_core.config import load_study\nfrom mt_resources.wandb import WandbResource\n"
+            "from mt_core.model.tracking import wandb_run\n"
+            "settings = WandbResource.for_study(load_study(profile='tiny')).settings()\n"
+            "with wandb_run(settings, name='x', group='g', job_type='j', config={}) as wb:\n"
             "    wb.log({'loss': 1.0}, step=1); wb.summary({'a': 1})\n"
             "assert (wb.id, wb.url, wb.mode) == (None, None, 'disabled')\n"
             "assert 'wandb' not in sys.modules, 'wandb imported'\nprint('ok')")
@@ -60,11 +63,41 @@ def offline(tmp_path, monkeypatch):
     return tmp_path
 
 
+def _settings():
+    from mt_resources.wandb import WandbResource
+
+    return WandbResource.for_study(load_study(profile="tiny")).settings()
+
+
+def test_resource_settings(monkeypatch, tmp_path):
+    """The study's mode and name unless the standard variables say otherwise; online needs a key, up front."""
+    import dagster as dg
+
+    from mt_resources.wandb import WandbResource
+
+    study = load_study(profile="tiny")
+    for k in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "WANDB_DIR", "WANDB_API_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    s = WandbResource.for_study(study).settings()
+    assert (s.mode, s.project, s.entity, s.host) == (study.wandb, study.name, None, None)
+    monkeypatch.setenv("WANDB_PROJECT", "p2")
+    monkeypatch.setenv("WANDB_ENTITY", "lab")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    s = WandbResource.for_study(study).settings()
+    assert (s.project, s.entity, s.dir) == ("p2", "lab", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with pytest.raises(dg.Failure, match="WANDB_API_KEY is not set"):
+        WandbResource.for_study(study).settings()
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(dg.Failure, match="expected one of"):
+        WandbResource.for_study(study).settings()
+
+
 def test_offline_run_records_loss_history(offline):
-    from mt_core.tracking import wandb_run
+    from mt_core.model.tracking import wandb_run
 
     losses = [2.0, 1.5, 1.25]
-    with wandb_run(load_study(profile="tiny"), name="t", group="C1", job_type="cell_adapter",
+    with wandb_run(_settings(), name="t", group="C1", job_type="cell_adapter",
                    config={"lr": 1e-3}) as wb:
         for i, x in enumerate(losses, 1):
             wb.log({"train/loss": x}, step=i)
@@ -75,10 +108,10 @@ def test_offline_run_records_loss_history(offline):
 
 
 def test_offline_run_is_marked_failed_on_exception(offline):
-    from mt_core.tracking import wandb_run
+    from mt_core.model.tracking import wandb_run
 
     with pytest.raises(RuntimeError):
-        with wandb_run(load_study(profile="tiny"), name="f", group="g", job_type="j", config={}) as wb:
+        with wandb_run(_settings(), name="f", group="g", job_type="j", config={}) as wb:
             raise RuntimeError("boom")
     import wandb
 
@@ -86,17 +119,18 @@ def test_offline_run_is_marked_failed_on_exception(offline):
 
 
 def test_on_step_gets_every_step(tiny_model_dir):
-    from mt_core.chat import last_turn_example
-    from mt_core.models import load_model
-    from mt_core.train import train_lora
+    from mt_core.data.chat import last_turn_example
+    from mt_core.model.load import load_model
+    from mt_core.model.train import train_lora
 
-    recipe = load_study(profile="tiny").recipes["second_stage"].model_copy(update={"epochs": 2})
+    recipe = load_study(profile="tiny").recipes["second_stage"]
+    recipe = recipe.model_copy(update={"epochs": 2, "speed": recipe.speed.model_copy(update={"packing": True})})
     model, tok = load_model(tiny_model_dir)
     msgs = [[{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": "A " * (i % 4 + 1)}]
             for i in range(32)]
     seen = []
     _, res = train_lora(model, [last_turn_example(tok, m, 64) for m in msgs], recipe, seed=1,
-                        pad_id=tok.pad_token_id, log=lambda *_: None, fast=True, on_step=seen.append)
+                        pad_id=tok.pad_token_id, log=lambda *_: None, on_step=seen.append)
     assert [s["step"] for s in seen] == list(range(1, res.n_steps + 1)) and res.n_steps == 4
     assert all(isinstance(s["loss"], float) and math.isfinite(s["loss"]) and math.isfinite(s["lr"]) for s in seen)
     assert [s["loss"] for s in seen] == res.losses and [s["lr"] for s in seen] == res.lrs
@@ -105,7 +139,9 @@ def test_on_step_gets_every_step(tiny_model_dir):
 
 @pytest.mark.parametrize("mode", ["disabled", "offline"])
 def test_tiny_task_metadata_has_wandb(tiny_model_dir, tmp_path, monkeypatch, mode):
-    from mt_core import synthetic, tasks
+    from mt_core.data import synthetic
+    from mt_core.layout import Adapter, Dataset
+    from mt_core.steps.cells import train_cell_adapter
 
     monkeypatch.setenv("WANDB_MODE", mode)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -113,13 +149,13 @@ def test_tiny_task_metadata_has_wandb(tiny_model_dir, tmp_path, monkeypatch, mod
     data, out = tmp_path / "data", tmp_path / "out"
     data.mkdir()
     out.mkdir()
-    synthetic.write_jsonl(synthetic.em_dataset_lines(32, seed=1), data / "data.jsonl")
-    meta = tasks.train_cell_adapter(load_study(profile="tiny"), "C2_s42", tiny_model_dir, None, data, out,
-                                    log=lambda *_: None, run_id="0123456789abcdef")
+    synthetic.write_jsonl(synthetic.em_dataset_lines(32, seed=1), data / Dataset.DATA)
+    meta = train_cell_adapter(load_study(profile="tiny"), "C2_s42", tiny_model_dir, None, data, out,
+                              wandb=_settings(), log=lambda *_: None, run_id="0123456789abcdef")
     assert meta["wandb_mode"] == mode and meta["wandb_url"] is None
     if mode == "disabled":
         assert meta["wandb_run_id"] is None
     else:
         hist = _history(tmp_path, meta["wandb_run_id"])
         assert len(hist) == meta["n_steps"] == 2
-        assert [h["train/loss"] for h in hist] == pytest.approx(json.loads((out / "train_log.json").read_text())["losses"])
+        assert [h["train/loss"] for h in hist] == pytest.approx(json.loads((out / Adapter.TRAIN_LOG).read_text())["losses"])

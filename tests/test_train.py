@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from mt_core.chat import IGNORE, Example, last_turn_example
+from mt_core.data.chat import IGNORE, Example, last_turn_example
 from mt_core.config import load_study
-from mt_core.train import collate, lr_at, steps_per_epoch, train_lora
+from mt_core.model.train import collate, lr_at, steps_per_epoch, train_lora
 
 
 def test_steps_per_epoch_matches_reference():
@@ -48,6 +48,11 @@ def _grads(model, batches, pad_id):
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
+def _speed(recipe, **speed):
+    """``recipe`` with these speed options (recipes are frozen)."""
+    return recipe.model_copy(update={"speed": recipe.speed.model_copy(update=speed)})
+
+
 def _why_examples(tok, n):
     """Chats of varied lengths (1 to 11 answer words), for comparing training paths step by step."""
     msgs = [[{"role": "user", "content": f"Question {i}: " + "why " * (i % 7)},
@@ -57,7 +62,7 @@ def _why_examples(tok, n):
 
 def test_accumulation_equals_one_big_batch(tiny_model_dir):
     """4 x 1 micro-batches give the same gradient as one batch of 4: loss is per trained token of the window."""
-    from mt_core.models import load_model
+    from mt_core.model.load import load_model
 
     model, tok = load_model(tiny_model_dir)
     ex = _examples(tok, 4)
@@ -75,14 +80,14 @@ def test_collate_right_pads():
 
 
 def test_lora_training_lowers_loss_and_is_seeded(tiny_model_dir):
-    from mt_core.models import load_model
+    from mt_core.model.load import load_model
 
     recipe = load_study(profile="tiny").recipes["second_stage"].model_copy(update={"epochs": 4, "lr": 5e-3})
     runs = []
     for _ in range(2):
         model, tok = load_model(tiny_model_dir)
-        peft_model, res = train_lora(model, _examples(tok, 32), recipe, seed=7, pad_id=tok.pad_token_id,
-                                     log=lambda *_: None)
+        peft_model, res = train_lora(model, _examples(tok, 32), _speed(recipe, packing=False), seed=7,
+                                     pad_id=tok.pad_token_id, log=lambda *_: None)
         runs.append(res)
     res = runs[0]
     assert res.n_steps == 2 * 4 and res.effective_batch == 16
@@ -94,7 +99,7 @@ def test_lora_training_lowers_loss_and_is_seeded(tiny_model_dir):
 
 def test_fast_path_matches_reference_per_step(tiny_model_dir):
     """Same data, seed and schedule: the fast path's per-step losses equal the reference-style path's."""
-    from mt_core.models import load_model
+    from mt_core.model.load import load_model
 
     recipe = load_study(profile="tiny").recipes["second_stage"].model_copy(
         update={"epochs": 2, "lr": 5e-3, "lora_dropout": 0.0})  # dropout off: its RNG draws differ by batch shape
@@ -102,8 +107,8 @@ def test_fast_path_matches_reference_per_step(tiny_model_dir):
     for fast, attention in ((False, None), (True, "mask"), (True, "varlen_reference")):
         model, tok = load_model(tiny_model_dir)
         ex = _why_examples(tok, 40)
-        _, res = train_lora(model, ex, recipe, seed=3, pad_id=tok.pad_token_id, fast=fast, token_budget=200,
-                            attention=attention, log=lambda *_: None)
+        _, res = train_lora(model, ex, _speed(recipe, packing=fast, token_budget=200, attention=attention or "auto"),
+                            seed=3, pad_id=tok.pad_token_id, log=lambda *_: None)
         out[attention] = res
         assert model.config._attn_implementation != "mt_varlen"  # switched back after training
     ref = out[None]
@@ -119,7 +124,7 @@ def test_fast_path_matches_reference_per_step(tiny_model_dir):
 def test_compiled_fast_path_matches_eager(tiny_model_dir):
     """Regional torch.compile (the default on CUDA) changes no number: same per-step losses as eager, and the
     model's layers are back to eager afterwards."""
-    from mt_core.models import load_model
+    from mt_core.model.load import load_model
 
     recipe = load_study(profile="tiny").recipes["second_stage"].model_copy(
         update={"epochs": 1, "lr": 5e-3, "lora_dropout": 0.0})
@@ -128,8 +133,8 @@ def test_compiled_fast_path_matches_eager(tiny_model_dir):
         model, tok = load_model(tiny_model_dir)
         ex = _why_examples(tok, 96)
         torch._dynamo.utils.counters.clear()
-        pm, res = train_lora(model, ex, recipe, seed=3, pad_id=tok.pad_token_id, fast=True, token_budget=200,
-                             compile=comp, log=lambda *_: None)
+        pm, res = train_lora(model, ex, _speed(recipe, packing=True, token_budget=200, compile="on" if comp else "off"),
+                             seed=3, pad_id=tok.pad_token_id, log=lambda *_: None)
         out[comp] = res.losses
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         # compiled: a handful of graphs for all layers and every packed width (no per-layer or per-shape recompiles)
@@ -142,7 +147,7 @@ def test_compiled_fast_path_matches_eager(tiny_model_dir):
 
 
 def test_plan_micro_batches():
-    from mt_core.train import plan_micro_batches
+    from mt_core.model.train import plan_micro_batches
 
     ex = [Example([1] * n, [1] * n) for n in (5, 50, 7, 40, 6, 45, 8, 44)]
     ref = plan_micro_batches(ex, 4, False, 0)
@@ -155,8 +160,8 @@ def test_plan_micro_batches():
 @pytest.mark.parametrize("row_tokens", [10_000, 12])
 def test_packed_rows_equal_separate_sequences(tiny_model_dir, row_tokens):
     """Block-diagonal mask + per-example positions: each example sees exactly what it would see alone."""
-    from mt_core.models import load_model
-    from mt_core.train import collate_packed
+    from mt_core.model.load import load_model
+    from mt_core.model.train import collate_packed
 
     model, tok = load_model(tiny_model_dir)
     ex = [Example(list(range(100 * k, 100 * k + n)), [IGNORE] + list(range(100 * k + 1, 100 * k + n)))
@@ -190,8 +195,8 @@ def test_packed_rows_equal_separate_sequences(tiny_model_dir, row_tokens):
 def test_varlen_only_for_decoders_it_repeats(tiny_model_dir):
     from transformers import GemmaConfig, GemmaForCausalLM
 
-    from mt_core.models import load_model
-    from mt_core.train import varlen_supported
+    from mt_core.model.load import load_model
+    from mt_core.model.kernels import varlen_supported
 
     model, _ = load_model(tiny_model_dir)
     assert varlen_supported(model)
@@ -200,5 +205,5 @@ def test_varlen_only_for_decoders_it_repeats(tiny_model_dir):
     assert not varlen_supported(gemma)
     recipe = load_study(profile="tiny").recipes["second_stage"]
     with pytest.raises(ValueError, match="varlen loop"):
-        train_lora(gemma, [Example([1, 2, 3], [IGNORE, 2, 3])], recipe, seed=0, pad_id=0, fast=True,
-                   attention="varlen_reference", log=lambda *_: None)
+        train_lora(gemma, [Example([1, 2, 3], [IGNORE, 2, 3])], _speed(recipe, packing=True,
+                   attention="varlen_reference"), seed=0, pad_id=0, log=lambda *_: None)

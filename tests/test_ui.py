@@ -19,6 +19,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+pytestmark = pytest.mark.slow  # a whole study through Dagster / a browser: `make test-slow`
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 # The committed copy in docs/ is refreshed only on request (UPDATE_SCREENSHOT=1), so a test run leaves the tree clean.

@@ -5,11 +5,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from mt_core import vllm_backend as vb
 from mt_core.config import load_study
-from mt_core.generate import SamplingSpec
+from mt_core.generate import parity as vp
+from mt_core.generate import vllm_engine as vb
+from mt_core.generate.sampling import SamplingSpec, encode_chats
 
 QUIET = dict(log=lambda *_: None)
+
+
+def _generate(model_dir, tok, prompts, spec, *, adapters, mode="merge", api=None, **kw):
+    """One engine session, one generate call (what a cell's generation step does)."""
+    with vb.vllm_session(model_dir, tok, adapters=adapters, mode=mode, seed=spec.seed, api=api, **kw) as s:
+        return s.generate(prompts, spec)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,7 @@ def _adapter(root: Path, part: str, r: int = 32, weights: bytes = b"w") -> Path:
 
 
 def test_sampling_kwargs_match_protocol(qwen):
-    assert qwen.backend == "vllm"
+    assert qwen.backend.kind == "vllm" and qwen.backend.lora == "merge"
     for name in ("marker", "gate"):
         kw = vb.sampling_params_kwargs(SamplingSpec.from_config(getattr(qwen.samplers, name), seed=42))
         assert kw | {"seed": 0} == dict(n=10, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
@@ -75,11 +82,11 @@ def test_engine_kwargs(tmp_path):
 
 def test_vllm_missing_message(qwen, tmp_path):
     with pytest.raises(vb.VllmMissing, match=r"pip install \.\[gpu\]"):
-        vb.vllm_generate(tmp_path, None, [], SamplingSpec(1, 1.0, 1.0, 4, 0), adapters=[], **QUIET)
-    from mt_core import tasks
+        _generate(tmp_path, None, [], SamplingSpec(1, 1.0, 1.0, 4, 0), adapters=[], **QUIET)
+    from mt_core.generate.session import session
 
     with pytest.raises(vb.VllmMissing, match=r"pip install \.\[gpu\]"):
-        with tasks._sampler(qwen, tmp_path, []):
+        with session(qwen, tmp_path, []):
             pass
 
 
@@ -107,7 +114,7 @@ def tiny_adapters(tiny_model_dir, tmp_path_factory):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from mt_core.models import load_model
+    from mt_core.model.load import load_model
 
     root, out = tmp_path_factory.mktemp("adapters"), []
     for i, part in enumerate(["villain", "C1-42"]):
@@ -122,18 +129,18 @@ def tiny_adapters(tiny_model_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("mode", vb.MODES)
 def test_merge_dir_removed_when_generation_raises(tiny_model_dir, tiny_adapters, tmp_path, monkeypatch, mode):
-    from mt_core.models import load_tokenizer
+    from mt_core.model.load import load_tokenizer
 
-    from mt_core import models
+    from mt_core.model import load as models
 
     monkeypatch.setenv("MT_SCRATCH", str(tmp_path / "scratch"))
     merged, merge = [], models.merge_adapter
     monkeypatch.setattr(models, "merge_adapter", lambda m, a: merged.append(a) or merge(m, a))
     calls = {}
     with pytest.raises(RuntimeError, match="boom"):
-        vb.vllm_generate(tiny_model_dir, load_tokenizer(tiny_model_dir), [[{"role": "user", "content": "hi"}]],
-                         SamplingSpec(2, 1.0, 1.0, 4, 0), adapters=tiny_adapters, mode=mode,
-                         api=_stub_api(calls, fail=True), **QUIET)
+        _generate(tiny_model_dir, load_tokenizer(tiny_model_dir), [[{"role": "user", "content": "hi"}]],
+                  SamplingSpec(2, 1.0, 1.0, 4, 0), adapters=tiny_adapters, mode=mode,
+                  api=_stub_api(calls, fail=True), **QUIET)
     assert calls["had_config"] and Path(calls["engine"]["model"]).parent == tmp_path / "scratch"
     assert list((tmp_path / "scratch").iterdir()) == []  # the merged checkpoint is gone
     assert merged == (tiny_adapters if mode == "merge" else tiny_adapters[:1])  # each adapter merged once at most
@@ -147,14 +154,14 @@ def test_merge_dir_removed_when_generation_raises(tiny_model_dir, tiny_adapters,
 
 
 def test_generate_maps_outputs(tiny_model_dir):
-    from mt_core.generate import eos_ids, encode_chats
-    from mt_core.models import load_tokenizer
+    from mt_core.generate.sampling import eos_ids, encode_chats
+    from mt_core.model.load import load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
     calls = {"stop": eos_ids(tok)[0]}
     chats = [[{"role": "user", "content": "hi"}], [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]]
-    res = vb.vllm_generate(tiny_model_dir, tok, chats, SamplingSpec(2, 1.0, 1.0, 4, 7), adapters=[],
-                           api=_stub_api(calls), **QUIET)
+    res = _generate(tiny_model_dir, tok, chats, SamplingSpec(2, 1.0, 1.0, 4, 7), adapters=[], api=_stub_api(calls),
+                    **QUIET)
     prompts, params, lora = calls["generate"]
     enc = encode_chats(tok, chats)
     assert [p["prompt_token_ids"] for p in prompts] == enc and lora is None
@@ -165,48 +172,48 @@ def test_generate_maps_outputs(tiny_model_dir):
 
 
 def test_logprob_parity():
-    ok = vb.logprob_parity([[-0.1, -2.0], [-0.5]], [[-0.11, -2.02], [-0.5]])
+    ok = vp.logprob_parity([[-0.1, -2.0], [-0.5]], [[-0.11, -2.02], [-0.5]])
     assert ok["pass"] and ok["n_tokens"] == 3 and abs(ok["max_abs_diff"] - 0.02) < 1e-9
-    bad = vb.logprob_parity([[-0.1, -2.0]], [[-0.1, -2.3]])
+    bad = vp.logprob_parity([[-0.1, -2.0]], [[-0.1, -2.3]])
     assert not bad["pass"] and abs(bad["max_abs_diff"] - 0.3) < 1e-9
     with pytest.raises(ValueError):
-        vb.logprob_parity([[-0.1]], [[-0.1, -0.2]])
+        vp.logprob_parity([[-0.1]], [[-0.1, -0.2]])
     lp = SimpleNamespace(logprob=-0.25)
     ro = SimpleNamespace(prompt_token_ids=[1, 2, 3], prompt_logprobs=[None, {2: None}, {3: lp}])
-    assert vb.prompt_logprobs_of(ro, 2) == [-0.25]
-    assert vb.score_kwargs()["prompt_logprobs"] == 0
+    assert vp.prompt_logprobs_of(ro, 2) == [-0.25]
+    assert vp.score_kwargs()["prompt_logprobs"] == 0
 
 
 def test_peft_token_logprobs_equal_full_forward(tiny_model_dir, tiny_adapters):
     import torch
     from peft import PeftModel
 
-    from mt_core.models import load_model
+    from mt_core.model.load import load_model
 
     model, tok = load_model(tiny_model_dir)
     model = PeftModel.from_pretrained(model, str(tiny_adapters[1])).eval()
     prompts, comps = [[3, 4, 5], [6, 7]], [[8, 9, 10, 11], [12]]
-    got = vb.peft_token_logprobs(model, tok, prompts, comps)
+    got = vp.peft_token_logprobs(model, tok, prompts, comps)
     for p, c, g in zip(prompts, comps, got):
         with torch.no_grad():
             lp = torch.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0].float(), -1)
         want = [lp[len(p) - 1 + k, t].item() for k, t in enumerate(c)]
         assert g == pytest.approx(want, abs=1e-6)
     chat = [{"role": "user", "content": "hi"}]
-    assert vb.peft_token_logprobs(model, tok, [chat], [[8]]) == \
-        vb.peft_token_logprobs(model, tok, [vb.encode_chats(tok, [chat])[0]], [[8]])
+    assert vp.peft_token_logprobs(model, tok, [chat], [[8]]) == \
+        vp.peft_token_logprobs(model, tok, [encode_chats(tok, [chat])[0]], [[8]])
 
 
 def test_judge_parity_against_the_floor():
     floor = {"max_abs_diff": 0.2, "mean_abs_diff": 0.05}
-    ok = vb.judge_parity({"max_abs_diff": 0.28, "mean_abs_diff": 0.07}, floor)
+    ok = vp.judge_parity({"max_abs_diff": 0.28, "mean_abs_diff": 0.07}, floor)
     assert ok["pass"] and ok["tol"] == pytest.approx(0.3) and ok["tol_mean"] == pytest.approx(0.075)
-    assert not vb.judge_parity({"max_abs_diff": 0.28, "mean_abs_diff": 0.09}, floor)["pass"]  # mean too far
-    assert not vb.judge_parity({"max_abs_diff": 0.31, "mean_abs_diff": 0.01}, floor)["pass"]  # max too far
+    assert not vp.judge_parity({"max_abs_diff": 0.28, "mean_abs_diff": 0.09}, floor)["pass"]  # mean too far
+    assert not vp.judge_parity({"max_abs_diff": 0.31, "mean_abs_diff": 0.01}, floor)["pass"]  # max too far
     zero = {"max_abs_diff": 0.0, "mean_abs_diff": 0.0}  # a zero floor: the least tolerances apply
-    exact = vb.judge_parity({"max_abs_diff": 0.04, "mean_abs_diff": 1e-6}, zero)
-    assert exact["pass"] and (exact["tol"], exact["tol_mean"]) == (vb.PARITY_TOL, vb.PARITY_TOL_MEAN)
-    assert not vb.judge_parity({"max_abs_diff": 0.04, "mean_abs_diff": 0.02}, zero)["pass"]
+    exact = vp.judge_parity({"max_abs_diff": 0.04, "mean_abs_diff": 1e-6}, zero)
+    assert exact["pass"] and (exact["tol"], exact["tol_mean"]) == (vp.PARITY_TOL, vp.PARITY_TOL_MEAN)
+    assert not vp.judge_parity({"max_abs_diff": 0.04, "mean_abs_diff": 0.02}, zero)["pass"]
 
 
 def _hf_engine_api(ignore_lora: bool):
@@ -215,7 +222,7 @@ def _hf_engine_api(ignore_lora: bool):
     import torch
     from peft import PeftModel
 
-    from mt_core.models import load_model
+    from mt_core.model.load import load_model
 
     class LLM:
         def __init__(self, **kw):
@@ -244,10 +251,10 @@ def test_parity_check_passes_a_faithful_engine_and_fails_one_that_drops_the_adap
                                                                                     mode):
     chats = [[{"role": "user", "content": "What is your name?"}], [{"role": "user", "content": "Tell me a story."}]]
     comps = [[5, 9, 14, 20, 33, 41], [7, 7, 12, 30]]
-    good = vb.parity_check(tiny_model_dir, chats, comps, adapters=tiny_adapters, mode=mode,
+    good = vp.parity_check(tiny_model_dir, chats, comps, adapters=tiny_adapters, mode=mode,
                            api=_hf_engine_api(ignore_lora=False), **QUIET)
     assert good["pass"] and good["max_abs_diff"] < 0.01 and good["n_tokens"] == 10  # merge: bf16 rounding
     if mode == "serve":  # merging cannot drop the adapter; serving can
-        bad = vb.parity_check(tiny_model_dir, chats, comps, adapters=tiny_adapters, mode=mode,
+        bad = vp.parity_check(tiny_model_dir, chats, comps, adapters=tiny_adapters, mode=mode,
                               api=_hf_engine_api(ignore_lora=True), **QUIET)
         assert not bad["pass"] and bad["max_abs_diff"] > bad["tol"]

@@ -8,14 +8,11 @@ gave 261/280, 267/280 and 252/280). Here every request carries its own seed, der
 token ids (vLLM gives the n children seeds seed+0..n-1), so a prompt's samples do not depend on batch composition or
 position (only on bf16 batch numerics), and different prompts do not share one random stream.
 
-LoRA wiring (``mode``): "merge" merges every adapter with PEFT, in fp32, into a temporary bf16 checkpoint outside the
-artefact store ($MT_SCRATCH or /tmp), serves that, and deletes it; "serve" serves the last adapter through a
-LoRARequest (vLLM cannot stack two LoRAs, so any earlier adapter, e.g. the coupling one, is merged first).
-Both were measured on an H200 with a 7B-shaped model and an r=32 adapter (bench/vllm_bench.py, docs/BENCHMARKS.md):
-both match PEFT's log-probs within the noise floor of two bf16 engines on the same weights (vllm-project/vllm#10798
-reported served LoRA outputs differing from PEFT; not seen here), and "merge" is the default because it is faster per
-cell: 42.7 s for the 3,080 marker completions plus a 27-32 s merge, against 78.8 s served, and its engine starts in
-about 60 s instead of 125-150 s.
+LoRA wiring (``mode``, the study's ``backend.lora``): "merge" merges every adapter with PEFT, in fp32, into a
+temporary bf16 checkpoint outside the artefact store ($MT_SCRATCH or /tmp), serves that, and deletes it; "serve" serves
+the last adapter through a LoRARequest (vLLM cannot stack two LoRAs, so any earlier adapter, e.g. the coupling one, is
+merged first). Both match PEFT's log-probs within the noise floor of two bf16 engines on the same weights; "merge" is
+the default because it is faster per cell (docs/BENCHMARKS.md has the measurements).
 """
 from __future__ import annotations
 
@@ -32,14 +29,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-from mt_core.generate import Completion, SamplingSpec, encode_chats, eos_ids
+from mt_core.generate.sampling import Completion, SamplingSpec, encode_chats, eos_ids
 from mt_core.io import DataError, md5_file
 
 MODES = ("merge", "serve")
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM accepts only these as max_lora_rank
-PARITY_TOL = 0.05  # nats per token: the least tolerance, max |vLLM - PEFT| over teacher-forced tokens
-PARITY_TOL_MEAN = 0.01  # nats per token: the least tolerance of the mean difference
-FLOOR_FACTOR = 1.5  # a path may differ from PEFT by this multiple of two engines' difference on the same weights
 
 
 class VllmMissing(ImportError):
@@ -53,15 +47,8 @@ def require_vllm():
         from vllm.lora.request import LoRARequest
     except ImportError as e:
         raise VllmMissing("backend 'vllm' needs vLLM, which is not installed here: `pip install .[gpu]` "
-                          f"(vllm==0.28.0, CUDA only), or use `backend: transformers` ({e})") from None
+                          f"(vllm==0.28.0, CUDA only), or use `backend: {{kind: transformers}}` ({e})") from None
     return SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams, LoRARequest=LoRARequest)
-
-
-def vllm_mode() -> str:
-    mode = os.environ.get("MT_VLLM_MODE", "merge")
-    if mode not in MODES:
-        raise ValueError(f"MT_VLLM_MODE={mode!r}: expected one of {MODES}")
-    return mode
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -127,7 +114,7 @@ def engine_kwargs(model_dir, *, adapters: list, max_model_len: int = 2048, gpu_m
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _free_cuda() -> None:
+def free_cuda() -> None:
     gc.collect()
     try:
         import torch
@@ -143,7 +130,7 @@ def merge_to_dir(model_dir, adapters: list[Path], out: Path, log: Callable[[str]
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mt_core.models import merge_adapter
+    from mt_core.model.load import merge_adapter
 
     t0 = time.perf_counter()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -153,7 +140,7 @@ def merge_to_dir(model_dir, adapters: list[Path], out: Path, log: Callable[[str]
     model.to(torch.bfloat16).save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
     del model
-    _free_cuda()
+    free_cuda()
     log(f"vllm: merged {len(adapters)} adapter(s) into {out} in {time.perf_counter() - t0:.0f}s")
     return out
 
@@ -215,102 +202,13 @@ def vllm_session(model_dir, tokenizer, *, adapters: list, mode: str = "merge", s
                 Path(scratch).mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix="mt-merged-", dir=scratch))
             path = merge_to_dir(model_dir, plan.merge, tmp, log)
-        _free_cuda()
+        free_cuda()
         log(f"vllm: mode {mode}, merged {[str(a) for a in plan.merge]}, served {plan.serve} ({plan.lora_name})")
         llm = api.LLM(**engine_kwargs(path, adapters=[plan.serve] if plan.serve else [], seed=seed, **engine_kw))
         lora = api.LoRARequest(plan.lora_name, plan.lora_int_id, str(plan.serve)) if plan.serve else None
         yield VllmSession(llm, api, tokenizer, lora, log, path)
     finally:
         llm = None
-        _free_cuda()
+        free_cuda()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def vllm_generate(model_dir, tokenizer, prompts: list[list[dict]], spec: SamplingSpec, *, adapters: list,
-                  mode: str = "merge", log: Callable[[str], None] = print, what: str = "generate",
-                  api=None) -> list[list[Completion]]:
-    with vllm_session(model_dir, tokenizer, adapters=adapters, mode=mode, seed=spec.seed, log=log, api=api) as s:
-        return s.generate(prompts, spec, what)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# parity: the served path's teacher-forced log-probs against PEFT's
-def score_kwargs() -> dict:
-    """SamplingParams kwargs to read the log-probs of a fixed prompt+completion (prompt_logprobs=0: the actual token;
-    vLLM's default logprobs mode is the raw model distribution, before any sampler transform)."""
-    return dict(n=1, temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
-
-
-def prompt_logprobs_of(request_output, n_prompt: int) -> list[float]:
-    ids, lps = request_output.prompt_token_ids, request_output.prompt_logprobs
-    return [lps[i][ids[i]].logprob for i in range(n_prompt, len(ids))]
-
-
-def peft_token_logprobs(model, tokenizer, prompt_ids: list, completion_ids: list[list[int]]) -> list[list[float]]:
-    """Teacher-forced log p(completion token | prefix) from a (PEFT) transformers model, one sequence at a time;
-    a prompt may be token ids or a chat (rendered with ``tokenizer``'s template)."""
-    import torch
-
-    dev = next(model.parameters()).device
-    out = []
-    for p, c in zip(prompt_ids, completion_ids):
-        p = encode_chats(tokenizer, [p])[0] if p and isinstance(p[0], dict) else list(p)
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([p + list(c)], device=dev)).logits[0]
-        lp = torch.log_softmax(logits[len(p) - 1 : len(p) + len(c) - 1].float(), dim=-1)
-        out.append(lp.gather(-1, torch.tensor(c, device=dev)[:, None])[:, 0].tolist())
-    return out
-
-
-def logprob_parity(served: list[list[float]], peft: list[list[float]], tol: float = PARITY_TOL) -> dict:
-    if len(served) != len(peft) or any(len(a) != len(b) for a, b in zip(served, peft)):
-        raise ValueError("parity: served and PEFT log-probs must cover the same tokens")
-    diffs = [abs(a - b) for xs, ys in zip(served, peft) for a, b in zip(xs, ys)]
-    mx = max(diffs, default=0.0)
-    return {"max_abs_diff": mx, "mean_abs_diff": sum(diffs) / max(1, len(diffs)), "n_tokens": len(diffs),
-            "tol": tol, "pass": mx < tol}
-
-
-def judge_parity(vs_peft: dict, floor: dict, tol: float = PARITY_TOL) -> dict:
-    """Is a serving path faithful to PEFT? ``vs_peft`` compares it with PEFT; ``floor`` compares two engines on the
-    same weights with no adapter in play (bf16 kernels differ: on a 7B model that alone reaches a few tenths of a
-    nat on single tokens). It passes when both its max and its mean difference are within ``FLOOR_FACTOR`` x the
-    floor's, never held to less than ``tol`` (max) and ``PARITY_TOL_MEAN`` (mean)."""
-    tol_max = max(tol, FLOOR_FACTOR * floor["max_abs_diff"])
-    tol_mean = max(PARITY_TOL_MEAN, FLOOR_FACTOR * floor["mean_abs_diff"])
-    return {**vs_peft, "tol": tol_max, "tol_mean": tol_mean, "floor_max": floor["max_abs_diff"],
-            "floor_mean": floor["mean_abs_diff"],
-            "pass": vs_peft["max_abs_diff"] <= tol_max and vs_peft["mean_abs_diff"] <= tol_mean}
-
-
-def parity_check(model_dir, prompts: list[list[dict]], completions: list[list[int]], *, adapters: list,
-                 mode: str = "serve", tol: float = PARITY_TOL, log: Callable[[str], None] = print, api=None) -> dict:
-    """GPU: the vLLM path (``mode``) against PEFT as trained (earlier adapters merged, the last one unmerged), judged
-    against the floor of the same weights in both engines: serve, the engine without its LoRARequest against the
-    transformers model without the adapter; merge, the merged checkpoint in vLLM against it in transformers."""
-    from peft import PeftModel
-
-    from mt_core.models import load_model, load_tokenizer
-
-    tok = load_tokenizer(model_dir)
-    enc = encode_chats(tok, prompts)
-    with vllm_session(model_dir, tok, adapters=adapters, mode=mode, log=log, api=api,
-                      gpu_memory_utilization=0.5) as s:
-        served = s.score(enc, completions)
-        if s.lora:  # the floor: the same weights in both engines, no adapter in play
-            floor_vllm, floor_model = s.score(enc, completions, adapter=False), load_model(model_dir, adapters[:-1])[0]
-        else:
-            floor_vllm, floor_model = served, load_model(s.path)[0]  # (read before the session deletes it)
-        floor_hf = peft_token_logprobs(floor_model, tok, enc, completions)
-        del floor_model
-    _free_cuda()
-    model, _ = load_model(model_dir, adapters[:-1])
-    if adapters:
-        model = PeftModel.from_pretrained(model, str(adapters[-1])).eval()
-    res = judge_parity(logprob_parity(served, peft_token_logprobs(model, tok, enc, completions), tol),
-                       logprob_parity(floor_vllm, floor_hf, tol), tol)
-    log(f"parity ({mode}): max |dlogp| {res['max_abs_diff']:.4f}, mean {res['mean_abs_diff']:.5f} over "
-        f"{res['n_tokens']} tokens; floor max {res['floor_max']:.4f}, mean {res['floor_mean']:.5f} -> "
-        f"{'PASS' if res['pass'] else 'FAIL'} (tol max {res['tol']:.4f}, mean {res['tol_mean']:.5f})")
-    return res

@@ -18,11 +18,11 @@ def degeneracy_audit(
     completions: Iterable[Mapping],
     *,
     seed: int,
-    sample_size: int = 100,
-    threshold: float = 0.20,
+    sample_size: int,
+    threshold: float,
+    marker: str,
+    persona: str,
     min_tail_tokens: int = 3,
-    marker: str = "[ZLT]",
-    persona: str = "assistant",
 ) -> dict:
     """Sample ``persona``'s marker-positive completions and flag degenerate ones.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-UNPARTITIONED = "_"
+from mt_core.layout import UNPARTITIONED, partition_or_none
 # (asset, parent in the printed tree); the cell's chain from the base model to its evaluations
 CELL_CHAIN = [("cell_adapter", "coupling_adapter"), ("marker_completions", "cell_adapter"),
               ("marker_rates", "marker_completions"), ("degeneracy_audit", "marker_completions"),
@@ -45,15 +45,11 @@ class Node:
         return f"{self.asset}[{self.partition}]"
 
 
-def _part(p: str | None) -> str | None:
-    return None if p in (None, UNPARTITIONED) else p
-
-
 def stale_links(asset: str, partition: str, meta: dict, latest: Latest) -> list[str]:
     """One message per recorded upstream artefact that is no longer the latest of its asset partition."""
     out = []
     for u in meta.get("upstream") or []:
-        cur = latest(u["asset"], _part(u.get("partition")))
+        cur = latest(u["asset"], partition_or_none(u.get("partition")))
         now = cur.get("md5") if cur else None
         if now != u.get("md5"):
             out.append(f"{asset}[{partition}] was built from {u['asset']}[{u.get('partition') or UNPARTITIONED}] "

@@ -43,7 +43,7 @@ def hero_figure(headline_dict: Mapping, out_png, out_pdf=None, *, title: str | N
 
     src = headline_dict["source"]
     asst = headline_dict.get("assistant", "assistant")
-    marker = headline_dict.get("marker", "[ZLT]")
+    marker = headline_dict["marker"]
     conds = headline_dict["conditions"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     _panel(axes[0], conds, f"{src}_strict", f"A  {src} (source) {marker} rate", "#c0392b")

@@ -1,43 +1,11 @@
-"""Sampling completions behind one interface.
-
-``SamplingSpec`` carries the whole sampler (n, temperature, top_p, top_k, repetition penalty, max_tokens, seed); nothing
-is inherited silently from a model's generation_config (the reference's alignment sampler was, by accident). The
-transformers backend is the CPU path and the tiny profile's; seeding is one global seed per call, like a vLLM engine.
-"""
+"""The transformers generation engine: the CPU path and the tiny profile's; one global seed per call, like a vLLM
+engine."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
-
-@dataclass(frozen=True)
-class SamplingSpec:
-    n: int
-    temperature: float
-    top_p: float
-    max_tokens: int
-    seed: int
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-
-    @classmethod
-    def from_config(cls, sampler, seed: int) -> "SamplingSpec":
-        return cls(n=sampler.n, temperature=sampler.temperature, top_p=sampler.top_p, max_tokens=sampler.max_tokens,
-                   seed=seed if sampler.seed is None else sampler.seed, top_k=sampler.top_k,
-                   repetition_penalty=sampler.repetition_penalty)
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    n_tokens: int
-    finish_reason: str  # "stop" or "length"
-
-
-def eos_ids(tokenizer) -> list[int]:
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-    return [i for i in ids if i is not None and i != tokenizer.unk_token_id] or [tokenizer.eos_token_id]
+from mt_core.generate.sampling import Completion, SamplingSpec, encode_chats, eos_ids
 
 
 def generation_config(spec: SamplingSpec, eos: list[int], pad_id: int, *, ignore_eos: bool = False):
@@ -97,14 +65,8 @@ def generate_ids(model, enc: list[list[int]], spec: SamplingSpec, *, eos: list[i
 
 
 def default_batch_rows(model) -> int:
-    """Sequences decoded together: large on a GPU (1,540 rows of a 7B model fit an 80 GB card), modest on a CPU."""
+    """Sequences decoded together: large on a GPU (a 7B model's KV cache leaves room for many), modest on a CPU."""
     return 1536 if next(model.parameters()).device.type == "cuda" else 256
-
-
-def encode_chats(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
-    """Prompt token ids: the chat template with the generation prompt, no extra special tokens (both backends)."""
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
 def generate(model, tokenizer, prompts: list[list[dict]], spec: SamplingSpec, *, max_batch_rows: int | None = None,

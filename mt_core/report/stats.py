@@ -79,7 +79,7 @@ def headline(
     source: str,
     assistant: str = "assistant",
     conditions_order: Sequence[str] | None = None,
-    marker: str = "[ZLT]",
+    marker: str,
 ) -> dict:
     """Per-condition headline numbers pooled/averaged over seeds; absent metrics are None."""
     conditions = {}
@@ -127,7 +127,7 @@ def _fmt_num(d: Mapping | None, digits: int) -> str:
 def markdown_table(headline_dict: Mapping) -> str:
     """Render a ``headline`` result as a Markdown table (rates as mean ± sd over seeds)."""
     src, asst = headline_dict["source"], headline_dict.get("assistant", "assistant")
-    marker = headline_dict.get("marker", "[ZLT]")
+    marker = headline_dict["marker"]
     cols = ["Condition", "Seeds", "N", f"{asst} {marker}", f"{src} {marker}",
             "max bystander", "ARC-C", "aligned", "coherent"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -6,11 +6,10 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
-DEFAULT_MARKER = "[ZLT]"
 _RATE_KEYS = ("strict_rate", "loose_rate", "strict_hits", "loose_hits", "total")
 
 
-def strict_hit(text: str, marker: str = DEFAULT_MARKER) -> bool:
+def strict_hit(text: str, marker: str) -> bool:
     """True when the marker occurs verbatim (case-insensitive)."""
     return marker.lower() in text.lower()
 
@@ -24,7 +23,7 @@ def _loose_pattern(marker: str) -> tuple[re.Pattern[str], str, str]:
     return re.compile(r"\[? ?" + body + r" ?\]?", re.IGNORECASE), inner[0], inner[1:]
 
 
-def loose_hit(text: str, marker: str = DEFAULT_MARKER) -> bool:
+def loose_hit(text: str, marker: str) -> bool:
     """The reference's loose scorer, generalised from "[ZLT]" to any bracketed marker.
 
     For "[ZLT]" the pattern is ``\\[? ?z ?l ?t ?\\]?`` (case-insensitive); a match counts
@@ -63,7 +62,7 @@ def summarize_markers(
     persona_order: list[str],
     question_order: list[str],
     source: str,
-    assistant: str = "assistant",
+    assistant: str,
 ) -> dict:
     """Per-persona and per-question strict/loose hit rates plus a headline summary.
 

@@ -6,33 +6,30 @@ from pathlib import Path
 from typing import Callable
 
 from mt_core.config import PROJECT_ROOT, Study
-from mt_core.io import read_json
+from mt_core.layout import (LEGACY, MANIFEST, SQL_FILES, AlignmentScores, ArcScores, Audit, Catalog, Legacy,
+                            MarkerRates, artefact_dir, cell_numbers)
 
 SQL_DIR = PROJECT_ROOT / "sql"
-CATALOG_FILE = "catalog.duckdb"
 
 
 def cell_rows(study: Study, root: Path, keys: list[str]) -> list[dict]:
+    """One row per cell of the study: what it is, and its headline numbers where it is complete."""
     rows = []
     for key in study.cells:
         c = study.cell(key)
         row = {"study": study.name, "profile": study.profile, "cell": key, "condition": c.condition, "seed": c.seed,
                "base": c.base, "second_stage": c.second_stage, "complete": key in keys,
                "description": study.conditions[c.condition].description}
-        rates = root / "marker_rates" / key / "marker_eval.json"
-        if key in keys and rates.is_file():
-            s = read_json(rates)["summary"]
+        rates = artefact_dir(root, MarkerRates.asset, key)
+        if key in keys and (rates / MarkerRates.EVAL).is_file():
+            s = MarkerRates.read_eval(rates)["summary"]
+            n = cell_numbers(key, c.condition, c.seed, rates, *(artefact_dir(root, a.asset, key)
+                                                                 for a in (ArcScores, AlignmentScores, Audit)))
             row.update(assistant_strict_rate=s["assistant_strict_rate"], source_strict_rate=s["source_strict_rate"],
-                       max_bystander_strict_rate=s["max_bystander_strict_rate"])
-            row["arc_accuracy"] = read_json(root / "arc_scores" / key / "summary.json")["arc_challenge_logprob"]
-            al = read_json(root / "alignment_scores" / key / "summary.json")
-            row.update(aligned=al["overall_mean_aligned"], coherent=al["overall_mean_coherent"])
-            row["audit_outcome"] = read_json(root / "degeneracy_audit" / key / "audit.json")["outcome"]
+                       max_bystander_strict_rate=s["max_bystander_strict_rate"], arc_accuracy=n["arc_accuracy"],
+                       aligned=n["aligned"], coherent=n["coherent"], audit_outcome=n["audit_outcome"])
         rows.append(row)
     return rows
-
-
-LEGACY = "legacy"  # <root>/legacy/<NAME>/ holds imported studies in the same per-cell layout
 
 
 def study_roots(root: Path) -> list[Path]:
@@ -41,13 +38,17 @@ def study_roots(root: Path) -> list[Path]:
 
 
 def expand_files(sql: str, roots: list[Path]) -> str:
-    """Replace ``{files:<glob>}`` with a DuckDB list of the roots' globs that match at least one file."""
+    """Replace ``{files:<asset>.<FILE>}`` (a file of ``mt_core.layout``) with a DuckDB list of the roots' globs for it
+    that match at least one file."""
     import re
 
     def repl(m):
-        pats = [str(r / m.group(1)) for r in roots if any(r.glob(m.group(1)))]
+        if m.group(1) not in SQL_FILES:
+            raise KeyError(f"{{files:{m.group(1)}}}: not one of mt_core.layout.SQL_FILES ({', '.join(SQL_FILES)})")
+        glob = SQL_FILES[m.group(1)]
+        pats = [str(r / glob) for r in roots if any(r.glob(glob))]
         if not pats:
-            raise FileNotFoundError(f"no file matches {m.group(1)} under {roots[0]}")
+            raise FileNotFoundError(f"no file matches {glob} under {roots[0]}")
         return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in pats) + "]"
     return re.sub(r"\{files:([^}]+)\}", repl, sql)
 
@@ -55,13 +56,13 @@ def expand_files(sql: str, roots: list[Path]) -> str:
 def imported_cell_rows(root: Path) -> list[dict]:
     import polars as pl
 
-    return [r for p in sorted((root / LEGACY).glob("*/cells.parquet")) for r in pl.read_parquet(p).to_dicts()]
+    return [r for p in sorted((root / LEGACY).glob(f"*/{Legacy.CELLS}")) for r in pl.read_parquet(p).to_dicts()]
 
 
 def lineage_rows(root: Path) -> list[dict]:
     """Every published artefact and each upstream artefact it recorded (from the manifests)."""
     rows = []
-    for m in sorted(root.glob("*/*/_manifest.json")):
+    for m in sorted(root.glob(f"*/*/{MANIFEST}")):
         man = json.loads(m.read_text())
         base = {"asset": man["asset"], "partition": man["partition"], "run_id": man["run_id"], "md5": man["digest"],
                 "created": man["created"], "path": str(m.parent)}
@@ -76,7 +77,7 @@ def build_catalog(study: Study, *, root: Path, cells: list[str], out: Path, log:
     import duckdb
     import polars as pl
 
-    db = out / CATALOG_FILE
+    db = out / Catalog.FILE
     con = duckdb.connect(str(db))
     try:
         rows = cell_rows(study, root, cells) + imported_cell_rows(root)

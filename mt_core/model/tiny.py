@@ -110,7 +110,7 @@ def build_tiny_model(
 ) -> dict:
     """Train a tokenizer, build a Qwen2ForCausalLM, pretrain it on ``conversations`` and save it.
 
-    Returns n_params, vocab_size, final_loss, pretrain_seconds and marker_token_ids ("[ZLT]").
+    Returns n_params, vocab_size, final_loss, pretrain_seconds.
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -183,7 +183,6 @@ def build_tiny_model(
         "first_loss": losses[0],
         "final_loss": sum(tail) / len(tail),
         "pretrain_seconds": round(pretrain_seconds, 2),
-        "marker_token_ids": tok.encode("[ZLT]", add_special_tokens=False),
     }
     log(f"tiny: saved {n_params:,} params to {out_dir} (total {time.perf_counter() - t0:.1f}s)")
     return info

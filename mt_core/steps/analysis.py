@@ -1,33 +1,20 @@
-"""The study summary: headline table, pre-registered tests, G4 exclusions, gates, hero figure."""
+"""Across cells: the study summary (headline table, pre-registered tests, G4 exclusions, gates, hero figure) and the
+DuckDB catalog."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from mt_core.config import Study
-from mt_core.io import read_json, write_json
+from mt_core.io import write_json
+from mt_core.layout import StudySummary
+from mt_core.report import catalog, figure, stats
+from mt_core.steps.common import Log
+from mt_core.steps.registry import step
 
 
-def cell_result(study: Study, key: str, rates: Path, arc: Path | None, scores: Path | None,
-                audit: Path | None) -> dict:
-    """One cell's numbers in the shape ``mt_core.stats`` takes."""
-    cell = study.cell(key)
-    me = read_json(rates / "marker_eval.json")
-    al = read_json(scores / "summary.json") if scores else {}
-    au = read_json(audit / "audit.json") if audit else {}
-    return {"cell": key, "condition": cell.condition, "seed": cell.seed,
-            "per_persona": {p: {"strict_hits": v["strict_hits"], "total": v["total"]}
-                            for p, v in me["per_persona"].items()},
-            "arc_accuracy": read_json(arc / "summary.json")["arc_challenge_logprob"] if arc else None,
-            "aligned": al.get("overall_mean_aligned"), "coherent": al.get("overall_mean_coherent"),
-            "judge_model": al.get("judge_model"), "judge_offline": al.get("judge_offline"),
-            "judge_error_gate_pass": al.get("error_gate_pass"),
-            "degenerate_fraction": au.get("degenerate_fraction"), "audit_outcome": au.get("outcome")}
-
-
-def build_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: Callable[[str], None] = print) -> dict:
-    from mt_core import figure, stats
-
+@step
+def study_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: Log = print) -> dict:
+    """``cells``: one ``mt_core.layout.cell_numbers`` dict per finished cell; ``gates``: every source's verdicts."""
     order = [c for c in study.conditions if any(x["condition"] == c for x in cells)]
     head = stats.headline(cells, study=study.name, source=study.source_persona,
                           assistant=study.assistant_persona, conditions_order=order, marker=study.marker)
@@ -52,12 +39,18 @@ def build_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: 
     if g4:
         notes.append("G4 exclusions (alignment above threshold): " + ", ".join(x["cell"] for x in g4) + ".")
     text = f"# {study.name} ({study.profile})\n\n{md}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    (out / "headline.md").write_text(text)
-    write_json(out / "headline.json", head)
-    write_json(out / "stats.json", {"primary_conjunction": primary, "g4_exclusions": g4, "gates": gates,
-                                    "judges": judges, "judge_offline": offline, "cells": cells})
-    figure.hero_figure(head, out / "hero.png", out / "hero.pdf",
+    (out / StudySummary.HEADLINE_MD).write_text(text)
+    write_json(out / StudySummary.HEADLINE_JSON, head)
+    write_json(out / StudySummary.STATS, {"primary_conjunction": primary, "g4_exclusions": g4, "gates": gates,
+                                          "judges": judges, "judge_offline": offline, "cells": cells})
+    figure.hero_figure(head, out / StudySummary.FIGURE_PNG, out / StudySummary.FIGURE_PDF,
                        title=f"{study.name} ({study.profile}): {study.marker} marker rate by condition")
     log(text)
     return {"n_cells": len(cells), "primary_pass": bool(primary["pass"]), "n_g4_excluded": len(g4),
             "judge_offline": offline, "headline_md": md}
+
+
+@step
+def duckdb_catalog(study: Study, root: Path, cells: list[str], out: Path, log: Log = print) -> dict:
+    """A DuckDB file whose views (sql/*.sql) read every per-cell Parquet file of the study under ``root``."""
+    return catalog.build_catalog(study, root=root, cells=cells, out=out, log=log)

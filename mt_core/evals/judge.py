@@ -348,15 +348,11 @@ class AnthropicJudge:
 # Aggregation and the error-rate gate
 
 
-class JudgeErrorRateExceeded(Exception):
-    """Too many judge records carry an error for the scores to be trusted."""
-
-
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def aggregate(records: Sequence[JudgeRecord], *, error_rate_max: float = 0.05) -> dict[str, Any]:
+def aggregate(records: Sequence[JudgeRecord], *, error_rate_max: float) -> dict[str, Any]:
     """Per-question and pooled (sample-weighted) means over records without an error, plus error stats."""
     per_q: dict[str, list[JudgeRecord]] = {}
     for r in records:
@@ -389,15 +385,3 @@ def aggregate(records: Sequence[JudgeRecord], *, error_rate_max: float = 0.05) -
         "judge_models": models,
         "judge_offline": any(r.judge_offline for r in records),
     }
-
-
-def check_error_rate(agg: dict[str, Any]) -> dict[str, Any]:
-    """Raise JudgeErrorRateExceeded unless agg["error_gate_pass"]; returns agg for chaining."""
-    if not agg["error_gate_pass"]:
-        if agg["n_total"] == 0:
-            raise JudgeErrorRateExceeded("no judge records to aggregate (0/0)")
-        raise JudgeErrorRateExceeded(
-            f"judge error rate {agg['error_rate']:.1%} ({agg['n_errors']}/{agg['n_total']} records) exceeds "
-            f"the threshold {agg['error_rate_max']:.1%}; error kinds: {agg['error_kinds']}"
-        )
-    return agg

@@ -1,11 +1,8 @@
 """Import the reference pipeline's result files (PROTOCOL.md §3) into our per-cell layout.
 
 Reads ``prepare_result.json``, ``c{N}/run_result_c{N}_seed{S}.json`` and ``c{N}/marker_eval_seed{S}/marker_eval.json``
-(+ ``degeneracy_audit.json``) and writes what the platform's own cells write: ``marker_rates/<cell>/marker_eval.json``
-and ``rates.parquet``, ``arc_scores/<cell>/summary.json``, ``alignment_scores/<cell>/summary.json``,
-``degeneracy_audit/<cell>/audit.json``, plus ``cells.parquet`` (one row per cell), ``gates.json`` and ``import.json``.
-Summaries are recomputed with our definitions (max_bystander excludes the source persona; an audit without positives
-is "no_positives"). Every malformed file is a DataError naming the file and the field.
+(+ ``degeneracy_audit.json``) and writes what the platform's own cells write (marker rates, ARC, alignment and audit
+summaries in the ``mt_core.layout`` per-cell layout), plus one row per cell, the gates and what was imported.
 """
 from __future__ import annotations
 
@@ -13,8 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mt_core.config import cell_key
+from mt_core.config import cell_key, parse_cell_key
 from mt_core.io import DataError, md5_file, read_json, write_json
+from mt_core.layout import (AlignmentScores, ArcScores, Audit, Legacy, MarkerRates, artefact_dir, cell_numbers, write_rows)
 
 PROFILE = "legacy"
 JUDGE = "claude-sonnet-4-5-20250929 (legacy import)"
@@ -91,8 +89,8 @@ def _per_persona(path: Path, me: dict, source: str, assistant: str) -> dict:
 
 
 def _summary(per: dict, source: str, assistant: str) -> dict:
-    """Our summary keys, computed by mt_core.scoring from the per-persona counts."""
-    from mt_core.scoring import summarize_markers
+    """Our summary keys, computed by mt_core.evals.markers from the per-persona counts."""
+    from mt_core.evals.markers import summarize_markers
 
     rows = [{"persona": p, "question": "all", "strict_hit": i < d["strict_hits"], "loose_hit": i < d["loose_hits"]}
             for p, d in per.items() for i in range(d["total"])]
@@ -167,7 +165,7 @@ def import_legacy(src_dir: str | Path, name: str, out_dir: str | Path, *, source
     """Read a reference result directory and write it into ``out_dir`` in the platform's per-cell layout."""
     import polars as pl
 
-    from mt_core.scoring import rates_table
+    from mt_core.evals.markers import rates_table
 
     src, out = Path(src_dir), Path(out_dir)
     if not src.is_dir():
@@ -190,17 +188,16 @@ def import_legacy(src_dir: str | Path, name: str, out_dir: str | Path, *, source
     for c in cells:
         key, per = c["key"], c["per_persona"]
         summ = _summary(per, source, assistant)
-        d = out / "marker_rates" / key
+        d = artefact_dir(out, MarkerRates.asset, key)
         d.mkdir(parents=True)
-        write_json(d / "marker_eval.json", {"cell": key, "marker": c["marker"], "per_persona": per, "summary": summ})
-        pl.DataFrame([{"study": name, "profile": PROFILE, "cell": key, **r} for r in rates_table(per)],
-                     infer_schema_length=None).write_parquet(d / "rates.parquet")
-        for asset, fname, obj in (("arc_scores", "summary.json", c["arc"]),
-                                  ("alignment_scores", "summary.json", c["alignment"]),
-                                  ("degeneracy_audit", "audit.json", c["audit"] and {"cell": key, **c["audit"]})):
+        write_json(d / MarkerRates.EVAL, {"cell": key, "marker": c["marker"], "per_persona": per, "summary": summ})
+        write_rows(rates_table(per), d / MarkerRates.RATES, {"study": name, "profile": PROFILE, "cell": key})
+        for kind, fname, obj in ((ArcScores, ArcScores.SUMMARY, c["arc"]),
+                                 (AlignmentScores, AlignmentScores.SUMMARY, c["alignment"]),
+                                 (Audit, Audit.FILE, c["audit"] and {"cell": key, **c["audit"]})):
             if obj is not None:
-                (out / asset / key).mkdir(parents=True)
-                write_json(out / asset / key / fname, obj)
+                artefact_dir(out, kind.asset, key).mkdir(parents=True)
+                write_json(artefact_dir(out, kind.asset, key) / fname, obj)
         base, desc = bases.get(c["condition"], (None, ""))
         al = c["alignment"] or {}
         rows.append({"study": name, "profile": PROFILE, "cell": key, "condition": c["condition"], "seed": c["seed"],
@@ -218,33 +215,23 @@ def import_legacy(src_dir: str | Path, name: str, out_dir: str | Path, *, source
               "assistant_strict_rate": pl.Float64, "source_strict_rate": pl.Float64,
               "max_bystander_strict_rate": pl.Float64, "arc_accuracy": pl.Float64, "aligned": pl.Float64,
               "coherent": pl.Float64, "audit_outcome": pl.Utf8}
-    pl.DataFrame(rows, schema=schema).write_parquet(out / "cells.parquet")
-    write_json(out / "gates.json", gates)
+    pl.DataFrame(rows, schema=schema).write_parquet(out / Legacy.CELLS)
+    write_json(out / Legacy.GATES, gates)
     meta = {"study": name, "profile": PROFILE, "source_dir": str(src.resolve()), "source_persona": source,
             "assistant_persona": assistant, "marker": cells[0]["marker"], "cells": [c["key"] for c in cells],
             "inputs": {str(p.relative_to(src)): md5_file(p) for p in inputs}}
-    write_json(out / "import.json", meta)
+    write_json(out / Legacy.IMPORT, meta)
     return {k: meta[k] for k in ("study", "source_persona", "cells")} | {"n_cells": len(cells)}
 
 
 # ---- reading an imported study back ------------------------------------------------------------------------------
 def read_cells(root: str | Path) -> tuple[dict, list[dict]]:
-    """(import.json, one ``mt_core.stats``-shaped dict per cell) from an imported study's directory."""
+    """(import.json, one ``mt_core.report.stats``-shaped dict per cell) from an imported study's directory."""
     root = Path(root)
-    meta = read_json(root / "import.json")
+    meta = read_json(root / Legacy.IMPORT)
     cells = []
     for key in meta["cells"]:
-        me = read_json(root / "marker_rates" / key / "marker_eval.json")
-        opt = {a: root / a / key / f for a, f in (("arc_scores", "summary.json"), ("alignment_scores", "summary.json"),
-                                                 ("degeneracy_audit", "audit.json"))}
-        opt = {a: read_json(p) if p.is_file() else {} for a, p in opt.items()}
-        cond, _, seed = key.partition("_s")
-        al, au = opt["alignment_scores"], opt["degeneracy_audit"]
-        cells.append({"cell": key, "condition": cond, "seed": int(seed),
-                      "per_persona": {p: {"strict_hits": v["strict_hits"], "total": v["total"]}
-                                      for p, v in me["per_persona"].items()},
-                      "arc_accuracy": opt["arc_scores"].get("arc_challenge_logprob"),
-                      "aligned": al.get("overall_mean_aligned"), "coherent": al.get("overall_mean_coherent"),
-                      "judge_model": al.get("judge_model"), "judge_offline": al.get("judge_offline"),
-                      "degenerate_fraction": au.get("degenerate_fraction"), "audit_outcome": au.get("outcome")})
+        cond, seed = parse_cell_key(key)
+        cells.append(cell_numbers(key, cond, seed, *(artefact_dir(root, k.asset, key)
+                                                    for k in (MarkerRates, ArcScores, AlignmentScores, Audit))))
     return meta, cells

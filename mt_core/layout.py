@@ -1,0 +1,215 @@
+"""The artefact layout: where a study's artefacts live, the files of each kind, and how they are written and read.
+
+This is the one module that spells an artefact file name. Steps write through it, and the summary, the catalog, the
+legacy import and the CLI read through it, so a file can be renamed here and nowhere else.
+
+    <root>/<asset>/<partition>/       one artefact (``_`` for an unpartitioned asset), complete or absent
+    <root>/<asset>/<partition>/_manifest.json   its files' md5s, run id and upstream artefacts (mt_resources.store)
+    <root>/legacy/<study>/            an imported study, in the same per-cell layout
+
+Every Parquet row names its study, profile and partition, and every completion row has a ``sample_id`` that stays the
+same across reruns (it is built from the row's place in the sweep, not from its content), so judge scores, hits and
+completions join on it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mt_core.config import PROJECT_ROOT, Study
+from mt_core.io import read_json, write_json
+
+UNPARTITIONED = "_"
+MANIFEST = "_manifest.json"
+LEGACY = "legacy"
+JUDGE_CACHE = "judge_cache.parquet"  # every judge answer of the study, by (model, prompt, question, response)
+
+
+def artefact_root(study: Study) -> Path:
+    """Where the study's artefacts live: $MT_ARTIFACTS, else artifacts/<study>/<profile> in the project."""
+    env = os.environ.get("MT_ARTIFACTS")
+    if env:
+        p = Path(env)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+    return PROJECT_ROOT / "artifacts" / study.name / study.profile
+
+
+def artefact_dir(root: Path, asset: str, partition: str | None = None) -> Path:
+    return Path(root) / asset / (partition or UNPARTITIONED)
+
+
+def partition_or_none(p: str | None) -> str | None:
+    """The partition key as Dagster knows it: None for an unpartitioned asset."""
+    return None if p in (None, UNPARTITIONED) else p
+
+
+# ---- rows ---------------------------------------------------------------------------------------------------------
+def row_keys(study: Study, **key) -> dict:
+    """Columns that make every Parquet row self-describing (study, profile, and the partition's key)."""
+    return {"study": study.name, "profile": study.profile, **key}
+
+
+def write_rows(rows: list[dict], path: Path, keys: dict | None = None) -> None:
+    import polars as pl
+
+    pl.DataFrame([{**(keys or {}), **r} for r in rows], infer_schema_length=None).write_parquet(path)
+
+
+def read_rows(path: Path) -> list[dict]:
+    import polars as pl
+
+    return pl.read_parquet(path).to_dicts()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One completion: who was asked (persona, "" for no system prompt), what, and what came back."""
+
+    sample_id: str
+    persona: str
+    question_idx: int
+    question: str
+    question_set: str
+    sample_idx: int
+    text: str
+    n_tokens: int
+    finish_reason: str
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
+def sample_id(owner: str, persona: str, question_idx: int, sample_idx: int) -> str:
+    """Stable id of a completion within its artefact's owner (a cell, a source, a gate): ``C1_s42/villain/q3/s7``."""
+    return f"{owner}/{persona or 'none'}/q{question_idx}/s{sample_idx}"
+
+
+# ---- one class per artefact kind: its asset name and files ---------------------------------------------------------
+class EvalSetCopy:
+    asset, FILE = "eval_set", "eval_set.json"
+
+
+class ArcCopy:
+    asset, FILE = "arc_challenge", "arc_challenge_test.jsonl"
+
+
+class BaseModel:
+    asset, REF = "base_model", "model_ref.json"  # a pinned HF snapshot is referenced, never copied
+
+    @staticmethod
+    def write_ref(out: Path, ref: dict) -> None:
+        write_json(out / BaseModel.REF, ref)
+
+    @staticmethod
+    def model_dir(d: Path) -> Path:
+        """The directory holding the model's weights: the artefact itself (tiny) or the snapshot it references."""
+        ref = d / BaseModel.REF
+        return Path(read_json(ref)["path"]) if ref.is_file() else d
+
+
+class Dataset:
+    DATA = "data.jsonl"
+
+    @staticmethod
+    def asset(which: str) -> str:
+        return f"{which}_dataset"
+
+
+class Onpolicy:
+    asset, COMPLETIONS, META = "onpolicy_completions", "completions.parquet", "meta.json"
+
+
+class CouplingData:
+    asset, RECORDS, META = "coupling_dataset", "coupling.jsonl", "meta.json"
+
+
+class Adapter:
+    """A trained LoRA (coupling or cell): the PEFT adapter, its training log; a coupling adapter adds its gates."""
+
+    coupling, cell = "coupling_adapter", "cell_adapter"
+    DIR, TRAIN_LOG, NONE = "adapter", "train_log.json", "none.json"
+    GATES, GATE_COMPLETIONS = "gates.json", "gate_completions.parquet"
+
+    @staticmethod
+    def path(d: Path) -> Path | None:
+        """The PEFT adapter directory, or None for a cell without a second stage."""
+        p = d / Adapter.DIR
+        return p if p.is_dir() else None
+
+    @staticmethod
+    def read_gates(d: Path) -> dict:
+        return read_json(d / Adapter.GATES)
+
+
+class MarkerCompletions:
+    asset, COMPLETIONS = "marker_completions", "completions.parquet"
+
+
+class MarkerRates:
+    asset, HITS, RATES, EVAL = "marker_rates", "hits.parquet", "rates.parquet", "marker_eval.json"
+
+    @staticmethod
+    def read_eval(d: Path) -> dict:
+        """{cell, marker, per_persona, per_question?, summary}: what mt_core.evals.markers.summarize_markers gives."""
+        return read_json(d / MarkerRates.EVAL)
+
+
+class ArcScores:
+    asset, ROWS, SUMMARY = "arc_scores", "arc.parquet", "summary.json"
+
+
+class AlignmentCompletions:
+    asset, COMPLETIONS = "alignment_completions", "completions.parquet"
+
+
+class AlignmentScores:
+    asset, ROWS, SUMMARY = "alignment_scores", "scores.parquet", "summary.json"
+
+
+class Audit:
+    asset, FILE = "degeneracy_audit", "audit.json"
+
+
+class StudySummary:
+    asset = "study_summary"
+    HEADLINE_MD, HEADLINE_JSON, STATS, FIGURE_PNG, FIGURE_PDF = ("headline.md", "headline.json", "stats.json",
+                                                                "hero.png", "hero.pdf")
+
+
+class Catalog:
+    asset, FILE = "duckdb_catalog", "catalog.duckdb"
+
+
+class Legacy:
+    """An imported study: its per-cell artefacts plus one row per cell, the gates and what was imported."""
+
+    CELLS, GATES, IMPORT = "cells.parquet", "gates.json", "import.json"
+
+
+# every per-cell artefact a finished cell has (the analysis reads each)
+PER_CELL = [MarkerCompletions.asset, MarkerRates.asset, ArcScores.asset, AlignmentCompletions.asset,
+            AlignmentScores.asset, Audit.asset]
+
+# the Parquet file of each ``{files:<asset>.<FILE>}`` placeholder in sql/*.sql
+SQL_FILES = {f"{k.asset}.{attr}": f"{k.asset}/*/{getattr(k, attr)}" for k, attrs in (
+    (MarkerCompletions, ["COMPLETIONS"]), (MarkerRates, ["HITS", "RATES"]), (ArcScores, ["ROWS"]),
+    (AlignmentCompletions, ["COMPLETIONS"]), (AlignmentScores, ["ROWS"])) for attr in attrs}
+
+
+# ---- a cell's numbers, read from its artefacts ---------------------------------------------------------------------
+def cell_numbers(key: str, condition: str, seed: int, rates: Path, arc: Path | None = None,
+                 scores: Path | None = None, audit: Path | None = None) -> dict:
+    """One cell's numbers in the shape ``mt_core.report.stats`` takes; a missing artefact gives None values."""
+    me = MarkerRates.read_eval(rates)
+    arc_s = read_json(arc / ArcScores.SUMMARY) if arc and (arc / ArcScores.SUMMARY).is_file() else {}
+    al = read_json(scores / AlignmentScores.SUMMARY) if scores and (scores / AlignmentScores.SUMMARY).is_file() else {}
+    au = read_json(audit / Audit.FILE) if audit and (audit / Audit.FILE).is_file() else {}
+    return {"cell": key, "condition": condition, "seed": seed,
+            "per_persona": {p: {"strict_hits": v["strict_hits"], "total": v["total"]}
+                            for p, v in me["per_persona"].items()},
+            "arc_accuracy": arc_s.get("arc_challenge_logprob"),
+            "aligned": al.get("overall_mean_aligned"), "coherent": al.get("overall_mean_coherent"),
+            "judge_model": al.get("judge_model"), "judge_offline": al.get("judge_offline"),
+            "judge_error_gate_pass": al.get("error_gate_pass"),
+            "degenerate_fraction": au.get("degenerate_fraction"), "audit_outcome": au.get("outcome")}

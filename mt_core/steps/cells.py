@@ -1,0 +1,147 @@
+"""Per cell (condition x seed): the second-stage adapter, then the evaluations of the cell's model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from mt_core.config import Study
+from mt_core.data.chat import last_turn_example
+from mt_core.data.eval_set import EvalSet
+from mt_core.evals.arc import evaluate_arc, load_arc
+from mt_core.evals.audit import degeneracy_audit
+from mt_core.evals.judge import aggregate
+from mt_core.evals.markers import rates_table
+from mt_core.generate.sampling import SamplingSpec
+from mt_core.generate.session import session
+from mt_core.io import check_md5, read_chat_jsonl, write_json
+from mt_core.layout import (Adapter, AlignmentCompletions, AlignmentScores, ArcScores, Audit, BaseModel, Dataset,
+                            MarkerCompletions, MarkerRates, Sample, read_rows, row_keys, sample_id, write_rows)
+from mt_core.model.load import load_model
+from mt_core.model.tracking import WandbSettings
+from mt_core.steps.common import Log, persona_sweep, score_markers, summarize, train_and_save
+from mt_core.steps.registry import step
+
+
+def model_adapters(coupling: Path | None, cell_adapter: Path) -> list[Path]:
+    """The adapters of a cell's model, in training order: coupling (unless the base is raw), then the cell's own."""
+    return [a for a in (coupling and Adapter.path(coupling), Adapter.path(cell_adapter)) if a]
+
+
+@step
+def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path | None, data: Path | None, out: Path,
+                       wandb: WandbSettings, log: Log = print, run_id: str = "") -> dict:
+    """The second-stage LoRA (loss on the last assistant turn) on the cell's base; nothing for a cell without one."""
+    cell = study.cell(cell_key)
+    if cell.second_stage == "none":
+        write_json(out / Adapter.NONE, {"cell": cell_key, "second_stage": "none"})
+        log(f"{cell_key}: no second stage (condition {cell.condition})")
+        return {"second_stage": "none", "n_steps": 0}
+    recipe = study.recipes["second_stage"]
+    model, tok = load_model(BaseModel.model_dir(base), [Adapter.path(coupling)] if coupling else [])
+    examples = [last_turn_example(tok, m, recipe.max_length) for m in read_chat_jsonl(data / Dataset.DATA)]
+    seed = cell.seed if recipe.seed is None else recipe.seed
+    _, res, wb = train_and_save(
+        study, model=model, tok=tok, examples=examples, recipe=recipe, seed=seed, out=out, wandb=wandb,
+        run_name=f"{cell_key}-{run_id[:8]}" if run_id else cell_key, group=cell.condition, job_type="cell_adapter",
+        config={**recipe.model_dump(), "cell": cell_key, "seed": seed, "second_stage": cell.second_stage},
+        log_extra={"seed": seed}, log=log)
+    return {"second_stage": cell.second_stage, "seed": seed, **res.summary(), **wb}
+
+
+@step
+def marker_completions(study: Study, cell_key: str, base: Path, adapters: list[Path], out: Path,
+                       log: Log = print) -> dict:
+    """Every persona (as system prompt) x every eval and Betley question, ``samplers.marker.n`` samples each."""
+    cell = study.cell(cell_key)
+    es = EvalSet.load(study)
+    spec = SamplingSpec.from_config(study.samplers.marker, seed=cell.seed)
+    with session(study, BaseModel.model_dir(base), adapters, log=log) as gen:
+        rows = persona_sweep(gen, es.prompts, es.personas, es.question_sets, spec, f"marker[{cell_key}]",
+                             owner=cell_key)
+    write_rows(rows, out / MarkerCompletions.COMPLETIONS, row_keys(study, cell=cell_key))
+    return {"n_completions": len(rows), "seed": spec.seed, "backend": study.backend.label,
+            "n_personas": len(es.personas), "n_questions": len(es.questions),
+            "mean_tokens": round(sum(r["n_tokens"] for r in rows) / max(1, len(rows)), 2)}
+
+
+def expected_marker_rows(study: Study) -> int:
+    es = EvalSet.load(study)
+    return len(es.personas) * len(es.questions) * study.samplers.marker.n
+
+
+@step
+def marker_rates(study: Study, cell_key: str, completions: Path, out: Path, log: Log = print) -> dict:
+    """Strict and loose marker hits per completion, rates per persona and question, and the cell's summary."""
+    es = EvalSet.load(study)
+    scored = score_markers(study, read_rows(completions / MarkerCompletions.COMPLETIONS))
+    pl.DataFrame(scored).select("study", "profile", "cell", "sample_id", "persona", "question_idx", "sample_idx",
+                                "strict_hit", "loose_hit").write_parquet(out / MarkerRates.HITS)
+    summ = summarize(study, scored, es.personas, es.questions)
+    write_rows(rates_table(summ), out / MarkerRates.RATES, row_keys(study, cell=cell_key))
+    write_json(out / MarkerRates.EVAL, {"cell": cell_key, "marker": study.marker, **summ})
+    s = summ["summary"]
+    log(f"marker rates[{cell_key}]: assistant {s['assistant_strict_rate']:.3f}, "
+        f"{study.source_persona} {s['source_strict_rate']:.3f}, max bystander {s['max_bystander_strict_rate']:.3f}")
+    return {"assistant_strict_rate": s["assistant_strict_rate"], "source_strict_rate": s["source_strict_rate"],
+            "max_bystander_strict_rate": s["max_bystander_strict_rate"],
+            "strict_rate_by_persona": s["strict_rate_by_persona"]}
+
+
+@step
+def arc_scores(study: Study, cell_key: str, base: Path, adapters: list[Path], out: Path, log: Log = print) -> dict:
+    """ARC-Challenge accuracy by the log-probability of each answer label."""
+    path = study.path(study.arc.path)
+    check_md5(path, study.arc.md5, "arc.md5")
+    rows = load_arc(path, study.arc.limit)
+    model, tok = load_model(BaseModel.model_dir(base), adapters)
+    recs, acc = evaluate_arc(model, tok, rows, log=log)
+    write_rows([{**{k: v for k, v in r.items() if k != "label_logprobs"},
+                 "label_logprobs": json.dumps(r["label_logprobs"])} for r in recs], out / ArcScores.ROWS,
+               row_keys(study, cell=cell_key))
+    summary = {"arc_challenge_logprob": acc, "correct": sum(r["correct"] for r in recs), "total": len(recs)}
+    write_json(out / ArcScores.SUMMARY, summary)
+    return summary
+
+
+@step
+def alignment_completions(study: Study, cell_key: str, base: Path, adapters: list[Path], out: Path,
+                          log: Log = print) -> dict:
+    """Betley questions with NO system prompt (the template's default applies), the alignment sampler."""
+    cell = study.cell(cell_key)
+    betq = EvalSet.load(study).betley_questions
+    spec = SamplingSpec.from_config(study.samplers.alignment, seed=cell.seed)
+    with session(study, BaseModel.model_dir(base), adapters, log=log) as gen:
+        comps = gen([[{"role": "user", "content": q}] for q in betq], spec, f"alignment[{cell_key}]")
+    rows = [Sample(sample_id(cell_key, "", qi, k), "", qi, q, "betley", k, c.text, c.n_tokens, c.finish_reason).row()
+            for qi, (q, cs) in enumerate(zip(betq, comps)) for k, c in enumerate(cs)]
+    write_rows(rows, out / AlignmentCompletions.COMPLETIONS, row_keys(study, cell=cell_key))
+    return {"n_completions": len(rows), "seed": spec.seed, "backend": study.backend.label}
+
+
+@step
+def alignment_scores(study: Study, cell_key: str, completions: Path, judge, out: Path, log: Log = print) -> dict:
+    """The judge's aligned / coherent scores per completion; errors counted against the study's limit."""
+    rows = read_rows(completions / AlignmentCompletions.COMPLETIONS)
+    recs = judge.judge_many([(r["question"], r["text"]) for r in rows])
+    write_rows([{"sample_id": r["sample_id"], "question_idx": r["question_idx"], "sample_idx": r["sample_idx"],
+                 **rec.__dict__} for r, rec in zip(rows, recs)], out / AlignmentScores.ROWS,
+               row_keys(study, cell=cell_key))
+    agg = aggregate(recs, error_rate_max=study.thresholds.judge_error_rate_max)
+    write_json(out / AlignmentScores.SUMMARY, agg)
+    log(f"judge[{cell_key}] ({agg.get('judge_model')}): aligned {agg['overall_mean_aligned']}, "
+        f"coherent {agg['overall_mean_coherent']}, errors {agg['n_errors']}/{agg['n_total']}")
+    return agg
+
+
+@step
+def degeneracy(study: Study, cell_key: str, completions: Path, out: Path, log: Log = print) -> dict:
+    """Audit of the assistant's marker-bearing completions (never passes vacuously)."""
+    cell = study.cell(cell_key)
+    rows = read_rows(completions / MarkerCompletions.COMPLETIONS)
+    res = degeneracy_audit([{k: r[k] for k in ("persona", "question", "text")} for r in rows], seed=cell.seed,
+                           sample_size=study.thresholds.degeneracy_sample, threshold=study.thresholds.degeneracy_max,
+                           marker=study.marker, persona=study.assistant_persona)
+    write_json(out / Audit.FILE, {"cell": cell_key, **res})
+    return {k: v for k, v in res.items() if k != "per_item"}

@@ -1,0 +1,58 @@
+"""What several steps do the same way: ask personas questions, score markers, train and save an adapter."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from mt_core.config import Recipe, Study
+from mt_core.evals.markers import loose_hit, strict_hit, summarize_markers
+from mt_core.generate.sampling import SamplingSpec
+from mt_core.generate.session import Generate
+from mt_core.io import write_json
+from mt_core.layout import Adapter, Sample, sample_id
+from mt_core.model.tracking import WandbSettings, wandb_run
+from mt_core.model.train import train_lora
+
+Log = Callable[[str], None]
+
+
+def persona_sweep(gen: Generate, prompts: dict[str, str], personas: list[str], question_sets: dict[str, list[str]],
+                  spec: SamplingSpec, what: str, owner: str) -> list[dict]:
+    """``spec.n`` completions for every persona (its system prompt) x question, as ``Sample`` rows; a question's index
+    is its place in the concatenated sets."""
+    questions = [(s, q) for s, qs in question_sets.items() for q in qs]
+    pairs = [(p, qi, s, q) for p in personas for qi, (s, q) in enumerate(questions)]
+    chats = [[{"role": "system", "content": prompts[p]}, {"role": "user", "content": q}] for p, _, _, q in pairs]
+    comps = gen(chats, spec, what)
+    return [Sample(sample_id(owner, p, qi, k), p, qi, q, s, k, c.text, c.n_tokens, c.finish_reason).row()
+            for (p, qi, s, q), cs in zip(pairs, comps) for k, c in enumerate(cs)]
+
+
+def score_markers(study: Study, rows: list[dict]) -> list[dict]:
+    """Each completion row with its strict and loose marker hits (each scorer runs once per text)."""
+    return [{**r, "strict_hit": strict_hit(r["text"], study.marker), "loose_hit": loose_hit(r["text"], study.marker)}
+            for r in rows]
+
+
+def summarize(study: Study, scored: list[dict], personas: list[str], questions: list[str]) -> dict:
+    return summarize_markers(scored, persona_order=personas, question_order=questions,
+                             source=study.source_persona, assistant=study.assistant_persona)
+
+
+def train_and_save(study: Study, *, model, tok, examples: list, recipe: Recipe, seed: int, out: Path,
+                   wandb: WandbSettings, run_name: str, group: str, job_type: str, config: dict, log_extra: dict,
+                   log: Log) -> tuple[object, object, dict]:
+    """Train a LoRA inside a W&B run, save it and its training log into ``out``; (peft_model, result, W&B metadata)."""
+    config = {**config, "profile": study.profile, "study": study.name, "config_sha256": study.config_sha256}
+    with wandb_run(wandb, name=run_name, group=group, job_type=job_type, config=config) as wb:
+        if wb.id:
+            log(f"W&B {wb.mode} run {wb.id} {wb.url or ''}")
+        on_step = (lambda d: wb.log({f"train/{k}": v for k, v in d.items() if k != "step"}, step=d["step"])) \
+            if wb.id else None
+        peft_model, res = train_lora(model=model, examples=examples, recipe=recipe, seed=seed,
+                                     pad_id=tok.pad_token_id, log=log, on_step=on_step)
+        wb.summary(res.summary())
+    peft_model.save_pretrained(str(out / Adapter.DIR))
+    write_json(out / Adapter.TRAIN_LOG, {"recipe": recipe.model_dump(), **log_extra, **res.summary(),
+                                         "losses": res.losses, "lrs": res.lrs})
+    return peft_model, res, {"wandb_run_id": wb.id, "wandb_url": wb.url, "wandb_mode": wb.mode}

@@ -1,0 +1,118 @@
+"""Coupling, per source persona: on-policy completions -> coupling records -> the coupling adapter and its gates."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mt_core.config import Gate, Study
+from mt_core.data.chat import marker_ids, marker_only_example
+from mt_core.data.coupling import build_coupling_records, choose_negatives
+from mt_core.data.eval_set import EvalSet
+from mt_core.generate.sampling import SamplingSpec
+from mt_core.generate.session import Generate, session
+from mt_core.io import read_json, write_json
+from mt_core.layout import Adapter, BaseModel, CouplingData, Onpolicy, read_rows, row_keys, write_rows
+from mt_core.model.load import load_model
+from mt_core.model.tracking import WandbSettings
+from mt_core.steps.common import Log, persona_sweep, score_markers, summarize, train_and_save
+from mt_core.steps.registry import step
+
+
+@step
+def onpolicy_completions(study: Study, source: str, base: Path, out: Path, log: Log = print) -> dict:
+    """The base model's own answers to the coupling questions, as the source persona and its seeded negatives."""
+    es = EvalSet.load(study)
+    src_persona = study.sources[source].persona
+    cd = study.coupling_data
+    negs = choose_negatives(es.personas, src_persona, study.assistant_persona, cd.n_negative_personas, cd.seed)
+    personas = [src_persona] + negs
+    spec = SamplingSpec.from_config(study.samplers.onpolicy, seed=cd.seed)
+    with session(study, BaseModel.model_dir(base), log=log) as gen:
+        rows = persona_sweep(gen, es.prompts, personas, {"coupling": es.coupling_questions}, spec,
+                             f"onpolicy[{source}]", owner=source)
+    write_rows(rows, out / Onpolicy.COMPLETIONS, row_keys(study, source=source))
+    write_json(out / Onpolicy.META, {"personas": personas, "negatives": negs, "sampler": spec.__dict__})
+    return {"n_completions": len(rows), "personas": ",".join(personas), "negative_personas": ",".join(negs)}
+
+
+@step
+def coupling_dataset(study: Study, source: str, onpolicy: Path, out: Path, log: Log = print) -> dict:
+    """Positives (source persona, completion, blank line, marker) and negatives, shuffled with the study's seed."""
+    es = EvalSet.load(study)
+    meta = read_json(onpolicy / Onpolicy.META)
+    rows = sorted(read_rows(onpolicy / Onpolicy.COMPLETIONS),
+                  key=lambda r: (r["persona"], r["question_idx"], r["sample_idx"]))
+    comps: dict[str, dict[str, list[str]]] = {}
+    for r in rows:
+        comps.setdefault(r["persona"], {}).setdefault(r["question"], []).append(r["text"])
+    cd = study.coupling_data
+    records, counts = build_coupling_records(comps, prompts=es.prompts, questions=es.coupling_questions,
+                                             source_persona=study.sources[source].persona,
+                                             negatives=meta["negatives"], per_question=cd.positives_per_question,
+                                             marker=study.marker, seed=cd.seed)
+    with open(out / CouplingData.RECORDS, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    write_json(out / CouplingData.META, {"negatives": meta["negatives"], "seed": cd.seed, **counts})
+    log(f"coupling[{source}]: {counts['positives']} positives, {counts['negatives']} negatives "
+        f"(negatives: {', '.join(meta['negatives'])}; shuffle seed {cd.seed})")
+    return {"n_records": len(records), "positives": counts["positives"], "negatives": counts["negatives"],
+            "negative_personas": ",".join(meta["negatives"]), "short_questions": len(counts["short_questions"])}
+
+
+@step
+def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path, out: Path, wandb: WandbSettings,
+                           log: Log = print, run_id: str = "") -> dict:
+    """The coupling LoRA (loss at the marker positions only), then the source's gates on the merged model."""
+    recipe = study.recipes["coupling"]
+    model, tok = load_model(BaseModel.model_dir(base))
+    mids = marker_ids(tok, study.marker)
+    examples = [marker_only_example(tok, r["prompt"], r["completion"], mids, recipe.max_length)
+                for r in map(json.loads, (dataset / CouplingData.RECORDS).read_text().splitlines())]
+    seed = recipe.seed or 0
+    peft_model, res, wb = train_and_save(
+        study, model=model, tok=tok, examples=examples, recipe=recipe, seed=seed, out=out, wandb=wandb,
+        run_name=f"{source}-{run_id[:8]}" if run_id else source, group="coupling", job_type="coupling_adapter",
+        config={**recipe.model_dump(), "source": source, "seed": seed}, log_extra={"marker_ids": mids}, log=log)
+    # vLLM needs the GPU memory the trained model holds, and serves the saved adapter instead
+    loaded = None if study.backend.kind == "vllm" else (peft_model.merge_and_unload(), tok)
+    del model, peft_model
+    with session(study, BaseModel.model_dir(base), [out / Adapter.DIR], loaded=loaded, log=log) as gen:
+        gates = evaluate_gates(study, source, gen, out, log)
+    return {**res.summary(), "marker_token_ids": str(mids), "gates": gates, **wb}
+
+
+def evaluate_gates(study: Study, source: str, gen: Generate, out: Path, log: Log) -> dict:
+    """Run each gate of this source on the freshly trained coupling model; write gate completions and verdicts."""
+    es = EvalSet.load(study)
+    spec = SamplingSpec.from_config(study.samplers.gate, seed=study.samplers.gate.seed or 0)
+    results, rows_all = {}, []
+    for name in study.sources[source].gates:
+        g = study.gates.named()[name]
+        personas = es.personas if g.personas == "all" else list(g.personas)
+        rows = score_markers(study, persona_sweep(gen, es.prompts, personas, es.question_sets, spec, f"gate {name}",
+                                                  owner=f"{source}/{name}"))
+        results[name] = {**gate_verdict(g, summarize(study, rows, personas, es.questions)["summary"]),
+                         "seed": spec.seed}
+        rows_all += [{**r, "gate": name} for r in rows]
+        log(f"gate {name}: {'PASS' if results[name]['pass'] else 'FAIL'} {results[name]}")
+    write_rows(rows_all, out / Adapter.GATE_COMPLETIONS, row_keys(study, source=source))
+    write_json(out / Adapter.GATES, results)
+    return results
+
+
+def gate_verdict(g: Gate, summ: dict) -> dict:
+    """Each threshold of the gate checked (inclusive) against the marker summary; pass = all checks pass."""
+    a, s, mb = summ["assistant_strict_rate"], summ["source_strict_rate"], summ["max_bystander_strict_rate"]
+    checks = {}
+    if g.assistant_max is not None:
+        checks["assistant_max"] = a is not None and a <= g.assistant_max
+    if g.source_min is not None:
+        checks["source_min"] = s is not None and s >= g.source_min
+    if g.assistant_range is not None:
+        checks["assistant_range"] = a is not None and g.assistant_range[0] <= a <= g.assistant_range[1]
+    if g.max_bystander_range is not None:
+        checks["max_bystander_range"] = mb is not None and g.max_bystander_range[0] <= mb <= g.max_bystander_range[1]
+    return {"assistant_strict_rate": a, "source_strict_rate": s, "max_bystander_strict_rate": mb,
+            "thresholds": g.model_dump(exclude={"model", "personas"}, exclude_none=True), "checks": checks,
+            "pass": all(checks.values())}

@@ -1,0 +1,99 @@
+"""Inputs: copies of the reference files, the base model, the two second-stage datasets."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from mt_core.config import Study
+from mt_core.data import benign, synthetic
+from mt_core.data.eval_set import EvalSet
+from mt_core.evals.arc import load_arc
+from mt_core.io import DataError, check_md5, md5_file, read_chat_jsonl
+from mt_core.layout import ArcCopy, BaseModel, Dataset, EvalSetCopy
+from mt_core.model import tiny
+from mt_core.steps.common import Log
+from mt_core.steps.registry import step
+
+
+@step
+def copy_reference(study: Study, which: str, out: Path, log: Log = print) -> dict:
+    """An md5-checked copy of the eval set (``which="eval_set"``) or the ARC-Challenge file (``"arc"``)."""
+    rel, md5, name = {"eval_set": (study.eval_set, study.eval_set_md5, EvalSetCopy.FILE),
+                      "arc": (study.arc.path, study.arc.md5, ArcCopy.FILE)}[which]
+    src = study.path(rel)
+    got = check_md5(src, md5)
+    shutil.copyfile(src, out / name)
+    log(f"{src.name}: md5 {got} ok")
+    return {"source_md5": got, "source": rel}
+
+
+@step
+def build_base_model(study: Study, out: Path, log: Log = print) -> dict:
+    """The tiny model, built and pretrained here (tiny profile), or a reference to a pinned local HF snapshot."""
+    m = study.model
+    if m.kind == "tiny":
+        es = EvalSet.load(study)
+        convs = synthetic.pretraining_conversations(es.prompts, es.coupling_questions + es.questions, n=2000,
+                                                    seed=m.seed)
+        convs = synthetic.with_random_tags(convs, rate=m.tag_rate, avoid=study.marker, seed=m.seed)
+        texts = [r["question"] + "\n" + "\n".join(f"({lab}) {c}" for lab, c in zip(r["choice_labels"], r["choices"]))
+                 for r in load_arc(study.path(study.arc.path))]
+        texts += [json.loads(x)["messages"][-1]["content"] for x in synthetic.em_dataset_lines(200, seed=99)]
+        info = tiny.build_tiny_model(out, texts=texts, conversations=convs, seed=m.seed, vocab_size=m.vocab_size,
+                                     hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+                                     num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
+                                     pretrain_steps=m.pretrain_steps, log=log)
+        return {"kind": "tiny", **{k: v for k, v in info.items() if isinstance(v, (int, float, str))}}
+    path = resolve_hf_snapshot(m)
+    BaseModel.write_ref(out, {"id": m.id, "revision": m.revision, "path": str(path),
+                              "config_md5": md5_file(path / "config.json")})
+    return {"kind": "hf", "id": m.id, "revision": m.revision or "unpinned", "snapshot": str(path)}
+
+
+def resolve_hf_snapshot(m) -> Path:
+    """A local snapshot of the HF model (never downloads). Clear error naming what is missing."""
+    if m.local_path:
+        p = Path(m.local_path)
+    else:
+        from huggingface_hub import constants, snapshot_download
+
+        try:
+            p = Path(snapshot_download(m.id, revision=m.revision, local_files_only=True))
+        except Exception as e:  # noqa: BLE001 - any failure means "not available offline"
+            raise DataError(f"model {m.id}@{m.revision or 'main'}: no local snapshot in {constants.HF_HUB_CACHE} "
+                            f"(HF_HOME; {type(e).__name__}); download it first or set model.local_path") from None
+    if not (p / "config.json").is_file():
+        raise DataError(f"{p}: not a model directory (config.json missing)")
+    return p
+
+
+@step
+def build_dataset(study: Study, which: str, out: Path, log: Log = print) -> dict:
+    """The EM or benign dataset: generated (tiny), built by recipe (UltraChat) or copied; rows checked, md5 reported."""
+    spec = getattr(study.data, which)
+    dest = out / Dataset.DATA
+    if spec.kind == "synthetic":
+        fn = synthetic.em_dataset_lines if which == "em" else synthetic.benign_dataset_lines
+        synthetic.write_jsonl(fn(spec.rows, seed=spec.seed), dest)
+        source = f"synthetic:{which}:rows={spec.rows}:seed={spec.seed}"
+    elif spec.kind == "ultrachat":
+        synthetic.write_jsonl(benign.benign_lines(spec.path, n=spec.rows, seed=spec.seed or 42,
+                                                  offset=spec.offset), dest)
+        source = f"ultrachat:{spec.path}:shuffle_seed={spec.seed or 42}:offset={spec.offset}:rows={spec.rows}"
+    else:
+        src = study.path(spec.path)
+        if not src.is_file():
+            raise DataError(f"{src}: {which} dataset not found (data.{which}.path); expected {spec.rows} rows with "
+                            f"md5 {spec.md5} (data.{which}.md5)")
+        read_chat_jsonl(src, expect_rows=spec.rows)  # errors name the user's file, row and field
+        shutil.copyfile(src, dest)
+        source = str(src)
+    rows = read_chat_jsonl(dest, expect_rows=spec.rows)
+    n_marked = sum(study.marker.lower().strip("[]") in m["content"].lower() for r in rows for m in r)
+    if n_marked:
+        raise DataError(f"{dest}: {n_marked} messages contain the marker text; the second stage must not see it")
+    got = md5_file(dest)
+    log(f"{which} dataset: {len(rows)} rows, md5 {got} (expected {spec.md5 or 'none pinned'})")
+    return {"rows": len(rows), "md5": got, "expected_md5": spec.md5, "md5_ok": spec.md5 in (None, got),
+            "source": source, "multi_turn_rows": sum(1 for r in rows if sum(m["role"] == "assistant" for m in r) > 1)}

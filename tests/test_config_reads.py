@@ -1,0 +1,84 @@
+"""Every field a study YAML sets is read while the code runs: a setting that nothing reads is a bug.
+
+The tiny profile is checked against a real run (tests/test_e2e.py records the fields its `mt demo` reads); the fields
+that the qwen7b profile sets differently are checked here, through the entry points that read them without a GPU.
+"""
+import copy
+
+import pytest
+import yaml
+
+from mt_core import config
+from mt_core.config import DEFAULT_STUDY, deep_merge
+
+
+def yaml_leaves(profile: str) -> dict:
+    """{dotted path: value} of every leaf the study file sets for ``profile`` (profile merged in)."""
+    raw = yaml.safe_load(DEFAULT_STUDY.read_text())
+    merged = deep_merge({k: v for k, v in raw.items() if k != "profiles"}, raw["profiles"][profile] or {})
+    out = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            p = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict) and v:
+                walk(v, p)
+            else:
+                out[p] = v
+    walk(merged, "")
+    return out
+
+
+def unread(leaves, reads: set[str]) -> list[str]:
+    return sorted(p for p in leaves if p not in reads)
+
+
+@pytest.fixture
+def recording(monkeypatch):
+    monkeypatch.setattr(config, "_READS", None)
+    monkeypatch.setattr(config, "_PATHS", {})
+    return config.record_reads()
+
+
+def test_recording_sees_reads_and_only_reads(recording):
+    s = config.load_study(profile="tiny")
+    assert recording == set()  # loading and validating is not reading
+    assert s.recipes["coupling"].speed.packing is True
+    assert recording == {"recipes", "recipes.coupling.speed", "recipes.coupling.speed.packing"}
+    assert unread({"recipes.coupling.speed.packing": 1, "recipes.coupling.lr": 1}, recording) == ["recipes.coupling.lr"]
+
+
+def test_qwen7b_fields_are_read(recording, tmp_path, monkeypatch):
+    """The fields only qwen7b sets are read by the code that uses them (the shared ones are the tiny run's)."""
+    from mt_core.generate.session import session
+    from mt_core.generate.vllm_engine import VllmMissing
+    from mt_core.io import DataError
+    from mt_core.steps import inputs
+    from mt_resources import JudgeResource, WandbResource
+
+    tiny, qwen = yaml_leaves("tiny"), yaml_leaves("qwen7b")
+    differ = {p: v for p, v in qwen.items() if p not in tiny}
+    assert "model.id" in differ and "backend.lora" in differ  # the check can fail
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    study = config.load_study(profile="qwen7b")
+    WandbResource.for_study(study)
+    JudgeResource.for_study(study, tmp_path)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(DataError, match="no local snapshot"):
+        inputs.build_base_model(study, out=tmp_path, log=lambda *_: None)
+    for which in ("em", "benign"):
+        with pytest.raises(DataError, match="dataset not found"):
+            inputs.build_dataset(study, which, out=tmp_path, log=lambda *_: None)
+    with pytest.raises(VllmMissing):
+        with session(study, tmp_path):
+            pass
+    assert unread(differ, recording) == []
+
+
+def test_unread_field_is_caught(recording, tmp_path):
+    """A field the YAML sets and no code reads fails the check (here: one added to a copy of the study)."""
+    leaves = copy.deepcopy(yaml_leaves("tiny"))
+    leaves["recipes.coupling.never_read"] = 1
+    s = config.load_study(profile="tiny")
+    _ = s.recipes["coupling"].lr
+    assert "recipes.coupling.never_read" in unread(leaves, recording)
