@@ -1,7 +1,8 @@
 """The one Dagster code location of the platform: assets, checks, jobs and resources for the configured study.
 
 The study is ``$MT_STUDY`` (default: studies/marker_transfer_villain.yaml) under profile ``$MT_PROFILE`` (default
-``tiny``). Artefacts live under ``mt_core.layout.artefact_root`` ($MT_ARTIFACTS, default ``artifacts/<study>/<profile>``).
+``tiny``). Artefacts live under ``mt_core.layout.artefact_root`` ($MT_ARTIFACTS, default
+``artifacts/<study>/<profile>``).
 """
 from __future__ import annotations
 

@@ -163,7 +163,8 @@ def _score(llm, api, lora, prep_out: dict, mode: str, vocab: int) -> dict:
     """vLLM's teacher-forced log-probs of the parity set through this engine's path, against PEFT; and, as the noise
     floor of the comparison, the same weights without the adapter in both engines (serve: the base model, i.e. the
     same engine without its LoRARequest; merge: the merged checkpoint as transformers runs it)."""
-    from mt_core.generate.parity import judge_parity, logprob_parity, prompt_logprobs_of, score_kwargs
+    from mt_core.generate.parity import judge_parity, logprob_parity
+    from mt_core.generate.vllm_engine import prompt_logprobs_of, score_kwargs
 
     pp, cc = _parity_set(vocab)
     sp = api.SamplingParams(**score_kwargs())

@@ -76,12 +76,15 @@ def _eval_asset(name: str, fn, description: str, checks=None, check_specs=()):
     return _asset
 
 
+def _row_count(m: dict) -> list[dg.AssetCheckResult]:
+    expected = steps.expected_marker_rows(STUDY)
+    return [dg.AssetCheckResult(check_name="row_count", passed=m["n_completions"] == expected,
+                                metadata={"rows": m["n_completions"], "expected": expected})]
+
+
 marker_completions = _eval_asset(
     "marker_completions", steps.marker_completions,
-    "Completions for 11 personas x 28 questions x n samples (system = persona prompt).",
-    checks=lambda m: [dg.AssetCheckResult(check_name="row_count", passed=m["n_completions"] == steps.expected_marker_rows(STUDY),
-                                          metadata={"rows": m["n_completions"],
-                                                    "expected": steps.expected_marker_rows(STUDY)})],
+    "Completions for 11 personas x 28 questions x n samples (system = persona prompt).", checks=_row_count,
     check_specs=[dg.AssetCheckSpec("row_count", asset="marker_completions", blocking=True,
                                    description="personas x questions x n rows")])
 arc_scores = _eval_asset("arc_scores", steps.arc_scores, "ARC-Challenge log-prob accuracy of the cell's model.")

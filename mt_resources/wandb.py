@@ -27,10 +27,12 @@ class WandbResource(dg.ConfigurableResource):
     def for_study(cls, study: Study) -> "WandbResource":
         """The study's ``wandb`` mode and name; the standard W&B variables override (WANDB_MODE, WANDB_PROJECT,
         WANDB_ENTITY, WANDB_BASE_URL, WANDB_DIR), so a run can be silenced or redirected without editing the study."""
-        mode = os.environ.get("WANDB_MODE") or study.wandb
+        default = study.wandb
+        mode = os.environ.get("WANDB_MODE") or default
         return cls(mode="offline" if mode == "dryrun" else mode,
                    project=os.environ.get("WANDB_PROJECT") or study.name, entity=os.environ.get("WANDB_ENTITY"),
-                   host=os.environ.get("WANDB_BASE_URL"), dir=os.environ.get("WANDB_DIR") or cls.model_fields["dir"].default)
+                   host=os.environ.get("WANDB_BASE_URL"),
+                   dir=os.environ.get("WANDB_DIR") or cls.model_fields["dir"].default)
 
     def settings(self) -> WandbSettings:
         if self.mode not in MODES:

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import polars as pl
+import pytest
 
 from mt_core.report.catalog import SQL_DIR, lineage_rows
 from mt_core.report.lineage import cell_lineage, render

@@ -180,8 +180,8 @@ def test_logprob_parity():
         vp.logprob_parity([[-0.1]], [[-0.1, -0.2]])
     lp = SimpleNamespace(logprob=-0.25)
     ro = SimpleNamespace(prompt_token_ids=[1, 2, 3], prompt_logprobs=[None, {2: None}, {3: lp}])
-    assert vp.prompt_logprobs_of(ro, 2) == [-0.25]
-    assert vp.score_kwargs()["prompt_logprobs"] == 0
+    assert vb.prompt_logprobs_of(ro, 2) == [-0.25]
+    assert vb.score_kwargs()["prompt_logprobs"] == 0
 
 
 def test_peft_token_logprobs_equal_full_forward(tiny_model_dir, tiny_adapters):

@@ -15,17 +15,6 @@ PARITY_TOL_MEAN = 0.01  # nats per token: the least tolerance of the mean differ
 FLOOR_FACTOR = 1.5  # a path may differ from PEFT by this multiple of two engines' difference on the same weights
 
 
-def score_kwargs() -> dict:
-    """SamplingParams kwargs to read the log-probs of a fixed prompt+completion (prompt_logprobs=0: the actual token;
-    vLLM's default logprobs mode is the raw model distribution, before any sampler transform)."""
-    return dict(n=1, temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
-
-
-def prompt_logprobs_of(request_output, n_prompt: int) -> list[float]:
-    ids, lps = request_output.prompt_token_ids, request_output.prompt_logprobs
-    return [lps[i][ids[i]].logprob for i in range(n_prompt, len(ids))]
-
-
 def peft_token_logprobs(model, tokenizer, prompt_ids: list, completion_ids: list[list[int]]) -> list[list[float]]:
     """Teacher-forced log p(completion token | prefix) from a (PEFT) transformers model, one sequence at a time;
     a prompt may be token ids or a chat (rendered with ``tokenizer``'s template)."""

@@ -175,6 +175,17 @@ class VllmSession:
         return [prompt_logprobs_of(o, len(p)) for o, p in zip(outs, prompt_ids)]
 
 
+def score_kwargs() -> dict:
+    """SamplingParams kwargs to read the log-probs of a fixed prompt+completion (prompt_logprobs=0: the actual token;
+    vLLM's default logprobs mode is the raw model distribution, before any sampler transform)."""
+    return dict(n=1, temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
+
+
+def prompt_logprobs_of(request_output, n_prompt: int) -> list[float]:
+    ids, lps = request_output.prompt_token_ids, request_output.prompt_logprobs
+    return [lps[i][ids[i]].logprob for i in range(n_prompt, len(ids))]
+
+
 def to_completions(request_output, tokenizer, stop: list[int]) -> list[Completion]:
     out = []
     for o in sorted(request_output.outputs, key=lambda o: o.index):
