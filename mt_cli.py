@@ -1,6 +1,8 @@
 """`mt`: run a study through Dagster, query its results with SQL, inspect what is materialized.
 
-    mt demo                 materialize the whole study (default: tiny profile) in the persistent Dagster instance
+    mt run                  materialize what is missing or stale of the study, stage by stage, in the Dagster instance
+    mt demo                 `mt run` on the tiny profile: the whole study on a laptop, no network
+    mt doctor               check weights, data, judge key, GPUs, disk and the instance before spending GPU hours
     mt sql "SELECT ..."     read-only SQL over the study's DuckDB catalog (table, csv or json)
     mt status               which partitions of which assets are materialized
     mt import-legacy DIR --study NAME   import the reference pipeline's result files as study NAME
@@ -41,22 +43,6 @@ def _defs():
     return definitions
 
 
-def _run(defs, job: str, instance, partition: str | None, log_level: str) -> float:
-    t0 = time.perf_counter()
-    label = f"{job}[{partition}]" if partition else job
-    print(f"\n=== {label} ===", flush=True)
-    res = defs.defs.resolve_job_def(job).execute_in_process(
-        instance=instance, partition_key=partition, raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
-    dt = time.perf_counter() - t0
-    if not res.success:
-        failed = [e for e in res.all_events if e.is_step_failure or e.event_type_value == "RUN_FAILURE"]
-        msg = failed[0].message if failed else "see the run's logs"
-        raise SystemExit(f"{label} FAILED after {dt:.0f}s (run {res.run_id}): {msg}")
-    print(f"=== {label} done in {dt:.1f}s (run {res.run_id}) ===", flush=True)
-    return dt
-
-
 def set_gpu_pool(instance, n: int | None = None) -> int:
     """The instance's ``gpu`` pool limit := n, or the number of GPUs found (at least 1: without a GPU the pool's steps
     run on CPU). Once set it overrides ``concurrency.pools.default_limit`` of dagster.yaml for this pool."""
@@ -79,8 +65,16 @@ def cmd_pool(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    args.profile = "tiny"
+    return cmd_run(args)
+
+
+def cmd_run(args) -> int:
     _env(args)
     import dagster as dg
+
+    from mt_doctor import diagnose
+    from mt_runner import Runner, reconcile_dead_runs
 
     d = _defs()
     study = d.STUDY
@@ -91,6 +85,10 @@ def cmd_demo(args) -> int:
     with dg.DagsterInstance.get() as instance:
         print(f"study {study.name}, profile {study.profile}: {study.description}")
         print(f"Dagster instance {os.environ['DAGSTER_HOME']}; artefacts {d.ARTIFACTS}; {len(cells)} cells")
+        problems = diagnose(study, d.ARTIFACTS, Path(os.environ["DAGSTER_HOME"]))
+        if problems:
+            raise SystemExit("mt doctor found problems; nothing was run:\n" + "\n".join(f"  {p}" for p in problems))
+        reconcile_dead_runs(instance)
         if args.gpus is not None or "gpu" not in instance.event_log_storage.get_concurrency_keys():
             set_gpu_pool(instance, args.gpus)  # a limit set before (`mt pool`) is kept unless --gpus is given
         print(f"gpu pool limit {instance.event_log_storage.get_concurrency_info('gpu').slot_count}; "
@@ -98,25 +96,37 @@ def cmd_demo(args) -> int:
         stale = d.defs.resources["store"].clean_staging()  # left by steps killed over an hour ago
         if stale:
             print(f"removed {stale} staging folder(s) left by killed steps")
-        _run(d, "inputs_job", instance, None, args.log_level)
-        needed = [s for s in study.sources if any(study.cell(c).base == s for c in cells)]
-        for src in needed:
-            _run(d, "coupling_job", instance, src, args.log_level)
-        for c in cells:
-            _run(d, "cell_job", instance, c, args.log_level)
-        _run(d, "analysis_job", instance, None, args.log_level)
+        ran = Runner(d, instance, cells=cells, force=args.force, cells_only=bool(args.cells),
+                     log_level=args.log_level).run()
+        if not ran:
+            print("nothing to do: every artefact is current (--force redoes)")
     total = time.perf_counter() - t0
     from mt_core.layout import Catalog, StudySummary, artefact_dir
 
     summary = artefact_dir(d.ARTIFACTS, StudySummary.asset)
     print("\n" + (summary / StudySummary.HEADLINE_MD).read_text())
-    print(f"Whole study in {total / 60:.1f} min.")
+    print(f"Done in {total / 60:.1f} min.")
     print(f"Figure:  {summary / StudySummary.FIGURE_PNG}")
     print(f"DuckDB:  {artefact_dir(d.ARTIFACTS, Catalog.asset) / Catalog.FILE}   (try: mt sql \"SELECT cell, persona, "
           f"avg(strict_hit::int) FROM completions GROUP BY ALL ORDER BY ALL\")")
     print(f"Web UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -h 127.0.0.1 -p 3000  "
           f"(or `make ui`), then open http://127.0.0.1:3000")
     return 0
+
+
+def cmd_doctor(args) -> int:
+    _env(args)
+    from mt_core.config import load_study
+    from mt_core.layout import artefact_root
+    from mt_doctor import diagnose
+
+    study = load_study()
+    problems = diagnose(study, artefact_root(study), Path(os.environ["DAGSTER_HOME"]), call_judge=not args.no_call)
+    print(f"study {study.name}, profile {study.profile}: "
+          + (f"{len(problems)} problem(s)" if problems else "ready (model, data, judge, GPUs, disk, instance)"))
+    for p in problems:
+        print(f"  {p}")
+    return 1 if problems else 0
 
 
 def store_root(artifacts: str | None = None) -> Path:
@@ -299,12 +309,22 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--profile", help="study profile (default: $MT_PROFILE or tiny)")
     common.add_argument("--study", help="study YAML (default: $MT_STUDY or studies/marker_transfer_villain.yaml)")
 
-    d = sub.add_parser("demo", parents=[common], help="materialize the whole study through Dagster")
-    d.add_argument("--cells", help="comma-separated cell keys (default: all cells of the study)")
-    d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"],
-                   help="Dagster console log level (default INFO)")
-    d.add_argument("--gpus", type=int, help="set the gpu pool limit (default: keep it, or the GPUs found if unset)")
-    d.set_defaults(fn=cmd_demo)
+    for name, helptext in (("run", "materialize what is missing or stale of the study through Dagster"),
+                           ("demo", "`mt run` on the tiny profile (the whole study on a laptop, no network)")):
+        d = sub.add_parser(name, parents=[common], help=helptext, description=helptext + ". An artefact is redone "
+                           "when it is missing, when the study values its step uses changed, or when something it "
+                           "was built from changed; the rest is kept.")
+        d.add_argument("--cells", help="comma-separated cell keys (default: all cells of the study); inputs and "
+                                       "coupling adapters are then redone only if missing or stale")
+        d.add_argument("--force", action="store_true", help="redo the selected artefacts even if current")
+        d.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING"],
+                       help="Dagster console log level (default WARNING; the progress lines are always shown)")
+        d.add_argument("--gpus", type=int, help="set the gpu pool limit (default: keep it, or the GPUs found if unset)")
+        d.set_defaults(fn=cmd_run if name == "run" else cmd_demo)
+
+    doc = sub.add_parser("doctor", parents=[common], help="check everything a study needs before GPU work")
+    doc.add_argument("--no-call", action="store_true", help="check the judge key is set, without calling the API")
+    doc.set_defaults(fn=cmd_doctor)
 
     po = sub.add_parser("pool", help="set the instance's gpu pool limit (concurrent GPU steps)")
     po.add_argument("--gpus", type=int, help="the limit (default: the number of GPUs found, at least 1)")

@@ -71,7 +71,7 @@ def main() -> None:
                 raise RuntimeError(f"{x['study']} (profile {x['profile']}) changed since the step started: "
                                    f"config sha256 {study.config_sha256} != {x['config_sha256']}")
             pipes.log.info(f"worker: {x['step']} (study {study.name}, profile {study.profile})")
-            result = lookup(x["step"])(study, **decode(x["kwargs"]), out=Path(x["out"]), log=pipes.log.info)
+            result = lookup(x["step"])(study, **decode(x["kwargs"]), out=decode(x["out"]), log=pipes.log.info)
         except BaseException as e:  # noqa: BLE001 - reported to the parent, then re-raised (non-zero exit)
             pipes.report_custom_message({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
             raise

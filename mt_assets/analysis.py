@@ -3,7 +3,7 @@
 import dagster as dg
 
 from mt_assets.common import publish, read_upstream
-from mt_assets.study import STUDY
+from mt_assets.study import STUDY, code_version
 from mt_core.layout import PER_CELL, Adapter, AlignmentScores, ArcScores, Audit, MarkerRates, cell_numbers
 from mt_core.steps import analysis as steps
 from mt_resources import ArtifactError, ArtifactStore
@@ -25,6 +25,7 @@ def _cells(context, store: ArtifactStore):
 
 
 @dg.asset(group_name=GROUP, deps=[*PER_CELL, "coupling_adapter"],
+          code_version=code_version("thresholds", "conditions", "marker", "source_persona", "assistant_persona"),
           description="Headline table, pre-registered conjunction, G4 exclusions, gates and the hero figure.")
 def study_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
     have, missing = _cells(context, store)
@@ -48,7 +49,7 @@ def study_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg
                    metadata={"missing_cells": sorted(missing)})
 
 
-@dg.asset(group_name=GROUP, deps=["study_summary", *PER_CELL],
+@dg.asset(group_name=GROUP, deps=["study_summary", *PER_CELL], code_version=code_version("conditions"),
           description="A DuckDB file whose views (sql/*.sql) read every per-cell Parquet file of the study.")
 def duckdb_catalog(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
     have, _ = _cells(context, store)

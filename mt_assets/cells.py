@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from mt_assets.common import publish, read_upstream
-from mt_assets.study import STUDY, cell_to_source, cells_partitions
+from mt_assets.common import publish, publish_each, read_upstream
+from mt_assets.study import STUDY, cell_to_source, cells_partitions, code_version
 from mt_core.io import DataError
 from mt_core.layout import Adapter, Dataset
 from mt_core.steps import cells as steps
@@ -39,7 +39,7 @@ def _dataset(context, store: ArtifactStore, cell) -> Artifact | None:
     return art
 
 
-@dg.asset(**CELL, pool="gpu",
+@dg.asset(**CELL, pool="gpu", code_version=code_version("recipes.second_stage", "data"),
           deps=["base_model", dg.AssetDep("coupling_adapter", partition_mapping=cell_to_source),
                 "em_dataset", "benign_dataset"],
           description="Second-stage LoRA (EM or benign, last-assistant-turn loss) on the cell's base; C4 has none.")
@@ -63,36 +63,51 @@ def _model_inputs(context, store: ArtifactStore, cell):
     return base, ups, steps.model_adapters(coupling and coupling.path, adapter.path)
 
 
-def _eval_asset(name: str, fn, description: str, checks=None, check_specs=()):
-    @dg.asset(name=name, **CELL, pool="gpu", description=description, check_specs=list(check_specs),
-              deps=["base_model", "cell_adapter", dg.AssetDep("coupling_adapter", partition_mapping=cell_to_source)])
-    def _asset(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
-               compute: Compute) -> dg.MaterializeResult:
-        cell = STUDY.cell(context.partition_key)
-        base, ups, adapters = _model_inputs(context, store, cell)
-        with gpu.lease(context.log.info):
-            return publish(context, store, fn, ups, partition=cell.key, compute=compute, cell_key=cell.key,
-                           base=base.path, adapters=adapters, checks=checks)
-    return _asset
-
-
 def _row_count(m: dict) -> list[dg.AssetCheckResult]:
     expected = steps.expected_marker_rows(STUDY)
     return [dg.AssetCheckResult(check_name="row_count", passed=m["n_completions"] == expected,
                                 metadata={"rows": m["n_completions"], "expected": expected})]
 
 
-marker_completions = _eval_asset(
-    "marker_completions", steps.marker_completions,
-    "Completions for 11 personas x 28 questions x n samples (system = persona prompt).", checks=_row_count,
+MODEL_DEPS = ["base_model", "cell_adapter", dg.AssetDep("coupling_adapter", partition_mapping=cell_to_source)]
+
+
+@dg.multi_asset(
+    name="cell_generations", group_name=GROUP, partitions_def=cells_partitions, pool="gpu", can_subset=True,
+    specs=[dg.AssetSpec("marker_completions", deps=MODEL_DEPS, skippable=True,
+                        code_version=code_version("samplers.marker", "backend", "eval_set"),
+                        description="Completions for 11 personas x 28 questions x n samples (system = persona "
+                                    "prompt)."),
+           dg.AssetSpec("alignment_completions", deps=MODEL_DEPS, skippable=True,
+                        code_version=code_version("samplers.alignment", "backend", "eval_set"),
+                        description="Completions to the 8 Betley questions with no system prompt, for the judge.")],
     check_specs=[dg.AssetCheckSpec("row_count", asset="marker_completions", blocking=True,
                                    description="personas x questions x n rows")])
-arc_scores = _eval_asset("arc_scores", steps.arc_scores, "ARC-Challenge log-prob accuracy of the cell's model.")
-alignment_completions = _eval_asset("alignment_completions", steps.alignment_completions,
-                                    "Completions to the 8 Betley questions with no system prompt, for the judge.")
+def cell_generations(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
+                     compute: Compute):
+    """Both completion sets of a cell from one engine session: the model (and a vLLM engine) is loaded once."""
+    cell = STUDY.cell(context.partition_key)
+    base, ups, adapters = _model_inputs(context, store, cell)
+    wanted = sorted(k.to_user_string() for k in context.selected_asset_keys)
+    with gpu.lease(context.log.info):
+        yield from publish_each(context, store, steps.cell_generations, ups, wanted, partition=cell.key,
+                                compute=compute, checks={"marker_completions": _row_count}, cell_key=cell.key,
+                                base=base.path, adapters=adapters)
 
 
-@dg.asset(**CELL, deps=["marker_completions"], description="Strict and loose marker rates per persona and question.")
+@dg.asset(**CELL, pool="gpu", code_version=code_version("arc"), deps=MODEL_DEPS,
+          description="ARC-Challenge log-prob accuracy of the cell's model.")
+def arc_scores(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
+               compute: Compute) -> dg.MaterializeResult:
+    cell = STUDY.cell(context.partition_key)
+    base, ups, adapters = _model_inputs(context, store, cell)
+    with gpu.lease(context.log.info):
+        return publish(context, store, steps.arc_scores, ups, partition=cell.key, compute=compute, cell_key=cell.key,
+                       base=base.path, adapters=adapters)
+
+
+@dg.asset(**CELL, deps=["marker_completions"], description="Strict and loose marker rates per persona and question.",
+          code_version=code_version("marker", "source_persona", "assistant_persona", "eval_set"))
 def marker_rates(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
     comp = read_upstream(context, store, "marker_completions", context.partition_key)
     return publish(context, store, steps.marker_rates, [comp], partition=context.partition_key,
@@ -100,6 +115,7 @@ def marker_rates(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.
 
 
 @dg.asset(**CELL, deps=["alignment_completions"], pool="judge",
+          code_version=code_version("judge", "thresholds.judge_error_rate_max", files=(STUDY.judge_prompt,)),
           check_specs=[dg.AssetCheckSpec("judge_error_rate", asset="alignment_scores", blocking=True,
                                          description="Judge errors (API, refusal, parse) at most the study's rate")],
           description="Judge scores (aligned, coherent) per completion; every record names its judge.")
@@ -118,6 +134,8 @@ def alignment_scores(context: dg.AssetExecutionContext, store: ArtifactStore,
 
 
 @dg.asset(**CELL, deps=["marker_completions"],
+          code_version=code_version("marker", "assistant_persona", "thresholds.degeneracy_max",
+                                    "thresholds.degeneracy_sample"),
           check_specs=[dg.AssetCheckSpec("degeneracy", asset="degeneracy_audit", blocking=False,
                                          description="Degenerate fraction of assistant marker hits below threshold; "
                                                      "'no positives' is its own outcome, never a pass")],
@@ -135,5 +153,4 @@ def degeneracy_audit(context: dg.AssetExecutionContext, store: ArtifactStore) ->
                    cell_key=context.partition_key, completions=comp.path, checks=checks)
 
 
-assets = [cell_adapter, marker_completions, marker_rates, arc_scores, alignment_completions, alignment_scores,
-          degeneracy_audit]
+assets = [cell_adapter, cell_generations, marker_rates, arc_scores, alignment_scores, degeneracy_audit]

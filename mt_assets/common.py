@@ -6,6 +6,7 @@ id, path and md5, and checks that md5 against the instance's record of that part
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Callable
@@ -61,30 +62,56 @@ def publish(context: dg.AssetExecutionContext, store: ArtifactStore, fn: Step, u
     asset-check results reported with the materialization; ``metadata`` adds entries the step does not compute.
     """
     asset = context.asset_key.to_user_string()
+    (res,) = _publish(context, store, fn, upstream, [asset], partition, {asset: checks} if checks else {}, compute,
+                      metadata, kwargs, multi=False)
+    return res
+
+
+def publish_each(context: dg.AssetExecutionContext, store: ArtifactStore, fn: Step, upstream: list[Artifact],
+                 assets: list[str], *, partition: str | None = None,
+                 checks: dict[str, Callable[[dict], list[dg.AssetCheckResult]]] | None = None,
+                 compute: Compute | None = None, metadata: dict | None = None, **kwargs) -> list[dg.MaterializeResult]:
+    """``publish`` for a step that writes several artefacts at once (a multi-asset): the step gets ``out`` as
+    {asset: staging dir} and returns {asset: its metadata, shared key: value}; each artefact is published on its own."""
+    return _publish(context, store, fn, upstream, assets, partition, checks or {}, compute, metadata, kwargs,
+                    multi=True)
+
+
+def _publish(context, store: ArtifactStore, fn: Step, upstream: list[Artifact], assets: list[str],
+             partition: str | None, checks: dict, compute: Compute | None, metadata: dict | None, kwargs: dict, *,
+             multi: bool) -> list[dg.MaterializeResult]:
     if compute is not None:
         require_judge_credentials()
     prov = [a.provenance() for a in upstream]
     for p in prov:
         context.log.info(f"input {p['asset']}[{p['partition']}] md5 {p['md5']} from run {p['run_id']}")
     t0 = time.perf_counter()
-    with store.writer(asset, partition, run_id=context.run_id, upstream=prov,
-                      extra={"study": STUDY.name, "profile": STUDY.profile,
-                             "config_sha256": STUDY.config_sha256}) as out:
+    extra = {"study": STUDY.name, "profile": STUDY.profile, "config_sha256": STUDY.config_sha256}
+    with contextlib.ExitStack() as writers:
+        outs = {a: writers.enter_context(store.writer(a, partition, run_id=context.run_id, upstream=prov,
+                                                      extra=extra)) for a in assets}
+        out = outs if multi else outs[assets[0]]
         if compute is not None:
             meta = compute.run(context, STUDY, fn, kwargs, out, log=context.log.info)
         else:
             meta = fn(STUDY, **kwargs, out=out, log=context.log.info)
-    art = store.read(asset, partition)
     seconds = round(time.perf_counter() - t0, 3)
-    md = {"path": dg.MetadataValue.path(str(art.path)), "md5": art.digest, "size_bytes": art.manifest["size_bytes"],
-          "seconds": seconds, "profile": STUDY.profile, "study": STUDY.name,
-          "upstream": dg.MetadataValue.json(prov)}
-    for k, v in {**(meta or {}), **(metadata or {})}.items():
-        md.setdefault(k, _meta_value(k, v))
-    context.log.info(f"published {asset}[{art.partition}] md5 {art.digest} ({art.manifest['size_bytes']} bytes) "
-                     f"in {seconds}s")
-    return dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(art.digest),
-                                check_results=checks(meta or {}) if checks else None)
+    meta = meta or {}
+    results = []
+    for asset in assets:
+        own = {**{k: v for k, v in meta.items() if k not in assets}, **meta.get(asset, {})} if multi else meta
+        art = store.read(asset, partition)
+        md = {"path": dg.MetadataValue.path(str(art.path)), "md5": art.digest,
+              "size_bytes": art.manifest["size_bytes"], "seconds": seconds, "profile": STUDY.profile,
+              "study": STUDY.name, "upstream": dg.MetadataValue.json(prov)}
+        for k, v in {**own, **(metadata or {})}.items():
+            md.setdefault(k, _meta_value(k, v))
+        context.log.info(f"published {asset}[{art.partition}] md5 {art.digest} ({art.manifest['size_bytes']} "
+                         f"bytes) in {seconds}s")
+        check = checks.get(asset)
+        results.append(dg.MaterializeResult(asset_key=asset, metadata=md, data_version=dg.DataVersion(art.digest),
+                                            check_results=check(own) if check else None))
+    return results
 
 
 def require_judge_credentials() -> None:

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from mt_assets.common import publish, read_upstream
-from mt_assets.study import STUDY, sources_partitions
+from mt_assets.study import STUDY, code_version, sources_partitions
 from mt_core.steps import coupling as steps
 from mt_resources import ArtifactStore, Compute, GpuAllocator, WandbResource
 
@@ -11,6 +11,8 @@ GROUP = "coupling"
 
 
 @dg.asset(group_name=GROUP, partitions_def=sources_partitions, pool="gpu", deps=["base_model"],
+          code_version=code_version("samplers.onpolicy", "coupling_data", "sources", "assistant_persona", "backend",
+                                    "eval_set", files=(STUDY.coupling_questions,)),
           description="On-policy completions of the base model for the source persona and its negative personas.")
 def onpolicy_completions(context: dg.AssetExecutionContext, store: ArtifactStore,
                          gpu: GpuAllocator, compute: Compute) -> dg.MaterializeResult:
@@ -21,6 +23,8 @@ def onpolicy_completions(context: dg.AssetExecutionContext, store: ArtifactStore
 
 
 @dg.asset(group_name=GROUP, partitions_def=sources_partitions, deps=["onpolicy_completions"],
+          code_version=code_version("coupling_data", "marker", "sources", "eval_set",
+                                    files=(STUDY.coupling_questions,)),
           description="Positives (source persona + completion + blank line + marker) and seeded negatives, shuffled.")
 def coupling_dataset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
     src = context.partition_key
@@ -50,6 +54,8 @@ def _gate_checks(source: str, meta: dict) -> list[dg.AssetCheckResult]:
 
 
 @dg.asset(group_name=GROUP, partitions_def=sources_partitions, pool="gpu", deps=["base_model", "coupling_dataset"],
+          code_version=code_version("recipes.coupling", "marker", "sources", "gates", "samplers.gate", "backend",
+                                    "source_persona", "assistant_persona", "eval_set"),
           check_specs=[dg.AssetCheckSpec(n, asset="coupling_adapter", blocking=STUDY.gates.block_cells,
                                          description=f"Gate {n} on the merged coupling model's marker rates")
                        for n in GATE_NAMES],

@@ -3,23 +3,27 @@
 import dagster as dg
 
 from mt_assets.common import publish
+from mt_assets.study import STUDY, code_version
 from mt_core.steps import inputs as steps
 from mt_resources import ArtifactStore, Compute, GpuAllocator
 
 GROUP = "inputs"
 
 
-@dg.asset(group_name=GROUP, description="The 11 personas and 28 questions of the marker eval (md5-checked copy).")
+@dg.asset(group_name=GROUP, code_version=code_version("eval_set", "eval_set_md5"),
+          description="The 11 personas and 28 questions of the marker eval (md5-checked copy).")
 def eval_set(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
     return publish(context, store, steps.copy_reference, [], which="eval_set")
 
 
-@dg.asset(group_name=GROUP, description="ARC-Challenge test questions (1172 rows, md5-checked copy).")
+@dg.asset(group_name=GROUP, code_version=code_version("arc.path", "arc.md5"),
+          description="ARC-Challenge test questions (1172 rows, md5-checked copy).")
 def arc_challenge(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
     return publish(context, store, steps.copy_reference, [], which="arc")
 
 
 @dg.asset(group_name=GROUP, pool="gpu",
+          code_version=code_version("model", "arc.path", "eval_set", "marker", files=(STUDY.coupling_questions,)),
           description="The base model: the tiny locally built Qwen2 (tiny profile) or a pinned local HF snapshot.")
 def base_model(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
                compute: Compute) -> dg.MaterializeResult:
@@ -29,6 +33,7 @@ def base_model(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: Gpu
 
 def _dataset_asset(which: str, description: str):
     @dg.asset(name=f"{which}_dataset", group_name=GROUP, description=description,
+              code_version=code_version(f"data.{which}", "marker"),
               check_specs=[dg.AssetCheckSpec("md5_matches", asset=f"{which}_dataset", blocking=True,
                                              description="The file's md5 equals the pinned md5 of the study config.")])
     def _asset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:

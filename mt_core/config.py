@@ -280,6 +280,19 @@ class Study(_Strict):
         c = self.conditions[cond]
         return Cell(key=key, condition=cond, seed=seed, base=c.base, second_stage=c.second_stage)
 
+    def version_of(self, *paths: str, extra: str = "") -> str:
+        """A short hash of the named sections of this study (dotted paths into the config) and ``extra``: the code
+        version of a step that uses exactly those values. Speed options are left out: they change how fast, not what."""
+        dumped = self.model_dump(mode="json")  # serialising records no field read (see _READS)
+
+        def pick(path: str):
+            v = dumped
+            for part in path.split("."):
+                v = v[part]
+            return _drop_speed(v)
+        blob = json.dumps({p: pick(p) for p in paths}, sort_keys=True) + extra
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
     def cell_source_map(self) -> dict[str, list[str]]:
         """source -> the cells whose base is that source's coupling adapter (for StaticPartitionMapping)."""
         out: dict[str, list[str]] = {s: [] for s in self.sources}
@@ -292,6 +305,12 @@ class Study(_Strict):
     def path(self, rel: str) -> Path:
         p = Path(rel)
         return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _drop_speed(v):
+    if isinstance(v, dict):
+        return {k: _drop_speed(x) for k, x in v.items() if k != "speed"}
+    return v
 
 
 class Cell(_Strict):

@@ -43,7 +43,7 @@ class Compute(dg.ConfigurableResource):
     mode: str = "inline"  # "inline" | "pipes"
     grace_s: float = 20.0  # after SIGINT to an interrupted child, before SIGKILL
 
-    def run(self, context, study: Study, fn: Step, kwargs: dict, out: Path, log=print) -> dict:
+    def run(self, context, study: Study, fn: Step, kwargs: dict, out: Path | dict[str, Path], log=print) -> dict:
         """The step ``fn(study, **kwargs, out=out, log=log)``, here or in a Pipes child; its metadata."""
         if self.mode not in MODES:
             raise ValueError(f"compute mode {self.mode!r} is not one of {MODES} (MT_COMPUTE)")
@@ -51,8 +51,8 @@ class Compute(dg.ConfigurableResource):
             return fn(study, **kwargs, out=out, log=log)
         return self._pipes(context, study, registered(fn), kwargs, out, log)
 
-    def _pipes(self, context, study: Study, fn_name: str, kwargs: dict, out: Path, log) -> dict:
-        extras = {"step": fn_name, "kwargs": encode(kwargs), "out": str(out),
+    def _pipes(self, context, study: Study, fn_name: str, kwargs: dict, out: Path | dict[str, Path], log) -> dict:
+        extras = {"step": fn_name, "kwargs": encode(kwargs), "out": encode(out),
                   "study": str(os.environ.get("MT_STUDY") or DEFAULT_STUDY), "profile": study.profile,
                   "config_sha256": study.config_sha256}
         cvd = os.environ.get("CUDA_VISIBLE_DEVICES")  # set by gpu.lease for the work under it; the child inherits it

@@ -2,13 +2,16 @@
 
 A lease is a non-blocking ``fcntl.flock`` on ``<lock_dir>/gpu{i}.lock``: the first free index wins, the lock dies with
 the process that holds it (so a killed step frees its GPU), and the chosen index is exported as CUDA_VISIBLE_DEVICES
-for the work done under the lease. With no GPU the lease is the CPU and nothing is locked.
+for the work done under the lease. That variable only takes effect in a process that has not initialised CUDA yet (a
+Pipes child), so a lease in a process that has (inline steps) is refused unless it is the device already in use. With
+no GPU the lease is the CPU and nothing is locked.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +24,12 @@ def count_gpus() -> int:
     if env is not None:
         return int(env)
     return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
+
+
+def cuda_initialised() -> bool:
+    """Whether this process has already initialised CUDA (only possible if torch is imported: never imports it)."""
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_initialized())
 
 
 class GpuAllocator(dg.ConfigurableResource):
@@ -49,9 +58,15 @@ class GpuAllocator(dg.ConfigurableResource):
                 except BlockingIOError:
                     f.close()
                     continue
+                old = os.environ.get("CUDA_VISIBLE_DEVICES")
+                if cuda_initialised() and old != str(i):
+                    fcntl.flock(f, fcntl.LOCK_UN)
+                    f.close()
+                    raise RuntimeError(f"gpu: CUDA is already initialised in this process (CUDA_VISIBLE_DEVICES="
+                                       f"{old}), so leasing device {i} would not move the work there; run GPU "
+                                       f"steps in their own processes (MT_COMPUTE=pipes)")
                 f.write(f"{os.getpid()}\n")
                 f.flush()
-                old = os.environ.get("CUDA_VISIBLE_DEVICES")
                 os.environ["CUDA_VISIBLE_DEVICES"] = str(i)
                 log(f"gpu: leased device {i} of {n}")
                 try:

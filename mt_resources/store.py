@@ -133,10 +133,12 @@ class ArtifactStore(dg.ConfigurableResource):
 
 
 def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str | None) -> dict | None:
-    """The latest materialization of an asset partition: its metadata as plain values, plus its run id."""
+    """The latest materialization of an asset partition: its metadata as plain values, its run id and the code
+    version of the asset when it was built."""
     recs = instance.fetch_materializations(dg.AssetRecordsFilter(
         asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1).records
     if not recs or not recs[0].asset_materialization:
         return None
-    meta = {k: v.value for k, v in recs[0].asset_materialization.metadata.items()}
-    return {**meta, "run_id": recs[0].run_id}
+    mat = recs[0].asset_materialization
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    return {**meta, "run_id": recs[0].run_id, "code_version": (mat.tags or {}).get("dagster/code_version")}

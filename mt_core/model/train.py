@@ -50,13 +50,18 @@ class TrainResult:
         """Non-pad tokens per second (the benchmark's 'trained tokens/s')."""
         return self.seen_tokens / self.seconds if self.seconds else 0.0
 
-    def summary(self) -> dict:
+    def record(self) -> dict:
+        """What the training did, without timings: the same training records the same bytes (artefact files)."""
         return {"n_examples": self.n_examples, "n_steps": self.n_steps, "epochs": self.epochs,
                 "effective_batch": self.effective_batch, "trained_tokens": self.trained_tokens,
-                "train_seconds": round(self.seconds, 3), "tokens_per_s": round(self.tokens_per_s, 1),
-                "seen_tokens": self.seen_tokens, "padding_fraction": round(1 - self.seen_tokens / max(1, self.padded_tokens), 4),
+                "seen_tokens": self.seen_tokens,
+                "padding_fraction": round(1 - self.seen_tokens / max(1, self.padded_tokens), 4),
                 "final_loss": self.losses[-1] if self.losses else None,
                 "mean_loss_last_10pct": _tail_mean(self.losses), "n_without_labels": self.n_without_labels}
+
+    def summary(self) -> dict:
+        """``record()`` and how fast it went (Dagster metadata and W&B)."""
+        return {**self.record(), "train_seconds": round(self.seconds, 3), "tokens_per_s": round(self.tokens_per_s, 1)}
 
 
 def _tail_mean(xs: list[float]) -> float | None:

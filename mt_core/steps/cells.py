@@ -51,19 +51,36 @@ def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path |
 
 
 @step
-def marker_completions(study: Study, cell_key: str, base: Path, adapters: list[Path], out: Path,
-                       log: Log = print) -> dict:
-    """Every persona (as system prompt) x every eval and Betley question, ``samplers.marker.n`` samples each."""
+def cell_generations(study: Study, cell_key: str, base: Path, adapters: list[Path], out: dict[str, Path],
+                     log: Log = print) -> dict:
+    """The cell's completions from ONE engine session (the adapters merged at most once): the marker sweep (every
+    persona as system prompt x every eval and Betley question) and the alignment sample (Betley questions with no
+    system prompt, for the judge). ``out`` maps each requested artefact (either or both) to its staging directory."""
     cell = study.cell(cell_key)
     es = EvalSet.load(study)
-    spec = SamplingSpec.from_config(study.samplers.marker, seed=cell.seed)
+    meta: dict = {}
     with session(study, BaseModel.model_dir(base), adapters, log=log) as gen:
-        rows = persona_sweep(gen, es.prompts, es.personas, es.question_sets, spec, f"marker[{cell_key}]",
-                             owner=cell_key)
-    write_rows(rows, out / MarkerCompletions.COMPLETIONS, row_keys(study, cell=cell_key))
-    return {"n_completions": len(rows), "seed": spec.seed, "backend": study.backend.label,
-            "n_personas": len(es.personas), "n_questions": len(es.questions),
-            "mean_tokens": round(sum(r["n_tokens"] for r in rows) / max(1, len(rows)), 2)}
+        if MarkerCompletions.asset in out:
+            spec = SamplingSpec.from_config(study.samplers.marker, seed=cell.seed)
+            rows = persona_sweep(gen, es.prompts, es.personas, es.question_sets, spec, f"marker[{cell_key}]",
+                                 owner=cell_key)
+            write_rows(rows, out[MarkerCompletions.asset] / MarkerCompletions.COMPLETIONS,
+                       row_keys(study, cell=cell_key))
+            meta[MarkerCompletions.asset] = {
+                "n_completions": len(rows), "seed": spec.seed, "n_personas": len(es.personas),
+                "n_questions": len(es.questions),
+                "mean_tokens": round(sum(r["n_tokens"] for r in rows) / max(1, len(rows)), 2)}
+        if AlignmentCompletions.asset in out:
+            spec = SamplingSpec.from_config(study.samplers.alignment, seed=cell.seed)
+            betq = es.betley_questions
+            comps = gen([[{"role": "user", "content": q}] for q in betq], spec, f"alignment[{cell_key}]")
+            rows = [Sample(sample_id(cell_key, "", qi, k), "", qi, q, "betley", k, c.text, c.n_tokens,
+                           c.finish_reason).row() for qi, (q, cs) in enumerate(zip(betq, comps))
+                    for k, c in enumerate(cs)]
+            write_rows(rows, out[AlignmentCompletions.asset] / AlignmentCompletions.COMPLETIONS,
+                       row_keys(study, cell=cell_key))
+            meta[AlignmentCompletions.asset] = {"n_completions": len(rows), "seed": spec.seed}
+    return {**meta, "backend": study.backend.label, "engine_sessions": 1, "generated": sorted(out)}
 
 
 def expected_marker_rows(study: Study) -> int:
@@ -103,21 +120,6 @@ def arc_scores(study: Study, cell_key: str, base: Path, adapters: list[Path], ou
     summary = {"arc_challenge_logprob": acc, "correct": sum(r["correct"] for r in recs), "total": len(recs)}
     write_json(out / ArcScores.SUMMARY, summary)
     return summary
-
-
-@step
-def alignment_completions(study: Study, cell_key: str, base: Path, adapters: list[Path], out: Path,
-                          log: Log = print) -> dict:
-    """Betley questions with NO system prompt (the template's default applies), the alignment sampler."""
-    cell = study.cell(cell_key)
-    betq = EvalSet.load(study).betley_questions
-    spec = SamplingSpec.from_config(study.samplers.alignment, seed=cell.seed)
-    with session(study, BaseModel.model_dir(base), adapters, log=log) as gen:
-        comps = gen([[{"role": "user", "content": q}] for q in betq], spec, f"alignment[{cell_key}]")
-    rows = [Sample(sample_id(cell_key, "", qi, k), "", qi, q, "betley", k, c.text, c.n_tokens, c.finish_reason).row()
-            for qi, (q, cs) in enumerate(zip(betq, comps)) for k, c in enumerate(cs)]
-    write_rows(rows, out / AlignmentCompletions.COMPLETIONS, row_keys(study, cell=cell_key))
-    return {"n_completions": len(rows), "seed": spec.seed, "backend": study.backend.label}
 
 
 @step

@@ -53,6 +53,6 @@ def train_and_save(study: Study, *, model, tok, examples: list, recipe: Recipe, 
                                      pad_id=tok.pad_token_id, log=log, on_step=on_step)
         wb.summary(res.summary())
     peft_model.save_pretrained(str(out / Adapter.DIR))
-    write_json(out / Adapter.TRAIN_LOG, {"recipe": recipe.model_dump(), **log_extra, **res.summary(),
+    write_json(out / Adapter.TRAIN_LOG, {"recipe": recipe.model_dump(), **log_extra, **res.record(),
                                          "losses": res.losses, "lrs": res.lrs})
     return peft_model, res, {"wandb_run_id": wb.id, "wandb_url": wb.url, "wandb_mode": wb.mode}

@@ -1,0 +1,89 @@
+"""`mt run`: a second run does nothing, a config change redoes exactly what it affects, dead runs never block it."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from test_compute import _small_study
+
+ROOT = Path(__file__).resolve().parents[1]
+CELL = "C4_s42"  # no second stage: the cheapest cell that still has every evaluation
+
+
+def _mt(env: dict, *args: str) -> str:
+    p = subprocess.run([sys.executable, "-m", "mt_cli", "run", "--cells", CELL, *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout
+
+
+def _runs(home: Path) -> list[tuple[str, str | None, set[str]]]:
+    """(job, partition, assets) of every run in the instance, oldest first."""
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        runs = reversed(inst.get_runs())
+        return [(r.job_name, r.tags.get("dagster/partition"), {k.to_user_string() for k in r.asset_selection or ()})
+                for r in runs]
+
+
+@pytest.mark.slow
+def test_resume_and_redo_only_what_a_change_affects(tmp_path):
+    study = _small_study(tmp_path / "small.yaml")
+    home, art = tmp_path / "home", tmp_path / "art"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", MT_STUDY=str(study),
+               WANDB_MODE="disabled")
+    env.pop("MT_RECORD_CONFIG_READS", None)
+
+    _mt(env)
+    first = _runs(home)
+    assert [j for j, _, _ in first] == ["inputs_job", "coupling_job", "cell_job", "analysis_job"]
+
+    # a second run finds everything current and starts no run
+    out = _mt(env)
+    assert "nothing to do" in out and _runs(home) == first
+
+    # one sampler value changes: only the cell's alignment steps and the analysis run again
+    raw = yaml.safe_load(study.read_text())
+    raw["profiles"]["tiny"]["samplers"]["alignment"]["max_tokens"] += 1
+    study.write_text(yaml.safe_dump(raw))
+    out = _mt(env)
+    new = _runs(home)[len(first):]
+    assert [(j, p) for j, p, _ in new] == [("cell_job", CELL), ("analysis_job", None)], new
+    assert new[0][2] == {"alignment_completions", "alignment_scores"}
+    assert "code version" in out and "inputs: up to date" in out and "coupling: up to date" in out
+
+    # --force with --cells redoes the cell, not the current inputs or coupling adapter
+    before = len(_runs(home))
+    _mt(env, "--force")
+    forced = _runs(home)[before:]
+    assert [(j, p) for j, p, _ in forced] == [("cell_job", CELL), ("analysis_job", None)]
+    assert "cell_adapter" in forced[0][2] and "marker_rates" in forced[0][2]
+
+
+def test_a_dead_run_is_marked_failed_and_frees_its_slot():
+    """A run left STARTED by a killed `mt run` (its pid gone) would hold its gpu slot for ever."""
+    import socket
+
+    from mt_runner import HOST_TAG, PID_TAG, reconcile_dead_runs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer exists
+    with dg.instance_for_test() as inst:
+        inst.event_log_storage.set_concurrency_slots("gpu", 1)
+        runs = {}
+        for name, pid in (("dead", dead.pid), ("alive", os.getpid())):
+            run = dg.DagsterRun(job_name="cell_job", run_id=f"{name}-run", status=dg.DagsterRunStatus.STARTED,
+                                tags={PID_TAG: str(pid), HOST_TAG: socket.gethostname()})
+            inst.run_storage.add_run(run)
+            runs[name] = run
+        assert inst.event_log_storage.claim_concurrency_slot("gpu", "dead-run", "cell_adapter").is_claimed
+        assert inst.event_log_storage.get_concurrency_info("gpu").active_slot_count == 1
+        assert reconcile_dead_runs(inst, log=lambda *_: None) == ["dead-run"]
+        assert inst.get_run_by_id("dead-run").status == dg.DagsterRunStatus.FAILURE
+        assert inst.get_run_by_id("alive-run").status == dg.DagsterRunStatus.STARTED
+        assert inst.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
