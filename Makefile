@@ -46,7 +46,7 @@ test-slow: setup browser
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
 
 ui: setup
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean-artifacts:
 	rm -rf artifacts .dagster

@@ -97,7 +97,7 @@ def cmd_run(args) -> int:
         if stale:
             print(f"removed {stale} staging folder(s) left by killed steps")
         ran = Runner(d, instance, cells=cells, force=args.force, cells_only=bool(args.cells),
-                     log_level=args.log_level).run()
+                     log_level=args.log_level, launch=args.launch).run()
         if not ran:
             print("nothing to do: every artefact is current (--force redoes)")
     total = time.perf_counter() - t0
@@ -109,8 +109,8 @@ def cmd_run(args) -> int:
     print(f"Figure:  {summary / StudySummary.FIGURE_PNG}")
     print(f"DuckDB:  {artefact_dir(d.ARTIFACTS, Catalog.asset) / Catalog.FILE}   (try: mt sql \"SELECT cell, persona, "
           f"avg(strict_hit::int) FROM completions GROUP BY ALL ORDER BY ALL\")")
-    print(f"Web UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -h 127.0.0.1 -p 3000  "
-          f"(or `make ui`), then open http://127.0.0.1:3000")
+    print(f"Web UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 "
+          f"-p 3000  (or `make ui`), then open http://127.0.0.1:3000")
     return 0
 
 
@@ -320,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         d.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING"],
                        help="Dagster console log level (default WARNING; the progress lines are always shown)")
         d.add_argument("--gpus", type=int, help="set the gpu pool limit (default: keep it, or the GPUs found if unset)")
+        d.add_argument("--launch", choices=["auto", "inline", "queued"], default="auto",
+                       help="inline: each run in this process, one after another; queued: through the instance's run "
+                            "queue and the Dagster daemon (started if none runs), up to the gpu pool's slots at once; "
+                            "auto (default): queued when the gpu pool has more than one slot")
         d.set_defaults(fn=cmd_run if name == "run" else cmd_demo)
 
     doc = sub.add_parser("doctor", parents=[common], help="check everything a study needs before GPU work")

@@ -10,19 +10,34 @@ stage sees what the one before it just published:
   when an asset it is built from runs in the same partition (``after <asset>``);
 * the analysis runs when anything ran, or when it is missing or stale itself.
 
-A run is tagged with this process's pid and host; runs of an earlier ``mt run`` that was killed (still STARTED, their
-process gone) are marked failed and their pool slots freed before anything starts, so they never block the queue.
+How runs are executed (``launch``): ``inline`` runs each one in this process, one after another (no daemon; what a
+CPU or one-GPU machine wants); ``queued`` submits them to the instance's run queue, where the Dagster daemon launches
+each in its own process, at most as many at once as the ``gpu`` pool has slots (N cells on N GPUs at once; the pool
+and the GPU leases keep their GPU steps apart). ``auto`` is queued when the pool has more than one slot.
+
+Inline runs are tagged with this process's pid and host; runs of an earlier ``mt run`` that was killed (still STARTED,
+their process gone) are marked failed and their pool slots freed before anything starts, so they never block the
+queue. Queued runs are watched by the daemon's run monitoring, which does the same for a dead run worker.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
-PID_TAG, HOST_TAG, STUDY_TAG = "mt/pid", "mt/host", "mt/study"
+ROOT = Path(__file__).resolve().parent
+WORKSPACE = ROOT / "workspace.yaml"
+LOCATION = "marker_transfer"
+PID_TAG, HOST_TAG, STUDY_TAG, GPU_TAG = "mt/pid", "mt/host", "mt/study", "mt/gpu"
 STAGES = ("inputs_job", "coupling_job", "cell_job", "analysis_job")
+FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 
 @dataclass
@@ -74,7 +89,8 @@ def plan_item(defs, job: str, partition: str | None, latest: Callable, force: bo
 
 
 def reconcile_dead_runs(instance, log: Callable[[str], None] = print) -> list[str]:
-    """Runs of a killed ``mt run`` (STARTED or STARTING, their process gone on this host): marked failed, slots freed."""
+    """Runs of a killed ``mt run`` (STARTED or STARTING, their process gone on this host): marked failed, their pool
+    slots freed."""
     import dagster as dg
 
     host, dead = socket.gethostname(), []
@@ -105,9 +121,11 @@ class Runner:
     """Executes a study's plan stage by stage in this process (one Dagster run per item), printing progress."""
 
     def __init__(self, defs_module, instance, *, cells: list[str], force: bool = False, cells_only: bool = False,
-                 log_level: str = "WARNING", out: Callable[[str], None] = print):
+                 log_level: str = "WARNING", launch: str = "auto", out: Callable[[str], None] = print):
         self.d, self.instance, self.cells, self.force, self.cells_only = defs_module, instance, cells, force, cells_only
         self.log_level, self.out = log_level, out
+        self.slots = max(1, instance.event_log_storage.get_concurrency_info("gpu").slot_count or 1)
+        self.launch = ("queued" if self.slots > 1 else "inline") if launch == "auto" else launch
         self.ran: list[Item] = []
         self.seconds: dict[str, float] = {}
 
@@ -129,6 +147,15 @@ class Runner:
         return [plan_item(self.d.defs, job, p, self.latest, force=force) for p in parts]
 
     def run(self) -> list[Item]:
+        self.out(f"launch: {self.launch}" + (f", up to {self.slots} runs at once (gpu pool)" if self.launch == "queued"
+                                              else ", one run after another in this process"))
+        with contextlib.ExitStack() as stack:
+            if self.launch == "queued":
+                stack.enter_context(daemon(self.instance, self.out))
+                self.queue = stack.enter_context(RunQueue(self.instance))
+            return self._stages()
+
+    def _stages(self) -> list[Item]:
         for job in STAGES:
             items = self.stage_items(job)
             if job == "analysis_job" and self.ran and not items[0].assets:
@@ -139,6 +166,9 @@ class Runner:
             current = [i.label for i in items if not i.assets]
             if current:
                 self.out(f"{job.removesuffix('_job')}: up to date: {', '.join(current)}")
+            if self.launch == "queued":
+                self._queued(job, todo)
+                continue
             t_stage = time.perf_counter()
             for n, item in enumerate(todo, 1):
                 self.out(f"{item.label}: running {', '.join(item.assets)} ({_why(item)})")
@@ -150,6 +180,43 @@ class Runner:
                          f"eta {eta:.0f}s]")
                 self.ran.append(item)
         return self.ran
+
+    def _queued(self, job: str, todo: list[Item]) -> None:
+        """Submit the stage's runs, at most ``slots`` in flight; one status line per change; fail after the stage."""
+        pending, flying, failed, t_stage = list(todo), {}, [], time.perf_counter()
+        stage = job.removesuffix("_job")
+        while pending or flying:
+            while pending and len(flying) < self.slots:
+                item = pending.pop(0)
+                run_id = self.queue.submit(item, {STUDY_TAG: self.d.STUDY.name})
+                flying[run_id] = Flight(item)
+                self.out(f"{item.label}: queued {', '.join(item.assets)} ({_why(item)}) run {run_id[:8]}")
+            time.sleep(1)
+            for run_id, f in list(flying.items()):
+                status = self.instance.get_run_by_id(run_id).status.value
+                if status == "STARTED" and f.started is None:
+                    f.started = time.perf_counter()
+                    self.out(f"{f.item.label}: running")
+                if status == "STARTED" and (gpu := _gpu_of(self.instance, run_id)) not in (None, f.gpu):
+                    f.gpu = gpu
+                    self.out(f"{f.item.label}: running on GPU {gpu}")
+                if status not in FINISHED:
+                    continue
+                del flying[run_id]
+                dt = time.perf_counter() - (f.started or t_stage)
+                self.seconds[f.item.label] = dt
+                done = len(todo) - len(pending) - len(flying)
+                eta = (time.perf_counter() - t_stage) / done * (len(todo) - done)
+                if status == "SUCCESS":
+                    self.ran.append(f.item)
+                    self.out(f"{f.item.label}: done in {dt:.0f}s  [{stage} {done}/{len(todo)}, eta {eta:.0f}s]")
+                else:
+                    why = _failure(self.instance, run_id)
+                    failed.append(f"{f.item.label}: {why}")
+                    self.out(f"{f.item.label}: FAILED after {dt:.0f}s (run {run_id}): {why}")
+        if failed:
+            raise SystemExit(f"{stage}: {len(failed)} of {len(todo)} run(s) failed; later stages not started:\n"
+                             + "\n".join(f"  {f}" for f in failed))
 
     def execute(self, item: Item) -> float:
         import dagster as dg
@@ -170,8 +237,116 @@ class Runner:
         return dt
 
 
+@dataclass
+class Flight:
+    """A submitted run as `mt run` follows it."""
+    item: Item
+    started: float | None = None
+    gpu: str | None = None
+
+
 def _why(item: Item) -> str:
     first = {}
     for a, r in item.reasons.items():
         first.setdefault(r.split(":")[0] if not r.startswith("after") else "after", (a, r))
     return "; ".join(f"{a}: {r}" for a, r in first.values())
+
+
+def _gpu_of(instance, run_id: str) -> str | None:
+    """The device a run's latest GPU step leased (its "gpu: leased device i of n" log line), if any yet."""
+    leased = [e.user_message.split()[3] for e in instance.all_logs(run_id)
+              if (e.user_message or "").startswith("gpu: leased device ")]
+    return leased[-1] if leased else None
+
+
+def _failure(instance, run_id: str) -> str:
+    """The first step failure's message of a run (or the run failure's)."""
+    for e in instance.all_logs(run_id):
+        ev = e.dagster_event
+        if ev is not None and ev.is_step_failure and ev.step_failure_data and ev.step_failure_data.error:
+            return f"step {ev.step_key}: {ev.step_failure_data.error.message.strip().splitlines()[0]}"
+    return next((e.user_message for e in instance.all_logs(run_id)
+                 if e.dagster_event is not None and e.dagster_event.event_type_value == "RUN_FAILURE"),
+                "see the run's logs")
+
+
+class RunQueue:
+    """Creates runs of the workspace's code location and submits them to the instance's run queue."""
+
+    def __init__(self, instance):
+        self.instance = instance
+
+    def __enter__(self):
+        from dagster._core.workspace.context import WorkspaceProcessContext
+        from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+        self._wpc = WorkspaceProcessContext(self.instance, WorkspaceFileTarget(paths=[str(WORKSPACE)]),
+                                            code_server_log_level="WARNING")
+        self._wpc.__enter__()
+        self.ctx = self._wpc.create_request_context()
+        err = self.ctx.get_code_location_error(LOCATION)
+        if err:
+            raise RuntimeError(f"code location {LOCATION} failed to load: {err.message}")
+        self.loc = self.ctx.get_code_location(LOCATION)
+        self.repo = next(iter(self.loc.get_repositories().values()))
+        return self
+
+    def __exit__(self, *exc):
+        self._wpc.__exit__(*exc)
+
+    def submit(self, item: Item, tags: dict) -> str:
+        import dagster as dg
+        from dagster._core.definitions.selector import JobSubsetSelector
+
+        keys = frozenset(dg.AssetKey(a) for a in item.assets)
+        remote = self.loc.get_job(JobSubsetSelector(location_name=self.loc.name, repository_name=self.repo.name,
+                                                    job_name=item.job, op_selection=None, asset_selection=keys,
+                                                    asset_check_selection=None))
+        tags = {**tags, **({"dagster/partition": item.partition} if item.partition else {})}
+        plan = self.loc.get_execution_plan(remote, {}, step_keys_to_execute=None, known_state=None,
+                                           instance=self.instance).execution_plan_snapshot
+        run = self.instance.create_run(
+            job_name=item.job, run_id=None, run_config={}, resolved_op_selection=remote.resolved_op_selection,
+            step_keys_to_execute=plan.step_keys_to_execute, op_selection=None, status=None, root_run_id=None,
+            parent_run_id=None, tags=tags, job_snapshot=remote.job_snapshot, execution_plan_snapshot=plan,
+            parent_job_snapshot=remote.parent_job_snapshot, remote_job_origin=remote.get_remote_origin(),
+            job_code_origin=remote.get_python_origin(), asset_selection=keys, asset_check_selection=None,
+            asset_graph=self.repo.asset_graph)
+        return self.instance.submit_run(run.run_id, self.ctx).run_id
+
+
+@contextlib.contextmanager
+def daemon(instance, out: Callable[[str], None] = print, timeout_s: float = 180):
+    """A Dagster daemon serving this instance: one already running, or one started here and stopped on exit."""
+    if _daemon_alive(instance):
+        out("daemon: using the one already running for this instance")
+        yield None
+        return
+    log = Path(os.environ["DAGSTER_HOME"]) / "mt_daemon.log"
+    exe = Path(sys.executable).with_name("dagster-daemon")
+    with open(log, "ab") as f:
+        proc = subprocess.Popen([str(exe), "run", "-w", str(WORKSPACE)], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    out(f"daemon: started pid {proc.pid} (log {log})")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _daemon_alive(instance):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Dagster daemon did not come up (exit {proc.poll()}); see {log}")
+            time.sleep(1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _daemon_alive(instance, fresh_s: float = 60) -> bool:
+    """A daemon has sent a heartbeat for this instance's run queue in the last ``fresh_s`` seconds."""
+    beats = instance.get_daemon_heartbeats()
+    now = time.time()
+    return any(k == "QUEUED_RUN_COORDINATOR" and now - hb.timestamp < fresh_s for k, hb in beats.items())

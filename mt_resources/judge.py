@@ -18,7 +18,7 @@ class JudgeResource(dg.ConfigurableResource):
 
     @classmethod
     def for_study(cls, study: Study, root) -> "JudgeResource":
-        """The study's judge: its kind, prompt file, model, max_tokens and concurrency; answers cached under ``root``."""
+        """The study's judge: its kind, prompt file, model, max_tokens and concurrency; answers cached in ``root``."""
         j = study.judge
         return cls(kind=j.kind, prompt_path=str(study.path(study.judge_prompt)), model=j.model,
                    max_tokens=j.max_tokens, concurrency=j.concurrency, cache_path=str(root / JUDGE_CACHE))

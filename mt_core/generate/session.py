@@ -1,4 +1,7 @@
-"""One generation engine for a block of calls: ``with session(study, model_dir, adapters) as gen: gen(chats, spec, what)``.
+"""One generation engine for a block of calls:
+
+    with session(study, model_dir, adapters) as gen:
+        completions = gen(chats, spec, what)
 
 The engine is the study's ``backend``: transformers (the model loaded once, adapters merged in memory in training
 order, or a model the caller already holds) or one vLLM engine (``backend.lora`` says how adapters are wired).

@@ -12,7 +12,8 @@ from typing import Any
 
 from mt_core.config import cell_key, parse_cell_key
 from mt_core.io import DataError, md5_file, read_json, write_json
-from mt_core.layout import (AlignmentScores, ArcScores, Audit, Legacy, MarkerRates, artefact_dir, cell_numbers, write_rows)
+from mt_core.layout import (AlignmentScores, ArcScores, Audit, Legacy, MarkerRates, artefact_dir, cell_numbers,
+                            write_rows)
 
 PROFILE = "legacy"
 JUDGE = "claude-sonnet-4-5-20250929 (legacy import)"
