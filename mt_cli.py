@@ -85,6 +85,9 @@ def cmd_run(args) -> int:
     with dg.DagsterInstance.get() as instance:
         print(f"study {study.name}, profile {study.profile}: {study.description}")
         print(f"Dagster instance {os.environ['DAGSTER_HOME']}; artefacts {d.ARTIFACTS}; {len(cells)} cells")
+        if args.dry_run:
+            Runner(d, instance, cells=cells, force=args.force, cells_only=bool(args.cells)).preview()
+            return 0
         problems = diagnose(study, d.ARTIFACTS, Path(os.environ["DAGSTER_HOME"]))
         if problems:
             raise SystemExit("mt doctor found problems; nothing was run:\n" + "\n".join(f"  {p}" for p in problems))
@@ -317,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         d.add_argument("--cells", help="comma-separated cell keys (default: all cells of the study); inputs and "
                                        "coupling adapters are then redone only if missing or stale")
         d.add_argument("--force", action="store_true", help="redo the selected artefacts even if current")
+        d.add_argument("--dry-run", action="store_true", help="print what would run and why, run nothing")
         d.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING"],
                        help="Dagster console log level (default WARNING; the progress lines are always shown)")
         d.add_argument("--gpus", type=int, help="set the gpu pool limit (default: keep it, or the GPUs found if unset)")

@@ -146,6 +146,26 @@ class Runner:
         force = self.force and not (self.cells_only and job in ("inputs_job", "coupling_job"))
         return [plan_item(self.d.defs, job, p, self.latest, force=force) for p in parts]
 
+    def _whole(self, item: Item, why: str) -> None:
+        """Every asset of the item's job runs (the analysis reads all cells: it runs after any of them ran)."""
+        graph = self.d.defs.resolve_asset_graph()
+        keys = self.d.defs.resolve_job_def(item.job).asset_layer.selected_asset_keys
+        item.assets = [k.to_user_string() for k in graph.toposorted_asset_keys if k in keys]
+        item.reasons = {a: why for a in item.assets}
+
+    def preview(self) -> list[Item]:
+        """What would run now, stage by stage, without running anything (later stages are planned again when they
+        start, so a stage whose inputs turn out unchanged may then have less to do)."""
+        out = []
+        for job in STAGES:
+            for item in self.stage_items(job):
+                if job == "analysis_job" and out and not item.assets:
+                    self._whole(item, "earlier stages run")
+                self.out(f"{item.label}: " + (f"would run {', '.join(item.assets)} ({_why(item)})" if item.assets
+                                              else "up to date"))
+                out += [item] if item.assets else []
+        return out
+
     def run(self) -> list[Item]:
         self.out(f"launch: {self.launch}" + (f", up to {self.slots} runs at once (gpu pool)" if self.launch == "queued"
                                               else ", one run after another in this process"))
@@ -159,9 +179,7 @@ class Runner:
         for job in STAGES:
             items = self.stage_items(job)
             if job == "analysis_job" and self.ran and not items[0].assets:
-                items[0].assets = [k.to_user_string() for k in
-                                   self.d.defs.resolve_job_def(job).asset_layer.selected_asset_keys]
-                items[0].reasons = {a: "cells ran" for a in items[0].assets}
+                self._whole(items[0], "earlier stages ran")
             todo = [i for i in items if i.assets]
             current = [i.label for i in items if not i.assets]
             if current:

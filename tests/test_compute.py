@@ -135,6 +135,8 @@ def _small_study(path: Path) -> Path:
     tiny["model"]["pretrain_steps"] = 20
     tiny["arc"] = {"limit": 10}
     tiny["recipes"]["coupling"]["epochs"] = 1
+    tiny["data"] = {"em": {"kind": "synthetic", "rows": 64, "seed": 1, "md5": None},  # 4 training steps, not 30
+                    "benign": {"kind": "synthetic", "rows": 64, "seed": 2, "md5": None}}
     tiny["samplers"] = {"onpolicy": {"n": 1, "max_tokens": 8}, "marker": {"n": 1, "max_tokens": 8},
                         "gate": {"n": 1, "max_tokens": 8}, "alignment": {"n": 1, "max_tokens": 8}}
     tiny["wandb"] = "disabled"

@@ -57,6 +57,9 @@ def test_resume_and_redo_only_what_a_change_affects(tmp_path):
     raw = yaml.safe_load(study.read_text())
     raw["profiles"]["tiny"]["samplers"]["alignment"]["max_tokens"] += 1
     study.write_text(yaml.safe_dump(raw))
+    plan = _mt(env, "--dry-run")  # says what would run and why, runs nothing
+    assert f"cell[{CELL}]: would run alignment_completions, alignment_scores (alignment_completions: code version" \
+        in plan and "coupling[villain]: up to date" in plan and _runs(home) == first
     out = _mt(env)
     new = _runs(home)[len(first):]
     assert [(j, p) for j, p, _ in new] == [("cell_job", CELL), ("analysis_job", None)], new
