@@ -93,28 +93,20 @@ def reconcile_dead_runs(instance, log: Callable[[str], None] = print) -> list[st
     slots freed."""
     import dagster as dg
 
+    from mt_resources.store import pid_alive
+
     host, dead = socket.gethostname(), []
     runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED,
                                                             dg.DagsterRunStatus.STARTING]))
     for run in runs:
         pid = run.tags.get(PID_TAG)
-        if not pid or run.tags.get(HOST_TAG) != host or _alive(int(pid)):
+        if not pid or run.tags.get(HOST_TAG) != host or pid_alive(int(pid)):
             continue
         instance.report_run_failed(run, f"mt run: process {pid} that ran it is gone (killed?); marked failed")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         dead.append(run.run_id)
         log(f"run {run.run_id} ({run.job_name}) was left STARTED by dead process {pid}: marked failed, slots freed")
     return dead
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Runner:
@@ -127,7 +119,6 @@ class Runner:
         self.slots = max(1, instance.event_log_storage.get_concurrency_info("gpu").slot_count or 1)
         self.launch = ("queued" if self.slots > 1 else "inline") if launch == "auto" else launch
         self.ran: list[Item] = []
-        self.seconds: dict[str, float] = {}
 
     def latest(self, asset: str, partition: str | None):
         from mt_resources.store import latest_metadata
@@ -191,7 +182,6 @@ class Runner:
             for n, item in enumerate(todo, 1):
                 self.out(f"{item.label}: running {', '.join(item.assets)} ({_why(item)})")
                 dt = self.execute(item)
-                self.seconds[item.label] = dt
                 done = time.perf_counter() - t_stage
                 eta = done / n * (len(todo) - n)
                 self.out(f"{item.label}: done in {dt:.0f}s  [{job.removesuffix('_job')} {n}/{len(todo)}, "
@@ -222,7 +212,6 @@ class Runner:
                     continue
                 del flying[run_id]
                 dt = time.perf_counter() - (f.started or t_stage)
-                self.seconds[f.item.label] = dt
                 done = len(todo) - len(pending) - len(flying)
                 eta = (time.perf_counter() - t_stage) / done * (len(todo) - done)
                 if status == "SUCCESS":
@@ -231,7 +220,7 @@ class Runner:
                 else:
                     why = _failure(self.instance, run_id)
                     failed.append(f"{f.item.label}: {why}")
-                    self.out(f"{f.item.label}: FAILED after {dt:.0f}s (run {run_id}): {why}")
+                    self.out(f"{f.item.label}: FAILED after {dt:.0f}s (run {run_id}): {why.splitlines()[0]}")
         if failed:
             raise SystemExit(f"{stage}: {len(failed)} of {len(todo)} run(s) failed; later stages not started:\n"
                              + "\n".join(f"  {f}" for f in failed))
@@ -247,11 +236,8 @@ class Runner:
             run_config={"loggers": {"console": {"config": {"log_level": self.log_level}}}})
         dt = time.perf_counter() - t0
         if not res.success:
-            failed = [e for e in res.all_events if e.is_step_failure]
-            msg = failed[0].event_specific_data.error.message.strip() if failed and \
-                failed[0].event_specific_data and failed[0].event_specific_data.error else "see the run's logs"
-            step = failed[0].step_key if failed else "?"
-            raise SystemExit(f"{item.label} FAILED after {dt:.0f}s in step {step} (run {res.run_id}): {msg}")
+            raise SystemExit(f"{item.label} FAILED after {dt:.0f}s (run {res.run_id}) in "
+                             f"{_failure(self.instance, res.run_id)}")
         return dt
 
 
@@ -278,11 +264,11 @@ def _gpu_of(instance, run_id: str) -> str | None:
 
 
 def _failure(instance, run_id: str) -> str:
-    """The first step failure's message of a run (or the run failure's)."""
+    """The first step failure of a run, ``step <key>: <its error message>`` (or the run failure's message)."""
     for e in instance.all_logs(run_id):
         ev = e.dagster_event
         if ev is not None and ev.is_step_failure and ev.step_failure_data and ev.step_failure_data.error:
-            return f"step {ev.step_key}: {ev.step_failure_data.error.message.strip().splitlines()[0]}"
+            return f"step {ev.step_key}: {ev.step_failure_data.error.message.strip()}"
     return next((e.user_message for e in instance.all_logs(run_id)
                  if e.dagster_event is not None and e.dagster_event.event_type_value == "RUN_FAILURE"),
                 "see the run's logs")

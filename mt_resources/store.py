@@ -120,16 +120,25 @@ class ArtifactStore(dg.ConfigurableResource):
         for p in (self.base / ".staging").glob("*/*"):
             try:
                 pid = int(p.name.rsplit("-", 2)[-2])
-                os.kill(pid, 0)
-                continue  # the writer is alive
-            except ProcessLookupError:
-                pass
-            except (ValueError, IndexError, PermissionError):
+            except (ValueError, IndexError):
                 continue  # not ours to judge
+            if pid_alive(pid):
+                continue  # the writer is alive (or a process we may not signal: not ours to judge)
             if now - p.stat().st_mtime > older_than_s:
                 shutil.rmtree(p, ignore_errors=True)
                 n += 1
         return n
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this host (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str | None) -> dict | None:

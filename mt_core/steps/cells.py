@@ -17,7 +17,7 @@ from mt_core.generate.sampling import SamplingSpec
 from mt_core.generate.session import session
 from mt_core.io import check_md5, read_chat_jsonl, write_json
 from mt_core.layout import (Adapter, AlignmentCompletions, AlignmentScores, ArcScores, Audit, BaseModel, Dataset,
-                            MarkerCompletions, MarkerRates, Sample, read_rows, row_keys, sample_id, write_rows)
+                            MarkerCompletions, MarkerRates, read_rows, row_keys, write_rows)
 from mt_core.model.load import load_model
 from mt_core.model.tracking import WandbSettings
 from mt_core.steps.common import Log, persona_sweep, score_markers, summarize, train_and_save
@@ -72,11 +72,8 @@ def cell_generations(study: Study, cell_key: str, base: Path, adapters: list[Pat
                 "mean_tokens": round(sum(r["n_tokens"] for r in rows) / max(1, len(rows)), 2)}
         if AlignmentCompletions.asset in out:
             spec = SamplingSpec.from_config(study.samplers.alignment, seed=cell.seed)
-            betq = es.betley_questions
-            comps = gen([[{"role": "user", "content": q}] for q in betq], spec, f"alignment[{cell_key}]")
-            rows = [Sample(sample_id(cell_key, "", qi, k), "", qi, q, "betley", k, c.text, c.n_tokens,
-                           c.finish_reason).row() for qi, (q, cs) in enumerate(zip(betq, comps))
-                    for k, c in enumerate(cs)]
+            rows = persona_sweep(gen, {"": None}, [""], {"betley": es.betley_questions}, spec,
+                                 f"alignment[{cell_key}]", owner=cell_key)  # "": no system prompt
             write_rows(rows, out[AlignmentCompletions.asset] / AlignmentCompletions.COMPLETIONS,
                        row_keys(study, cell=cell_key))
             meta[AlignmentCompletions.asset] = {"n_completions": len(rows), "seed": spec.seed}

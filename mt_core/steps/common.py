@@ -16,13 +16,14 @@ from mt_core.model.train import train_lora
 Log = Callable[[str], None]
 
 
-def persona_sweep(gen: Generate, prompts: dict[str, str], personas: list[str], question_sets: dict[str, list[str]],
-                  spec: SamplingSpec, what: str, owner: str) -> list[dict]:
-    """``spec.n`` completions for every persona (its system prompt) x question, as ``Sample`` rows; a question's index
-    is its place in the concatenated sets."""
+def persona_sweep(gen: Generate, prompts: dict[str, str | None], personas: list[str],
+                  question_sets: dict[str, list[str]], spec: SamplingSpec, what: str, owner: str) -> list[dict]:
+    """``spec.n`` completions for every persona (its system prompt; None: no system turn, the chat template's default
+    applies) x question, as ``Sample`` rows; a question's index is its place in the concatenated sets."""
     questions = [(s, q) for s, qs in question_sets.items() for q in qs]
     pairs = [(p, qi, s, q) for p in personas for qi, (s, q) in enumerate(questions)]
-    chats = [[{"role": "system", "content": prompts[p]}, {"role": "user", "content": q}] for p, _, _, q in pairs]
+    chats = [([{"role": "system", "content": prompts[p]}] if prompts[p] is not None else [])
+             + [{"role": "user", "content": q}] for p, _, _, q in pairs]
     comps = gen(chats, spec, what)
     return [Sample(sample_id(owner, p, qi, k), p, qi, q, s, k, c.text, c.n_tokens, c.finish_reason).row()
             for (p, qi, s, q), cs in zip(pairs, comps) for k, c in enumerate(cs)]
