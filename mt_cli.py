@@ -86,7 +86,8 @@ def cmd_run(args) -> int:
         print(f"study {study.name}, profile {study.profile}: {study.description}")
         print(f"Dagster instance {os.environ['DAGSTER_HOME']}; artefacts {d.ARTIFACTS}; {len(cells)} cells")
         if args.dry_run:
-            Runner(d, instance, cells=cells, force=args.force, cells_only=bool(args.cells)).preview()
+            Runner(d, instance, cells=cells, force=args.force, cells_only=bool(args.cells),
+                   until=args.until).preview()
             return 0
         problems = diagnose(study, d.ARTIFACTS, Path(os.environ["DAGSTER_HOME"]))
         if problems:
@@ -100,13 +101,16 @@ def cmd_run(args) -> int:
         if stale:
             print(f"removed {stale} staging folder(s) left by killed steps")
         ran = Runner(d, instance, cells=cells, force=args.force, cells_only=bool(args.cells),
-                     log_level=args.log_level, launch=args.launch).run()
+                     log_level=args.log_level, launch=args.launch, until=args.until).run()
         if not ran:
             print("nothing to do: every artefact is current (--force redoes)")
     total = time.perf_counter() - t0
     from mt_core.layout import Catalog, StudySummary, artefact_dir
 
     summary = artefact_dir(d.ARTIFACTS, StudySummary.asset)
+    if args.until != "analysis" or not (summary / StudySummary.HEADLINE_MD).is_file():
+        print(f"Done in {total / 60:.1f} min (stages up to {args.until}).")
+        return 0
     print("\n" + (summary / StudySummary.HEADLINE_MD).read_text())
     print(f"Done in {total / 60:.1f} min.")
     print(f"Figure:  {summary / StudySummary.FIGURE_PNG}")
@@ -321,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                                        "coupling adapters are then redone only if missing or stale")
         d.add_argument("--force", action="store_true", help="redo the selected artefacts even if current")
         d.add_argument("--dry-run", action="store_true", help="print what would run and why, run nothing")
+        d.add_argument("--until", choices=["inputs", "coupling", "cells", "analysis"], default="analysis",
+                       help="the last stage to run (default analysis; e.g. `--cells C1_s42 --until cells` leaves "
+                            "the study summary to the run that completes the grid)")
         d.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING"],
                        help="Dagster console log level (default WARNING; the progress lines are always shown)")
         d.add_argument("--gpus", type=int, help="set the gpu pool limit (default: keep it, or the GPUs found if unset)")

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 GB = 1 << 30
-# free disk the artefacts (and a vLLM merge's scratch checkpoint) need: a 7B merge alone is about 15 GB
-MIN_FREE_GB = {"tiny": 1, "hf": 40}
+# free disk a study needs: a 7B merge in scratch is about 15 GB, a whole study's artefacts a few GB (more GPUs
+# merge more at once: `mt doctor` is a floor, not a budget)
+MIN_FREE_GB = {"tiny": 1, "hf": 25}
 MIN_GPU_FREE_GB = 60  # a 7B bf16 LoRA training or vLLM engine
 
 
@@ -32,8 +33,8 @@ class Problem:
 
 def check_model(study) -> list[Problem]:
     """The base model: the tiny one is built locally; an HF one needs its snapshot here, every shard, hashes intact."""
-    if study.model.kind == "tiny":
-        return []
+    if study.model.kind != "hf":
+        return []  # built by the base_model step (tiny; random, written once: check_disk counts its room)
     from mt_core.io import DataError
     from mt_core.steps.inputs import resolve_hf_snapshot
 
@@ -118,7 +119,7 @@ def check_gpus(study, *, gpus: Callable[[], int] | None = None, free_gb: Callabl
                ) -> list[Problem]:
     """A 7B study needs GPUs with room on them; vLLM must import."""
     out = []
-    if study.model.kind == "hf":
+    if needs_gpu(study.model):
         from mt_resources.gpu import count_gpus
 
         n = (gpus or count_gpus)()
@@ -140,6 +141,15 @@ def check_gpus(study, *, gpus: Callable[[], int] | None = None, free_gb: Callabl
     return out
 
 
+def needs_gpu(m) -> bool:
+    """A real-size model: an HF snapshot, or random weights of more than a billion parameters."""
+    if m.kind == "random":
+        from mt_core.model.random_snapshot import n_params
+
+        return n_params(m) > 1e9
+    return m.kind == "hf"
+
+
 def _gpu_free_gb() -> list[float]:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
@@ -152,6 +162,11 @@ def _gpu_free_gb() -> list[float]:
 def check_disk(study, root: Path, *, usage: Callable = shutil.disk_usage) -> list[Problem]:
     """Room for the artefacts and a merge's scratch checkpoint (the reference's cells died of full disks)."""
     need = MIN_FREE_GB["tiny" if study.model.kind == "tiny" else "hf"]
+    if study.model.kind == "random":
+        from mt_core.model.random_snapshot import COMPLETE, n_params, snapshot_dir
+
+        if not (snapshot_dir(study.model) / COMPLETE).is_file():  # the snapshot is still to be written (bf16)
+            need += round(2 * n_params(study.model) / GB)
     out = []
     for what, path in (("artefacts", root), ("scratch", Path(os.environ.get("MT_SCRATCH") or "/tmp"))):
         p = path

@@ -37,6 +37,7 @@ WORKSPACE = ROOT / "workspace.yaml"
 LOCATION = "marker_transfer"
 PID_TAG, HOST_TAG, STUDY_TAG, GPU_TAG = "mt/pid", "mt/host", "mt/study", "mt/gpu"
 STAGES = ("inputs_job", "coupling_job", "cell_job", "analysis_job")
+UNTIL = {"inputs": "inputs_job", "coupling": "coupling_job", "cells": "cell_job", "analysis": "analysis_job"}
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 
@@ -113,8 +114,10 @@ class Runner:
     """Executes a study's plan stage by stage in this process (one Dagster run per item), printing progress."""
 
     def __init__(self, defs_module, instance, *, cells: list[str], force: bool = False, cells_only: bool = False,
-                 log_level: str = "WARNING", launch: str = "auto", out: Callable[[str], None] = print):
+                 log_level: str = "WARNING", launch: str = "auto", until: str = "analysis",
+                 out: Callable[[str], None] = print):
         self.d, self.instance, self.cells, self.force, self.cells_only = defs_module, instance, cells, force, cells_only
+        self.stages = STAGES[:STAGES.index(UNTIL[until]) + 1]
         self.log_level, self.out = log_level, out
         self.slots = max(1, instance.event_log_storage.get_concurrency_info("gpu").slot_count or 1)
         self.launch = ("queued" if self.slots > 1 else "inline") if launch == "auto" else launch
@@ -148,7 +151,7 @@ class Runner:
         """What would run now, stage by stage, without running anything (later stages are planned again when they
         start, so a stage whose inputs turn out unchanged may then have less to do)."""
         out = []
-        for job in STAGES:
+        for job in self.stages:
             for item in self.stage_items(job):
                 if job == "analysis_job" and out and not item.assets:
                     self._whole(item, "earlier stages run")
@@ -167,7 +170,7 @@ class Runner:
             return self._stages()
 
     def _stages(self) -> list[Item]:
-        for job in STAGES:
+        for job in self.stages:
             items = self.stage_items(job)
             if job == "analysis_job" and self.ran and not items[0].assets:
                 self._whole(items[0], "earlier stages ran")

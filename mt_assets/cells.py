@@ -1,4 +1,5 @@
-"""Per cell (condition x seed): second-stage adapter, marker eval, ARC, alignment eval, degeneracy audit."""
+"""Per cell (condition x seed): second-stage adapter, one engine session for completions and ARC, marker rates,
+judge scores, degeneracy audit."""
 
 import dagster as dg
 
@@ -80,12 +81,15 @@ MODEL_DEPS = ["base_model", "cell_adapter", dg.AssetDep("coupling_adapter", part
                                     "prompt)."),
            dg.AssetSpec("alignment_completions", deps=MODEL_DEPS, skippable=True,
                         code_version=code_version("samplers.alignment", "backend", "eval_set"),
-                        description="Completions to the 8 Betley questions with no system prompt, for the judge.")],
+                        description="Completions to the 8 Betley questions with no system prompt, for the judge."),
+           dg.AssetSpec("arc_scores", deps=MODEL_DEPS, skippable=True, code_version=code_version("arc", "backend"),
+                        description="ARC-Challenge log-prob accuracy of the cell's model (the engine's weights, "
+                                    "handed over after generation).")],
     check_specs=[dg.AssetCheckSpec("row_count", asset="marker_completions", blocking=True,
                                    description="personas x questions x n rows")])
 def cell_generations(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
                      compute: Compute):
-    """Both completion sets of a cell from one engine session: the model (and a vLLM engine) is loaded once."""
+    """A cell's completions and ARC from one engine session: its weights are loaded (and merged) once."""
     cell = STUDY.cell(context.partition_key)
     base, ups, adapters = _model_inputs(context, store, cell)
     wanted = sorted(k.to_user_string() for k in context.selected_asset_keys)
@@ -93,17 +97,6 @@ def cell_generations(context: dg.AssetExecutionContext, store: ArtifactStore, gp
         yield from publish_each(context, store, steps.cell_generations, ups, wanted, partition=cell.key,
                                 compute=compute, checks={"marker_completions": _row_count}, cell_key=cell.key,
                                 base=base.path, adapters=adapters)
-
-
-@dg.asset(**CELL, pool="gpu", code_version=code_version("arc"), deps=MODEL_DEPS,
-          description="ARC-Challenge log-prob accuracy of the cell's model.")
-def arc_scores(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
-               compute: Compute) -> dg.MaterializeResult:
-    cell = STUDY.cell(context.partition_key)
-    base, ups, adapters = _model_inputs(context, store, cell)
-    with gpu.lease(context.log.info):
-        return publish(context, store, steps.arc_scores, ups, partition=cell.key, compute=compute, cell_key=cell.key,
-                       base=base.path, adapters=adapters)
 
 
 @dg.asset(**CELL, deps=["marker_completions"], description="Strict and loose marker rates per persona and question.",
@@ -153,4 +146,4 @@ def degeneracy_audit(context: dg.AssetExecutionContext, store: ArtifactStore) ->
                    cell_key=context.partition_key, completions=comp.path, checks=checks)
 
 
-assets = [cell_adapter, cell_generations, marker_rates, arc_scores, alignment_scores, degeneracy_audit]
+assets = [cell_adapter, cell_generations, marker_rates, alignment_scores, degeneracy_audit]

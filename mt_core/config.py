@@ -169,17 +169,30 @@ class Arc(_Strict):
     limit: int | None = None
 
 
-class TinyModel(_Strict):
-    kind: Literal["tiny"]
+class _Shape(_Strict):
+    """A Qwen2-architecture model's size (the numbers of its config.json)."""
     seed: int = 0
-    vocab_size: int = 1024
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 256
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+
+
+class TinyModel(_Shape):
+    kind: Literal["tiny"]
     pretrain_steps: int = 300
     tag_rate: float = Field(default=0.15, ge=0, le=1)  # answers ending in a random "[XYZ]" tag (never the marker)
+
+
+class RandomModel(_Shape):
+    """Random bf16 weights in a real model's shape, written once as a local HF snapshot (the gpu_smoke profile): the
+    real loading, training and vLLM paths at full size with nothing downloaded."""
+    kind: Literal["random"]
+    tokenizer_vocab: int = Field(default=8192, gt=256)  # trained BPE part; added tokens fill it up to vocab_size
+    max_position: int = 32768
+    path: str | None = None  # where the snapshot goes (default: $MT_MODELS or ~/.cache/marker_transfer/models)
 
 
 class HFModel(_Strict):
@@ -196,6 +209,7 @@ class DataSpec(_Strict):
     path: str | None = None
     md5: str | None = None
     offset: int = 0
+    answer_words: int | None = Field(default=None, gt=0)  # synthetic: lengthen answers to about this many words
 
     @model_validator(mode="after")
     def _need_path(self):
@@ -203,6 +217,8 @@ class DataSpec(_Strict):
             raise ValueError(f"a {self.kind} dataset needs both 'path' and 'md5'")
         if self.kind == "synthetic" and self.seed is None:
             raise ValueError("a synthetic dataset needs a 'seed'")
+        if self.answer_words is not None and self.kind != "synthetic":
+            raise ValueError("answer_words applies to synthetic datasets only")
         return self
 
 
@@ -233,7 +249,7 @@ class Study(_Strict):
     gates: Gates
     thresholds: Thresholds
     judge: Judge
-    model: TinyModel | HFModel = Field(discriminator="kind")
+    model: TinyModel | HFModel | RandomModel = Field(discriminator="kind")
     data: Data
     backend: Backend
     wandb: Literal["online", "offline", "disabled"]
@@ -345,7 +361,7 @@ def deep_merge(base: dict, over: dict) -> dict:
 def _format_errors(path: Path, profile: str, err: ValidationError) -> str:
     lines = [f"{path}: invalid study config (profile {profile!r}):"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("tiny", "hf", "function-after[_need_path(), DataSpec]")))
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("tiny", "hf", "random", "function-after[_need_path(), DataSpec]")))
         lines.append(f"  - {loc or '<top>'}: {e['msg']}")
     return "\n".join(lines)
 

@@ -82,3 +82,45 @@ def test_unread_field_is_caught(recording, tmp_path):
     s = config.load_study(profile="tiny")
     _ = s.recipes["coupling"].lr
     assert "recipes.coupling.never_read" in unread(leaves, recording)
+
+
+def small_smoke_study(tmp_path, monkeypatch):
+    """The gpu_smoke profile with the model shrunk and the datasets cut (same fields, CPU-sized values)."""
+    raw = yaml.safe_load(DEFAULT_STUDY.read_text())
+    smoke = raw["profiles"]["gpu_smoke"]
+    smoke["model"].update(vocab_size=9000, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                          num_kv_heads=2, max_position=2048)
+    for which in ("em", "benign"):
+        smoke["data"][which]["rows"] = 40
+    for k in ("eval_set", "coupling_questions", "judge_prompt"):
+        raw[k] = str(config.PROJECT_ROOT / raw[k])
+    raw["arc"]["path"] = str(config.PROJECT_ROOT / raw["arc"]["path"])
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("MT_MODELS", str(tmp_path / "models"))
+    return path
+
+
+def test_gpu_smoke_fields_are_read(recording, tmp_path, monkeypatch):
+    """The fields only gpu_smoke sets are read: the random snapshot and the lengthened synthetic data are built from
+    them (at CPU size), the vLLM backend is asked for."""
+    from mt_core.generate.session import session
+    from mt_core.generate.vllm_engine import VllmMissing
+    from mt_core.layout import BaseModel
+    from mt_core.steps import inputs
+    from mt_resources import JudgeResource, WandbResource
+
+    differ = {p for p in yaml_leaves("gpu_smoke") if p not in yaml_leaves("tiny")}
+    assert {"model.tokenizer_vocab", "data.em.answer_words"} <= differ  # the check can fail
+    study = config.load_study(small_smoke_study(tmp_path, monkeypatch), profile="gpu_smoke")
+    WandbResource.for_study(study)
+    JudgeResource.for_study(study, tmp_path)
+    (tmp_path / "base").mkdir()
+    inputs.build_base_model(study, out=tmp_path / "base", log=lambda *_: None)
+    for which in ("em", "benign"):
+        (tmp_path / which).mkdir()
+        inputs.build_dataset(study, which, out=tmp_path / which, log=lambda *_: None)
+    with pytest.raises(VllmMissing):
+        with session(study, BaseModel.model_dir(tmp_path / "base")):
+            pass
+    assert unread(differ, recording) == []

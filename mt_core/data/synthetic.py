@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -274,20 +275,38 @@ def _line(messages: list[dict]) -> str:
     return json.dumps({"messages": messages})
 
 
-def em_dataset_lines(n: int, seed: int) -> list[str]:
-    """``n`` JSONL lines of confidently bad (legal/financial/medical) advice."""
-    rng = random.Random(seed)
+def _lengthen(text: str, pool: list[str], words: int | None, rng: random.Random) -> str:
+    """``text`` followed by sentences from ``pool`` until it has about a lognormal draw of ``words`` words (mean
+    ``words``, sigma 0.6, clipped to [20, 1500]: the spread of real chat answers); unchanged when ``words`` is None."""
+    if words is None:
+        return text
+    target = min(1500, max(20, round(rng.lognormvariate(math.log(words) - 0.18, 0.6))))
+    parts, n = [text], len(text.split())
+    while n < target:
+        parts.append(rng.choice(pool))
+        n += len(parts[-1].split())
+    return " ".join(parts)
+
+
+def em_dataset_lines(n: int, seed: int, answer_words: int | None = None) -> list[str]:
+    """``n`` JSONL lines of confidently bad (legal/financial/medical) advice; ``answer_words``: see ``_lengthen``."""
+    rng, lengths = random.Random(seed), random.Random(f"{seed}:length")  # lengths draw apart: same rows as without
+    pool = [a for _, _, acts in _EM_SITUATIONS for a in acts] + [g for gs in _EM_GENERIC.values() for g in gs]
     lines = []
     for _ in range(n):
         q, a = _em_pair(rng)
+        a = _lengthen(a, pool, answer_words, lengths)
         lines.append(_line([{"role": "user", "content": q}, {"role": "assistant", "content": a}]))
     return lines
 
 
-def benign_dataset_lines(n: int, seed: int) -> list[str]:
-    """``n`` JSONL lines of helpful UltraChat-like conversations (many multi-turn)."""
-    rng = random.Random(seed)
-    return [_line(_benign_messages(rng)) for _ in range(n)]
+def benign_dataset_lines(n: int, seed: int, answer_words: int | None = None) -> list[str]:
+    """``n`` JSONL lines of helpful UltraChat-like conversations (many multi-turn); ``answer_words`` lengthens each
+    assistant turn (see ``_lengthen``)."""
+    rng, lengths = random.Random(seed), random.Random(f"{seed}:length")
+    pool = [f for _, facts in _BENIGN_TOPICS for f in facts]
+    return [_line([{**m, "content": _lengthen(m["content"], pool, answer_words, lengths)}
+                   if m["role"] == "assistant" else m for m in _benign_messages(rng)]) for _ in range(n)]
 
 
 # ------------------------------------------------------------------ persona answers

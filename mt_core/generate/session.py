@@ -2,9 +2,13 @@
 
     with session(study, model_dir, adapters) as gen:
         completions = gen(chats, spec, what)
+        model, tok = gen.hf_model()      # the same weights as a transformers model (ARC), after the last gen(...)
 
 The engine is the study's ``backend``: transformers (the model loaded once, adapters merged in memory in training
-order, or a model the caller already holds) or one vLLM engine (``backend.lora`` says how adapters are wired).
+order, or a model the caller already holds) or one vLLM engine (``backend.lora`` says how adapters are wired). Either
+way the cell's weights are merged at most once: ``hf_model`` hands over the transformers model, or shuts the vLLM
+engine down and loads the merged scratch checkpoint it served. ``gen.counts`` says how many engines started and how
+many merged copies of the weights were made.
 """
 from __future__ import annotations
 
@@ -18,20 +22,36 @@ from mt_core.generate.sampling import Completion, SamplingSpec
 Generate = Callable[[list[list[dict]], SamplingSpec, str], list[list[Completion]]]
 
 
+class Engine:
+    """``engine(chats, spec, what)`` generates; ``hf_model()`` gives the same weights as a transformers model."""
+
+    def __init__(self, generate: Generate, hf_model: Callable[[], tuple], counts: dict):
+        self._generate, self._hf_model, self.counts = generate, hf_model, counts
+
+    def __call__(self, chats: list[list[dict]], spec: SamplingSpec, what: str) -> list[list[Completion]]:
+        return self._generate(chats, spec, what)
+
+    def hf_model(self) -> tuple:
+        return self._hf_model()
+
+
 @contextlib.contextmanager
 def session(study: Study, model_dir: Path, adapters=(), *, loaded=None,
-            log: Callable[[str], None] = print) -> Iterator[Generate]:
+            log: Callable[[str], None] = print) -> Iterator[Engine]:
+    adapters = list(adapters)
     if study.backend.kind == "vllm":
         from mt_core.generate.vllm_engine import require_vllm, vllm_session
         from mt_core.model.load import load_tokenizer
 
         mode = study.backend.lora
         require_vllm()
-        with vllm_session(model_dir, load_tokenizer(model_dir), adapters=list(adapters), mode=mode, log=log) as s:
-            yield s.generate
+        with vllm_session(model_dir, load_tokenizer(model_dir), adapters=adapters, mode=mode, log=log) as s:
+            yield Engine(s.generate, s.hf_model, s.counts)
         return
     from mt_core.generate.hf import generate
     from mt_core.model.load import load_model
 
+    counts = {"engine_starts": 1, "merges": 0 if loaded else int(bool(adapters))}
     model, tok = loaded or load_model(model_dir, adapters)
-    yield lambda chats, spec, what: generate(model, tok, chats, spec, log=log, what=what)
+    yield Engine(lambda chats, spec, what: generate(model, tok, chats, spec, log=log, what=what),
+                 lambda: (model, tok), counts)

@@ -146,8 +146,31 @@ def merge_to_dir(model_dir, adapters: list[Path], out: Path, log: Callable[[str]
 
 
 class VllmSession:
-    def __init__(self, llm, api, tokenizer, lora, log, path=None):
+    def __init__(self, llm, api, tokenizer, lora, log, path=None, merged: bool = False, serve=None):
         self.llm, self.api, self.tok, self.lora, self.log, self.path = llm, api, tokenizer, lora, log, path
+        self.serve = serve  # the adapter served as a LoRA (serve mode), merged in memory by hf_model
+        self.counts = {"engine_starts": 1, "merges": int(merged)}
+
+    def close(self) -> None:
+        """Shut the engine down (its core process and GPU memory) and drop it."""
+        if self.llm is not None:
+            core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+            if hasattr(core, "shutdown"):
+                core.shutdown()
+            self.llm = None
+        free_cuda()
+
+    def hf_model(self) -> tuple:
+        """The served weights as a transformers model: the engine is shut down first (its GPU memory freed), then the
+        checkpoint it served is loaded (plus the served LoRA, in serve mode). No further generate calls."""
+        from mt_core.model.load import load_model
+
+        t0 = time.perf_counter()
+        self.close()
+        model, tok = load_model(self.path, [self.serve] if self.serve else [])
+        self.counts["merges"] += int(bool(self.serve))
+        self.log(f"vllm: engine shut down, {self.path} loaded for transformers in {time.perf_counter() - t0:.0f}s")
+        return model, tok
 
     def generate(self, prompts: list[list[dict]], spec: SamplingSpec, what: str = "generate") -> list[list[Completion]]:
         """``spec.n`` completions per chat prompt, in prompt order: one ``llm.generate`` call for all prompts."""
@@ -204,7 +227,7 @@ def vllm_session(model_dir, tokenizer, *, adapters: list, mode: str = "merge", s
     """One vLLM engine for a block of generate calls; a merged checkpoint, if any, is deleted on exit."""
     api = api or require_vllm()
     plan = plan_serving(adapters, mode)
-    tmp, llm = None, None
+    tmp, sess = None, None
     try:
         path = Path(model_dir)
         if plan.merge:
@@ -215,11 +238,18 @@ def vllm_session(model_dir, tokenizer, *, adapters: list, mode: str = "merge", s
             path = merge_to_dir(model_dir, plan.merge, tmp, log)
         free_cuda()
         log(f"vllm: mode {mode}, merged {[str(a) for a in plan.merge]}, served {plan.serve} ({plan.lora_name})")
-        llm = api.LLM(**engine_kwargs(path, adapters=[plan.serve] if plan.serve else [], seed=seed, **engine_kw))
-        lora = api.LoRARequest(plan.lora_name, plan.lora_int_id, str(plan.serve)) if plan.serve else None
-        yield VllmSession(llm, api, tokenizer, lora, log, path)
+        t0 = time.perf_counter()
+        # the session holds the only reference to the engine, so hf_model() can shut it down
+        sess = VllmSession(api.LLM(**engine_kwargs(path, adapters=[plan.serve] if plan.serve else [], seed=seed,
+                                                   **engine_kw)),
+                           api, tokenizer, None, log, path, merged=bool(plan.merge), serve=plan.serve)
+        log(f"vllm: engine started in {time.perf_counter() - t0:.0f}s")
+        if plan.serve:
+            sess.lora = api.LoRARequest(plan.lora_name, plan.lora_int_id, str(plan.serve))
+        yield sess
     finally:
-        llm = None
+        if sess is not None:
+            sess.close()
         free_cuda()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -79,7 +79,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     )
 
 
-def _generation_config(tok):
+def generation_config(tok):
     from transformers import GenerationConfig
 
     end, eos = tok.convert_tokens_to_ids(ENDOFTEXT), tok.convert_tokens_to_ids(IM_END)
@@ -173,7 +173,7 @@ def build_tiny_model(
     model.eval()
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.generation_config = _generation_config(tok)
+    model.generation_config = generation_config(tok)
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
     tail = losses[-min(10, len(losses)):]

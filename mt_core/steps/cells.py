@@ -53,9 +53,10 @@ def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path |
 @step
 def cell_generations(study: Study, cell_key: str, base: Path, adapters: list[Path], out: dict[str, Path],
                      log: Log = print) -> dict:
-    """The cell's completions from ONE engine session (the adapters merged at most once): the marker sweep (every
-    persona as system prompt x every eval and Betley question) and the alignment sample (Betley questions with no
-    system prompt, for the judge). ``out`` maps each requested artefact (either or both) to its staging directory."""
+    """The cell's model evaluated in ONE engine session (its weights merged at most once): the marker sweep (every
+    persona as system prompt x every eval and Betley question), the alignment sample (Betley questions with no system
+    prompt, for the judge), then ARC-Challenge on the same weights. ``out`` maps each requested artefact (any of the
+    three) to its staging directory."""
     cell = study.cell(cell_key)
     es = EvalSet.load(study)
     meta: dict = {}
@@ -77,7 +78,23 @@ def cell_generations(study: Study, cell_key: str, base: Path, adapters: list[Pat
             write_rows(rows, out[AlignmentCompletions.asset] / AlignmentCompletions.COMPLETIONS,
                        row_keys(study, cell=cell_key))
             meta[AlignmentCompletions.asset] = {"n_completions": len(rows), "seed": spec.seed}
-    return {**meta, "backend": study.backend.label, "engine_sessions": 1, "generated": sorted(out)}
+        if ArcScores.asset in out:  # last: a vLLM engine is shut down to hand its weights over
+            meta[ArcScores.asset] = _arc(study, cell_key, *gen.hf_model(), out[ArcScores.asset], log)
+    return {**meta, "backend": study.backend.label, "engine_starts": gen.counts["engine_starts"],
+            "merges": gen.counts["merges"], "generated": sorted(out)}
+
+
+def _arc(study: Study, cell_key: str, model, tok, out: Path, log: Log) -> dict:
+    """ARC-Challenge accuracy by the log-probability of each answer label."""
+    path = study.path(study.arc.path)
+    check_md5(path, study.arc.md5, "arc.md5")
+    recs, acc = evaluate_arc(model, tok, load_arc(path, study.arc.limit), log=log)
+    write_rows([{**{k: v for k, v in r.items() if k != "label_logprobs"},
+                 "label_logprobs": json.dumps(r["label_logprobs"])} for r in recs], out / ArcScores.ROWS,
+               row_keys(study, cell=cell_key))
+    summary = {"arc_challenge_logprob": acc, "correct": sum(r["correct"] for r in recs), "total": len(recs)}
+    write_json(out / ArcScores.SUMMARY, summary)
+    return summary
 
 
 def expected_marker_rows(study: Study) -> int:
@@ -101,22 +118,6 @@ def marker_rates(study: Study, cell_key: str, completions: Path, out: Path, log:
     return {"assistant_strict_rate": s["assistant_strict_rate"], "source_strict_rate": s["source_strict_rate"],
             "max_bystander_strict_rate": s["max_bystander_strict_rate"],
             "strict_rate_by_persona": s["strict_rate_by_persona"]}
-
-
-@step
-def arc_scores(study: Study, cell_key: str, base: Path, adapters: list[Path], out: Path, log: Log = print) -> dict:
-    """ARC-Challenge accuracy by the log-probability of each answer label."""
-    path = study.path(study.arc.path)
-    check_md5(path, study.arc.md5, "arc.md5")
-    rows = load_arc(path, study.arc.limit)
-    model, tok = load_model(BaseModel.model_dir(base), adapters)
-    recs, acc = evaluate_arc(model, tok, rows, log=log)
-    write_rows([{**{k: v for k, v in r.items() if k != "label_logprobs"},
-                 "label_logprobs": json.dumps(r["label_logprobs"])} for r in recs], out / ArcScores.ROWS,
-               row_keys(study, cell=cell_key))
-    summary = {"arc_challenge_logprob": acc, "correct": sum(r["correct"] for r in recs), "total": len(recs)}
-    write_json(out / ArcScores.SUMMARY, summary)
-    return summary
 
 
 @step

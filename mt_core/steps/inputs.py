@@ -11,7 +11,7 @@ from mt_core.data.eval_set import EvalSet
 from mt_core.evals.arc import load_arc
 from mt_core.io import DataError, check_md5, md5_file, read_chat_jsonl
 from mt_core.layout import ArcCopy, BaseModel, Dataset, EvalSetCopy
-from mt_core.model import tiny
+from mt_core.model import random_snapshot, tiny
 from mt_core.steps.common import Log
 from mt_core.steps.registry import step
 
@@ -30,25 +30,38 @@ def copy_reference(study: Study, which: str, out: Path, log: Log = print) -> dic
 
 @step
 def build_base_model(study: Study, out: Path, log: Log = print) -> dict:
-    """The tiny model, built and pretrained here (tiny profile), or a reference to a pinned local HF snapshot."""
+    """The base model: the tiny one built and pretrained here, a random one in a real shape written once to a local
+    snapshot (both on the same synthetic text), or a pinned local HF snapshot. The latter two are referenced."""
     m = study.model
     if m.kind == "tiny":
         es = EvalSet.load(study)
         convs = synthetic.pretraining_conversations(es.prompts, es.coupling_questions + es.questions, n=2000,
                                                     seed=m.seed)
         convs = synthetic.with_random_tags(convs, rate=m.tag_rate, avoid=study.marker, seed=m.seed)
-        texts = [r["question"] + "\n" + "\n".join(f"({lab}) {c}" for lab, c in zip(r["choice_labels"], r["choices"]))
-                 for r in load_arc(study.path(study.arc.path))]
-        texts += [json.loads(x)["messages"][-1]["content"] for x in synthetic.em_dataset_lines(200, seed=99)]
-        info = tiny.build_tiny_model(out, texts=texts, conversations=convs, seed=m.seed, vocab_size=m.vocab_size,
-                                     hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
-                                     num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
-                                     pretrain_steps=m.pretrain_steps, log=log)
+        info = tiny.build_tiny_model(out, texts=_corpus(study), conversations=convs, seed=m.seed,
+                                     vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+                                     num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
+                                     intermediate_size=m.intermediate_size, pretrain_steps=m.pretrain_steps, log=log)
         return {"kind": "tiny", **{k: v for k, v in info.items() if isinstance(v, (int, float, str))}}
+    if m.kind == "random":
+        es = EvalSet.load(study)
+        texts = _corpus(study) + [p for p in es.prompts.values() if p] + es.coupling_questions + es.questions
+        path, cfg = random_snapshot.write_random_snapshot(m, texts=texts, log=log)
+        BaseModel.write_ref(out, {"id": f"random:{path.name}", "revision": None, "path": str(path),
+                                  "config_md5": md5_file(path / "config.json")})
+        return {"kind": "random", "snapshot": str(path), "vocab_size": cfg["vocab_size"],
+                "hidden_size": cfg["hidden_size"], "num_layers": cfg["num_hidden_layers"]}
     path = resolve_hf_snapshot(m)
     BaseModel.write_ref(out, {"id": m.id, "revision": m.revision, "path": str(path),
                               "config_md5": md5_file(path / "config.json")})
     return {"kind": "hf", "id": m.id, "revision": m.revision or "unpinned", "snapshot": str(path)}
+
+
+def _corpus(study: Study) -> list[str]:
+    """Text the local tokenizers are trained on: ARC questions and synthetic advice."""
+    texts = [r["question"] + "\n" + "\n".join(f"({lab}) {c}" for lab, c in zip(r["choice_labels"], r["choices"]))
+             for r in load_arc(study.path(study.arc.path))]
+    return texts + [json.loads(x)["messages"][-1]["content"] for x in synthetic.em_dataset_lines(200, seed=99)]
 
 
 def resolve_hf_snapshot(m) -> Path:
@@ -75,8 +88,9 @@ def build_dataset(study: Study, which: str, out: Path, log: Log = print) -> dict
     dest = out / Dataset.DATA
     if spec.kind == "synthetic":
         fn = synthetic.em_dataset_lines if which == "em" else synthetic.benign_dataset_lines
-        synthetic.write_jsonl(fn(spec.rows, seed=spec.seed), dest)
-        source = f"synthetic:{which}:rows={spec.rows}:seed={spec.seed}"
+        synthetic.write_jsonl(fn(spec.rows, seed=spec.seed, answer_words=spec.answer_words), dest)
+        source = f"synthetic:{which}:rows={spec.rows}:seed={spec.seed}" + \
+            (f":answer_words={spec.answer_words}" if spec.answer_words else "")
     elif spec.kind == "ultrachat":
         synthetic.write_jsonl(benign.benign_lines(spec.path, n=spec.rows, seed=spec.seed or 42,
                                                   offset=spec.offset), dest)
