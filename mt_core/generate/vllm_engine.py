@@ -128,7 +128,7 @@ def free_cuda() -> None:
 def merge_to_dir(model_dir, adapters: list[Path], out: Path, log: Callable[[str], None] = print) -> Path:
     """Base + adapters merged in order (fp32, one rounding to bf16 at the end), saved with the tokenizer to ``out``."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from mt_core.model.load import merge_adapter
 
@@ -138,7 +138,9 @@ def merge_to_dir(model_dir, adapters: list[Path], out: Path, log: Callable[[str]
     for a in adapters:
         model = merge_adapter(model, a)
     model.to(torch.bfloat16).save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
+    for f in Path(model_dir).iterdir():  # the tokenizer's files, copied (loading a large tokenizer takes seconds)
+        if f.is_file() and not (out / f.name).exists() and not f.name.startswith("model") and f.suffix != ".bin":
+            shutil.copyfile(f, out / f.name)
     del model
     free_cuda()
     log(f"vllm: merged {len(adapters)} adapter(s) into {out} in {time.perf_counter() - t0:.0f}s")
