@@ -1,5 +1,6 @@
 """One coupling adapter and one cell at real size, through Dagster: `mt run`, then every step's wall time read back
-from the instance's event log. Writes bench/results/<date>_<card>_cell.json (or --out DIR) and prints a table.
+from the instance's event log. Writes bench/results/<date>_<card>_cell.json (or --out DIR), the runs' log lines beside
+it (..._cell_events.txt: where the time went inside each step), and prints a table.
 
     MT_MODELS=/big/disk python bench/cell_bench.py                    # gpu_smoke profile, cell C1_s42
     python bench/cell_bench.py --report                               # read an instance that already ran, only
@@ -59,6 +60,17 @@ def run_timing(instance, run) -> dict:
     return {"run_id": run.run_id, "wall_s": round((last or 0) - (first or 0), 1), "steps": steps}
 
 
+def run_messages(instance, run) -> list[str]:
+    """Every log line of a run (the steps' own progress lines included), with its time and step."""
+    out = []
+    for rec in instance.all_logs(run.run_id):
+        msg = rec.user_message or ""
+        if msg:
+            t = dt.datetime.fromtimestamp(rec.timestamp, dt.timezone.utc).strftime("%H:%M:%S")
+            out.append(f"{t} {rec.step_key or '-':24s} {msg.splitlines()[0][:400]}")
+    return out
+
+
 def materialization_meta(instance, asset: str, partition: str) -> dict:
     from mt_resources.store import latest_metadata
 
@@ -72,7 +84,12 @@ def report(instance, profile: str, cell_key: str, source: str | None, mt_run: di
     timing = {k: run_timing(instance, r) for k, r in runs.items() if r is not None}
     gen = materialization_meta(instance, "marker_completions", cell_key)
     steps = {f"{stage}/{step}": s for stage, t in timing.items() for step, s in t["steps"].items()}
+    messages = []
+    for k, r in runs.items():
+        if r is not None:
+            messages += [f"== {k} run {r.run_id}", *run_messages(instance, r)]
     return {
+        "messages": messages,
         "card": card(), "date": dt.date.today().isoformat(), "profile": profile, "cell": cell_key,
         "coupling_source": source, "run_ids": {k: t["run_id"] for k, t in timing.items()},
         "inputs_wall_s": timing.get("inputs", {}).get("wall_s"),
@@ -113,6 +130,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{res['date']}_{res['card']}_cell.json"
+    (out / f"{res['date']}_{res['card']}_cell_events.txt").write_text("\n".join(res.pop("messages")) + "\n")
     path.write_text(json.dumps(res, indent=2) + "\n")
     print(f"\n{res['card']}, profile {args.profile}: coupling {res['coupling_wall_s']} s, cell {res['cell_wall_s']} s, "
           f"engine starts {res['engine_starts_per_cell']}, merges {res['merges_per_cell']}")
