@@ -39,11 +39,11 @@ from mt_core.data.chat import IGNORE, Example  # noqa: E402
 from mt_core.evals.arc import last_logprobs  # noqa: E402
 from mt_core.generate.sampling import SamplingSpec  # noqa: E402
 from mt_core.generate.hf import generate_ids  # noqa: E402
+from mt_core.config import load_study  # noqa: E402
+from mt_core.model.random_snapshot import qwen2_shape  # noqa: E402
 from mt_core.model.train import train_lora  # noqa: E402
 
-QWEN7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-              num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1e6,
-              rms_norm_eps=1e-6, tie_word_embeddings=False)
+QWEN7B = qwen2_shape(load_study(profile="gpu_smoke").model)  # Qwen2.5-7B-Instruct's shape, from the study YAML
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
 # speed options of each training arm (recipe.speed); "ours" is the default, compiled + varlen on CUDA

@@ -30,6 +30,14 @@ def snapshot_dir(m) -> Path:
     return Path(root).expanduser() / f"random-{spec_hash(m)}"
 
 
+def qwen2_shape(m) -> dict:
+    """``Qwen2Config`` kwargs of the shape (Qwen2.5-Instruct's rope base and norm epsilon, untied head)."""
+    return dict(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+                num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,
+                max_position_embeddings=m.max_position, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+                tie_word_embeddings=False)
+
+
 def n_params(m) -> int:
     """Parameters of a Qwen2 model of this shape (untied embeddings and head, biases on q/k/v)."""
     h, kv = m.hidden_size, m.hidden_size // m.num_heads * m.num_kv_heads
@@ -71,12 +79,8 @@ def write_random_snapshot(m, *, texts: Iterable[str], log: Callable[[str], None]
     try:
         tok = padded_tokenizer(texts, m.tokenizer_vocab, m.vocab_size)
         pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
-        config = Qwen2Config(
-            vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-            num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,
-            max_position_embeddings=m.max_position, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-            tie_word_embeddings=False, use_sliding_window=False, bos_token_id=pad_id, eos_token_id=eos_id,
-            pad_token_id=pad_id, dtype="bfloat16")
+        config = Qwen2Config(**qwen2_shape(m), use_sliding_window=False, bos_token_id=pad_id, eos_token_id=eos_id,
+                             pad_token_id=pad_id, dtype="bfloat16")
         device = "cuda" if torch.cuda.is_available() else "cpu"  # initialising 7.6 B weights on a GPU takes seconds
         torch.manual_seed(m.seed)
         with torch.device(device):
