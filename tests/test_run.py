@@ -48,6 +48,16 @@ def test_resume_and_redo_only_what_a_change_affects(tmp_path):
     _mt(env)
     first = _runs(home)
     assert [j for j, _, _ in first] == ["inputs_job", "coupling_job", "cell_job", "analysis_job"]
+    # bench/cell_bench.py reads step walls and the engine counts back from this instance
+    sys.path.insert(0, str(ROOT / "bench"))
+    import cell_bench
+
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        res = cell_bench.report(inst, "tiny", CELL, "villain", {})
+    assert res["engine_starts_per_cell"] == 1 and res["merges_per_cell"] == 1  # C4: the coupling adapter, merged once
+    assert {"cell/cell_adapter", "cell/cell_generations", "coupling/coupling_adapter"} <= set(res["steps"])
+    assert 0 < res["steps"]["cell/cell_generations"] <= res["cell_wall_s"]
+    assert any("published marker_completions" in m for m in res["messages"])
 
     # a second run finds everything current and starts no run
     out = _mt(env)
