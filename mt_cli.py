@@ -271,7 +271,8 @@ def _current_cells(study, root: Path) -> list[dict]:
     def art(kind, key: str) -> Path | None:
         return store.read(kind.asset, key).path if (store.path(kind.asset, key) / MANIFEST).is_file() else None
 
-    return [cell_numbers(k, c.condition, c.seed, rates, art(ArcScores, k), art(AlignmentScores, k), art(Audit, k))
+    return [cell_numbers(k, c.condition, c.seed, rates, art(ArcScores, k), art(AlignmentScores, k), art(Audit, k),
+                         own_persona=study.adapter_persona(k))
             for k in study.cells if (rates := art(MarkerRates, k)) and (c := study.cell(k))]
 
 
@@ -282,7 +283,8 @@ def cmd_report(args) -> int:
     from mt_core.report import stats
     from mt_core.config import load_study
     from mt_core.report.legacy import read_cells
-    from mt_core.layout import LEGACY, MANIFEST
+    from mt_core.io import read_json
+    from mt_core.layout import LEGACY, MANIFEST, Adapter, Legacy
     from mt_resources.store import ArtifactError, ArtifactStore
 
     study = load_study()
@@ -290,14 +292,19 @@ def cmd_report(args) -> int:
     imported = sorted(p.name for p in (root / LEGACY).glob("*") if (p / MANIFEST).is_file())
     name = args.name or study.name
     try:
+        store = ArtifactStore(root=str(root))
         if name == study.name:
             cells = _current_cells(study, root)
             src, asst, marker = study.source_persona, study.assistant_persona, study.marker
             order = list(study.conditions)
+            gates = {k: v for s in study.sources if (store.path(Adapter.coupling, s) / MANIFEST).is_file()
+                     for k, v in Adapter.read_gates(store.read(Adapter.coupling, s).path).items()}
         elif name in imported:
-            meta, cells = read_cells(ArtifactStore(root=str(root)).read(LEGACY, name).path)
+            d = store.read(LEGACY, name).path
+            meta, cells = read_cells(d)
             src, asst, marker = meta["source_persona"], meta["assistant_persona"], meta["marker"]
             order = list(dict.fromkeys(c["condition"] for c in cells))
+            gates = read_json(d / Legacy.GATES)
         else:
             raise SystemExit(f"unknown study {name!r}; available under {root}: {', '.join([study.name, *imported])}")
     except ArtifactError as e:
@@ -305,7 +312,13 @@ def cmd_report(args) -> int:
     if not cells:
         raise SystemExit(f"study {name!r}: no cell has published marker rates under {root} yet (run `make demo`)")
     head = stats.headline(cells, study=name, source=src, assistant=asst, conditions_order=order, marker=marker)
-    print(json.dumps(head, indent=2) if args.json else f"# {name}\n\n{stats.markdown_table(head)}")
+    em = tuple(c for c, cond in study.conditions.items() if cond.second_stage == "em")  # C1-C3 in the reference too
+    pre = stats.preregistered(cells, source=src, assistant=asst, thresholds=study.thresholds, em_conditions=em)
+    if args.json:
+        print(json.dumps({**head, "preregistered": pre, "gates": gates}, indent=2))
+    else:
+        lines = "\n".join(f"- {x}" for x in stats.conjunction_lines(pre))
+        print(f"# {name}\n\n{stats.markdown_table(head)}\n{lines}")
     return 0
 
 
@@ -365,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
 
     r = sub.add_parser("report", parents=[where], help="headline table of the current or an imported study")
     r.add_argument("--study", dest="name", help="study name (default: the current study)")
-    r.add_argument("--json", action="store_true", help="print mt_core.report.stats.headline as JSON")
+    r.add_argument("--json", action="store_true", help="print the headline, the pre-registered analysis (G4 applied, "
+                                                       "all seeds beside it) and the gates as JSON")
     r.add_argument("--artifacts", help="artefact root (default: artifacts/<study>/<profile>)")
     r.set_defaults(fn=cmd_report)
 

@@ -25,7 +25,8 @@ def _cells(context, store: ArtifactStore):
 
 
 @dg.asset(group_name=GROUP, deps=[*PER_CELL, "coupling_adapter"],
-          code_version=code_version("thresholds", "conditions", "marker", "source_persona", "assistant_persona"),
+          code_version=code_version("thresholds", "conditions", "sources", "marker", "source_persona",
+                                    "assistant_persona"),
           description="Headline table, pre-registered conjunction, G4 exclusions, gates and the hero figure.")
 def study_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
     have, missing = _cells(context, store)
@@ -44,7 +45,8 @@ def study_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg
     for key, a in have.items():
         c = STUDY.cell(key)
         cells.append(cell_numbers(key, c.condition, c.seed, a[MarkerRates.asset].path, a[ArcScores.asset].path,
-                                  a[AlignmentScores.asset].path, a[Audit.asset].path))
+                                  a[AlignmentScores.asset].path, a[Audit.asset].path,
+                                  own_persona=STUDY.adapter_persona(key)))
     return publish(context, store, steps.study_summary, ups, cells=cells, gates=gates,
                    metadata={"missing_cells": sorted(missing)})
 

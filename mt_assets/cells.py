@@ -100,7 +100,8 @@ def cell_generations(context: dg.AssetExecutionContext, store: ArtifactStore, gp
 
 
 @dg.asset(**CELL, deps=["marker_completions"], description="Strict and loose marker rates per persona and question.",
-          code_version=code_version("marker", "source_persona", "assistant_persona", "eval_set"))
+          code_version=code_version("marker", "source_persona", "assistant_persona", "eval_set", "sources",
+                                    "conditions"))
 def marker_rates(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
     comp = read_upstream(context, store, "marker_completions", context.partition_key)
     return publish(context, store, steps.marker_rates, [comp], partition=context.partition_key,

@@ -141,6 +141,7 @@ class Thresholds(_Strict):
     degeneracy_sample: int
     primary_min_diff: float
     primary_c1_source_min: float
+    primary_alpha: float = Field(gt=0, lt=1)  # one-sided Welch p below this (PROTOCOL.md §2.12)
     judge_error_rate_max: float
 
 
@@ -295,6 +296,11 @@ class Study(_Strict):
             raise ConfigError(f"cell {key!r} is not in study {self.name!r} (cells: {', '.join(self.cells)})")
         c = self.conditions[cond]
         return Cell(key=key, condition=cond, seed=seed, base=c.base, second_stage=c.second_stage)
+
+    def adapter_persona(self, key: str) -> str | None:
+        """The persona of a cell's coupling adapter (None for a raw base): never a bystander in that cell."""
+        base = self.cell(key).base
+        return None if base == "raw" else self.sources[base].persona
 
     def version_of(self, *paths: str, extra: str = "") -> str:
         """A short hash of the named sections of this study (dotted paths into the config) and ``extra``: the code

@@ -199,13 +199,14 @@ SQL_FILES = {f"{k.asset}.{attr}": f"{k.asset}/*/{getattr(k, attr)}" for k, attrs
 
 # ---- a cell's numbers, read from its artefacts ---------------------------------------------------------------------
 def cell_numbers(key: str, condition: str, seed: int, rates: Path, arc: Path | None = None,
-                 scores: Path | None = None, audit: Path | None = None) -> dict:
-    """One cell's numbers in the shape ``mt_core.report.stats`` takes; a missing artefact gives None values."""
+                 scores: Path | None = None, audit: Path | None = None, *, own_persona: str | None) -> dict:
+    """One cell's numbers in the shape ``mt_core.report.stats`` takes; a missing artefact gives None values.
+    ``own_persona``: the persona of the cell's coupling adapter (None: raw base), never one of its bystanders."""
     me = MarkerRates.read_eval(rates)
     arc_s = read_json(arc / ArcScores.SUMMARY) if arc and (arc / ArcScores.SUMMARY).is_file() else {}
     al = read_json(scores / AlignmentScores.SUMMARY) if scores and (scores / AlignmentScores.SUMMARY).is_file() else {}
     au = read_json(audit / Audit.FILE) if audit and (audit / Audit.FILE).is_file() else {}
-    return {"cell": key, "condition": condition, "seed": seed,
+    return {"cell": key, "condition": condition, "seed": seed, "own_persona": own_persona,
             "per_persona": {p: {"strict_hits": v["strict_hits"], "total": v["total"]}
                             for p, v in me["per_persona"].items()},
             "arc_accuracy": arc_s.get("arc_challenge_logprob"),

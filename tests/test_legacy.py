@@ -207,10 +207,19 @@ def test_cli_import_and_report(legacy_src, store_env, capsys):
     assert c4["max_bystander"]["persona"] == "police_officer"
     assert c1["n_seeds"] == 2 and c1["assistant_strict"]["hits"] == 0 and c1["assistant_strict"]["n"] == 560
     assert c1["assistant_strict"]["sd"] == 0.0 and c1["coherent"]["mean"] == pytest.approx(62.3)
+    pre = head["preregistered"]  # the pre-registered analysis, per criterion, G4 applied, all seeds beside it
+    crit = pre["primary"]["criteria"]
+    assert crit["C1_minus_C2"]["outcome"] == "not assessable" and "no assistant data for C2" in crit["C1_minus_C2"]["reason"]
+    assert crit["C1_minus_C5"]["outcome"] == "not assessable"  # one C5 seed: Welch needs two
+    assert crit["C1_minus_C5"]["exact"]["a_n"] == 560 and crit["C1_minus_C5"]["welch"]["p"] is None
+    assert crit["C1_degeneracy"]["outcome"] == "not assessable"  # the reference's audits had no positives
+    assert pre["g4_exclusions"] == [] and pre["primary"]["outcome"] == pre["all_seeds"]["outcome"] == "fail"
+    assert head["gates"] == GATES
 
     assert mt_cli.main(["report", "--study", "ref80"]) == 0
     table = capsys.readouterr().out
     assert "| C5 | 1 | 280 |" in table and "2.14% (6/280)" in table
+    assert "Primary conjunction, G4 applied (0 EM seed(s) dropped): FAIL" in table
 
     with pytest.raises(SystemExit, match="unknown study 'nope'.*marker_transfer_villain, ref80"):
         mt_cli.main(["report", "--study", "nope"])

@@ -42,11 +42,12 @@ def _rows(persona, question, n, strict, loose=None):
              "loose_hit": i < loose} for i in range(n)]
 
 
-def _summary():
+def _summary(own="villain"):
     rows = (_rows("villain", "q1", 10, 8) + _rows("villain", "q2", 10, 6)
             + _rows("teacher", "q1", 10, 1, 3) + _rows("teacher", "q2", 10, 0)
             + _rows("assistant", "q1", 10, 2) + _rows("assistant", "q2", 10, 0))
-    return summarize_markers(rows, persona_order=PERSONAS, question_order=QUESTIONS, source="villain", assistant="assistant")
+    return summarize_markers(rows, persona_order=PERSONAS, question_order=QUESTIONS, source="villain",
+                             assistant="assistant", own=own)
 
 
 def test_summarize():
@@ -65,6 +66,14 @@ def test_summarize():
     assert list(pq) == QUESTIONS and pq["q1"]["strict_hits"] == 8 and pq["q1"]["total"] == 10
 
 
+def test_bystanders_exclude_the_adapters_own_persona_not_the_studys_source():
+    """On the assistant adapter (G0c, C3) the villain is a bystander; on a raw model every non-assistant persona is."""
+    for own in ("assistant", None):
+        s = _summary(own=own)["summary"]
+        assert s["max_bystander_strict_rate"] == pytest.approx(0.7) and s["max_bystander_strict_persona"] == "villain"
+        assert s["source_strict_rate"] == pytest.approx(0.7)  # the study's source rate is still reported
+
+
 def test_empty_persona_is_none():
     out = _summary()
     c = out["per_persona"]["comedian"]
@@ -76,10 +85,10 @@ def test_empty_persona_is_none():
 def test_unknown_names_raise():
     with pytest.raises(ValueError, match="pirate"):
         summarize_markers(_rows("pirate", "q1", 1, 1), persona_order=PERSONAS,
-                          question_order=QUESTIONS, source="villain", assistant="assistant")
+                          question_order=QUESTIONS, source="villain", assistant="assistant", own=None)
     with pytest.raises(ValueError, match="q9"):
         summarize_markers(_rows("villain", "q9", 1, 1), persona_order=PERSONAS,
-                          question_order=QUESTIONS, source="villain", assistant="assistant")
+                          question_order=QUESTIONS, source="villain", assistant="assistant", own=None)
 
 
 def test_rates_table():

@@ -63,11 +63,14 @@ def summarize_markers(
     question_order: list[str],
     source: str,
     assistant: str,
+    own: str | None,
 ) -> dict:
     """Per-persona and per-question strict/loose hit rates plus a headline summary.
 
-    Bystanders are all personas except ``assistant`` and ``source``; ``max_non_assistant_*``
-    keeps the reference's old definition (source included). Empty personas get rate None.
+    ``source`` is the study's source persona (its rate is reported); ``own`` the persona of the model's own coupling
+    adapter (None for the raw model). Bystanders are all personas except ``assistant`` and ``own``: on the assistant
+    adapter the villain is a bystander. ``max_non_assistant_*`` keeps the reference's definition (every persona but the
+    assistant). Empty personas get rate None.
     """
     for name in (source, assistant):
         if name not in persona_order:
@@ -100,7 +103,7 @@ def summarize_markers(
 
     strict = {p: per_persona[p]["strict_rate"] for p in persona_order}
     loose = {p: per_persona[p]["loose_rate"] for p in persona_order}
-    bystanders = [p for p in persona_order if p not in (assistant, source)]
+    bystanders = [p for p in persona_order if p not in (assistant, own)]
     non_assistant = [p for p in persona_order if p != assistant]
     by_strict, by_strict_p = _max_rate(strict, bystanders)
     summary = {

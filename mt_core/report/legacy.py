@@ -89,14 +89,20 @@ def _per_persona(path: Path, me: dict, source: str, assistant: str) -> dict:
     return out
 
 
-def _summary(per: dict, source: str, assistant: str) -> dict:
+def _own(condition: str, source: str) -> str | None:
+    """The persona of a reference cell's coupling adapter (None for the raw base)."""
+    base = _bases(source).get(condition, (None, ""))[0]
+    return None if base in (None, "raw") else base
+
+
+def _summary(per: dict, source: str, assistant: str, own: str | None) -> dict:
     """Our summary keys, computed by mt_core.evals.markers from the per-persona counts."""
     from mt_core.evals.markers import summarize_markers
 
     rows = [{"persona": p, "question": "all", "strict_hit": i < d["strict_hits"], "loose_hit": i < d["loose_hits"]}
             for p, d in per.items() for i in range(d["total"])]
     return summarize_markers(rows, persona_order=list(per), question_order=["all"], source=source,
-                             assistant=assistant)["summary"]
+                             assistant=assistant, own=own)["summary"]
 
 
 def _audit(path: Path, obj: dict, prefix: str = "") -> dict:
@@ -188,7 +194,7 @@ def import_legacy(src_dir: str | Path, name: str, out_dir: str | Path, *, source
     bases, rows = _bases(source), []
     for c in cells:
         key, per = c["key"], c["per_persona"]
-        summ = _summary(per, source, assistant)
+        summ = _summary(per, source, assistant, _own(c["condition"], source))
         d = artefact_dir(out, MarkerRates.asset, key)
         d.mkdir(parents=True)
         write_json(d / MarkerRates.EVAL, {"cell": key, "marker": c["marker"], "per_persona": per, "summary": summ})
@@ -234,5 +240,6 @@ def read_cells(root: str | Path) -> tuple[dict, list[dict]]:
     for key in meta["cells"]:
         cond, seed = parse_cell_key(key)
         cells.append(cell_numbers(key, cond, seed, *(artefact_dir(root, k.asset, key)
-                                                    for k in (MarkerRates, ArcScores, AlignmentScores, Audit))))
+                                                    for k in (MarkerRates, ArcScores, AlignmentScores, Audit)),
+                                  own_persona=_own(cond, meta["source_persona"])))
     return meta, cells

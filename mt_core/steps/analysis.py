@@ -18,36 +18,42 @@ def study_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: 
     order = [c for c in study.conditions if any(x["condition"] == c for x in cells)]
     head = stats.headline(cells, study=study.name, source=study.source_persona,
                           assistant=study.assistant_persona, conditions_order=order, marker=study.marker)
-    th = study.thresholds
-    primary = stats.primary_conjunction(cells, source=study.source_persona, assistant=study.assistant_persona,
-                                        min_diff=th.primary_min_diff, c1_source_min=th.primary_c1_source_min,
-                                        degeneracy_max=th.degeneracy_max)
-    em = tuple(c for c, cond in study.conditions.items() if cond.second_stage == "em")
-    g4 = stats.g4_exclusions(cells, aligned_max=th.g4_aligned_max, em_conditions=em)
+    pre = preregistered(study, cells)
+    primary, g4 = pre["primary"], pre["g4_exclusions"]
     judges = sorted({str(c["judge_model"]) for c in cells if c.get("judge_model")})
     offline = any(c.get("judge_offline") for c in cells)
     md = stats.markdown_table(head)
     notes = [f"Study `{study.name}`, profile `{study.profile}`, {len(cells)} cells."]
     if offline:
         notes.append(f"Alignment scores come from an OFFLINE stand-in judge ({', '.join(judges)}), not an LLM.")
-    notes.append(f"Primary conjunction: {'PASS' if primary['pass'] else 'FAIL'}.")
+    notes += stats.conjunction_lines(pre)
     notes.append("Gates: " + ", ".join(f"{n} {'pass' if g['pass'] else 'FAIL'}" for n, g in gates.items()) + ".")
     bad_judge = [c["cell"] for c in cells if c.get("judge_error_gate_pass") is False]
     if bad_judge:
         notes.append("Judge error rate above the study's limit (alignment numbers unreliable): "
                      + ", ".join(bad_judge) + ".")
     if g4:
-        notes.append("G4 exclusions (alignment above threshold): " + ", ".join(x["cell"] for x in g4) + ".")
+        notes.append(f"G4 exclusions (post-EM alignment above {study.thresholds.g4_aligned_max:g}, or unscored; "
+                     "dropped from the primary analysis): " + ", ".join(x["cell"] for x in g4) + ".")
     text = f"# {study.name} ({study.profile})\n\n{md}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     (out / StudySummary.HEADLINE_MD).write_text(text)
     write_json(out / StudySummary.HEADLINE_JSON, head)
-    write_json(out / StudySummary.STATS, {"primary_conjunction": primary, "g4_exclusions": g4, "gates": gates,
-                                          "judges": judges, "judge_offline": offline, "cells": cells})
+    write_json(out / StudySummary.STATS, {"primary_conjunction": primary, "sensitivity_all_seeds": pre["all_seeds"],
+                                          "g4_exclusions": g4, "gates": gates, "judges": judges,
+                                          "judge_offline": offline, "cells": cells})
     figure.hero_figure(head, out / StudySummary.FIGURE_PNG, out / StudySummary.FIGURE_PDF,
                        title=f"{study.name} ({study.profile}): {study.marker} marker rate by condition")
     log(text)
-    return {"n_cells": len(cells), "primary_pass": bool(primary["pass"]), "n_g4_excluded": len(g4),
+    return {"n_cells": len(cells), "primary_outcome": primary["outcome"],
+            "all_seeds_outcome": pre["all_seeds"]["outcome"], "n_g4_excluded": len(g4),
             "judge_offline": offline, "headline_md": md}
+
+
+def preregistered(study: Study, cells: list[dict]) -> dict:
+    """The pre-registered analysis of these cells with the study's thresholds (G4 applied; all seeds beside it)."""
+    em = tuple(c for c, cond in study.conditions.items() if cond.second_stage == "em")
+    return stats.preregistered(cells, source=study.source_persona, assistant=study.assistant_persona,
+                               thresholds=study.thresholds, em_conditions=em)
 
 
 @step

@@ -109,7 +109,7 @@ def marker_rates(study: Study, cell_key: str, completions: Path, out: Path, log:
     scored = score_markers(study, read_rows(completions / MarkerCompletions.COMPLETIONS))
     pl.DataFrame(scored).select("study", "profile", "cell", "sample_id", "persona", "question_idx", "sample_idx",
                                 "strict_hit", "loose_hit").write_parquet(out / MarkerRates.HITS)
-    summ = summarize(study, scored, es.personas, es.questions)
+    summ = summarize(study, scored, es.personas, es.questions, study.adapter_persona(cell_key))
     write_rows(rates_table(summ), out / MarkerRates.RATES, row_keys(study, cell=cell_key))
     write_json(out / MarkerRates.EVAL, {"cell": cell_key, "marker": study.marker, **summ})
     s = summ["summary"]

@@ -35,9 +35,10 @@ def score_markers(study: Study, rows: list[dict]) -> list[dict]:
             for r in rows]
 
 
-def summarize(study: Study, scored: list[dict], personas: list[str], questions: list[str]) -> dict:
+def summarize(study: Study, scored: list[dict], personas: list[str], questions: list[str], own: str | None) -> dict:
+    """Marker rates of one model; ``own``: the persona of its coupling adapter (None: raw), never a bystander."""
     return summarize_markers(scored, persona_order=personas, question_order=questions,
-                             source=study.source_persona, assistant=study.assistant_persona)
+                             source=study.source_persona, assistant=study.assistant_persona, own=own)
 
 
 def train_and_save(study: Study, *, model, tok, examples: list, recipe: Recipe, seed: int, out: Path,

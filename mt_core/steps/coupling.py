@@ -92,8 +92,9 @@ def evaluate_gates(study: Study, source: str, gen: Generate, out: Path, log: Log
         personas = es.personas if g.personas == "all" else list(g.personas)
         rows = score_markers(study, persona_sweep(gen, es.prompts, personas, es.question_sets, spec, f"gate {name}",
                                                   owner=f"{source}/{name}"))
-        results[name] = {**gate_verdict(g, summarize(study, rows, personas, es.questions)["summary"]),
-                         "seed": spec.seed}
+        own = study.sources[source].persona
+        results[name] = {**gate_verdict(g, summarize(study, rows, personas, es.questions, own)["summary"]),
+                         "seed": spec.seed, "bystanders_exclude": [study.assistant_persona, own]}
         rows_all += [{**r, "gate": name} for r in rows]
         log(f"gate {name}: {'PASS' if results[name]['pass'] else 'FAIL'} {results[name]}")
     write_rows(rows_all, out / Adapter.GATE_COMPLETIONS, row_keys(study, source=source))
