@@ -72,6 +72,9 @@ def _tail_mean(xs: list[float]) -> float | None:
 
 
 # --- schedule -----------------------------------------------------------------------------------------------------
+ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8}  # HF TrainingArguments' defaults, which the reference kept
+
+
 def lr_at(step: int, total: int, base_lr: float, warmup: int, kind: str) -> float:
     """Learning rate for optimizer step ``step`` (0-based), as transformers' schedulers compute it."""
     if step < warmup:
@@ -315,7 +318,7 @@ def train_lora(model, examples: list[Example], recipe, *, seed: int, pad_id: int
     peft_model = attach_lora(model, recipe, seed)
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=recipe.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=recipe.weight_decay,
+    opt = torch.optim.AdamW(params, lr=recipe.lr, **ADAMW, weight_decay=recipe.weight_decay,
                             fused=device.type == "cuda")
 
     res = TrainResult(n_examples=n, n_steps=total, epochs=recipe.epochs, effective_batch=bs * ga,

@@ -110,6 +110,12 @@ def _max_bystander(s: Study) -> str:
             if on_other["max_bystander_strict_rate"] else "excludes source")
 
 
+def _adamw(s: Study) -> str:
+    from mt_core.model.train import ADAMW
+
+    return f"betas {ADAMW['betas']}, eps {ADAMW['eps']:.0e} (HF Trainer defaults)"
+
+
 def _merged_models(s: Study) -> str:
     """Where a cell's merged weights live, by the backend's wiring (mt_core.generate.vllm_engine, session)."""
     if s.backend.kind != "vllm":
@@ -163,6 +169,7 @@ REFERENCE: list[Param] = [
         "per_device_batch": 4, "grad_accum": 4, "effective_batch": 16, "max_length": 1024,
         "max_grad_norm": 1.0, "seed": 42}, "§1.1, §2.6"),
     Param("recipes.coupling.optimizer_steps", 760, lambda s: _steps(s, "coupling", _coupling_examples(s)), "§1.1"),
+    Param("optimizer.adamw", "betas (0.9, 0.999), eps 1e-08 (HF Trainer defaults)", _adamw, "§1.1, §2.5"),
     Param("recipes.second_stage.loss", "last_assistant_turn", _recipe("second_stage", "loss"), "§2.5"),
     *_recipe_rows("second_stage", {
         "lora_r": 32, "lora_alpha": 64, "lora_dropout": 0.05, "target_modules": MODULES, "use_rslora": False,
