@@ -15,8 +15,9 @@ What is compared, and how closely:
 Our side runs the padded path (``packing: false``, the HF Trainer's own micro-batches) and the packed path with the
 block-diagonal mask (``attention: mask``); both are exact on CPU (tests/test_train.py). Compile is off on CPU.
 
-Data order: for one epoch the HF Trainer's own seeded sampler gives ``train_lora``'s order; over several epochs it
-does not (the xfail at the end says how), so the multi-epoch coupling comparison hands the SFTTrainer our order.
+Data order: the HF Trainer's own seeded sampler gives ``train_lora``'s order, epoch by epoch (each epoch reseeded with
+seed + epoch, as accelerate's SeedableRandomSampler does; the tests at the end compare the orders). The coupling
+comparison still hands the SFTTrainer our order, so that a failure there points at the loop.
 """
 import pytest
 import torch
@@ -306,10 +307,6 @@ def test_first_epoch_order_matches_trainer_sampler(tmp_path):
     assert _our_orders(examples, recipe, 42) == _trainer_epoch_orders(37, recipe, 42, 1, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "data order after the first epoch: train_lora draws every epoch's permutation from ONE torch.Generator seeded "
-    "once (epoch e = the (e+1)-th randperm), while the HF Trainer / SFTTrainer (accelerate's SeedableRandomSampler) "
-    "reseeds each epoch with seed + e; epoch 0 agrees, epochs >= 1 differ (the 20-epoch coupling recipe)"))
 def test_multi_epoch_order_matches_trainer_sampler(tmp_path):
     """Several epochs (the coupling recipe): the same order as the Trainer's sampler, epoch by epoch."""
     recipe = _recipe("coupling", SPEEDS["padded"], epochs=3)

@@ -94,16 +94,15 @@ def steps_per_epoch(n_examples: int, per_device_batch: int, grad_accum: int) -> 
 
 
 def optimizer_steps(examples: list[Example], recipe, seed: int) -> list[list[Example]]:
-    """Every optimizer step's examples, in order: per epoch a seeded permutation cut into effective batches (the last
-    batch of an epoch may be short)."""
+    """Every optimizer step's examples, in order: per epoch a permutation seeded with ``seed + epoch`` (the HF Trainer's
+    and TRL's sampler, accelerate's SeedableRandomSampler), cut into effective batches (the last may be short)."""
     import torch
 
     n, eff = len(examples), recipe.per_device_batch * recipe.grad_accum
     per_epoch = steps_per_epoch(n, recipe.per_device_batch, recipe.grad_accum)
-    gen = torch.Generator().manual_seed(seed)
     steps = []
-    for _epoch in range(recipe.epochs):
-        order = torch.randperm(n, generator=gen).tolist()
+    for epoch in range(recipe.epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         steps += [[examples[i] for i in order[s * eff : (s + 1) * eff]] for s in range(per_epoch)]
     return steps
 
