@@ -71,8 +71,8 @@ def test_cell_numbers_with_missing_evaluations(tmp_path):
     rates.mkdir()
     write_json(rates / layout.MarkerRates.EVAL, {"per_persona": {"villain": {"strict_hits": 3, "total": 10}},
                                                  "summary": {}})
-    n = layout.cell_numbers("C4_s42", "C4", 42, rates, arc=None, scores=tmp_path / "nowhere")
-    assert n["per_persona"] == {"villain": {"strict_hits": 3, "total": 10}}
+    n = layout.cell_numbers("C4_s42", "C4", 42, rates, arc=None, scores=tmp_path / "nowhere", own_persona="villain")
+    assert n["per_persona"] == {"villain": {"strict_hits": 3, "total": 10}} and n["own_persona"] == "villain"
     assert (n["arc_accuracy"], n["aligned"], n["audit_outcome"]) == (None, None, None)
 
 

@@ -24,7 +24,8 @@ def cell_rows(study: Study, root: Path, keys: list[str]) -> list[dict]:
         if key in keys and (rates / MarkerRates.EVAL).is_file():
             s = MarkerRates.read_eval(rates)["summary"]
             n = cell_numbers(key, c.condition, c.seed, rates, *(artefact_dir(root, a.asset, key)
-                                                                 for a in (ArcScores, AlignmentScores, Audit)))
+                                                                 for a in (ArcScores, AlignmentScores, Audit)),
+                             own_persona=study.adapter_persona(key))
             row.update(assistant_strict_rate=s["assistant_strict_rate"], source_strict_rate=s["source_strict_rate"],
                        max_bystander_strict_rate=s["max_bystander_strict_rate"], arc_accuracy=n["arc_accuracy"],
                        aligned=n["aligned"], coherent=n["coherent"], audit_outcome=n["audit_outcome"])
