@@ -283,6 +283,7 @@ def cmd_report(args) -> int:
     from mt_core.report import stats
     from mt_core.config import load_study
     from mt_core.report.legacy import read_cells
+    from mt_core.steps.analysis import preregistered
     from mt_core.io import read_json
     from mt_core.layout import LEGACY, MANIFEST, Adapter, Legacy
     from mt_resources.store import ArtifactError, ArtifactStore
@@ -312,8 +313,7 @@ def cmd_report(args) -> int:
     if not cells:
         raise SystemExit(f"study {name!r}: no cell has published marker rates under {root} yet (run `make demo`)")
     head = stats.headline(cells, study=name, source=src, assistant=asst, conditions_order=order, marker=marker)
-    em = tuple(c for c, cond in study.conditions.items() if cond.second_stage == "em")  # C1-C3 in the reference too
-    pre = stats.preregistered(cells, source=src, assistant=asst, thresholds=study.thresholds, em_conditions=em)
+    pre = preregistered(study, cells, source=src, assistant=asst)  # the reference's EM conditions are C1-C3 too
     if args.json:
         print(json.dumps({**head, "preregistered": pre, "gates": gates}, indent=2))
     else:
@@ -323,6 +323,8 @@ def cmd_report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mt_runner import UNTIL  # stdlib-only at import: --help stays fast
+
     p = argparse.ArgumentParser(prog="mt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "coupling adapters are then redone only if missing or stale")
         d.add_argument("--force", action="store_true", help="redo the selected artefacts even if current")
         d.add_argument("--dry-run", action="store_true", help="print what would run and why, run nothing")
-        d.add_argument("--until", choices=["inputs", "coupling", "cells", "analysis"], default="analysis",
+        d.add_argument("--until", choices=list(UNTIL), default="analysis",
                        help="the last stage to run (default analysis; e.g. `--cells C1_s42 --until cells` leaves "
                             "the study summary to the run that completes the grid)")
         d.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING"],

@@ -7,8 +7,8 @@ it (..._cell_events.txt: where the time went inside each step), and prints a tab
 
 The runs are whatever `mt run --profile P --cells C` materializes: inputs, the cell's coupling adapter (on-policy
 completions, coupling data, 750-step training, gates), the cell (375-step training, one engine session for marker
-and alignment completions and ARC, judge, marker rates, audit); the study summary is left to a run over the whole grid. A rerun of this script on the same
-instance does nothing new and reports the runs it finds.
+and alignment completions and ARC, judge, marker rates, audit); the study summary is left to a run over the whole
+grid. A rerun of this script on the same instance does nothing new and reports the runs it finds.
 """
 from __future__ import annotations
 
@@ -44,12 +44,16 @@ def latest_run(instance, job: str, partition: str | None):
     return runs[0] if runs else None
 
 
-def run_timing(instance, run) -> dict:
-    """Wall time of a run and of each of its steps (STEP_START -> STEP_SUCCESS), from the event log."""
-    starts, steps, first, last = {}, {}, None, None
+def read_run(instance, run) -> tuple[dict, list[str]]:
+    """From one pass over a run's event log: its wall time and each step's (STEP_START -> STEP_SUCCESS), and every log
+    line (the steps' own progress lines included) with its time and step."""
+    starts, steps, lines, first, last = {}, {}, [], None, None
     for rec in instance.all_logs(run.run_id):
         first = rec.timestamp if first is None else first
         last = rec.timestamp
+        if rec.user_message:
+            t = dt.datetime.fromtimestamp(rec.timestamp, dt.timezone.utc).strftime("%H:%M:%S")
+            lines.append(f"{t} {rec.step_key or '-':24s} {rec.user_message.splitlines()[0][:400]}")
         ev = rec.dagster_event
         if ev is None or ev.step_key is None:
             continue
@@ -57,37 +61,22 @@ def run_timing(instance, run) -> dict:
             starts[ev.step_key] = rec.timestamp
         elif ev.event_type_value == "STEP_SUCCESS" and ev.step_key in starts:
             steps[ev.step_key] = round(rec.timestamp - starts[ev.step_key], 1)
-    return {"run_id": run.run_id, "wall_s": round((last or 0) - (first or 0), 1), "steps": steps}
-
-
-def run_messages(instance, run) -> list[str]:
-    """Every log line of a run (the steps' own progress lines included), with its time and step."""
-    out = []
-    for rec in instance.all_logs(run.run_id):
-        msg = rec.user_message or ""
-        if msg:
-            t = dt.datetime.fromtimestamp(rec.timestamp, dt.timezone.utc).strftime("%H:%M:%S")
-            out.append(f"{t} {rec.step_key or '-':24s} {msg.splitlines()[0][:400]}")
-    return out
-
-
-def materialization_meta(instance, asset: str, partition: str) -> dict:
-    from mt_resources.store import latest_metadata
-
-    return latest_metadata(instance, asset, partition) or {}
+    return {"run_id": run.run_id, "wall_s": round((last or 0) - (first or 0), 1), "steps": steps}, lines
 
 
 def report(instance, profile: str, cell_key: str, source: str | None, mt_run: dict) -> dict:
-    runs = {"inputs": latest_run(instance, "inputs_job", None), "cell": latest_run(instance, "cell_job", cell_key),
+    from mt_resources.store import latest_metadata
+
+    runs = {"inputs": latest_run(instance, "inputs_job", None),
             "coupling": latest_run(instance, "coupling_job", source) if source else None,
-}
-    timing = {k: run_timing(instance, r) for k, r in runs.items() if r is not None}
-    gen = materialization_meta(instance, "marker_completions", cell_key)
-    steps = {f"{stage}/{step}": s for stage, t in timing.items() for step, s in t["steps"].items()}
-    messages = []
+            "cell": latest_run(instance, "cell_job", cell_key)}
+    timing, messages = {}, []
     for k, r in runs.items():
         if r is not None:
-            messages += [f"== {k} run {r.run_id}", *run_messages(instance, r)]
+            timing[k], lines = read_run(instance, r)
+            messages += [f"== {k} run {r.run_id}", *lines]
+    gen = latest_metadata(instance, "marker_completions", cell_key) or {}
+    steps = {f"{stage}/{step}": s for stage, t in timing.items() for step, s in t["steps"].items()}
     return {
         "messages": messages,
         "card": card(), "date": dt.date.today().isoformat(), "profile": profile, "cell": cell_key,

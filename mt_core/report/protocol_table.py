@@ -100,14 +100,13 @@ def _max_bystander(s: Study) -> str:
     personas = [s.assistant_persona, s.source_persona, other]
     rows = [{"persona": p, "question": "q", "strict_hit": p == s.source_persona, "loose_hit": False}
             for p in personas]
-    on_own = summarize_markers(rows, persona_order=personas, question_order=["q"], source=s.source_persona,
-                               assistant=s.assistant_persona, own=s.source_persona)["summary"]
-    on_other = summarize_markers(rows, persona_order=personas, question_order=["q"], source=s.source_persona,
-                                 assistant=s.assistant_persona, own=s.assistant_persona)["summary"]
-    if on_own["max_bystander_strict_rate"]:
+    def seen(own: str) -> bool:  # the source's hits counted as a bystander's, on a model whose adapter is ``own``'s
+        return bool(summarize_markers(rows, persona_order=personas, question_order=["q"], source=s.source_persona,
+                                      assistant=s.assistant_persona, own=own)["summary"]["max_bystander_strict_rate"])
+    if seen(s.source_persona):
         return "includes source"
     return ("excludes the adapter's own persona (the source is a bystander on another adapter)"
-            if on_other["max_bystander_strict_rate"] else "excludes source")
+            if seen(s.assistant_persona) else "excludes source")
 
 
 def _adamw(s: Study) -> str:

@@ -49,11 +49,13 @@ def study_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: 
             "judge_offline": offline, "headline_md": md}
 
 
-def preregistered(study: Study, cells: list[dict]) -> dict:
-    """The pre-registered analysis of these cells with the study's thresholds (G4 applied; all seeds beside it)."""
+def preregistered(study: Study, cells: list[dict], source: str | None = None, assistant: str | None = None) -> dict:
+    """The pre-registered analysis of these cells with the study's thresholds and EM conditions (G4 applied; all seeds
+    beside it); ``source`` / ``assistant`` default to the study's (an imported reference study names its own)."""
     em = tuple(c for c, cond in study.conditions.items() if cond.second_stage == "em")
-    return stats.preregistered(cells, source=study.source_persona, assistant=study.assistant_persona,
-                               thresholds=study.thresholds, em_conditions=em)
+    return stats.preregistered(cells, source=source or study.source_persona,
+                               assistant=assistant or study.assistant_persona, thresholds=study.thresholds,
+                               em_conditions=em)
 
 
 @step
