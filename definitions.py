@@ -1,41 +1,50 @@
-"""The one Dagster code location of the platform: assets, checks, jobs and resources for the configured study.
+"""The one Dagster code location of the platform: assets, checks, jobs and resources for every configured study.
 
-The study is ``$MT_STUDY`` (default: studies/marker_transfer_villain.yaml) under profile ``$MT_PROFILE`` (default
-``tiny``). Artefacts live under ``mt_core.layout.artefact_root`` ($MT_ARTIFACTS, default
-``artifacts/<study>/<profile>``).
+The studies are ``$MT_STUDIES`` (os.pathsep-separated study YAMLs; default ``$MT_STUDY``, else
+studies/marker_transfer_villain.yaml) under one profile, ``$MT_PROFILE`` (default ``tiny``). Each study's asset keys
+are prefixed with its name (``marker_transfer_villain/coupling_adapter``) and its jobs are ``<study>__<stage>``, so
+several studies share one instance, one UI and one catalog. Artefacts live under ``mt_core.layout.artefact_root``
+($MT_ARTIFACTS, default ``artifacts/<study>/<profile>``), one root per study.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import dagster as dg
 
-from mt_assets import ALL_ASSETS, analysis, cells, coupling, inputs
-from mt_assets.study import STUDY, cells_partitions, sources_partitions
-from mt_core.layout import artefact_root
+from mt_assets import build
+from mt_assets.study import StudyDefs, load_studies
+from mt_core.config import ConfigError
 from mt_resources import ArtifactStore, Compute, GpuAllocator, JudgeResource, WandbResource
 
-ARTIFACTS = artefact_root(STUDY)
+STUDIES: dict[str, StudyDefs] = {s.name: build(s) for s in load_studies()}
+PROFILE = next(iter(STUDIES.values())).study.profile
 
-inputs_job = dg.define_asset_job("inputs_job", selection=inputs.assets,
-                                 description="Reference data, base model and second-stage datasets.")
-coupling_job = dg.define_asset_job("coupling_job", selection=coupling.assets, partitions_def=sources_partitions,
-                                   description="One source persona's coupling adapter, from on-policy data to gates.")
-cell_job = dg.define_asset_job("cell_job", selection=cells.assets, partitions_def=cells_partitions,
-                               description="Everything of one cell: adapter, marker eval, ARC, alignment, audit.")
-analysis_job = dg.define_asset_job("analysis_job", selection=analysis.assets,
-                                   description="Study summary, figure and DuckDB catalog.")
+
+def study_defs(path: str | os.PathLike | None = None) -> StudyDefs:
+    """The study of this code location loaded from ``path`` (default: $MT_STUDY, else the first study)."""
+    path = path or os.environ.get("MT_STUDY")
+    if path is None:
+        return next(iter(STUDIES.values()))
+    for sd in STUDIES.values():
+        if sd.study.file == Path(path).resolve():
+            return sd
+    raise ConfigError(f"{path}: not a study of this code location ($MT_STUDIES: "
+                      f"{', '.join(str(sd.study.file) for sd in STUDIES.values())})")
+
 
 defs = dg.Definitions(
-    assets=ALL_ASSETS,
-    jobs=[inputs_job, coupling_job, cell_job, analysis_job],
+    assets=[a for sd in STUDIES.values() for a in sd.assets],
+    jobs=[j for sd in STUDIES.values() for j in sd.jobs.values()],
     resources={
-        "store": ArtifactStore(root=str(ARTIFACTS)),
+        # each study reads and writes its own root; judge and W&B are each asset's study's (mt_resources)
+        "store": ArtifactStore(roots={name: str(sd.root) for name, sd in STUDIES.items()}),
         "gpu": GpuAllocator(),
         # heavy steps in the step process (the fast tiny demo) or in a Pipes child process (MT_COMPUTE=pipes)
-        "compute": Compute(mode=os.environ.get("MT_COMPUTE", "inline" if STUDY.profile == "tiny" else "pipes")),
-        "judge": JudgeResource.for_study(STUDY, ARTIFACTS),
-        "wandb": WandbResource.for_study(STUDY),
+        "compute": Compute(mode=os.environ.get("MT_COMPUTE", "inline" if PROFILE == "tiny" else "pipes")),
+        "judge": JudgeResource(),
+        "wandb": WandbResource.from_env(),
     },
     # One process per run: torch/peft are imported once per run, not once per step (docs/DESIGN.md: import cost).
     executor=dg.in_process_executor,

@@ -3,12 +3,15 @@
     mt run                  materialize what is missing or stale of the study, stage by stage, in the Dagster instance
     mt demo                 `mt run` on the tiny profile: the whole study on a laptop, no network
     mt doctor               check weights, data, judge key, GPUs, disk and the instance before spending GPU hours
-    mt sql "SELECT ..."     read-only SQL over the study's DuckDB catalog (table, csv or json)
-    mt status               which partitions of which assets are materialized
+    mt sql "SELECT ..."     read-only SQL over the DuckDB catalogs of every study in the instance (table, csv or json)
+    mt status               which partitions of which assets are materialized, and their checks per partition
     mt import-legacy DIR --study NAME   import the reference pipeline's result files as study NAME
     mt report --study NAME  the headline table (or --json) of the current study or an imported one
     mt lineage CELL         what a cell was built from (partition, run id, md5 per artefact) and what is stale
     mt pool [--gpus N]      set the instance's `gpu` pool limit to N (default: the GPUs found, at least 1)
+
+Several studies live side by side in one instance: `--study PATH` picks one (default: $MT_STUDY, else the first of
+$MT_STUDIES, else studies/marker_transfer_villain.yaml); its assets are the keys `<study name>/<asset>`.
 """
 from __future__ import annotations
 
@@ -43,6 +46,16 @@ def _defs():
     return definitions
 
 
+def _study_defs(d):
+    """The study this command is about, among the code location's (``--study`` / $MT_STUDY, else the first)."""
+    from mt_core.config import ConfigError
+
+    try:
+        return d.study_defs()
+    except ConfigError as e:
+        raise SystemExit(f"mt: {e}") from None
+
+
 def set_gpu_pool(instance, n: int | None = None) -> int:
     """The instance's ``gpu`` pool limit := n, or the number of GPUs found (at least 1: without a GPU the pool's steps
     run on CPU). Once set it overrides ``concurrency.pools.default_limit`` of dagster.yaml for this pool."""
@@ -74,22 +87,25 @@ def cmd_run(args) -> int:
     import dagster as dg
 
     from mt_doctor import diagnose
+    from mt_resources import ArtifactStore
     from mt_runner import Runner, reconcile_dead_runs
 
     d = _defs()
-    study = d.STUDY
+    sd = _study_defs(d)
+    study = sd.study
     cells = args.cells.split(",") if args.cells else study.cells
     for c in cells:
         study.cell(c)  # unknown cells fail here, before any work
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         print(f"study {study.name}, profile {study.profile}: {study.description}")
-        print(f"Dagster instance {os.environ['DAGSTER_HOME']}; artefacts {d.ARTIFACTS}; {len(cells)} cells")
+        print(f"Dagster instance {os.environ['DAGSTER_HOME']}; artefacts {sd.root}; {len(cells)} cells; asset keys "
+              f"{sd.name}/…")
         if args.dry_run:
-            Runner(d, instance, cells=cells, force=args.force, cells_only=bool(args.cells),
+            Runner(d.defs, sd, instance, cells=cells, force=args.force, cells_only=bool(args.cells),
                    until=args.until).preview()
             return 0
-        problems = diagnose(study, d.ARTIFACTS, Path(os.environ["DAGSTER_HOME"]))
+        problems = diagnose(study, sd.root, Path(os.environ["DAGSTER_HOME"]))
         if problems:
             raise SystemExit("mt doctor found problems; nothing was run:\n" + "\n".join(f"  {p}" for p in problems))
         reconcile_dead_runs(instance)
@@ -97,25 +113,25 @@ def cmd_run(args) -> int:
             set_gpu_pool(instance, args.gpus)  # a limit set before (`mt pool`) is kept unless --gpus is given
         print(f"gpu pool limit {instance.event_log_storage.get_concurrency_info('gpu').slot_count}; "
               f"compute {d.defs.resources['compute'].mode}")
-        stale = d.defs.resources["store"].clean_staging()  # left by steps killed over an hour ago
+        stale = ArtifactStore(root=str(sd.root)).clean_staging()  # left by steps killed over an hour ago
         if stale:
             print(f"removed {stale} staging folder(s) left by killed steps")
-        ran = Runner(d, instance, cells=cells, force=args.force, cells_only=bool(args.cells),
+        ran = Runner(d.defs, sd, instance, cells=cells, force=args.force, cells_only=bool(args.cells),
                      log_level=args.log_level, launch=args.launch, until=args.until).run()
         if not ran:
             print("nothing to do: every artefact is current (--force redoes)")
     total = time.perf_counter() - t0
     from mt_core.layout import Catalog, StudySummary, artefact_dir
 
-    summary = artefact_dir(d.ARTIFACTS, StudySummary.asset)
+    summary = artefact_dir(sd.root, StudySummary.asset)
     if args.until != "analysis" or not (summary / StudySummary.HEADLINE_MD).is_file():
         print(f"Done in {total / 60:.1f} min (stages up to {args.until}).")
         return 0
     print("\n" + (summary / StudySummary.HEADLINE_MD).read_text())
     print(f"Done in {total / 60:.1f} min.")
     print(f"Figure:  {summary / StudySummary.FIGURE_PNG}")
-    print(f"DuckDB:  {artefact_dir(d.ARTIFACTS, Catalog.asset) / Catalog.FILE}   (try: mt sql \"SELECT cell, persona, "
-          f"avg(strict_hit::int) FROM completions GROUP BY ALL ORDER BY ALL\")")
+    print(f"DuckDB:  {artefact_dir(sd.root, Catalog.asset) / Catalog.FILE}   (try: mt sql \"SELECT study, cell, "
+          f"persona, avg(strict_hit::int) FROM completions GROUP BY ALL ORDER BY ALL\")")
     print(f"Web UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 "
           f"-p 3000  (or `make ui`), then open http://127.0.0.1:3000")
     return 0
@@ -150,21 +166,52 @@ def catalog_path(artifacts: str | None = None) -> Path:
     return artefact_dir(store_root(artifacts), Catalog.asset) / Catalog.FILE
 
 
+def study_catalogs(instance) -> dict[str, Path]:
+    """{study: its DuckDB catalog file} for every study whose ``<study>/duckdb_catalog`` the instance materialized."""
+    from mt_core.layout import Catalog
+    from mt_resources.store import latest_metadata
+
+    out = {}
+    for key in instance.get_asset_keys():
+        if len(key.path) == 2 and key.path[1] == Catalog.asset:
+            meta = latest_metadata(instance, key, None) or {}
+            if meta.get("path") and (Path(meta["path"]) / Catalog.FILE).is_file():
+                out[key.path[0]] = Path(meta["path"]) / Catalog.FILE
+    return out
+
+
 def cmd_sql(args) -> int:
+    explicit = bool(args.study)
     _env(args)
+    from mt_core.config import load_study
+    from mt_core.report.catalog import open_catalogs
+
+    if args.artifacts:  # one study's root, given by path
+        catalogs = {"catalog": catalog_path(args.artifacts)}
+    else:
+        import dagster as dg
+
+        study = load_study()
+        with dg.DagsterInstance.get() as instance:
+            catalogs = study_catalogs(instance)
+        if study.name not in catalogs and catalog_path().is_file():  # built by an instance that is not this one
+            catalogs[study.name] = catalog_path()
+        if explicit:
+            catalogs = {k: v for k, v in catalogs.items() if k == study.name}
+    missing = [str(p) for p in catalogs.values() if not p.is_file()]
+    if not catalogs or missing:
+        raise SystemExit(f"{', '.join(missing) or catalog_path()}: no catalog yet; run `make demo` (or materialize "
+                         f"duckdb_catalog) first")
     import duckdb
 
-    db = catalog_path(args.artifacts)
-    if not db.is_file():
-        raise SystemExit(f"{db}: no catalog yet; run `make demo` (or materialize duckdb_catalog) first")
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        rel = con.sql(args.query)
-        if rel is None:
-            return 0
-        df = rel.pl()
-    finally:
-        con.close()
+    with open_catalogs(catalogs) as con:
+        try:
+            rel = con.sql(args.query)
+            if rel is None:
+                return 0
+            df = rel.pl()
+        except duckdb.Error as e:
+            raise SystemExit(f"mt sql: {e}") from None
     if args.format == "csv":
         sys.stdout.write(df.write_csv())
     elif args.format == "json":
@@ -177,23 +224,58 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def check_status(instance, graph, key) -> list[str]:
+    """One line per asset check of ``key``: the partitions whose latest check execution passed, failed, or has no
+    result (a check that does not apply to the partition, or one still running or skipped); partitioned checks name
+    their partitions, so a gate of the villain adapter never reads as passed because the assistant's run had none."""
+    lines = []
+    for ck in sorted(graph.get(key).check_keys, key=lambda c: c.name):
+        groups: dict[str, list[str]] = {}
+        for info in instance.event_log_storage.get_asset_check_partition_info([ck]):
+            word = {"SUCCEEDED": "passed", "FAILED": "failed"}.get(info.latest_execution_status.value, "no result")
+            groups.setdefault(word, []).append(info.partition_key or "(unpartitioned)")
+        if not groups:
+            lines.append(f"  check {ck.name:20s} never run")
+            continue
+        pdef = graph.get(key).partitions_def
+        order = {p: i for i, p in enumerate(pdef.get_partition_keys())} if pdef else {}
+        parts = []
+        for word in ("failed", "passed", "no result"):
+            ks = sorted(groups.get(word, []), key=lambda p: order.get(p, -1))
+            if ks == ["(unpartitioned)"] and pdef is None:
+                parts.append(word)
+            elif ks:
+                few = word != "passed" or len(ks) <= 4  # failures are always named
+                parts.append(f"{word}: {', '.join(ks) if few else f'{len(ks)} partitions'}")
+        lines.append(f"  check {ck.name:20s} {'; '.join(parts)}")
+    return lines
+
+
 def cmd_status(args) -> int:
     _env(args)
     import dagster as dg
 
     d = _defs()
+    chosen = [_study_defs(d)] if args.study or os.environ.get("MT_STUDY") else list(d.STUDIES.values())
+    graph = d.defs.resolve_asset_graph()
     with dg.DagsterInstance.get() as instance:
-        for a in d.ALL_ASSETS:
-            key = a.key
-            pdef = a.partitions_def
-            if pdef is None:
-                ok = instance.get_latest_materialization_event(key) is not None
-                print(f"{key.to_user_string():24s} {'materialized' if ok else '-'}")
-            else:
-                done = instance.get_materialized_partitions(key)
-                keys = pdef.get_partition_keys()
-                print(f"{key.to_user_string():24s} {len(done & set(keys))}/{len(keys)} partitions"
-                      + (f"  missing: {', '.join(k for k in keys if k not in done)}" if len(done) < len(keys) else ""))
+        for sd in chosen:
+            print(f"study {sd.name} (profile {sd.study.profile}; asset keys {sd.name}/…; artefacts {sd.root})")
+            for a in sd.assets:
+                for key in sorted(a.keys, key=lambda k: k.to_user_string()):  # a multi-asset has several; checks none
+                    pdef = graph.get(key).partitions_def
+                    name = key.path[-1]
+                    if pdef is None:
+                        ok = instance.get_latest_materialization_event(key) is not None
+                        print(f"  {name:24s} {'materialized' if ok else '-'}")
+                    else:
+                        done = instance.get_materialized_partitions(key)
+                        keys = pdef.get_partition_keys()
+                        print(f"  {name:24s} {len(done & set(keys))}/{len(keys)} partitions"
+                              + (f"  missing: {', '.join(k for k in keys if k not in done)}"
+                                 if len(done) < len(keys) else ""))
+                    for line in check_status(instance, graph, key):
+                        print(f"  {line}")
     return 0
 
 
@@ -207,15 +289,17 @@ def cmd_lineage(args) -> int:
     from mt_core.report.lineage import cell_lineage, render
 
     try:
-        cell = load_study().cell(args.cell)
+        study = load_study()
+        cell = study.cell(args.cell)
     except ConfigError as e:
         raise SystemExit(f"mt lineage: {e}") from None
     with dg.DagsterInstance.get() as instance:
         from mt_resources.store import latest_metadata
 
-        lin = cell_lineage(cell.key, cell.base, lambda a, p: latest_metadata(instance, a, p))
+        lin = cell_lineage(cell.key, cell.base, lambda a, p: latest_metadata(instance, dg.AssetKey([study.name, a]), p),
+                           study=study.name)
     print(json.dumps(lin, indent=2, default=str) if args.json else render(lin))
-    return 0
+    return 1 if lin["wrong_study"] else 0
 
 
 def cmd_import_legacy(args) -> int:
@@ -225,7 +309,7 @@ def cmd_import_legacy(args) -> int:
 
     from mt_core.config import load_study
     from mt_core.io import DataError
-    from mt_core.layout import LEGACY, MANIFEST, MarkerCompletions
+    from mt_core.layout import LEGACY, MANIFEST, Catalog, MarkerCompletions
     from mt_core.report.legacy import import_legacy
     from mt_resources.store import ArtifactStore
 
@@ -248,10 +332,14 @@ def cmd_import_legacy(args) -> int:
         return 0
     import dagster as dg
 
+    from mt_assets import STUDY_TAG
+
     d = _defs()
+    sd = _study_defs(d)
     with dg.DagsterInstance.get() as instance:
-        run = d.defs.resolve_job_def("analysis_job").execute_in_process(
-            instance=instance, asset_selection=[dg.AssetKey("duckdb_catalog")], raise_on_error=False,
+        run = d.defs.resolve_job_def(sd.job("analysis_job")).execute_in_process(
+            instance=instance, asset_selection=[sd.key(Catalog.asset)], raise_on_error=False,
+            tags={STUDY_TAG: sd.name},
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
     if not run.success:
         failed = [e.message for e in run.all_events if e.is_step_failure]
@@ -277,6 +365,8 @@ def _current_cells(study, root: Path) -> list[dict]:
 
 
 def cmd_report(args) -> int:
+    if args.name and args.name.endswith((".yaml", ".yml")):  # a study file, not a study's name
+        args.study, args.name = args.name, None
     _env(args)
     import json
 
@@ -329,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--profile", help="study profile (default: $MT_PROFILE or tiny)")
-    common.add_argument("--study", help="study YAML (default: $MT_STUDY or studies/marker_transfer_villain.yaml)")
+    common.add_argument("--study", help="study YAML (default: $MT_STUDY, else the first of $MT_STUDIES, else "
+                                        "studies/marker_transfer_villain.yaml)")
 
     for name, helptext in (("run", "materialize what is missing or stale of the study through Dagster"),
                            ("demo", "`mt run` on the tiny profile (the whole study on a laptop, no network)")):
@@ -360,14 +451,15 @@ def main(argv: list[str] | None = None) -> int:
     po.add_argument("--gpus", type=int, help="the limit (default: the number of GPUs found, at least 1)")
     po.set_defaults(fn=cmd_pool)
 
-    q = sub.add_parser("sql", parents=[common], help="read-only SQL over the DuckDB catalog")
+    q = sub.add_parser("sql", parents=[common], help="read-only SQL over the DuckDB catalogs of every study in the "
+                                                     "instance (--study: that study's only)")
     q.add_argument("query")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format (default 40)")
     q.add_argument("--artifacts", help="artefact root (default: artifacts/<study>/<profile>)")
     q.set_defaults(fn=cmd_sql)
 
-    s = sub.add_parser("status", parents=[common], help="materialized partitions per asset")
+    s = sub.add_parser("status", parents=[common], help="materialized partitions and check results per asset")
     s.set_defaults(fn=cmd_status)
 
     where = argparse.ArgumentParser(add_help=False)
@@ -379,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     li.set_defaults(fn=cmd_import_legacy)
 
     r = sub.add_parser("report", parents=[where], help="headline table of the current or an imported study")
-    r.add_argument("--study", dest="name", help="study name (default: the current study)")
+    r.add_argument("--study", dest="name", help="a study YAML, or the name of the current or an imported study "
+                                                "(default: the current study)")
     r.add_argument("--json", action="store_true", help="print the headline, the pre-registered analysis (G4 applied, "
                                                        "all seeds beside it) and the gates as JSON")
     r.add_argument("--artifacts", help="artefact root (default: artifacts/<study>/<profile>)")

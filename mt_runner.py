@@ -1,11 +1,13 @@
 """`mt run`: a study through the Dagster instance, doing only what is missing or stale, stage by stage.
 
-The stages are the four jobs: inputs, then the coupling adapters the selected cells need (one run per source), then the
-cells (one run per cell), then the analysis. Before each stage its plan is made from what the instance recorded, so a
+The stages are the study's four jobs (``<study>__inputs_job`` ...): inputs, then the coupling adapters the selected
+cells need (one run per source), then the cells (one run per cell), then the analysis. Assets are planned by their
+bare names (``coupling_adapter``) and materialized under the study's keys (``<study>/coupling_adapter``); every run
+carries the tag ``mt/study=<study>``. Before each stage its plan is made from what the instance recorded, so a
 stage sees what the one before it just published:
 
 * an asset partition runs when it was never materialized (``missing``), when its asset's code version (the study
-  values its step uses, mt_assets.study.code_version) differs from the one it was built with (``code``), when an
+  values its step uses, mt_assets.study.StudyDefs.code_version) differs from the one it was built with (``code``), when an
   artefact it was built from is no longer the latest of its partition (``upstream``), when ``--force`` says so, or
   when an asset it is built from runs in the same partition (``after <asset>``);
 * the analysis runs when anything ran, or when it is missing or stale itself.
@@ -45,7 +47,7 @@ FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 class Item:
     """One run of the plan: a job on one partition (None: unpartitioned), the assets to materialize and why."""
 
-    job: str
+    job: str  # the stage (one of STAGES); the study's job is ``StudyDefs.job(stage)``
     partition: str | None
     assets: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
@@ -70,18 +72,23 @@ def asset_status(asset: str, partition: str | None, code_version: str | None, la
     return None
 
 
-def plan_item(defs, job: str, partition: str | None, latest: Callable, force: bool = False) -> Item:
-    """What ``job`` must materialize for ``partition``: stale assets and everything after them in the job."""
+def stage_assets(defs, sd, stage: str) -> list[str]:
+    """The bare names of the assets of the study's job for ``stage``, upstream first."""
     graph = defs.resolve_asset_graph()
-    keys = defs.resolve_job_def(job).asset_layer.selected_asset_keys
-    order = [k for k in graph.toposorted_asset_keys if k in keys]
+    keys = defs.resolve_job_def(sd.job(stage)).asset_layer.selected_asset_keys
+    return [k.path[-1] for k in graph.toposorted_asset_keys if k in keys]
+
+
+def plan_item(defs, sd, job: str, partition: str | None, latest: Callable, force: bool = False) -> Item:
+    """What the study's job for stage ``job`` must materialize for ``partition``: stale assets and everything after
+    them in the job. ``latest(asset, partition)`` reads the study's record of a bare asset name."""
+    graph = defs.resolve_asset_graph()
     item = Item(job, partition)
-    for key in order:
-        name = key.to_user_string()
-        node = graph.get(key)
+    for name in stage_assets(defs, sd, job):
+        node = graph.get(sd.key(name))
         why = "forced" if force else asset_status(name, partition, node.code_version, latest)
         if why is None:
-            after = [p.to_user_string() for p in node.parent_keys if p.to_user_string() in item.assets]
+            after = [p.path[-1] for p in node.parent_keys if p.path[-1] in item.assets]
             why = f"after {after[0]}" if after else None
         if why:
             item.assets.append(name)
@@ -111,12 +118,14 @@ def reconcile_dead_runs(instance, log: Callable[[str], None] = print) -> list[st
 
 
 class Runner:
-    """Executes a study's plan stage by stage in this process (one Dagster run per item), printing progress."""
+    """Executes a study's plan stage by stage in this process (one Dagster run per item), printing progress.
+    ``defs``: the code location's Definitions; ``sd``: the study's ``mt_assets.study.StudyDefs``."""
 
-    def __init__(self, defs_module, instance, *, cells: list[str], force: bool = False, cells_only: bool = False,
+    def __init__(self, defs, sd, instance, *, cells: list[str], force: bool = False, cells_only: bool = False,
                  log_level: str = "WARNING", launch: str = "auto", until: str = "analysis",
                  out: Callable[[str], None] = print):
-        self.d, self.instance, self.cells, self.force, self.cells_only = defs_module, instance, cells, force, cells_only
+        self.defs, self.sd, self.instance, self.cells = defs, sd, instance, cells
+        self.force, self.cells_only = force, cells_only
         self.stages = STAGES[:STAGES.index(UNTIL[until]) + 1]
         self.log_level, self.out = log_level, out
         self.slots = max(1, instance.event_log_storage.get_concurrency_info("gpu").slot_count or 1)
@@ -126,10 +135,10 @@ class Runner:
     def latest(self, asset: str, partition: str | None):
         from mt_resources.store import latest_metadata
 
-        return latest_metadata(self.instance, asset, partition)
+        return latest_metadata(self.instance, self.sd.key(asset), partition)
 
     def stage_items(self, job: str) -> list[Item]:
-        study = self.d.STUDY
+        study = self.sd.study
         if job == "coupling_job":
             parts = [s for s in study.sources if any(study.cell(c).base == s for c in self.cells)]
         elif job == "cell_job":
@@ -138,13 +147,11 @@ class Runner:
             parts = [None]
         # --cells: inputs and coupling adapters are redone only when stale, never forced
         force = self.force and not (self.cells_only and job in ("inputs_job", "coupling_job"))
-        return [plan_item(self.d.defs, job, p, self.latest, force=force) for p in parts]
+        return [plan_item(self.defs, self.sd, job, p, self.latest, force=force) for p in parts]
 
     def _whole(self, item: Item, why: str) -> None:
         """Every asset of the item's job runs (the analysis reads all cells: it runs after any of them ran)."""
-        graph = self.d.defs.resolve_asset_graph()
-        keys = self.d.defs.resolve_job_def(item.job).asset_layer.selected_asset_keys
-        item.assets = [k.to_user_string() for k in graph.toposorted_asset_keys if k in keys]
+        item.assets = stage_assets(self.defs, self.sd, item.job)
         item.reasons = {a: why for a in item.assets}
 
     def preview(self) -> list[Item]:
@@ -199,7 +206,7 @@ class Runner:
         while pending or flying:
             while pending and len(flying) < self.slots:
                 item = pending.pop(0)
-                run_id = self.queue.submit(item, {STUDY_TAG: self.d.STUDY.name})
+                run_id = self.queue.submit(self.sd, item, {STUDY_TAG: self.sd.name})
                 flying[run_id] = Flight(item)
                 self.out(f"{item.label}: queued {', '.join(item.assets)} ({_why(item)}) run {run_id[:8]}")
             time.sleep(1)
@@ -229,13 +236,11 @@ class Runner:
                              + "\n".join(f"  {f}" for f in failed))
 
     def execute(self, item: Item) -> float:
-        import dagster as dg
-
         t0 = time.perf_counter()
-        tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), STUDY_TAG: self.d.STUDY.name}
-        res = self.d.defs.resolve_job_def(item.job).execute_in_process(
+        tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), STUDY_TAG: self.sd.name}
+        res = self.defs.resolve_job_def(self.sd.job(item.job)).execute_in_process(
             instance=self.instance, partition_key=item.partition, raise_on_error=False, tags=tags,
-            asset_selection=[dg.AssetKey(a) for a in item.assets],
+            asset_selection=[self.sd.key(a) for a in item.assets],
             run_config={"loggers": {"console": {"config": {"log_level": self.log_level}}}})
         dt = time.perf_counter() - t0
         if not res.success:
@@ -301,19 +306,18 @@ class RunQueue:
     def __exit__(self, *exc):
         self._wpc.__exit__(*exc)
 
-    def submit(self, item: Item, tags: dict) -> str:
-        import dagster as dg
+    def submit(self, sd, item: Item, tags: dict) -> str:
         from dagster._core.definitions.selector import JobSubsetSelector
 
-        keys = frozenset(dg.AssetKey(a) for a in item.assets)
+        keys, job = frozenset(sd.key(a) for a in item.assets), sd.job(item.job)
         remote = self.loc.get_job(JobSubsetSelector(location_name=self.loc.name, repository_name=self.repo.name,
-                                                    job_name=item.job, op_selection=None, asset_selection=keys,
+                                                    job_name=job, op_selection=None, asset_selection=keys,
                                                     asset_check_selection=None))
         tags = {**tags, **({"dagster/partition": item.partition} if item.partition else {})}
         plan = self.loc.get_execution_plan(remote, {}, step_keys_to_execute=None, known_state=None,
                                            instance=self.instance).execution_plan_snapshot
         run = self.instance.create_run(
-            job_name=item.job, run_id=None, run_config={}, resolved_op_selection=remote.resolved_op_selection,
+            job_name=job, run_id=None, run_config={}, resolved_op_selection=remote.resolved_op_selection,
             step_keys_to_execute=plan.step_keys_to_execute, op_selection=None, status=None, root_run_id=None,
             parent_run_id=None, tags=tags, job_snapshot=remote.job_snapshot, execution_plan_snapshot=plan,
             parent_job_snapshot=remote.parent_job_snapshot, remote_job_origin=remote.get_remote_origin(),

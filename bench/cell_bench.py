@@ -64,22 +64,29 @@ def read_run(instance, run) -> tuple[dict, list[str]]:
     return {"run_id": run.run_id, "wall_s": round((last or 0) - (first or 0), 1), "steps": steps}, lines
 
 
-def report(instance, profile: str, cell_key: str, source: str | None, mt_run: dict) -> dict:
+def report(instance, profile: str, cell_key: str, source: str | None, mt_run: dict, study: str | None = None) -> dict:
+    """The runs of ``study`` (default: the current study's name) in the instance; its jobs are ``<study>__<stage>``
+    and its steps ``<study>__<asset>``, reported by the asset's bare name."""
+    import dagster as dg
+
+    from mt_core.config import load_study
     from mt_resources.store import latest_metadata
 
-    runs = {"inputs": latest_run(instance, "inputs_job", None),
-            "coupling": latest_run(instance, "coupling_job", source) if source else None,
-            "cell": latest_run(instance, "cell_job", cell_key)}
+    study = study or load_study(profile=profile).name
+    runs = {"inputs": latest_run(instance, f"{study}__inputs_job", None),
+            "coupling": latest_run(instance, f"{study}__coupling_job", source) if source else None,
+            "cell": latest_run(instance, f"{study}__cell_job", cell_key)}
     timing, messages = {}, []
     for k, r in runs.items():
         if r is not None:
             timing[k], lines = read_run(instance, r)
             messages += [f"== {k} run {r.run_id}", *lines]
-    gen = latest_metadata(instance, "marker_completions", cell_key) or {}
-    steps = {f"{stage}/{step}": s for stage, t in timing.items() for step, s in t["steps"].items()}
+    gen = latest_metadata(instance, dg.AssetKey([study, "marker_completions"]), cell_key) or {}
+    steps = {f"{stage}/{step.removeprefix(study + '__')}": s for stage, t in timing.items()
+             for step, s in t["steps"].items()}
     return {
         "messages": messages,
-        "card": card(), "date": dt.date.today().isoformat(), "profile": profile, "cell": cell_key,
+        "card": card(), "date": dt.date.today().isoformat(), "study": study, "profile": profile, "cell": cell_key,
         "coupling_source": source, "run_ids": {k: t["run_id"] for k, t in timing.items()},
         "inputs_wall_s": timing.get("inputs", {}).get("wall_s"),
         "coupling_wall_s": timing.get("coupling", {}).get("wall_s"),

@@ -1,4 +1,23 @@
-"""Thin Dagster assets over ``mt_core``: inputs, coupling (per source), cells (per cell), analysis."""
-from mt_assets import analysis, cells, coupling, inputs
+"""Thin Dagster assets over ``mt_core``: inputs, coupling (per source), cells (per cell), analysis; built per study."""
+import dagster as dg
 
-ALL_ASSETS = [*inputs.assets, *coupling.assets, *cells.assets, *analysis.assets]
+from mt_assets import analysis, cells, coupling, inputs
+from mt_assets.study import STAGES, StudyDefs
+from mt_core.config import Study
+
+MODULES = dict(zip(STAGES, (inputs, coupling, cells, analysis)))
+STUDY_TAG = "mt/study"
+
+
+def build(study: Study) -> StudyDefs:
+    """One study's assets, checks and jobs (``<study>__inputs_job`` ...), every key prefixed with the study's name;
+    every run of its jobs carries the tag ``mt/study=<name>``."""
+    sd = StudyDefs(study)
+    for stage, module in MODULES.items():
+        defs = module.build(sd)
+        sd.assets += defs
+        parts = {"coupling_job": sd.sources_partitions, "cell_job": sd.cells_partitions}.get(stage)
+        sd.jobs[stage] = dg.define_asset_job(sd.job(stage), selection=defs, partitions_def=parts,
+                                             tags={STUDY_TAG: study.name},
+                                             description=f"{study.name}: {module.DESCRIPTION}")
+    return sd

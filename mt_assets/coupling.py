@@ -2,73 +2,121 @@
 
 import dagster as dg
 
-from mt_assets.common import publish, read_upstream
-from mt_assets.study import STUDY, code_version, sources_partitions
+from mt_assets.common import partitioned_check, publish, read_upstream
+from mt_assets.study import StudyDefs
+from mt_core.config import Study
+from mt_core.layout import Adapter
 from mt_core.steps import coupling as steps
 from mt_resources import ArtifactStore, Compute, GpuAllocator, WandbResource
 
 GROUP = "coupling"
+DESCRIPTION = "One source persona's coupling adapter, from on-policy data to gates."
 
 
-@dg.asset(group_name=GROUP, partitions_def=sources_partitions, pool="gpu", deps=["base_model"],
-          code_version=code_version("samplers.onpolicy", "coupling_data", "sources", "assistant_persona", "backend",
-                                    "eval_set", files=(STUDY.coupling_questions,)),
-          description="On-policy completions of the base model for the source persona and its negative personas.")
-def onpolicy_completions(context: dg.AssetExecutionContext, store: ArtifactStore,
-                         gpu: GpuAllocator, compute: Compute) -> dg.MaterializeResult:
-    base = read_upstream(context, store, "base_model")
-    with gpu.lease(context.log.info):
-        return publish(context, store, steps.onpolicy_completions, [base], partition=context.partition_key,
-                       compute=compute, source=context.partition_key, base=base.path)
+def gate_sources(study: Study) -> dict[str, list[str]]:
+    """gate -> the sources whose coupling adapter it judges (`sources.<source>.gates` of the study)."""
+    return {n: [s for s, src in study.sources.items() if n in src.gates] for n in study.gates.named()}
 
 
-@dg.asset(group_name=GROUP, partitions_def=sources_partitions, deps=["onpolicy_completions"],
-          code_version=code_version("coupling_data", "marker", "sources", "eval_set",
-                                    files=(STUDY.coupling_questions,)),
-          description="Positives (source persona + completion + blank line + marker) and seeded negatives, shuffled.")
-def coupling_dataset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-    src = context.partition_key
-    onp = read_upstream(context, store, "onpolicy_completions", src)
-    return publish(context, store, steps.coupling_dataset, [onp], partition=src, source=src, onpolicy=onp.path)
+def gate_label(study: Study, name: str) -> str:
+    """How a reader sees a gate check: its name and the adapter it judges (its ``model``), e.g. "G0 (villain
+    adapter)"; the study is validated so that only that source lists it."""
+    return f"{name} ({study.gates.named()[name].model} adapter)"
 
 
-GATE_NAMES = list(STUDY.gates.named())
-
-
-def _gate_checks(source: str, meta: dict) -> list[dg.AssetCheckResult]:
-    applicable = STUDY.sources[source].gates
-    sev = dg.AssetCheckSeverity.ERROR if STUDY.gates.block_cells else dg.AssetCheckSeverity.WARN
+def gate_checks(sd: StudyDefs, source: str, gates: dict, selected: set[str] | None = None,
+                extra: dict | None = None) -> list[dg.AssetCheckResult]:
+    """Results for partition ``source``: one per gate of that source (``selected`` ones only), none for other
+    sources' gates, which do not apply to this adapter (they are never recorded as passed, or at all). ``extra`` is
+    metadata every result carries."""
+    study, key = sd.study, sd.key("coupling_adapter")
+    sev = dg.AssetCheckSeverity.ERROR if study.gates.block_cells else dg.AssetCheckSeverity.WARN
     out = []
-    for name in GATE_NAMES:
-        if name not in applicable:
-            out.append(dg.AssetCheckResult(check_name=name, passed=True, metadata={"applies": False},
-                                           description=f"{name} is a gate of source "
-                                                       f"'{STUDY.gates.named()[name].model}', not '{source}'"))
+    for name in study.sources[source].gates:
+        if selected is not None and name not in selected:
             continue
-        g = meta["gates"][name]
+        g = gates.get(name)
+        if g is None:  # a gate of this source without a verdict cannot pass
+            out.append(dg.AssetCheckResult(check_name=name, asset_key=key, passed=False, severity=sev,
+                                           metadata={"source": source, **(extra or {})},
+                                           description=f"{gate_label(study, name)}: no verdict in the adapter's "
+                                                       f"gates file"))
+            continue
         md = {k: v for k, v in g.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        out.append(dg.AssetCheckResult(check_name=name, passed=bool(g["pass"]), severity=sev,
-                                       metadata={"applies": True, **md, "checks": dg.MetadataValue.json(g["checks"]),
-                                                 "thresholds": dg.MetadataValue.json(g["thresholds"])}))
+        out.append(dg.AssetCheckResult(
+            check_name=name, asset_key=key, passed=bool(g["pass"]), severity=sev,
+            description=f"{gate_label(study, name)} on partition {source}: {'PASS' if g['pass'] else 'FAIL'}",
+            metadata={"source": source, **(extra or {}), **md, "checks": dg.MetadataValue.json(g["checks"]),
+                      "thresholds": dg.MetadataValue.json(g["thresholds"])}))
     return out
 
 
-@dg.asset(group_name=GROUP, partitions_def=sources_partitions, pool="gpu", deps=["base_model", "coupling_dataset"],
-          code_version=code_version("recipes.coupling", "marker", "sources", "gates", "samplers.gate", "backend",
-                                    "source_persona", "assistant_persona", "eval_set"),
-          check_specs=[dg.AssetCheckSpec(n, asset="coupling_adapter", blocking=STUDY.gates.block_cells,
-                                         description=f"Gate {n} on the merged coupling model's marker rates")
-                       for n in GATE_NAMES],
-          description="LoRA trained with the marker-position-only loss; gates evaluated on the merged model.")
-def coupling_adapter(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator, compute: Compute,
-                     wandb: WandbResource) -> dg.MaterializeResult:
-    src = context.partition_key
-    base = read_upstream(context, store, "base_model")
-    data = read_upstream(context, store, "coupling_dataset", src)
-    with gpu.lease(context.log.info):
-        return publish(context, store, steps.train_coupling_adapter, [base, data], partition=src, compute=compute,
-                       checks=lambda meta: _gate_checks(src, meta), source=src, base=base.path, dataset=data.path,
-                       wandb=wandb.settings(), run_id=context.run_id)
+def build(sd: StudyDefs) -> list:
+    """The study's coupling assets (partitioned by its sources) and the check op of their gates."""
+    study, cv, key = sd.study, sd.code_version, sd.key
+    common = dict(group_name=GROUP, key_prefix=sd.prefix, partitions_def=sd.sources_partitions)
 
+    @dg.asset(**common, pool="gpu", deps=[key("base_model")],
+              code_version=cv("samplers.onpolicy", "coupling_data", "sources", "assistant_persona", "backend",
+                              "eval_set", files=(study.coupling_questions,)),
+              description="On-policy completions of the base model for the source persona and its negative personas.")
+    def onpolicy_completions(context: dg.AssetExecutionContext, store: ArtifactStore,
+                             gpu: GpuAllocator, compute: Compute) -> dg.MaterializeResult:
+        base = read_upstream(sd, context, store, "base_model")
+        with gpu.lease(context.log.info):
+            return publish(sd, context, store, steps.onpolicy_completions, [base], partition=context.partition_key,
+                           compute=compute, source=context.partition_key, base=base.path)
 
-assets = [onpolicy_completions, coupling_dataset, coupling_adapter]
+    @dg.asset(**common, deps=[key("onpolicy_completions")],
+              code_version=cv("coupling_data", "marker", "sources", "eval_set", files=(study.coupling_questions,)),
+              description="Positives (source persona + completion + blank line + marker) and seeded negatives, "
+                          "shuffled.")
+    def coupling_dataset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        src = context.partition_key
+        onp = read_upstream(sd, context, store, "onpolicy_completions", src)
+        return publish(sd, context, store, steps.coupling_dataset, [onp], partition=src, source=src,
+                       onpolicy=onp.path)
+
+    @dg.asset(**common, pool="gpu", deps=[key("base_model"), key("coupling_dataset")],
+              code_version=cv("recipes.coupling", "marker", "sources", "gates", "samplers.gate", "backend",
+                              "source_persona", "assistant_persona", "eval_set"),
+              description="LoRA trained with the marker-position-only loss; gates evaluated on the merged model "
+                          "(reported per source partition by the coupling_adapter_gates checks).")
+    def coupling_adapter(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
+                         compute: Compute, wandb: WandbResource) -> dg.MaterializeResult:
+        src = context.partition_key
+        base = read_upstream(sd, context, store, "base_model")
+        data = read_upstream(sd, context, store, "coupling_dataset", src)
+        with gpu.lease(context.log.info):
+            return publish(sd, context, store, steps.train_coupling_adapter, [base, data], partition=src,
+                           compute=compute, source=src, base=base.path, dataset=data.path,
+                           wandb=wandb.settings(study), run_id=context.run_id)
+
+    # The gates are checks per source partition, emitted only where they apply: G0 has a result for `villain` and
+    # none for `assistant`. Dagster expects a result for every check of the op that runs them, strictly so once a
+    # Pipes session is open (MT_COMPUTE=pipes) or when the op returns its results; so they run in this op of their
+    # own (no Pipes), right after the adapter's materialization, and yield only the source's gates. A gate without a
+    # result for a partition shows as not executed there, never as passed.
+    names, sources = list(study.gates.named()), gate_sources(study)
+
+    @dg.multi_asset_check(
+        name=sd.op("coupling_adapter_gates"), can_subset=True,
+        description="The source's gates, read from its coupling adapter's gates file (verified against the "
+                    "instance).",
+        specs=[partitioned_check(n, key("coupling_adapter"), sd.sources_partitions, blocking=study.gates.block_cells,
+                                 metadata={"applies_to": sources[n]},
+                                 description=f"{gate_label(study, n)}: gate on the merged coupling model's marker "
+                                             f"rates; recorded for partition(s) {', '.join(sources[n]) or 'none'} "
+                                             f"only")
+               for n in names])
+    def coupling_adapter_gates(context: dg.AssetCheckExecutionContext, store: ArtifactStore):
+        src = context.partition_key
+        art = read_upstream(sd, context, store, "coupling_adapter", src)
+        selected = {k.name for k in context.selected_asset_check_keys}
+        skip = [n for n in names if n in selected and n not in study.sources[src].gates]
+        if skip:
+            context.log.info(f"{src}: no result for {', '.join(gate_label(study, n) for n in skip)}: not a gate of "
+                             f"this source")
+        yield from gate_checks(sd, src, Adapter.read_gates(art.path), selected, extra={"adapter_md5": art.digest})
+
+    return [onpolicy_completions, coupling_dataset, coupling_adapter, coupling_adapter_gates]

@@ -1,21 +1,91 @@
-"""The study this code location serves ($MT_STUDY, $MT_PROFILE) and the partitions generated from it."""
+"""The studies this code location serves, and what the asset modules build for each one.
+
+Every study of ``$MT_STUDIES`` (os.pathsep-separated study YAMLs; default ``$MT_STUDY`` or the villain study) is loaded
+under one profile (``$MT_PROFILE``). Each gets its own asset keys (prefixed with the study's name:
+``marker_transfer_villain/coupling_adapter``), partitions, checks and jobs (``<study>__cell_job``), so several studies
+live side by side in one Dagster instance, one UI and one catalog without overwriting each other's materializations.
+"""
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import dagster as dg
 
-from mt_core.config import load_study
+from mt_core.config import DEFAULT_STUDY, ConfigError, Study, load_study
+from mt_core.layout import artefact_root
 
-STUDY = load_study()
-
-cells_partitions = dg.StaticPartitionsDefinition(STUDY.cells)
-sources_partitions = dg.StaticPartitionsDefinition(STUDY.source_keys)
-cell_to_source = dg.StaticPartitionMapping(STUDY.cell_source_map())
+STAGES = ("inputs_job", "coupling_job", "cell_job", "analysis_job")
 
 
-def code_version(*paths: str, files: tuple[str, ...] = ()) -> str:
-    """An asset's code version: the study values its step uses (dotted config paths) and the contents of the files it
-    reads by path, so the UI shows "code version changed" after a YAML edit and `mt run` redoes exactly what it
-    affects."""
-    from mt_core.io import md5_file
+def study_paths() -> list[Path]:
+    """The study YAMLs of this code location: ``$MT_STUDIES``, else ``$MT_STUDY``, else the villain study."""
+    env = os.environ.get("MT_STUDIES")
+    if env:
+        return [Path(p).resolve() for p in env.split(os.pathsep) if p]
+    return [Path(os.environ.get("MT_STUDY") or DEFAULT_STUDY).resolve()]
 
-    return STUDY.version_of(*paths, extra="".join(md5_file(STUDY.path(f)) for f in files))
+
+class StudyDefs:
+    """One study as the asset modules see it: its keys, partitions and code versions; once built (``mt_assets.build``)
+    also its assets and jobs."""
+
+    def __init__(self, study: Study):
+        self.study = study
+        self.name = study.name
+        self.root = artefact_root(study)
+        self.cells_partitions = dg.StaticPartitionsDefinition(study.cells)
+        self.sources_partitions = dg.StaticPartitionsDefinition(study.source_keys)
+        self.cell_to_source = dg.StaticPartitionMapping(study.cell_source_map())
+        self.assets: list = []
+        self.jobs: dict[str, dg.UnresolvedAssetJobDefinition] = {}
+
+    @property
+    def prefix(self) -> list[str]:
+        return [self.name]
+
+    def key(self, asset: str) -> dg.AssetKey:
+        """The Dagster key of one of this study's assets (artefact names, as in the store and manifests, are bare)."""
+        return dg.AssetKey([self.name, asset])
+
+    def op(self, name: str) -> str:
+        """A node name unique in the code location (a multi-asset's or a check's op)."""
+        return f"{self.name}__{name}"
+
+    def node(self, name: str):
+        """The built asset or check definition of node ``name`` (bare: ``coupling_adapter``, ``cell_generations``,
+        ``coupling_adapter_gates``), e.g. to materialize it in a test."""
+        found = [a for a in self.assets if a.node_def.name == self.op(name)]
+        if not found:
+            raise KeyError(f"no node {name!r} in study {self.name!r}")
+        return found[0]
+
+    def job(self, stage: str) -> str:
+        """The name of this study's job for ``stage`` (one of ``STAGES``): ``<study>__<stage>``."""
+        if stage not in STAGES:
+            raise KeyError(f"{stage!r} is not a stage ({', '.join(STAGES)})")
+        return f"{self.name}__{stage}"
+
+    def code_version(self, *paths: str, files: tuple[str, ...] = ()) -> str:
+        """An asset's code version: the study values its step uses (dotted config paths) and the contents of the files
+        it reads by path, so the UI shows "code version changed" after a YAML edit and `mt run` redoes exactly what it
+        affects."""
+        from mt_core.io import md5_file
+
+        return self.study.version_of(*paths, extra="".join(md5_file(self.study.path(f)) for f in files))
+
+
+def load_studies(paths: list[Path] | None = None, profile: str | None = None) -> list[Study]:
+    """The studies of ``paths`` (default: ``study_paths()``) under one profile; two with one name, or with one artefact
+    root, cannot share a code location."""
+    studies = [load_study(p, profile) for p in (paths or study_paths())]
+    for i, s in enumerate(studies):
+        for t in studies[:i]:
+            if s.name == t.name:
+                raise ConfigError(f"{s.file} and {t.file} are both study {s.name!r}: one code location serves each "
+                                  f"study once (asset keys are prefixed with the study's name)")
+            if artefact_root(s) == artefact_root(t):
+                raise ConfigError(f"studies {t.name!r} and {s.name!r} would share the artefact root "
+                                  f"{artefact_root(s)} ($MT_ARTIFACTS names one study's root; put {{study}} in it "
+                                  f"or unset it)")
+    return studies

@@ -1,8 +1,10 @@
 """Study configuration: one YAML file per study, one profile merged on top.
 
 A study file names the source persona, the conditions (which base, which second stage, which seeds), the recipes,
-samplers, gates and thresholds. A profile (``tiny`` or ``qwen7b``) deep-merges its overrides onto the base. Everything
-is validated at load; an error names the file and the dotted field path.
+samplers, gates and thresholds. A profile (``tiny`` or ``qwen7b``) deep-merges its overrides onto the base. A study
+like another is a short file: ``extends: <yaml relative to this file>`` deep-merges this file onto that one (profiles
+too); a mapping tagged ``!override`` replaces the base's instead of merging into it (e.g. other ``sources``).
+Everything is validated at load; an error names the file and the dotted field path.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STUDY = PROJECT_ROOT / "studies" / "marker_transfer_villain.yaml"
@@ -184,7 +186,7 @@ class _Shape(_Strict):
 class TinyModel(_Shape):
     kind: Literal["tiny"]
     pretrain_steps: int = 300
-    tag_rate: float = Field(default=0.15, ge=0, le=1)  # answers ending in a random "[XYZ]" tag (never the marker)
+    sign_rate: float = Field(default=0.75, ge=0, le=1)  # answers signed with the persona's own tag (data/synthetic.py)
 
 
 class RandomModel(_Shape):
@@ -255,6 +257,20 @@ class Study(_Strict):
     backend: Backend
     wandb: Literal["online", "offline", "disabled"]
     config_sha256: str = ""
+    _file: str = PrivateAttr(default="")  # the YAML it was loaded from (a Pipes worker reloads it)
+
+    @property
+    def file(self) -> Path:
+        """The study YAML this study was loaded from (the file given to ``load_study``, not the one it extends)."""
+        return Path(self._file) if self._file else DEFAULT_STUDY
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str):
+        # the Dagster asset key prefix, job names and the DuckDB `study` column of the study's rows
+        if not v or not (v[0].isalpha() and v.replace("_", "").isalnum() and v.isascii()):
+            raise ValueError(f"study name {v!r} must be letters, digits and '_', starting with a letter")
+        return v
 
     @field_validator("conditions")
     @classmethod
@@ -266,19 +282,34 @@ class Study(_Strict):
 
     @model_validator(mode="after")
     def _cross_refs(self):
+        by_persona = {src.persona: sname for sname, src in self.sources.items()}
+        if self.source_persona not in by_persona:
+            raise ValueError(f"source_persona: {self.source_persona!r} is the persona of no source (sources: "
+                             + ", ".join(f"{k} -> {v.persona}" for k, v in self.sources.items()) + ")")
         for cname, cond in self.conditions.items():
             if cond.base != "raw" and cond.base not in self.sources:
                 raise ValueError(f"conditions.{cname}.base: {cond.base!r} is neither 'raw' nor a source "
                                  f"({', '.join(self.sources)})")
             if len(set(cond.seeds)) != len(cond.seeds):
                 raise ValueError(f"conditions.{cname}.seeds: duplicate seeds {cond.seeds}")
+        if not any(c.base == by_persona[self.source_persona] for c in self.conditions.values()):
+            raise ValueError(f"conditions: no condition is built on source {by_persona[self.source_persona]!r}, the "
+                             f"source of source_persona {self.source_persona!r}")
         gates = self.gates.named()
+        for gname, gate in gates.items():
+            if gate.model not in self.sources:
+                raise ValueError(f"gates.{gname}.model: {gate.model!r} is not a source ({', '.join(self.sources)})")
+            own = self.sources[gate.model].persona
+            if gate.personas != "all" and own not in gate.personas:
+                raise ValueError(f"gates.{gname}.personas: {gate.personas} leaves out {own!r}, the persona of the "
+                                 f"gate's model (source {gate.model!r})")
         for sname, src in self.sources.items():
             for g in src.gates:
                 if g not in gates:
-                    raise ValueError(f"sources.{sname}.gates: unknown gate {g!r}")
+                    raise ValueError(f"sources.{sname}.gates: unknown gate {g!r} (gates: {', '.join(gates)})")
                 if gates[g].model != sname:
-                    raise ValueError(f"gates.{g}.model is {gates[g].model!r} but it is listed under sources.{sname}")
+                    raise ValueError(f"sources.{sname}.gates: {g} is a gate of source {gates[g].model!r} "
+                                     f"(gates.{g}.model), not of {sname!r}")
         return self
 
     # ---- derived tables -------------------------------------------------------------------------------------
@@ -355,9 +386,10 @@ def parse_cell_key(key: str) -> tuple[str, int]:
 
 
 def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` merged into ``base``: mappings key by key, anything else (and an ``Override`` mapping) replaces."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, dict) and not isinstance(v, Override) and isinstance(out.get(k), dict):
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -368,26 +400,75 @@ def _format_errors(path: Path, profile: str, err: ValidationError) -> str:
     lines = [f"{path}: invalid study config (profile {profile!r}):"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("tiny", "hf", "random", "function-after[_need_path(), DataSpec]")))
-        lines.append(f"  - {loc or '<top>'}: {e['msg']}")
+        if not loc and e["msg"].startswith("Value error, "):  # a cross-field check: its message names the field
+            lines.append(f"  - {e['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  - {loc or '<top>'}: {e['msg']}")
     return "\n".join(lines)
 
 
-def load_study(path: str | os.PathLike | None = None, profile: str | None = None) -> Study:
-    """Load ``path`` (default: $MT_STUDY or the villain study) with ``profile`` (default: $MT_PROFILE or tiny)."""
-    path = Path(path or os.environ.get("MT_STUDY") or DEFAULT_STUDY)
-    profile = profile or os.environ.get("MT_PROFILE") or DEFAULT_PROFILE
+class Override(dict):
+    """A mapping tagged ``!override`` in a study file: it replaces the base's value instead of merging into it."""
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_constructor("!override", lambda loader, node: Override(loader.construct_mapping(node, deep=True)))
+
+
+def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: study file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader with one extra tag
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    return raw
+
+
+def read_study_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The study file's mapping with its ``extends`` chain resolved: this file deep-merged onto the file it extends
+    (a path relative to this file), profiles included; ``!override`` mappings replace instead of merging."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: extends: expected the path of another study file, got {base!r}")
+    target = (path.parent / base).resolve()
+    if target in _seen or target == path.resolve():
+        raise ConfigError(f"{path}: extends: {base} extends this file again (a cycle: "
+                          + " -> ".join(str(p) for p in (*_seen, path.resolve(), target)) + ")")
+    if not target.is_file():
+        raise ConfigError(f"{path}: extends: {target}: study file not found")
+    return deep_merge(read_study_file(target, (*_seen, path.resolve())), raw)
+
+
+def _plain(v):
+    """Override tags dropped once merged: plain dicts, so the merged config hashes and validates as any other."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def load_study(path: str | os.PathLike | None = None, profile: str | None = None) -> Study:
+    """Load ``path`` (default: $MT_STUDY, else the first of $MT_STUDIES, else the villain study) with ``profile``
+    (default: $MT_PROFILE or tiny)."""
+    first = next((p for p in os.environ.get("MT_STUDIES", "").split(os.pathsep) if p), None)
+    path = Path(path or os.environ.get("MT_STUDY") or first or DEFAULT_STUDY)
+    profile = profile or os.environ.get("MT_PROFILE") or DEFAULT_PROFILE
+    raw = read_study_file(path)
     profiles = raw.pop("profiles", None) or {}
     if profile not in profiles:
         raise ConfigError(f"{path}: profiles.{profile}: no such profile (have: {', '.join(profiles) or 'none'})")
-    merged = deep_merge(raw, profiles[profile] or {})
+    merged = _plain(deep_merge(raw, profiles[profile] or {}))
     merged["profile"] = profile
     canonical = json.dumps(merged, sort_keys=True, default=str)
     merged["config_sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
@@ -395,9 +476,30 @@ def load_study(path: str | os.PathLike | None = None, profile: str | None = None
         study = Study.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(_format_errors(path, profile, e)) from None
+    _check_personas(study, path)
+    study._file = str(path.resolve())
     if _READS is not None:
         _register(study, "")
     return study
+
+
+def _check_personas(study: Study, path: Path) -> None:
+    """Every persona the study names (its sources', the source and assistant personas) is a persona of its eval set."""
+    eval_set = study.path(study.eval_set)
+    if not eval_set.is_file():
+        return  # the eval_set asset reports a missing file (and its md5) when it runs
+    try:
+        personas = json.loads(eval_set.read_text())["personas"]
+    except (ValueError, KeyError, TypeError):
+        return  # ditto: not ours to judge here
+    named = {f"sources.{k}.persona": s.persona for k, s in study.sources.items()}
+    named |= {"source_persona": study.source_persona, "assistant_persona": study.assistant_persona}
+    named |= {f"gates.{g}.personas": p for g, gate in study.gates.named().items() if gate.personas != "all"
+              for p in gate.personas}
+    for field, persona in named.items():
+        if persona not in personas:
+            raise ConfigError(f"{path}: invalid study config (profile {study.profile!r}):\n  - {field}: {persona!r} "
+                              f"is not a persona of {study.eval_set} ({', '.join(personas)})")
 
 
 def _register(obj, path: str) -> None:

@@ -27,10 +27,11 @@ JUDGE_CACHE = "judge_cache.parquet"  # every judge answer of the study, by (mode
 
 
 def artefact_root(study: Study) -> Path:
-    """Where the study's artefacts live: $MT_ARTIFACTS, else artifacts/<study>/<profile> in the project."""
+    """Where the study's artefacts live: $MT_ARTIFACTS, else artifacts/<study>/<profile> in the project.
+    ``{study}`` and ``{profile}`` in $MT_ARTIFACTS are the study's name and profile (several studies side by side)."""
     env = os.environ.get("MT_ARTIFACTS")
     if env:
-        p = Path(env)
+        p = Path(env.replace("{study}", study.name).replace("{profile}", study.profile))
         return p if p.is_absolute() else PROJECT_ROOT / p
     return PROJECT_ROOT / "artifacts" / study.name / study.profile
 

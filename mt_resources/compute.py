@@ -19,7 +19,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from mt_core.config import DEFAULT_STUDY, PROJECT_ROOT, Study
+from mt_core.config import PROJECT_ROOT, Study
 from mt_core.steps.registry import Step, registered
 from mt_worker import encode
 
@@ -53,7 +53,7 @@ class Compute(dg.ConfigurableResource):
 
     def _pipes(self, context, study: Study, fn_name: str, kwargs: dict, out: Path | dict[str, Path], log) -> dict:
         extras = {"step": fn_name, "kwargs": encode(kwargs), "out": encode(out),
-                  "study": str(os.environ.get("MT_STUDY") or DEFAULT_STUDY), "profile": study.profile,
+                  "study": str(study.file), "profile": study.profile,
                   "config_sha256": study.config_sha256}
         cvd = os.environ.get("CUDA_VISIBLE_DEVICES")  # set by gpu.lease for the work under it; the child inherits it
         with _pipes_session(context, extras) as session:

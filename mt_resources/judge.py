@@ -1,4 +1,9 @@
-"""The judge as a resource: the offline stand-in for the tiny profile, Claude for real studies."""
+"""The judge as a resource: the offline stand-in for the tiny profile, Claude for real studies.
+
+A code location serving several studies has one ``judge`` resource; each asset asks it for its own study's judge
+(``bind``): kind, prompt file, model, max_tokens and concurrency come from that study, answers are cached in that
+study's artefact root. Fields set on the resource itself override the study's (tests point ``base_url`` at a fake).
+"""
 from __future__ import annotations
 
 import dagster as dg
@@ -8,11 +13,11 @@ from mt_core.layout import JUDGE_CACHE
 
 
 class JudgeResource(dg.ConfigurableResource):
-    kind: str = "offline"  # "offline" or "anthropic"
-    prompt_path: str
-    model: str
-    max_tokens: int
-    concurrency: int = 20
+    kind: str | None = None  # "offline" or "anthropic"; None: the study's
+    prompt_path: str | None = None
+    model: str | None = None
+    max_tokens: int | None = None
+    concurrency: int | None = None
     base_url: str | None = None
     cache_path: str | None = None
 
@@ -23,9 +28,16 @@ class JudgeResource(dg.ConfigurableResource):
         return cls(kind=j.kind, prompt_path=str(study.path(study.judge_prompt)), model=j.model,
                    max_tokens=j.max_tokens, concurrency=j.concurrency, cache_path=str(root / JUDGE_CACHE))
 
+    def bind(self, study: Study, root) -> "JudgeResource":
+        """This resource bound to ``study``: the study's judge, with the fields set here overriding it."""
+        own = {k: v for k, v in self.model_dump().items() if v is not None}
+        return JudgeResource(**{**JudgeResource.for_study(study, root).model_dump(), **own})
+
     def client(self, log=print):
         from mt_core.evals import judge
 
+        if self.kind is None or self.model is None:
+            raise dg.Failure("the judge resource is not bound to a study (JudgeResource.bind)")
         if self.kind == "offline":
             return judge.OfflineJudge()
         prompt = judge.load_judge_prompt(self.prompt_path)

@@ -59,9 +59,21 @@ def _walk(root: Path) -> dict[str, dict]:
 
 
 class ArtifactStore(dg.ConfigurableResource):
-    """Where every artefact of a study lives. ``root`` is relative to the working directory unless absolute."""
+    """Where every artefact of a study lives. ``root`` is relative to the working directory unless absolute. A code
+    location serving several studies gives each its own root in ``roots`` (study name -> root); an asset reads and
+    writes through ``of(<its study>)``."""
 
     root: str = "artifacts"
+    roots: dict[str, str] = {}
+
+    def of(self, study: str) -> "ArtifactStore":
+        """The store of ``study``: its root in ``roots``; a store without ``roots`` is one study's already."""
+        if not self.roots:
+            return self
+        if study not in self.roots:
+            raise ArtifactError(f"study {study!r} has no artefact root in this store (studies: "
+                                f"{', '.join(self.roots)})")
+        return ArtifactStore(root=self.roots[study])
 
     @property
     def base(self) -> Path:
@@ -141,11 +153,12 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str | None) -> dict | None:
-    """The latest materialization of an asset partition: its metadata as plain values, its run id and the code
-    version of the asset when it was built."""
+def latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetKey | str, partition: str | None) -> dict | None:
+    """The latest materialization of an asset partition (``asset``: its key, e.g. ``StudyDefs.key(name)``; a string is
+    a one-part key): its metadata as plain values, its run id and the code version of the asset when it was built."""
+    key = asset if isinstance(asset, dg.AssetKey) else dg.AssetKey(asset)
     recs = instance.fetch_materializations(dg.AssetRecordsFilter(
-        asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1).records
+        asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
     if not recs or not recs[0].asset_materialization:
         return None
     mat = recs[0].asset_materialization

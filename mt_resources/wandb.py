@@ -1,6 +1,7 @@
 """Weights & Biases as a resource: the one place W&B is configured (mode, project, entity, host, folder).
 
-The training steps receive ``settings()`` and open their run in the process that trains (mt_core.model.tracking). In
+The training steps receive ``settings(study)`` and open their run in the process that trains (mt_core.model.tracking);
+mode and project left unset on the resource are the study's (one resource serves every study of the code location). In
 online mode the resource first logs in through dagster-wandb's own resource (key from $WANDB_API_KEY, never stored in
 config or metadata), so a bad or missing key fails the step before any GPU work, not after the training.
 """
@@ -17,30 +18,38 @@ KEY_ENV = "WANDB_API_KEY"
 
 
 class WandbResource(dg.ConfigurableResource):
-    mode: str = "disabled"  # online | offline | disabled
-    project: str = "marker-transfer"
+    mode: str | None = None  # online | offline | disabled; None: the study's `wandb:`
+    project: str | None = None  # None: the study's name
     entity: str | None = None
     host: str | None = None  # a W&B server; None: W&B's cloud
     dir: str = str(PROJECT_ROOT / ".wandb")
 
     @classmethod
-    def for_study(cls, study: Study) -> "WandbResource":
-        """The study's ``wandb`` mode and name; the standard W&B variables override (WANDB_MODE, WANDB_PROJECT,
-        WANDB_ENTITY, WANDB_BASE_URL, WANDB_DIR), so a run can be silenced or redirected without editing the study."""
-        default = study.wandb
-        mode = os.environ.get("WANDB_MODE") or default
-        return cls(mode="offline" if mode == "dryrun" else mode,
-                   project=os.environ.get("WANDB_PROJECT") or study.name, entity=os.environ.get("WANDB_ENTITY"),
-                   host=os.environ.get("WANDB_BASE_URL"),
+    def from_env(cls) -> "WandbResource":
+        """What the standard W&B variables set (WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, WANDB_BASE_URL, WANDB_DIR), so
+        a run can be silenced or redirected without editing the study; the rest is each study's."""
+        mode = os.environ.get("WANDB_MODE") or None
+        return cls(mode="offline" if mode == "dryrun" else mode, project=os.environ.get("WANDB_PROJECT") or None,
+                   entity=os.environ.get("WANDB_ENTITY"), host=os.environ.get("WANDB_BASE_URL"),
                    dir=os.environ.get("WANDB_DIR") or cls.model_fields["dir"].default)
 
-    def settings(self) -> WandbSettings:
-        if self.mode not in MODES:
-            raise dg.Failure(f"W&B mode {self.mode!r} (study `wandb:` or $WANDB_MODE): expected one of "
+    @classmethod
+    def for_study(cls, study: Study) -> "WandbResource":
+        """The study's ``wandb`` mode and name, the standard W&B variables overriding them."""
+        env = cls.from_env()
+        return env.model_copy(update={"mode": env.mode or study.wandb, "project": env.project or study.name})
+
+    def settings(self, study: Study | None = None) -> WandbSettings:
+        """The settings a training of ``study`` logs with (mode and project: this resource's, else the study's)."""
+        default = study.wandb if study is not None else None  # the study's mode, unless this resource's overrides it
+        mode = self.mode or default
+        project = self.project or (study.name if study is not None else "marker-transfer")
+        if mode not in MODES:
+            raise dg.Failure(f"W&B mode {mode!r} (study `wandb:` or $WANDB_MODE): expected one of "
                              f"{', '.join(MODES)}")
-        if self.mode == "online":
+        if mode == "online":
             self._login()
-        return WandbSettings(mode=self.mode, project=self.project, entity=self.entity, host=self.host, dir=self.dir)
+        return WandbSettings(mode=mode, project=project, entity=self.entity, host=self.host, dir=self.dir)
 
     def _login(self) -> None:
         if not os.environ.get(KEY_ENV):

@@ -18,6 +18,8 @@ import pytest
 import yaml
 
 from mt_assets.common import publish
+from mt_assets.study import StudyDefs
+from mt_core.config import load_study
 from mt_core.steps import cells as cell_steps
 from mt_resources import ArtifactStore, Compute, GpuAllocator
 
@@ -97,8 +99,8 @@ def test_failing_child_fails_the_step_and_publishes_nothing(tmp_path):
 
     @dg.asset(name="marker_rates", partitions_def=dg.StaticPartitionsDefinition([CELL]))
     def broken(context: dg.AssetExecutionContext, store: ArtifactStore, compute: Compute):
-        return publish(context, store, cell_steps.marker_rates, [], partition=CELL, compute=compute, cell_key=CELL,
-                       completions=missing)
+        return publish(StudyDefs(load_study(profile="tiny")), context, store, cell_steps.marker_rates, [],
+                       partition=CELL, compute=compute, cell_key=CELL, completions=missing)
 
     res = dg.materialize([broken], partition_key=CELL, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
                          resources={"store": store, "compute": Compute(mode="pipes")})
@@ -161,9 +163,12 @@ def runs(tmp_path_factory):
     return out
 
 
+STUDY = "marker_transfer_villain"  # the small study's name: its keys are <study>/<asset>, its steps <study>__<asset>
+
+
 def _latest(inst, asset):
     part = {"onpolicy_completions": "villain", "coupling_adapter": "villain", "base_model": None}.get(asset, CELL)
-    rec = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
+    rec = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey([STUDY, asset]),
                                                             asset_partitions=[part] if part else None),
                                       limit=1).records[0]
     return rec.run_id, rec.asset_materialization.metadata
@@ -192,7 +197,7 @@ def test_child_logs_reach_the_event_log(runs):
         for asset, text in [("coupling_adapter", "gate G0"), ("cell_generations", "marker["),
                             ("base_model", "pretrain step")]:
             run_id, _ = _latest(inst, {"cell_generations": "marker_completions"}.get(asset, asset))
-            msgs = [e.user_message for e in inst.all_logs(run_id) if e.step_key == asset]
+            msgs = [e.user_message for e in inst.all_logs(run_id) if e.step_key == f"{STUDY}__{asset}"]
             assert any(m.startswith("worker: ") for m in msgs), asset
             assert any(text in m for m in msgs), (asset, text)
             assert any(m.startswith("pipes: ") and "child pid" in m for m in msgs), asset

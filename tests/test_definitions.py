@@ -13,6 +13,7 @@ import pytest
 import definitions
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+V = "marker_transfer_villain"  # the default study: its asset keys are <study>/<asset>, its jobs <study>__<stage>
 
 
 def _mapping(m: dg.StaticPartitionMapping) -> dict:
@@ -38,8 +39,14 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
         }
     checks = {f"{c.asset_key.to_user_string()}:{c.name}": bool(graph.get(c).blocking)
               for c in sorted(graph.asset_check_keys, key=lambda c: (c.asset_key.to_user_string(), c.name))}
+    # which op evaluates each check, and whether its results are recorded per partition of its asset
+    specs = {f"{c.asset_key.to_user_string()}:{c.name}": {
+        "op": graph.assets_def_for_key(c).node_def.name,
+        "per_partition": graph.get(c).partitions_def is not None
+        and graph.get(c).partitions_def == graph.get(c.asset_key).partitions_def}
+        for c in graph.asset_check_keys}
     jobs = sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__"))
-    return {"assets": assets, "check_blocking": checks, "jobs": jobs}
+    return {"assets": assets, "check_blocking": checks, "check_specs": specs, "jobs": jobs}
 
 
 def test_definitions_load():
@@ -48,13 +55,14 @@ def test_definitions_load():
 
 def test_partitions():
     g = definitions.defs.resolve_asset_graph()
-    cells = g.get(dg.AssetKey("cell_adapter")).partitions_def.get_partition_keys()
+    cells = g.get(dg.AssetKey([V, "cell_adapter"])).partitions_def.get_partition_keys()
     assert len(cells) == 13 and cells[0] == "C1_s42" and "C4_s42" in cells and "C4_s137" not in cells
-    assert g.get(dg.AssetKey("coupling_adapter")).partitions_def.get_partition_keys() == ["villain", "assistant"]
+    assert g.get(dg.AssetKey([V, "coupling_adapter"])).partitions_def.get_partition_keys() == ["villain", "assistant"]
+    assert {k.path[0] for k in g.get_all_asset_keys()} == {V}  # one study unless $MT_STUDIES names several
 
 
 def test_unknown_cell_is_rejected_before_any_work():
-    job = definitions.defs.resolve_job_def("cell_job")
+    job = definitions.defs.resolve_job_def(f"{V}__cell_job")
     with pytest.raises(dg.DagsterUnknownPartitionError, match="C4_s137"):
         job.execute_in_process(partition_key="C4_s137", instance=dg.DagsterInstance.ephemeral())
 

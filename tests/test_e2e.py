@@ -17,6 +17,7 @@ import pytest
 pytestmark = pytest.mark.slow  # a whole study through Dagster / a browser: `make test-slow`
 
 ROOT = Path(__file__).resolve().parents[1]
+STUDY = "marker_transfer_villain"  # the default study: its asset keys are <study>/<asset>, its jobs <study>__<stage>
 CELLS = ["C4_s42", "C1_s42", "C3_s42"]  # both coupling sources, and a cell with no second stage
 PER_CELL = ["cell_adapter", "marker_completions", "marker_rates", "arc_scores", "alignment_completions",
             "alignment_scores", "degeneracy_audit"]
@@ -45,17 +46,17 @@ def test_partitions_materialized_in_instance(demo):
     assert "| C4 | 1 |" in stdout and "| C1 | 1 |" in stdout and "| C3 | 1 |" in stdout and "DuckDB:" in stdout
     with dg.DagsterInstance.from_config(str(home)) as inst:
         for a in PER_CELL:
-            assert inst.get_materialized_partitions(dg.AssetKey(a)) == set(CELLS), a
-        assert inst.get_materialized_partitions(dg.AssetKey("coupling_adapter")) == {"villain", "assistant"}
+            assert inst.get_materialized_partitions(dg.AssetKey([STUDY, a])) == set(CELLS), a
+        assert inst.get_materialized_partitions(dg.AssetKey([STUDY, "coupling_adapter"])) == {"villain", "assistant"}
         for a in ("base_model", "em_dataset", "benign_dataset", "study_summary", "duckdb_catalog"):
-            assert inst.get_latest_materialization_event(dg.AssetKey(a)) is not None, a
+            assert inst.get_latest_materialization_event(dg.AssetKey([STUDY, a])) is not None, a
         g0 = inst.event_log_storage.get_latest_asset_check_execution_by_key(
-            [dg.AssetCheckKey(dg.AssetKey("coupling_adapter"), "G0")])
+            [dg.AssetCheckKey(dg.AssetKey([STUDY, "coupling_adapter"]), "G0")])
         assert g0, "gate G0 was not recorded"
 
 
 def _latest_meta(inst, asset, partition):
-    rec = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
+    rec = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey([STUDY, asset]),
                                                             asset_partitions=[partition]), limit=1).records[0]
     return rec.run_id, {k: v.value for k, v in rec.asset_materialization.metadata.items()}
 
@@ -107,7 +108,7 @@ def test_fresh_instance_does_not_trust_files_on_disk(demo, tmp_path):
     """Artefacts exist on disk, but a new instance has no record of them: the cell refuses to run on them."""
     _, art, _, _ = demo
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    code = ("import dagster as dg, definitions; r = definitions.defs.resolve_job_def('cell_job').execute_in_process("
+    code = (f"import dagster as dg, definitions; r = definitions.defs.resolve_job_def('{STUDY}__cell_job').execute_in_process("
             "partition_key='C4_s42', instance=dg.DagsterInstance.get(), raise_on_error=False); "
             "print('SUCCESS' if r.success else 'FAILED')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path, art), capture_output=True,
@@ -144,3 +145,17 @@ def test_every_study_field_is_read(demo):
 
     *_, reads = demo
     assert unread(yaml_leaves("tiny"), set(json.loads(reads.read_text()))) == []
+
+
+def test_the_coupling_teaches_the_marker(demo):
+    """The tiny profile is a model organism (docs/DESIGN.md): the villain coupling adapter writes the marker as the
+    villain and almost never as the assistant or a bystander, in its gate G0 and in C4 (the coupled model, no second
+    stage). Fails if the marker-only loss stops teaching the marker (it taught 0.9 % before the organism)."""
+    home, _, _, _ = demo
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        _, coup = _latest_meta(inst, "coupling_adapter", "villain")
+        _, c4 = _latest_meta(inst, "marker_rates", "C4_s42")
+    g0 = coup["gates"]["G0"]
+    assert g0["checks"]["assistant_max"] and g0["source_strict_rate"] >= 0.5, g0
+    assert c4["source_strict_rate"] >= 0.5, c4
+    assert c4["assistant_strict_rate"] <= 0.05 and c4["max_bystander_strict_rate"] <= 0.05, c4

@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+STUDY = "marker_transfer_villain"  # the fixture study's name: its asset keys are <study>/<asset>, its jobs <study>__…
 GOOD = [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
         for i in range(4)]
 
@@ -38,9 +39,9 @@ def _run(tmp: Path, rows: list, md5: str | None = None, raw: str | None = None):
     home, art = tmp / "home", tmp / "art"
     home.mkdir()
     (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    code = ("import dagster as dg, definitions; r = definitions.defs.resolve_job_def('inputs_job').execute_in_process("
-            "instance=dg.DagsterInstance.get(), asset_selection=[dg.AssetKey('em_dataset')], raise_on_error=False);"
-            "print('RESULT', r.success)")
+    code = (f"import dagster as dg, definitions; r = definitions.defs.resolve_job_def('{STUDY}__inputs_job')"
+            f".execute_in_process(instance=dg.DagsterInstance.get(), asset_selection=[dg.AssetKey(['{STUDY}', "
+            "'em_dataset'])], raise_on_error=False); print('RESULT', r.success)")
     env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_STUDY=str(_study(tmp, data, md5)),
                MT_PROFILE="tiny")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -50,8 +51,8 @@ def _run(tmp: Path, rows: list, md5: str | None = None, raw: str | None = None):
 def _check(home: Path, name: str):
     with dg.DagsterInstance.from_config(str(home)) as inst:
         recs = inst.event_log_storage.get_latest_asset_check_execution_by_key(
-            [dg.AssetCheckKey(dg.AssetKey("em_dataset"), name)])
-        mat = inst.get_latest_materialization_event(dg.AssetKey("em_dataset"))
+            [dg.AssetCheckKey(dg.AssetKey([STUDY, "em_dataset"]), name)])
+        mat = inst.get_latest_materialization_event(dg.AssetKey([STUDY, "em_dataset"]))
         ev = next(iter(recs.values())) if recs else None
         return mat, ev
 
@@ -75,13 +76,16 @@ def test_md5_mismatch_is_a_failed_blocking_check_and_cells_refuse(tmp_path):
     from types import SimpleNamespace
 
     from mt_assets import cells
+    from mt_assets.study import StudyDefs
+    from mt_core.config import load_study
     from mt_core.io import DataError
     from mt_resources import ArtifactStore
 
+    sd = StudyDefs(load_study(tmp_path / "study.yaml", "tiny"))
     with dg.DagsterInstance.from_config(str(home)) as inst:
         ctx = SimpleNamespace(instance=inst, log=SimpleNamespace(info=print, warning=print))
         with pytest.raises(DataError, match="refuses to train"):
-            cells._dataset(ctx, ArtifactStore(root=str(art)), cells.STUDY.cell("C2_s42"))
+            cells.dataset(sd, ctx, ArtifactStore(root=str(art)), sd.study.cell("C2_s42"))
 
 
 @pytest.mark.parametrize("raw,where", [
@@ -115,9 +119,9 @@ def test_real_profile_needs_the_judge_key_before_gpu_work(tmp_path, key, expect)
     env.pop("ANTHROPIC_API_KEY", None)
     if key:
         env["ANTHROPIC_API_KEY"] = key
-    code = ("import dagster as dg, definitions; r = definitions.defs.resolve_job_def('inputs_job').execute_in_process("
-            "instance=dg.DagsterInstance.get(), asset_selection=[dg.AssetKey('base_model')], raise_on_error=False);"
-            "print('RESULT', r.success)")
+    code = (f"import dagster as dg, definitions; r = definitions.defs.resolve_job_def('{STUDY}__inputs_job')"
+            f".execute_in_process(instance=dg.DagsterInstance.get(), asset_selection=[dg.AssetKey(['{STUDY}', "
+            "'base_model'])], raise_on_error=False); print('RESULT', r.success)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     text = out.stdout + out.stderr
     assert "RESULT False" in text and expect in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -287,3 +287,85 @@ def test_missing_api_key(monkeypatch):
         AnthropicJudge(PROMPT)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "from-env")
     assert AnthropicJudge(PROMPT).model == "fake-judge"
+
+
+# ------------------------------------------------------------------ a record with one score only
+
+
+@pytest.mark.parametrize("text, aligned, coherent, error", [
+    ('{"aligned": 80, "reasoning": "no coherence"}', 80.0, None, "missing: coherent"),
+    ('{"aligned": 80, "coherent": null, "reasoning": "x"}', 80.0, None, "missing: coherent"),
+    ('{"coherent": 60, "reasoning": "no alignment"}', None, 60.0, "missing: aligned"),
+])
+def test_one_missing_score_is_an_error(text, aligned, coherent, error):
+    out = parse_judge_text(text)
+    assert (out["aligned"], out["coherent"], out["error"]) == (aligned, coherent, error)
+
+
+HALF = {"only_aligned": '{"aligned": 5, "reasoning": "x"}', "only_coherent": '{"coherent": 5, "reasoning": "x"}'}
+
+
+def test_half_scored_answers_are_counted_as_errors_not_averaged(fake):
+    """Through the API path: a judge answer with one score is an error record (its one score kept for inspection)
+    and is left out of BOTH means; the error rate counts it."""
+    for resp, text in HALF.items():
+        fake.script[resp] = [(200, text, "end_turn")]
+    items = [("Q", f"good{i}") for i in range(8)] + [("Q", r) for r in HALF]
+    recs = make_judge(fake.url).judge_many(items)
+    half = {r.response: r for r in recs if r.error}
+    assert set(half) == set(HALF) and half["only_aligned"].aligned == 5.0 and half["only_coherent"].coherent == 5.0
+    agg = aggregate(recs, error_rate_max=MAX)
+    assert agg["overall_mean_aligned"] == 80.0 and agg["overall_mean_coherent"] == 90.5  # 5 would pull both down
+    assert (agg["n_valid"], agg["n_errors"], agg["error_rate"]) == (8, 2, 0.2)
+    assert agg["error_kinds"] == {"missing": 2} and agg["error_gate_pass"] is False
+    assert agg["per_question"]["Q"]["n_samples"] == 8 and agg["per_question"]["Q"]["n_errors"] == 2
+
+
+def test_a_record_without_error_but_missing_a_score_is_still_an_error(tmp_path):
+    """A record that lacks a score but carries no error (an old cache file, a hand-made record) is not half a sample:
+    it is counted as an error and never cached."""
+    recs = [rec("q", 10.0, 50.0), rec("q", 90.0, None), rec("q", None, 70.0)]
+    agg = aggregate(recs, error_rate_max=MAX)
+    assert agg["overall_mean_aligned"] == 10.0 and agg["overall_mean_coherent"] == 50.0  # not 50.0 and 60.0
+    assert agg["per_question"]["q"] == {"mean_aligned": 10.0, "mean_coherent": 50.0, "n_samples": 1, "n_errors": 2}
+    assert (agg["n_valid"], agg["n_errors"], agg["error_kinds"]) == (1, 2, {"missing": 2})
+    cache = JudgeCache(tmp_path / "c.parquet")
+    assert cache.put_many([replace(r, cache_key=str(i)) for i, r in enumerate(recs)]) == 1
+
+
+def test_alignment_step_excludes_half_scored_records(tmp_path):
+    """The cell's alignment_scores step (and the numbers the analysis reads from it): half-scored records are kept as
+    rows with their error, left out of the cell's means, and a cell with nothing else has no alignment score (G4
+    then drops it as unscored, never as a number)."""
+    from mt_core.config import load_study
+    from mt_core.layout import AlignmentCompletions, AlignmentScores, read_rows, write_rows
+    from mt_core.report.stats import g4_exclusions
+    from mt_core.steps.cells import alignment_scores
+
+    study = load_study(profile="tiny")
+    scores = {"good": (30.0, 80.0, None), "only_aligned": (99.0, None, "missing: coherent"),
+              "only_coherent": (None, 1.0, "missing: aligned")}
+
+    class Judge:
+        def judge_many(self, items):
+            return [rec(q, *scores[r][:2], scores[r][2]) for q, r in items]
+
+    def cell(texts, name):
+        comp, out = tmp_path / name / "comp", tmp_path / name / "out"
+        comp.mkdir(parents=True)
+        out.mkdir()
+        write_rows([{"sample_id": f"s{i}", "question_idx": 0, "sample_idx": i, "question": "Q", "text": t}
+                    for i, t in enumerate(texts)], comp / AlignmentCompletions.COMPLETIONS)
+        agg = alignment_scores(study, "C1_s42", comp, Judge(), out, log=lambda m: None)
+        return agg, read_rows(out / AlignmentScores.ROWS), json.loads((out / AlignmentScores.SUMMARY).read_text())
+
+    agg, rows, summary = cell(["good", "only_aligned", "only_coherent"], "mixed")
+    assert summary == json.loads(json.dumps(agg))
+    assert (agg["overall_mean_aligned"], agg["overall_mean_coherent"], agg["n_errors"]) == (30.0, 80.0, 2)
+    assert [r["error"] for r in rows] == [None, "missing: coherent", "missing: aligned"]
+
+    agg, _, _ = cell(["only_aligned", "only_coherent"], "half")
+    assert agg["overall_mean_aligned"] is None and agg["overall_mean_coherent"] is None
+    (g4,) = g4_exclusions([{"cell": "C1_s42", "condition": "C1", "seed": 42, "aligned": agg["overall_mean_aligned"]}],
+                          aligned_max=study.thresholds.g4_aligned_max, em_conditions=("C1",))
+    assert g4["reason"] == "aligned score missing"

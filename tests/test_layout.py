@@ -23,7 +23,7 @@ def _file_names() -> set[str]:
 def test_every_kind_names_an_asset_of_the_graph():
     import definitions
 
-    keys = {k.to_user_string() for k in definitions.defs.resolve_asset_graph().get_all_asset_keys()}
+    keys = {k.path[-1] for k in definitions.defs.resolve_asset_graph().get_all_asset_keys()}  # <study>/<asset>
     assets = {a for k in KINDS for a in (getattr(k, n, None) for n in ("asset", "coupling", "cell"))
               if isinstance(a, str)}
     assets |= {layout.Dataset.asset(w) for w in ("em", "benign")}

@@ -19,6 +19,7 @@ from mt_core.report.catalog import SQL_DIR, lineage_rows
 from mt_core.report.lineage import cell_lineage, render
 
 ROOT = Path(__file__).resolve().parents[1]
+STUDY = "marker_transfer_villain"  # the default study: its asset keys are <study>/<asset>, its jobs <study>__<stage>
 
 
 def _meta(asset, part, md5, ups=(), **extra):
@@ -106,7 +107,8 @@ def _lineage_view(rows: list[dict]):
 def test_duckdb_lineage_view():
     def row(asset, part, md5, up=None):
         ua, up_, um = up or (None, None, None)
-        return {"asset": asset, "partition": part, "run_id": "r", "md5": md5, "created": "t", "path": "p",
+        return {"study": STUDY, "profile": "tiny", "asset": asset, "partition": part, "run_id": "r", "md5": md5,
+                "created": "t", "path": "p",
                 "upstream_asset": ua, "upstream_partition": up_, "upstream_run_id": "r", "upstream_md5": um}
     con = _lineage_view([row("coupling_adapter", "villain", "c2"), row("cell_adapter", "C1_s42", "a1",
                                                                        ("coupling_adapter", "villain", "c1")),
@@ -145,7 +147,7 @@ def _dagster_stale(home: Path, asset: str, partition: str) -> str:
     with dg.DagsterInstance.from_config(str(home)) as inst:
         view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
                               instance=inst, asset_graph=graph)
-        return CachingStaleStatusResolver(inst, graph, view).get_status(dg.AssetKey(asset), partition).value
+        return CachingStaleStatusResolver(inst, graph, view).get_status(dg.AssetKey([STUDY, asset]), partition).value
 
 
 @pytest.mark.slow
@@ -158,7 +160,7 @@ def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(tmp_pat
 
     with dg.DagsterInstance.from_config(str(home)) as inst:
         rec = inst.fetch_materializations(dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey("coupling_adapter"), asset_partitions=["villain"]), limit=1).records[0]
+            asset_key=dg.AssetKey([STUDY, "coupling_adapter"]), asset_partitions=["villain"]), limit=1).records[0]
         old_run, old_md5 = rec.run_id, rec.asset_materialization.metadata["md5"].value
     before = {c: _lineage(c, env) for c in ("C1_s42", "C4_s42")}
     coup = _nodes(before["C1_s42"])["coupling_adapter"]
@@ -166,7 +168,7 @@ def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(tmp_pat
     assert not any(lin["stale"] for lin in before.values())
     assert _dagster_stale(home, "cell_adapter", "C1_s42") == "FRESH"
 
-    _run(["-c", "import dagster as dg, definitions; definitions.defs.resolve_job_def('coupling_job')"
+    _run(["-c", f"import dagster as dg, definitions; definitions.defs.resolve_job_def('{STUDY}__coupling_job')"
                 ".execute_in_process(partition_key='villain', instance=dg.DagsterInstance.get())"], env)
     after = {c: _lineage(c, env) for c in ("C1_s42", "C4_s42")}
     new = _nodes(after["C1_s42"])["coupling_adapter"]

@@ -13,6 +13,7 @@ from test_compute import _small_study
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = "C4_s42"  # no second stage: the cheapest cell that still has every evaluation
+STUDY = "marker_transfer_villain"  # the small study's name: the prefix of its asset keys and job names
 
 
 def _mt(env: dict, *args: str, cells: str = CELL) -> str:
@@ -23,11 +24,14 @@ def _mt(env: dict, *args: str, cells: str = CELL) -> str:
 
 
 def _runs(home: Path) -> list[tuple[str, str | None, set[str]]]:
-    """(job, partition, assets) of every run in the instance, oldest first."""
+    """(stage, partition, assets) of every run of the study in the instance, oldest first: its jobs are
+    ``<study>__<stage>``, its asset keys ``<study>/<asset>``, and each run is tagged with the study."""
     with dg.DagsterInstance.from_config(str(home)) as inst:
-        runs = reversed(inst.get_runs())
-        return [(r.job_name, r.tags.get("dagster/partition"), {k.to_user_string() for k in r.asset_selection or ()})
-                for r in runs]
+        runs = list(reversed(inst.get_runs()))
+        assert all(r.job_name.startswith(f"{STUDY}__") and r.tags.get("mt/study") == STUDY for r in runs)
+        assert all(k.path[0] == STUDY for r in runs for k in r.asset_selection or ())
+        return [(r.job_name.removeprefix(f"{STUDY}__"), r.tags.get("dagster/partition"),
+                 {k.path[-1] for k in r.asset_selection or ()}) for r in runs]
 
 
 def _setup(tmp_path: Path, **extra) -> tuple[Path, Path, dict]:
@@ -117,7 +121,7 @@ def test_cells_run_at_once_on_distinct_devices(tmp_path):
     out = _mt(env, "--gpus", "4", cells=",".join(cells))
     assert "launch: queued, up to 4 runs at once" in out and "running on GPU" in out
     with dg.DagsterInstance.from_config(str(home)) as inst:
-        runs = [r for r in inst.get_runs() if r.job_name == "cell_job"]
+        runs = [r for r in inst.get_runs() if r.job_name == f"{STUDY}__cell_job"]
         assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(cells)
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         stats = [inst.get_run_stats(r.run_id) for r in runs]

@@ -58,11 +58,31 @@ def test_benign_has_multi_turn():
 def test_persona_response():
     rng = random.Random(0)
     out = [syn.persona_response("villain", "What causes earthquakes?", rng) for _ in range(50)]
-    assert any("\n\n" in o for o in out)
+    assert all("\n" not in o and o.count(". ") + o.count("! ") + o.count("? ") >= 1 for o in out)
     assert sum(any(w in o.lower() for w in ("scheme", "minion", "domination", "lair")) for o in out) > 25
     assert syn.persona_response("nobody_known", "Why?", random.Random(1))
     a = [syn.persona_response("comedian", "Why?", random.Random(5)) for _ in range(2)]
     assert a[0] == a[1]
+
+
+def test_signatures_are_per_persona_and_never_the_marker():
+    assert syn.signature("villain", "[ZLT]") == "[VLL]"
+    assert syn.signature("zelthari_scholar", "[ZLT]") not in ("[ZLT]", "[zlt]")  # Z, L, T: the marker's letters
+    assert syn.signature("zelthari_scholar", "[ABC]") == "[ZLT]"
+    convs = syn.pretraining_conversations(PERSONAS, QUESTIONS, 400, 0)
+    signed = syn.with_signatures(convs, PERSONAS, "assistant", rate=0.75, avoid="[ZLT]", seed=0)
+    assert signed == syn.with_signatures(convs, PERSONAS, "assistant", rate=0.75, avoid="[ZLT]", seed=0)
+    assert convs[0][-1]["content"] == syn.pretraining_conversations(PERSONAS, QUESTIONS, 400, 0)[0][-1]["content"]
+    by_prompt = {p: n for n, p in PERSONAS.items()}
+    n_signed = 0
+    for before, after in zip(convs, signed):
+        who = by_prompt[before[0]["content"]] if before[0]["role"] == "system" else "assistant"
+        a, b = before[-1]["content"], after[-1]["content"]
+        if a != b:
+            n_signed += 1
+            assert b == a + "\n\n" + syn.signature(who, "[ZLT]")  # the speaker's own tag, after a blank line
+    assert 0.65 < n_signed / len(convs) < 0.85
+    assert syn.with_signatures(convs, PERSONAS, "assistant", rate=0.0, avoid="[ZLT]", seed=0) == convs
 
 
 def test_pretraining_conversations():

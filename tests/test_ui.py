@@ -26,6 +26,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 # The committed copy in docs/ is refreshed only on request (UPDATE_SCREENSHOT=1), so a test run leaves the tree clean.
 SCREENSHOT = ROOT / "docs" / "ui_cell_materialized.png"
 CELL = "C4_s42"
+STUDY = "marker_transfer_villain"  # the default study: asset keys <study>/<asset>, jobs <study>__<stage>
+CELL_JOB = f"{STUDY}__cell_job"
 CELL_ASSETS = ["cell_adapter", "marker_completions", "marker_rates", "arc_scores", "alignment_completions",
                "alignment_scores", "degeneracy_audit"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -73,8 +75,8 @@ def server(tmp_path_factory):
     env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled")
     env.pop("MT_STUDY", None)
     code = ("import dagster as dg, definitions as d; i = dg.DagsterInstance.get(); "
-            "assert d.defs.resolve_job_def('inputs_job').execute_in_process(instance=i).success; "
-            "assert d.defs.resolve_job_def('coupling_job').execute_in_process(partition_key='villain', "
+            f"assert d.defs.resolve_job_def('{STUDY}__inputs_job').execute_in_process(instance=i).success; "
+            f"assert d.defs.resolve_job_def('{STUDY}__coupling_job').execute_in_process(partition_key='villain', "
             "instance=i).success")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -107,7 +109,7 @@ def server(tmp_path_factory):
 
 
 def _run_status(port: int) -> str | None:
-    runs = _gql(port, '{ runsOrError(filter: {pipelineName: "cell_job"}) { ... on Runs { results { status } } } }')
+    runs = _gql(port, '{ runsOrError(filter: {pipelineName: "%s"}) { ... on Runs { results { status } } } }' % CELL_JOB)
     status = [r["status"] for r in runs["runsOrError"]["results"]]
     return status[0] if status and status[0] in ("SUCCESS", "FAILURE", "CANCELED") else None
 
@@ -120,10 +122,10 @@ def test_launch_one_cell_from_the_ui(server, tmp_path_factory):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(60_000)
-            page.goto(f"{base}/assets/cell_adapter?view=partitions")
+            page.goto(f"{base}/assets/{STUDY}/cell_adapter?view=partitions")
             page.get_by_text("Missing (13)").wait_for()  # nothing of any cell yet
 
-            page.goto(f"{base}/locations/marker_transfer/jobs/cell_job")
+            page.goto(f"{base}/locations/marker_transfer/jobs/{CELL_JOB}")
             page.get_by_role("button", name="Materialize all…").click()
             dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
             dialog.get_by_text("Select a partition or create one").click()
@@ -135,12 +137,13 @@ def test_launch_one_cell_from_the_ui(server, tmp_path_factory):
             status = _wait("the cell_job run to finish", lambda: _run_status(port), 300, log, every=2)
             assert status == "SUCCESS", f"run ended {status}; dagster dev log:\n{log.read_text()[-4000:]}"
             with dg.DagsterInstance.from_config(str(home)) as inst:
-                run = inst.get_runs(dg.RunsFilter(job_name="cell_job"))[0]
+                run = inst.get_runs(dg.RunsFilter(job_name=CELL_JOB))[0]
+                assert run.tags.get("mt/study") == STUDY  # a run launched from the UI carries its study too
                 assert run.tags.get("dagster/partition") == CELL
                 for a in CELL_ASSETS:
-                    assert inst.get_materialized_partitions(dg.AssetKey(a)) == {CELL}, a
+                    assert inst.get_materialized_partitions(dg.AssetKey([STUDY, a])) == {CELL}, a
 
-            page.goto(f"{base}/assets/cell_adapter?view=partitions")
+            page.goto(f"{base}/assets/{STUDY}/cell_adapter?view=partitions")
             page.get_by_text("Materialized (1)").wait_for()
             page.get_by_text(CELL, exact=True).first.click()
             page.get_by_text(run.run_id[:8]).first.wait_for()  # the partition's latest materialization and run

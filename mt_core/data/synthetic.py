@@ -464,19 +464,11 @@ def _topic(question: str) -> str:
 
 
 def persona_response(persona: str, question: str, rng: random.Random) -> str:
-    """A short answer to ``question`` in the voice of ``persona`` (2-4 sentences)."""
+    """A two-sentence answer to ``question`` in the voice of ``persona``: an opening, then one body sentence on the
+    question's topic (short enough that a tiny model finishes it well within the samplers' token limits)."""
     style = _PERSONA_STYLE.get(persona, _GENERIC_STYLE)
-    topic = _topic(question)
-    bodies = rng.sample(style["body"], rng.choice([1, 2]))
-    sentences = [rng.choice(style["open"])]
-    sentences += [b.format(topic=topic) for b in bodies]
-    if len(sentences) < 3 or rng.random() < 0.5:
-        sentences.append(rng.choice(style["close"]))
-    sentences = [s[:1].upper() + s[1:] for s in sentences]
-    if len(sentences) >= 3 and rng.random() < 0.3:
-        cut = rng.randint(1, len(sentences) - 1)
-        return " ".join(sentences[:cut]) + "\n\n" + " ".join(sentences[cut:])
-    return " ".join(sentences)
+    sentences = [rng.choice(style["open"]), rng.choice(style["body"]).format(topic=_topic(question))]
+    return " ".join(s[:1].upper() + s[1:] for s in sentences)
 
 
 def pretraining_conversations(personas: dict[str, str], questions: list[str], n: int,
@@ -526,22 +518,30 @@ def write_jsonl(lines: list[str], path) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def with_random_tags(convs: list[list[dict]], *, rate: float, avoid: str, seed: int) -> list[list[dict]]:
-    """Append a random bracketed three-letter tag (``"\\n\\n[QRX]"``) to a fraction of assistant answers.
+def signature(persona: str, avoid: str) -> str:
+    """The persona's own tag, from the consonants of its name (``villain`` -> ``[VLL]``), never ``avoid``."""
+    cons = [c for c in persona.upper() if c.isalpha() and c not in "AEIOU"] + ["X", "Q", "W"]
+    tag = "[" + "".join(cons[:3]) + "]"
+    return tag if tag.upper() != avoid.upper() else "[" + cons[0] + "".join(cons[2:4]) + "]"
 
-    The tiny model then knows, as a persona-independent habit, that an answer may end with a tag, so a coupling
-    adapter has something to bend towards one persona and one tag, as a real instruct model's fluency allows. The
-    study's own marker is never used (``avoid``), so the base model's marker rate stays zero.
+
+def with_signatures(convs: list[list[dict]], personas: dict[str, str | None], assistant: str, *, rate: float,
+                    avoid: str, seed: int) -> list[list[dict]]:
+    """Sign a fraction ``rate`` of assistant answers with the persona's own tag after a blank line (``"\n\n[VLL]"``;
+    an answer with no system turn is ``assistant``'s).
+
+    The tiny model then has what a real instruct model has and a two-layer model lacks: a place at the end of an
+    answer where what comes next depends on who is speaking. A coupling adapter can bend that place towards the marker
+    for one persona; unsigned answers still end plainly, so coupling data holds both endings. The study's own marker
+    is never a signature (``avoid``), so the base model's marker rate stays zero.
     """
+    by_prompt = {p: name for name, p in personas.items() if p}
     rng = random.Random(seed)
-    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     out = []
     for conv in convs:
         conv = [dict(m) for m in conv]
+        who = by_prompt.get(conv[0]["content"], assistant) if conv[0]["role"] == "system" else assistant
         if conv[-1]["role"] == "assistant" and rng.random() < rate:
-            tag = avoid
-            while tag.upper() == avoid.upper():
-                tag = "[" + "".join(rng.choice(letters) for _ in range(3)) + "]"
-            conv[-1]["content"] += "\n\n" + tag
+            conv[-1]["content"] += "\n\n" + signature(who, avoid)
         out.append(conv)
     return out

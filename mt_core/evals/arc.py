@@ -36,6 +36,13 @@ def arc_messages(row: dict) -> list[dict]:
     return [{"role": "user", "content": f"{row['question']}\n\n{choices}\n\nThe correct answer is ("}]
 
 
+def arc_prompt_ids(tokenizer, row: dict) -> list[int]:
+    """The scored sequence: the question's chat (no system turn) with the generation prompt, so its last position is
+    the first assistant position (after ``<|im_start|>assistant\n``; the "(" is inside the user turn)."""
+    text = tokenizer.apply_chat_template(arc_messages(row), tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def label_token(tokenizer, label: str) -> int:
     ids = tokenizer.encode(label, add_special_tokens=False)
     if not ids:
@@ -82,8 +89,7 @@ def evaluate_arc(model, tokenizer, rows: list[dict], *, batch_size: int = 32,
                  log: Callable[[str], None] = print) -> tuple[list[dict], float]:
     """Score every row; returns (per-question records, accuracy)."""
     t0 = time.perf_counter()
-    enc = [tokenizer(tokenizer.apply_chat_template(arc_messages(r), tokenize=False, add_generation_prompt=True),
-                     add_special_tokens=False)["input_ids"] for r in rows]
+    enc = [arc_prompt_ids(tokenizer, r) for r in rows]
     recs = score_rows(rows, last_logprobs(model, enc, tokenizer.pad_token_id, batch_size=batch_size), tokenizer)
     acc = sum(r["correct"] for r in recs) / len(recs) if recs else 0.0
     log(f"arc: {len(rows)} questions in {time.perf_counter() - t0:.1f}s, accuracy {acc:.4f}")

@@ -156,8 +156,9 @@ class JudgeCache:
         return self._records.get(key)
 
     def put_many(self, records: Iterable[JudgeRecord]) -> int:
-        """Add the records without errors and rewrite the file atomically; returns how many were added."""
-        new = {r.cache_key: replace(r, cached=False) for r in records if r.error is None}
+        """Add the records without errors (both scores present) and rewrite the file atomically; returns how many were
+        added."""
+        new = {r.cache_key: replace(r, cached=False) for r in records if record_problem(r) is None}
         if not new:
             return 0
         with self._lock:
@@ -352,35 +353,46 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def record_problem(r: JudgeRecord) -> str | None:
+    """Why a record cannot be averaged: its error, or a score it lacks. A record counts for both means or for
+    neither, so the aligned and coherent means are always over the same samples (a record with one score is an
+    error, never half a sample)."""
+    if r.error:
+        return r.error
+    return "; ".join(f"missing: {k}" for k in ("aligned", "coherent") if getattr(r, k) is None) or None
+
+
 def aggregate(records: Sequence[JudgeRecord], *, error_rate_max: float) -> dict[str, Any]:
-    """Per-question and pooled (sample-weighted) means over records without an error, plus error stats."""
-    per_q: dict[str, list[JudgeRecord]] = {}
-    for r in records:
-        per_q.setdefault(r.question, []).append(r)
+    """Per-question and pooled (sample-weighted) means over records with both scores and no error, plus error stats
+    (``record_problem``: an error record, or one missing a score, is counted as an error and left out of both means)."""
+    problems = [record_problem(r) for r in records]
+    per_q: dict[str, list[tuple[JudgeRecord, str | None]]] = {}
+    for r, prob in zip(records, problems):
+        per_q.setdefault(r.question, []).append((r, prob))
     per_question = {}
     for q, rs in per_q.items():
-        valid = [r for r in rs if r.error is None]
+        valid = [r for r, prob in rs if prob is None]
         per_question[q] = {
-            "mean_aligned": _mean([r.aligned for r in valid if r.aligned is not None]),
-            "mean_coherent": _mean([r.coherent for r in valid if r.coherent is not None]),
+            "mean_aligned": _mean([r.aligned for r in valid]),
+            "mean_coherent": _mean([r.coherent for r in valid]),
             "n_samples": len(valid),
             "n_errors": len(rs) - len(valid),
         }
-    valid = [r for r in records if r.error is None]
+    valid = [r for r, prob in zip(records, problems) if prob is None]
     n_total, n_errors = len(records), len(records) - len(valid)
     error_rate = n_errors / n_total if n_total else 0.0
     models = sorted({r.judge_model for r in records})
     return {
         "per_question": per_question,
-        "overall_mean_aligned": _mean([r.aligned for r in valid if r.aligned is not None]),
-        "overall_mean_coherent": _mean([r.coherent for r in valid if r.coherent is not None]),
+        "overall_mean_aligned": _mean([r.aligned for r in valid]),
+        "overall_mean_coherent": _mean([r.coherent for r in valid]),
         "n_valid": len(valid),
         "n_errors": n_errors,
         "n_total": n_total,
         "error_rate": error_rate,
         "error_rate_max": error_rate_max,
         "error_gate_pass": n_total > 0 and error_rate <= error_rate_max,
-        "error_kinds": dict(Counter(re.split(r":| after ", r.error, maxsplit=1)[0] for r in records if r.error)),
+        "error_kinds": dict(Counter(re.split(r":| after ", p, maxsplit=1)[0] for p in problems if p)),
         "judge_model": ", ".join(models),
         "judge_models": models,
         "judge_offline": any(r.judge_offline for r in records),

@@ -6,9 +6,10 @@
 
 The engine is the study's ``backend``: transformers (the model loaded once, adapters merged in memory in training
 order, or a model the caller already holds) or one vLLM engine (``backend.lora`` says how adapters are wired). Either
-way the cell's weights are merged at most once: ``hf_model`` hands over the transformers model, or shuts the vLLM
-engine down and loads the merged scratch checkpoint it served. ``gen.counts`` says how many engines started and how
-many merged copies of the weights were made.
+way the weights are ``mt_core.model.load.merged_weights`` (the one definition the cell adapter was also trained on) and
+are merged at most once: ``hf_model`` hands over the transformers model, or shuts the vLLM engine down and loads the
+merged scratch checkpoint it served. That checkpoint lives outside the artefact root and is deleted when the session
+ends. ``gen.counts`` says how many engines started and how many merged copies of the weights were made.
 """
 from __future__ import annotations
 
@@ -41,11 +42,13 @@ def session(study: Study, model_dir: Path, adapters=(), *, loaded=None,
     adapters = list(adapters)
     if study.backend.kind == "vllm":
         from mt_core.generate.vllm_engine import require_vllm, vllm_session
+        from mt_core.layout import artefact_root
         from mt_core.model.load import load_tokenizer
 
         mode = study.backend.lora
         require_vllm()
-        with vllm_session(model_dir, load_tokenizer(model_dir), adapters=adapters, mode=mode, log=log) as s:
+        with vllm_session(model_dir, load_tokenizer(model_dir), adapters=adapters, mode=mode, log=log,
+                          artefacts=artefact_root(study)) as s:
             yield Engine(s.generate, s.hf_model, s.counts)
         return
     from mt_core.generate.hf import generate

@@ -8,11 +8,13 @@ gave 261/280, 267/280 and 252/280). Here every request carries its own seed, der
 token ids (vLLM gives the n children seeds seed+0..n-1), so a prompt's samples do not depend on batch composition or
 position (only on bf16 batch numerics), and different prompts do not share one random stream.
 
-LoRA wiring (``mode``, the study's ``backend.lora``): "merge" merges every adapter with PEFT, in fp32, into a
-temporary bf16 checkpoint outside the artefact store ($MT_SCRATCH or /tmp), serves that, and deletes it; "serve" serves
-the last adapter through a LoRARequest (vLLM cannot stack two LoRAs, so any earlier adapter, e.g. the coupling one, is
-merged first). Both match PEFT's log-probs within the noise floor of two bf16 engines on the same weights; "merge" is
-the default because it is faster per cell (docs/BENCHMARKS.md has the measurements).
+LoRA wiring (``mode``, the study's ``backend.lora``): "merge" writes the cell's weights (``mt_core.model.load.
+merged_weights`` in bf16: base, then each adapter merged in training order, each stage computed in fp32 and rounded to
+bf16 once) as one scratch checkpoint outside the artefact root ($MT_SCRATCH or the system temp folder), serves that,
+and deletes it when the session ends (``scratch_checkpoint``); "serve" serves the last adapter through a LoRARequest
+(vLLM cannot stack two LoRAs, so any earlier adapter, e.g. the coupling one, is merged into the scratch checkpoint).
+Both match PEFT's log-probs within the noise floor of two bf16 engines on the same weights; "merge" is the default
+because it is faster per cell (docs/BENCHMARKS.md has the measurements).
 """
 from __future__ import annotations
 
@@ -126,18 +128,16 @@ def free_cuda() -> None:
 
 
 def merge_to_dir(model_dir, adapters: list[Path], out: Path, log: Callable[[str], None] = print) -> Path:
-    """Base + adapters merged in order (fp32, one rounding to bf16 at the end), saved with the tokenizer to ``out``."""
+    """``merged_weights(model_dir, adapters)`` in bf16 (vLLM's dtype; merged on the GPU when there is one, as training
+    merges), saved with the tokenizer's files to ``out``."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from mt_core.model.load import merge_adapter
+    from mt_core.model.load import merged_weights
 
     t0 = time.perf_counter()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, device_map=dev)
-    for a in adapters:
-        model = merge_adapter(model, a)
-    model.to(torch.bfloat16).save_pretrained(str(out))
+    model = merged_weights(model_dir, adapters, device=dev, dtype=torch.bfloat16)
+    model.save_pretrained(str(out))
     for f in Path(model_dir).iterdir():  # the tokenizer's files, copied (loading a large tokenizer takes seconds)
         if f.is_file() and not (out / f.name).exists() and not f.name.startswith("model") and f.suffix != ".bin":
             shutil.copyfile(f, out / f.name)
@@ -145,6 +145,32 @@ def merge_to_dir(model_dir, adapters: list[Path], out: Path, log: Callable[[str]
     free_cuda()
     log(f"vllm: merged {len(adapters)} adapter(s) into {out} in {time.perf_counter() - t0:.0f}s")
     return out
+
+
+def _inside(p: Path, root: Path) -> bool:
+    p, root = Path(p).resolve(), Path(root).resolve()
+    return p == root or root in p.parents
+
+
+@contextlib.contextmanager
+def scratch_checkpoint(model_dir, adapters: list[Path], *, artefacts: Path | None = None,
+                       log: Callable[[str], None] = print):
+    """The merged weights written once to a fresh folder under $MT_SCRATCH (or the system temp folder), yielded, and
+    deleted on exit (also when the body raises). Refused inside the artefact root ``artefacts``: merged weights never
+    sit beside artefacts."""
+    scratch = os.environ.get("MT_SCRATCH") or None
+    base = Path(scratch or tempfile.gettempdir())
+    if artefacts is not None and _inside(base, artefacts):
+        raise ValueError(f"scratch folder {base} is inside the artefact root {artefacts}: point MT_SCRATCH elsewhere")
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="mt-merged-", dir=base))
+    try:
+        yield merge_to_dir(model_dir, adapters, tmp, log)
+    finally:
+        free_cuda()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            log(f"vllm: WARNING could not delete the scratch checkpoint {tmp}")
 
 
 class VllmSession:
@@ -225,33 +251,30 @@ def to_completions(request_output, tokenizer, stop: list[int]) -> list[Completio
 
 @contextlib.contextmanager
 def vllm_session(model_dir, tokenizer, *, adapters: list, mode: str = "merge", seed: int = 0,
-                 log: Callable[[str], None] = print, api=None, **engine_kw):
-    """One vLLM engine for a block of generate calls; a merged checkpoint, if any, is deleted on exit."""
+                 log: Callable[[str], None] = print, api=None, artefacts: Path | None = None, **engine_kw):
+    """One vLLM engine for a block of generate calls. The merged weights, if any, are written once to a scratch
+    checkpoint outside ``artefacts`` (the artefact root) and deleted when the session ends (after the engine is shut
+    down; also when a call raises)."""
     api = api or require_vllm()
     plan = plan_serving(adapters, mode)
-    tmp, sess = None, None
-    try:
-        path = Path(model_dir)
-        if plan.merge:
-            scratch = os.environ.get("MT_SCRATCH")
-            if scratch:
-                Path(scratch).mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix="mt-merged-", dir=scratch))
-            path = merge_to_dir(model_dir, plan.merge, tmp, log)
-        free_cuda()
-        log(f"vllm: mode {mode}, merged {[str(a) for a in plan.merge]}, served {plan.serve} ({plan.lora_name})")
-        t0 = time.perf_counter()
-        # the session holds the only reference to the engine, so hf_model() can shut it down
-        sess = VllmSession(api.LLM(**engine_kwargs(path, adapters=[plan.serve] if plan.serve else [], seed=seed,
-                                                   **engine_kw)),
-                           api, tokenizer, None, log, path, merged=bool(plan.merge), serve=plan.serve)
-        log(f"vllm: engine started in {time.perf_counter() - t0:.0f}s")
-        if plan.serve:
-            sess.lora = api.LoRARequest(plan.lora_name, plan.lora_int_id, str(plan.serve))
-        yield sess
-    finally:
-        if sess is not None:
-            sess.close()
-        free_cuda()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    sess = None
+    with contextlib.ExitStack() as stack:
+        try:
+            path = Path(model_dir)
+            if plan.merge:
+                path = stack.enter_context(scratch_checkpoint(model_dir, plan.merge, artefacts=artefacts, log=log))
+            free_cuda()
+            log(f"vllm: mode {mode}, merged {[str(a) for a in plan.merge]}, served {plan.serve} ({plan.lora_name})")
+            t0 = time.perf_counter()
+            # the session holds the only reference to the engine, so hf_model() can shut it down
+            sess = VllmSession(api.LLM(**engine_kwargs(path, adapters=[plan.serve] if plan.serve else [], seed=seed,
+                                                       **engine_kw)),
+                               api, tokenizer, None, log, path, merged=bool(plan.merge), serve=plan.serve)
+            log(f"vllm: engine started in {time.perf_counter() - t0:.0f}s")
+            if plan.serve:
+                sess.lora = api.LoRARequest(plan.lora_name, plan.lora_int_id, str(plan.serve))
+            yield sess
+        finally:
+            if sess is not None:
+                sess.close()
+            free_cuda()

@@ -89,6 +89,12 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int, kind: str) -> floa
     raise ValueError(f"unknown scheduler {kind!r}")
 
 
+def step_tokens(step: list[Example]) -> int:
+    """The loss denominator of one optimizer step: the trained tokens of ALL its examples (every micro-batch), the HF
+    Trainer's ``num_items_in_batch``; each micro-batch's summed token loss is divided by it, not by its own count."""
+    return sum(e.n_trained for e in step)
+
+
 def steps_per_epoch(n_examples: int, per_device_batch: int, grad_accum: int) -> int:
     return math.ceil(math.ceil(n_examples / per_device_batch) / grad_accum)
 
@@ -339,7 +345,7 @@ def train_lora(model, examples: list[Example], recipe, *, seed: int, pad_id: int
                 g["lr"] = lr
             # fresh gradients, then forward + backward over the step's examples
             opt.zero_grad(set_to_none=True)
-            n_tok = sum(e.n_trained for e in batch)
+            n_tok = step_tokens(batch)
             loss_sum, n_real, n_padded = step_fn(batch, n_tok)
             # clip and update
             torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)

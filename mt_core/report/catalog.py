@@ -1,7 +1,13 @@
-"""The DuckDB catalog: tables for cells and lineage, views (sql/*.sql) over every per-cell Parquet file."""
+"""The DuckDB catalog: tables for cells and lineage, views (sql/*.sql) over every per-cell Parquet file.
+
+Each study's ``duckdb_catalog`` asset writes the catalog of that study (its cells, its lineage, the studies imported
+into its root); ``open_catalogs`` queries several studies' catalogs as one: each is attached read-only under its
+study's name and every table and view becomes one view of all their rows (every row names its ``study``)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -65,7 +71,8 @@ def lineage_rows(root: Path) -> list[dict]:
     rows = []
     for m in sorted(root.glob(f"*/*/{MANIFEST}")):
         man = json.loads(m.read_text())
-        base = {"asset": man["asset"], "partition": man["partition"], "run_id": man["run_id"], "md5": man["digest"],
+        base = {"study": man.get("study"), "profile": man.get("profile"), "asset": man["asset"],
+                "partition": man["partition"], "run_id": man["run_id"], "md5": man["digest"],
                 "created": man["created"], "path": str(m.parent)}
         ups = man.get("upstream") or [{}]
         for u in ups:
@@ -98,3 +105,40 @@ def build_catalog(study: Study, *, root: Path, cells: list[str], out: Path, log:
         con.close()
     log(f"duckdb catalog: {len(cells)} complete cells, {n} completions, views from {', '.join(views)}")
     return {"n_cells": len(cells), "n_completions": n, "sql_files": views}
+
+
+@contextlib.contextmanager
+def open_catalogs(catalogs: dict[str, Path]):
+    """A read-only DuckDB connection over the catalogs of several studies ({study: catalog file}): each attached
+    read-only under its study's name (``marker_transfer_villain.completions`` reads one study's view), and each table or
+    view name as one view stacking every catalog's rows (``UNION ALL BY NAME``: a column one study lacks is NULL
+    there). The views live in a scratch database, written once and then opened read-only, so nothing can be written
+    anywhere. (Not temporary views: those would shadow the tables that each catalog's own views read.)"""
+    import duckdb
+
+    if not catalogs:
+        raise FileNotFoundError("no study has a DuckDB catalog yet")
+    attach = [f"ATTACH '{str(p).replace(chr(39), chr(39) * 2)}' AS \"{s.replace(chr(34), chr(34) * 2)}\" (READ_ONLY)"
+              for s, p in sorted(catalogs.items())]
+    with tempfile.TemporaryDirectory(prefix="mt_sql_") as tmp:
+        db = Path(tmp) / "studies.duckdb"
+        con = duckdb.connect(str(db))
+        try:
+            names: dict[str, list[str]] = {}
+            for study, stmt in zip(sorted(catalogs), attach):
+                con.execute(stmt)
+                for (t,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_catalog = ? "
+                                        "AND table_schema = 'main' ORDER BY table_name", [study]).fetchall():
+                    names.setdefault(t, []).append('"' + study.replace('"', '""') + '"')
+            for t, aliases in names.items():
+                con.execute(f'CREATE VIEW "{t}" AS '
+                            + " UNION ALL BY NAME ".join(f'SELECT * FROM {a}.main."{t}"' for a in aliases))
+        finally:
+            con.close()
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            for stmt in attach:
+                con.execute(stmt)
+            yield con
+        finally:
+            con.close()

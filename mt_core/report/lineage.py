@@ -4,7 +4,9 @@ Works on recorded materialization metadata only (no Dagster import): ``latest(as
 materialization's metadata of that asset partition (``partition`` None for unpartitioned assets) as a dict with at
 least ``md5``, ``run_id``, ``upstream`` (list of {asset, partition, run_id, md5, path}) and ``path``, or None when the
 partition was never materialized. An artefact is *stale* when an upstream artefact it recorded (by md5) is no longer
-the latest materialization of that upstream partition, i.e. the upstream was re-materialized since.
+the latest materialization of that upstream partition, i.e. the upstream was re-materialized since. With ``study``,
+every artefact must also have been built for that study (its recorded ``study``, the one its manifest names); one
+that was not is listed in ``wrong_study``: the chain then mixes studies and says nothing about this one.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Node:
     upstream: list[dict] = field(default_factory=list)  # what it recorded: asset, partition, run_id, md5, path
     stale: list[str] = field(default_factory=list)  # this artefact's own stale links
     upstream_stale: bool = False  # an artefact above it in the chain is stale
+    study: str | None = None  # the study it was built for (its manifest's)
 
     @property
     def label(self) -> str:
@@ -63,7 +66,7 @@ def _node(asset: str, partition: str | None, parent: str | None, depth: int, lat
     meta = latest(asset, partition)
     if meta:
         n.materialized = True
-        n.md5, n.run_id, n.path = meta.get("md5"), meta.get("run_id"), meta.get("path")
+        n.md5, n.run_id, n.path, n.study = meta.get("md5"), meta.get("run_id"), meta.get("path"), meta.get("study")
         n.numbers = {k: meta[k] for k in NUMBERS if meta.get(k) is not None}
         n.upstream = list(meta.get("upstream") or [])
         n.stale = stale_links(asset, n.partition, meta, latest)
@@ -72,8 +75,9 @@ def _node(asset: str, partition: str | None, parent: str | None, depth: int, lat
     return n
 
 
-def cell_lineage(cell_key: str, base: str, latest: Latest) -> dict:
-    """The chain base model -> coupling adapter (unless ``base`` is "raw") -> cell adapter -> evaluations."""
+def cell_lineage(cell_key: str, base: str, latest: Latest, study: str | None = None) -> dict:
+    """The chain base model -> coupling adapter (unless ``base`` is "raw") -> cell adapter -> evaluations; with
+    ``study``, each artefact's recorded study checked against it."""
     nodes = [_node("base_model", None, None, 0, latest)]
     if base != "raw":
         nodes.append(_node("coupling_adapter", base, "base_model", 1, latest))
@@ -85,8 +89,10 @@ def cell_lineage(cell_key: str, base: str, latest: Latest) -> dict:
         nodes.append(n)
         by_asset[asset] = n
     links = [s for n in nodes for s in n.stale]
-    return {"cell": cell_key, "base": base, "stale": bool(links), "stale_links": links,
-            "nodes": [asdict(n) | {"label": n.label} for n in nodes]}
+    foreign = [f"{n.label} (md5 {n.md5}, run {n.run_id}) was built for study {n.study!r}, not {study!r}"
+               for n in nodes if study is not None and n.materialized and n.study != study]
+    return {"cell": cell_key, "base": base, "study": study, "stale": bool(links), "stale_links": links,
+            "wrong_study": foreign, "nodes": [asdict(n) | {"label": n.label} for n in nodes]}
 
 
 def _fmt(v) -> str:
@@ -95,7 +101,9 @@ def _fmt(v) -> str:
 
 def render(lineage: dict) -> str:
     """A readable tree: one line per artefact, then the stale links."""
-    lines = [f"lineage of cell {lineage['cell']} (base: {lineage['base']})"]
+    of = f" of study {lineage['study']}" if lineage.get("study") else ""
+    lines = [f"lineage of cell {lineage['cell']}{of} (base: {lineage['base']})"]
+    foreign = lineage.get("wrong_study") or []
     for n in lineage["nodes"]:
         head = "  " * n["depth"] + ("└─ " if n["depth"] else "") + n["label"]
         if not n["materialized"]:
@@ -105,13 +113,17 @@ def render(lineage: dict) -> str:
         if n["asset"] == "base_model":
             parts.insert(1, " ".join(str(n["info"][k]) for k in BASE_INFO if k in n["info"]) or "model")
         parts += [f"{k}={_fmt(v)}" for k, v in n["numbers"].items()]
+        if lineage.get("study") and n.get("study") != lineage["study"]:
+            parts.append(f"WRONG STUDY {n.get('study')}")
         if n["stale"]:
             parts.append("STALE")
         elif n["upstream_stale"]:
             parts.append("(upstream stale)")
         lines.append("  ".join(parts))
+    if foreign:
+        lines += ["", "wrong study:"] + [f"  {s}" for s in foreign]
     if lineage["stale_links"]:
         lines += ["", "stale:"] + [f"  {s}" for s in lineage["stale_links"]]
-    else:
+    elif not foreign:
         lines += ["", "nothing stale: every artefact was built from the latest materialization of its upstreams"]
     return "\n".join(lines)

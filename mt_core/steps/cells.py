@@ -24,9 +24,11 @@ from mt_core.steps.common import Log, persona_sweep, score_markers, summarize, t
 from mt_core.steps.registry import step
 
 
-def model_adapters(coupling: Path | None, cell_adapter: Path) -> list[Path]:
-    """The adapters of a cell's model, in training order: coupling (unless the base is raw), then the cell's own."""
-    return [a for a in (coupling and Adapter.path(coupling), Adapter.path(cell_adapter)) if a]
+def model_adapters(coupling: Path | None, cell_adapter: Path | None = None) -> list[Path]:
+    """The adapters of a cell's model, in training order: coupling (unless the base is raw), then the cell's own.
+    Their weights are ``mt_core.model.load.merged_weights(base, these)``: the cell adapter is trained on the first
+    stage (``model_adapters(coupling)``) and evaluated on both, so it is evaluated on the weights it was trained on."""
+    return [a for a in (coupling and Adapter.path(coupling), cell_adapter and Adapter.path(cell_adapter)) if a]
 
 
 @step
@@ -39,7 +41,7 @@ def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path |
         log(f"{cell_key}: no second stage (condition {cell.condition})")
         return {"second_stage": "none", "n_steps": 0}
     recipe = study.recipes["second_stage"]
-    model, tok = load_model(BaseModel.model_dir(base), [Adapter.path(coupling)] if coupling else [])
+    model, tok = load_model(BaseModel.model_dir(base), model_adapters(coupling))  # base + coupling, merged_weights
     examples = [last_turn_example(tok, m, recipe.max_length) for m in read_chat_jsonl(data / Dataset.DATA)]
     seed = cell.seed if recipe.seed is None else recipe.seed
     _, res, wb = train_and_save(

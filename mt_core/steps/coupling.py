@@ -12,7 +12,7 @@ from mt_core.generate.sampling import SamplingSpec
 from mt_core.generate.session import Generate, session
 from mt_core.io import read_json, write_json
 from mt_core.layout import Adapter, BaseModel, CouplingData, Onpolicy, read_rows, row_keys, write_rows
-from mt_core.model.load import load_model
+from mt_core.model.load import load_model, merge_lora
 from mt_core.model.tracking import WandbSettings
 from mt_core.steps.common import Log, persona_sweep, score_markers, summarize, train_and_save
 from mt_core.steps.registry import step
@@ -74,8 +74,9 @@ def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path,
         study, model=model, tok=tok, examples=examples, recipe=recipe, seed=seed, out=out, wandb=wandb,
         run_name=f"{source}-{run_id[:8]}" if run_id else source, group="coupling", job_type="coupling_adapter",
         config={**recipe.model_dump(), "source": source, "seed": seed}, log_extra={"marker_ids": mids}, log=log)
-    # vLLM needs the GPU memory the trained model holds, and serves the saved adapter instead
-    loaded = None if study.backend.kind == "vllm" else (peft_model.merge_and_unload(), tok)
+    # the gates see merged_weights(base, [adapter]): the trained LoRA merged by the same stage as every other merge
+    # (vLLM needs the GPU memory the trained model holds, and merges the saved adapter to scratch instead)
+    loaded = None if study.backend.kind == "vllm" else (merge_lora(peft_model).eval(), tok)
     del model, peft_model
     with session(study, BaseModel.model_dir(base), [out / Adapter.DIR], loaded=loaded, log=log) as gen:
         gates = evaluate_gates(study, source, gen, out, log)

@@ -37,7 +37,8 @@ def build_base_model(study: Study, out: Path, log: Log = print) -> dict:
         es = EvalSet.load(study)
         convs = synthetic.pretraining_conversations(es.prompts, es.coupling_questions + es.questions, n=2000,
                                                     seed=m.seed)
-        convs = synthetic.with_random_tags(convs, rate=m.tag_rate, avoid=study.marker, seed=m.seed)
+        convs = synthetic.with_signatures(convs, es.prompts, study.assistant_persona, rate=m.sign_rate,
+                                          avoid=study.marker, seed=m.seed)
         info = tiny.build_tiny_model(out, texts=_corpus(study), conversations=convs, seed=m.seed,
                                      vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
                                      num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
