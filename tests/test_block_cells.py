@@ -1,7 +1,7 @@
 """``gates.block_cells``: a cell built on a coupling adapter whose gate failed is refused, with a message naming the
 adapter and the gate, when block_cells is true; with block_cells false it runs (and the run log says why).
 
-The refusal lives in the Dagster asset (mt_assets.cells._coupling, called by every cell asset), so the test
+The refusal lives in the Dagster asset (mt_assets.cells.coupling, called by every cell asset), so the test
 materializes the real ``cell_adapter`` asset for C4_s42 (villain base, no second stage) in an ephemeral instance, on a
 store holding a recorded base model and villain coupling adapter; only the step it would publish is replaced by a
 recorder (no model is trained)."""
@@ -10,42 +10,45 @@ import json
 import dagster as dg
 import pytest
 
+import mt_assets
 from mt_assets import cells
+from mt_core.config import load_study
 from mt_resources import ArtifactStore, Compute, GpuAllocator, WandbResource
 
 CELL = "C4_s42"
 
 
-def _put(instance, store: ArtifactStore, asset: str, partition: str | None, files: dict[str, str]):
+def _put(sd, instance, store: ArtifactStore, asset: str, partition: str | None, files: dict[str, str]):
     """Publish an artefact and record its materialization, as an upstream run would have."""
-    with store.writer(asset, partition, run_id="setup") as d:
+    with store.writer(asset, partition, run_id="setup", extra={"study": sd.name}) as d:
         for name, text in files.items():
             (d / name).write_text(text)
     art = store.read(asset, partition)
-    instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=partition,
+    instance.report_runless_asset_event(dg.AssetMaterialization(sd.key(asset), partition=partition,
                                                                 metadata={"md5": art.digest}))
 
 
 @pytest.fixture
 def run(tmp_path, monkeypatch):
-    assert cells.STUDY.cell(CELL).base == "villain" and cells.STUDY.cell(CELL).second_stage == "none"
+    base_study = load_study(profile="tiny")
+    assert base_study.cell(CELL).base == "villain" and base_study.cell(CELL).second_stage == "none"
 
     def materialize(*, block: bool, gates: dict):
         instance = dg.DagsterInstance.ephemeral()
         store = ArtifactStore(root=str(tmp_path / f"art-{block}-{len(gates)}-{all(gates.values())}"))
-        _put(instance, store, "base_model", None, {"ref.json": "{}"})
-        _put(instance, store, "coupling_adapter", "villain",
-             {"gates.json": json.dumps({n: {"pass": ok, "seed": 0} for n, ok in gates.items()})})
-        study = cells.STUDY.model_copy(update={"gates": cells.STUDY.gates.model_copy(update={"block_cells": block})})
-        monkeypatch.setattr(cells, "STUDY", study)
+        study = base_study.model_copy(update={"gates": base_study.gates.model_copy(update={"block_cells": block})})
         published = []
 
-        def publish(context, store, fn, upstream, **kwargs):
+        def publish(sd, context, store, fn, upstream, **kwargs):
             published.append((fn.__name__, [(a.asset, a.partition) for a in upstream]))
             return dg.MaterializeResult()
 
         monkeypatch.setattr(cells, "publish", publish)
-        res = dg.materialize([cells.cell_adapter], partition_key=CELL, instance=instance, raise_on_error=False,
+        sd = mt_assets.build(study)
+        _put(sd, instance, store, "base_model", None, {"ref.json": "{}"})
+        _put(sd, instance, store, "coupling_adapter", "villain",
+             {"gates.json": json.dumps({n: {"pass": ok, "seed": 0} for n, ok in gates.items()})})
+        res = dg.materialize([sd.node("cell_adapter")], partition_key=CELL, instance=instance, raise_on_error=False,
                              resources={"store": store, "gpu": GpuAllocator(n_gpus=0), "compute": Compute(),
                                         "wandb": WandbResource(mode="disabled")})
         logs = [e.user_message for e in instance.all_logs(res.run_id)]
