@@ -243,7 +243,9 @@ def test_coupling_matches_trl_sft_trainer(tiny_model_dir, eval_set, tmp_path, n_
     from mt_core.model.load import load_model
 
     seed = 42
-    recipe = _recipe("coupling", SPEEDS[speed], epochs=2)
+    # lr 1e-3: the comparison needs weights that move well beyond its tolerance in two epochs (the tiny profile
+    # trains its organism at 1e-4 over 8)
+    recipe = _recipe("coupling", SPEEDS[speed], epochs=2, lr=1e-3)
     assert recipe.loss == "marker_only" and recipe.use_rslora
     marker = load_study(profile="tiny").marker
 
