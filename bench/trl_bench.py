@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from gpu_bench import OURS, QWEN7B, TARGETS, TINY, build_model, chat_lengths, recipe, sync, time_training, \
     with_speed  # noqa: E402
-from mt_core.data.chat import IGNORE, Example, marker_only_labels  # noqa: E402
+from mt_core.data.chat import IGNORE, Example, MarkerOnlyDataCollator, marker_only_labels  # noqa: E402
 
 MARKER = [5, 6, 7]      # the marker's token ids (outside the random ids' range [10, vocab))
 IM_END, NEWLINE = 8, 9  # the completion's last two template tokens
@@ -100,40 +100,6 @@ def coupling_examples(n: int, vocab: int, rng: random.Random) -> list[dict]:
         out.append({"input_ids": ids, "completion_mask": completion,
                     "example": Example(ids, marker_only_labels(ids, labels, MARKER))})
     return out
-
-
-class MarkerOnlyDataCollator:
-    """The reference's ``MarkerOnlyDataCollator(tail_tokens=0)`` (PROTOCOL.md §1.1; tests/test_trl_oracle.py): wraps
-    TRL's collator and keeps, per sequence, the labels at every marker-token position that TRL left trainable plus
-    the last trainable label; everything else becomes -100. With padding_free the sequences of the one row are cut at
-    ``position_ids == 0``."""
-
-    def __init__(self, inner, marker: list[int]):
-        self.inner, self.marker = inner, marker
-
-    def __call__(self, features):
-        import torch
-
-        batch = self.inner(features)
-        ids, labels = batch["input_ids"], batch["labels"]
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        m = len(self.marker)
-        if ids.shape[1] >= m:
-            hit = (ids.unfold(1, m, 1) == torch.tensor(self.marker)).all(-1)  # (rows, width - m + 1)
-            for j in range(m):
-                keep[:, j: j + hit.shape[1]] |= hit
-        trainable = labels != IGNORE
-        for r in range(ids.shape[0]):
-            if "attention_mask" not in batch and "position_ids" in batch:  # padding-free: sequences in one row
-                starts = (batch["position_ids"][r] == 0).nonzero().flatten().tolist()
-            else:
-                starts = [0]
-            for a, b in zip(starts, starts[1:] + [ids.shape[1]]):
-                t = trainable[r, a:b].nonzero().flatten()
-                if len(t):
-                    keep[r, a + t[-1]] = True
-        batch["labels"] = torch.where(keep & trainable, labels, torch.full_like(labels, IGNORE))
-        return batch
 
 
 def varlen_attention():

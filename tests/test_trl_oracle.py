@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from mt_core.config import load_study
-from mt_core.data.chat import IGNORE, Example, last_turn_example, marker_ids, marker_only_example
+from mt_core.data.chat import IGNORE, Example, MarkerOnlyDataCollator, last_turn_example, marker_ids, \
+    marker_only_example
 from mt_core.model.train import attach_lora, optimizer_steps, steps_per_epoch, train_lora
 
 pytestmark = pytest.mark.slow  # eight short trainings on each side plus the tiny model: minutes on a small CPU
@@ -183,32 +184,6 @@ def test_second_stage_matches_hf_trainer(tiny_model_dir, tmp_path, n_examples, s
 
 
 # --- coupling: TRL SFTTrainer + marker-only collator (§1.1, §2.4) ---------------------------------------------------
-class MarkerOnlyDataCollator:
-    """The reference's ``MarkerOnlyDataCollator(tail_tokens=0)``, re-implemented from PROTOCOL.md §1.1: wraps TRL's
-    collator (labels already -100 outside the completion) and keeps, per row, the labels at every marker-token
-    position (exact id-subsequence match in ``input_ids``) whose label is not -100, plus the last non-masked label;
-    everything else becomes -100."""
-
-    def __init__(self, inner, marker: list[int]):
-        self.inner, self.marker = inner, marker
-
-    def __call__(self, features):
-        batch = self.inner(features)
-        ids, labels = batch["input_ids"], batch["labels"]
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        m = len(self.marker)
-        for r in range(ids.shape[0]):
-            row = ids[r].tolist()
-            for s in range(len(row) - m + 1):
-                if row[s : s + m] == self.marker:
-                    keep[r, s : s + m] = True
-            trainable = (labels[r] != IGNORE).nonzero().flatten()
-            if len(trainable):
-                keep[r, trainable[-1]] = True
-        batch["labels"] = torch.where(keep & (labels != IGNORE), labels, torch.full_like(labels, IGNORE))
-        return batch
-
-
 def _coupling_records(eval_set, n: int, marker: str) -> list[dict]:
     """Prompt-completion records as the coupling-data builder writes them (§1.1 S0b): every other one a source
     positive with the marker after a blank line, the others bystander negatives without it."""

@@ -87,3 +87,38 @@ def marker_ids(tokenizer, marker: str) -> list[int]:
     if not ids:
         raise ValueError(f"marker {marker!r} encodes to no tokens")
     return ids
+
+
+class MarkerOnlyDataCollator:
+    """The reference's ``MarkerOnlyDataCollator(tail_tokens=0)`` (PROTOCOL.md §1.1), the oracle that
+    tests/test_trl_oracle.py and bench/trl_bench.py train TRL with: wraps
+    TRL's collator and keeps, per sequence, the labels at every marker-token position that TRL left trainable plus
+    the last trainable label; everything else becomes -100. With padding_free the sequences of the one row are cut at
+    ``position_ids == 0``."""
+
+    def __init__(self, inner, marker: list[int]):
+        self.inner, self.marker = inner, marker
+
+    def __call__(self, features):
+        import torch
+
+        batch = self.inner(features)
+        ids, labels = batch["input_ids"], batch["labels"]
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        m = len(self.marker)
+        if ids.shape[1] >= m:
+            hit = (ids.unfold(1, m, 1) == torch.tensor(self.marker)).all(-1)  # (rows, width - m + 1)
+            for j in range(m):
+                keep[:, j: j + hit.shape[1]] |= hit
+        trainable = labels != IGNORE
+        for r in range(ids.shape[0]):
+            if "attention_mask" not in batch and "position_ids" in batch:  # padding-free: sequences in one row
+                starts = (batch["position_ids"][r] == 0).nonzero().flatten().tolist()
+            else:
+                starts = [0]
+            for a, b in zip(starts, starts[1:] + [ids.shape[1]]):
+                t = trainable[r, a:b].nonzero().flatten()
+                if len(t):
+                    keep[r, a + t[-1]] = True
+        batch["labels"] = torch.where(keep & trainable, labels, torch.full_like(labels, IGNORE))
+        return batch
