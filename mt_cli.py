@@ -48,12 +48,7 @@ def _defs():
 
 def _study_defs(d):
     """The study this command is about, among the code location's (``--study`` / $MT_STUDY, else the first)."""
-    from mt_core.config import ConfigError
-
-    try:
-        return d.study_defs()
-    except ConfigError as e:
-        raise SystemExit(f"mt: {e}") from None
+    return d.study_defs()  # a ConfigError is reported by main(), one message, exit code 2
 
 
 def set_gpu_pool(instance, n: int | None = None) -> int:
@@ -84,6 +79,12 @@ def cmd_demo(args) -> int:
 
 def cmd_run(args) -> int:
     _env(args)
+    if args.cells:  # a bad study file or cell key fails here, before the code location is imported
+        from mt_core.config import load_study
+
+        chosen = load_study()
+        for c in args.cells.split(","):
+            chosen.cell(c)
     import dagster as dg
 
     from mt_doctor import diagnose
@@ -166,8 +167,9 @@ def catalog_path(artifacts: str | None = None) -> Path:
     return artefact_dir(store_root(artifacts), Catalog.asset) / Catalog.FILE
 
 
-def study_catalogs(instance) -> dict[str, Path]:
-    """{study: its DuckDB catalog file} for every study whose ``<study>/duckdb_catalog`` the instance materialized."""
+def study_catalogs(instance) -> dict[str, tuple[Path, str | None]]:
+    """{study: (its DuckDB catalog file, the md5 the instance recorded for it)} for every study whose
+    ``<study>/duckdb_catalog`` the instance materialized; ``open_catalogs`` checks the file against that record."""
     from mt_core.layout import Catalog
     from mt_resources.store import latest_metadata
 
@@ -175,43 +177,57 @@ def study_catalogs(instance) -> dict[str, Path]:
     for key in instance.get_asset_keys():
         if len(key.path) == 2 and key.path[1] == Catalog.asset:
             meta = latest_metadata(instance, key, None) or {}
-            if meta.get("path") and (Path(meta["path"]) / Catalog.FILE).is_file():
-                out[key.path[0]] = Path(meta["path"]) / Catalog.FILE
+            if meta.get("path"):
+                out[key.path[0]] = (Path(meta["path"]) / Catalog.FILE, meta.get("md5"))
     return out
 
 
 def cmd_sql(args) -> int:
+    """Read-only SQL over the catalogs the instance recorded: a statement that is not a read is refused before
+    anything is opened; each catalog is checked against the instance's record (retried while a rebuild replaces it)
+    and every file it lists against the md5 it was verified at; the connection reads nothing else."""
     explicit = bool(args.study)
     _env(args)
-    from mt_core.config import load_study
-    from mt_core.report.catalog import open_catalogs
-
-    if args.artifacts:  # one study's root, given by path
-        catalogs = {"catalog": catalog_path(args.artifacts)}
-    else:
-        import dagster as dg
-
-        study = load_study()
-        with dg.DagsterInstance.get() as instance:
-            catalogs = study_catalogs(instance)
-        if study.name not in catalogs and catalog_path().is_file():  # built by an instance that is not this one
-            catalogs[study.name] = catalog_path()
-        if explicit:
-            catalogs = {k: v for k, v in catalogs.items() if k == study.name}
-    missing = [str(p) for p in catalogs.values() if not p.is_file()]
-    if not catalogs or missing:
-        raise SystemExit(f"{', '.join(missing) or catalog_path()}: no catalog yet; run `make demo` (or materialize "
-                         f"duckdb_catalog) first")
+    import dagster as dg
     import duckdb
 
-    with open_catalogs(catalogs) as con:
-        try:
-            rel = con.sql(args.query)
-            if rel is None:
-                return 0
-            df = rel.pl()
-        except duckdb.Error as e:
-            raise SystemExit(f"mt sql: {e}") from None
+    from mt_core.config import load_study
+    from mt_core.report.catalog import CatalogChanged, CatalogError, check_query, open_catalogs, refusal
+
+    try:
+        check_query(args.query)
+    except CatalogError as e:
+        raise SystemExit(f"mt sql: {e}") from None
+    only = load_study().name if explicit else None
+    at = catalog_path(args.artifacts) if args.artifacts else None
+    df, last = None, None
+    with dg.DagsterInstance.get() as instance:
+        for _ in range(50):  # a rebuilt catalog is in place a moment before the instance records it
+            recorded = {s: c for s, c in study_catalogs(instance).items()
+                        if (only is None or s == only) and (at is None or c[0] == at)}
+            if not recorded:
+                what = f"at {at}" if at else f"of study {only}" if only else "of any study"
+                raise SystemExit(f"mt sql: no DuckDB catalog {what} is recorded in the Dagster instance "
+                                 f"{os.environ['DAGSTER_HOME']}; run `make demo` (or materialize duckdb_catalog) "
+                                 f"first")
+            try:
+                with open_catalogs({s: p for s, (p, _) in recorded.items()},
+                                   {s: md5 for s, (_, md5) in recorded.items()}) as con:
+                    try:
+                        rel = con.sql(args.query)
+                        df = rel.pl() if rel is not None else None
+                    except duckdb.Error as e:
+                        raise SystemExit(f"mt sql: {refusal(e)}") from None
+                break
+            except CatalogChanged as e:
+                last = e
+                time.sleep(0.2)
+            except CatalogError as e:
+                raise SystemExit(f"mt sql: {e}") from None
+        else:
+            raise SystemExit(f"mt sql: {last}")
+    if df is None:
+        return 0
     if args.format == "csv":
         sys.stdout.write(df.write_csv())
     elif args.format == "json":
@@ -276,7 +292,34 @@ def cmd_status(args) -> int:
                                  if len(done) < len(keys) else ""))
                     for line in check_status(instance, graph, key):
                         print(f"  {line}")
+            for line in run_status(instance, sd.name):
+                print(f"  {line}")
     return 0
+
+
+def run_status(instance, study: str) -> list[str]:
+    """The study's runs in progress, each with its partition, age and whether its process still exists (a run whose
+    process is gone holds its pool slots until the next `mt run` marks it failed)."""
+    import socket
+    import time
+
+    import dagster as dg
+
+    from mt_assets.common import ACTIVE_RUN
+    from mt_resources.store import pid_alive
+    from mt_runner import HOST_TAG, PID_TAG, STUDY_TAG
+
+    lines = []
+    for rec in instance.get_run_records(filters=dg.RunsFilter(statuses=list(ACTIVE_RUN), tags={STUDY_TAG: study})):
+        run = rec.dagster_run
+        pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
+        gone = pid and host == socket.gethostname() and not pid_alive(int(pid))
+        age = time.time() - rec.create_timestamp.timestamp()
+        lines.append(f"run {run.run_id[:8]} {run.job_name.removeprefix(study + '__')}"
+                     f"[{run.tags.get('dagster/partition', '-')}] {run.status.value} for {age:.0f}s"
+                     + (f": its process {pid} is gone; `mt run` marks it failed and frees its slots" if gone else
+                        f" (pid {pid} on {host})" if pid else ""))
+    return lines or ["no run in progress"]
 
 
 def cmd_lineage(args) -> int:
@@ -333,6 +376,8 @@ def cmd_import_legacy(args) -> int:
     import dagster as dg
 
     from mt_assets import STUDY_TAG
+    from mt_runner import RunFailed
+    from mt_runner import _failure_info as failure_info
 
     d = _defs()
     sd = _study_defs(d)
@@ -341,27 +386,33 @@ def cmd_import_legacy(args) -> int:
             instance=instance, asset_selection=[sd.key(Catalog.asset)], raise_on_error=False,
             tags={STUDY_TAG: sd.name},
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
-    if not run.success:
-        failed = [e.message for e in run.all_events if e.is_step_failure]
-        raise SystemExit(f"the import is stored, but rebuilding the DuckDB catalog failed (run {run.run_id}): "
-                         f"{failed[0] if failed else 'see the run logs'}")
+        why = None if run.success else failure_info(instance, run.run_id)
+    if why:
+        raise RunFailed(f"the import is stored, but rebuilding the DuckDB catalog failed (run {run.run_id}) in "
+                        f"{why[0]}", why[1])
     print(f"DuckDB catalog rebuilt (run {run.run_id}): {catalog_path()}")
     return 0
 
 
-def _current_cells(study, root: Path) -> list[dict]:
-    """Per-cell results of the current study, for the cells whose marker rates are published."""
-    from mt_core.layout import MANIFEST, AlignmentScores, ArcScores, Audit, MarkerRates, cell_numbers
+def _current_cells(study, root: Path, instance):
+    """(cells, gates, verified) of the current study: a ``cell_numbers`` dict per complete cell, the gates of the
+    sources' coupling adapters, and ``mt_assets.analysis.verify_study``'s findings (what is missing). Every artefact
+    is the one the Dagster instance's latest materialization recorded (its md5), checked as an asset checks its
+    upstream; a recorded artefact that fails verification raises ArtifactError naming it and the fix."""
+    from mt_assets.analysis import verify_study
+    from mt_assets.study import StudyDefs
+    from mt_core.layout import Adapter, AlignmentScores, ArcScores, Audit, MarkerRates, cell_numbers
     from mt_resources.store import ArtifactStore
 
-    store = ArtifactStore(root=str(root))
-
-    def art(kind, key: str) -> Path | None:
-        return store.read(kind.asset, key).path if (store.path(kind.asset, key) / MANIFEST).is_file() else None
-
-    return [cell_numbers(k, c.condition, c.seed, rates, art(ArcScores, k), art(AlignmentScores, k), art(Audit, k),
-                         own_persona=study.adapter_persona(k))
-            for k in study.cells if (rates := art(MarkerRates, k)) and (c := study.cell(k))]
+    v = verify_study(StudyDefs(study), instance, ArtifactStore(root=str(root)))
+    cells = []
+    for k, arts in v.cells.items():
+        c = study.cell(k)
+        cells.append(cell_numbers(k, c.condition, c.seed, *(arts[x.asset].path for x in (MarkerRates, ArcScores,
+                                                                                        AlignmentScores, Audit)),
+                                  own_persona=study.adapter_persona(k)))
+    gates = {g: r for art in v.sources.values() for g, r in Adapter.read_gates(art.path).items()}
+    return cells, gates, v
 
 
 def cmd_report(args) -> int:
@@ -373,23 +424,27 @@ def cmd_report(args) -> int:
     from mt_core.report import stats
     from mt_core.config import load_study
     from mt_core.report.legacy import read_cells
-    from mt_core.steps.analysis import preregistered
+    from mt_core.steps.analysis import incomplete_line, preregistered
     from mt_core.io import read_json
-    from mt_core.layout import LEGACY, MANIFEST, Adapter, Legacy
+    from mt_core.layout import LEGACY, MANIFEST, Legacy
     from mt_resources.store import ArtifactError, ArtifactStore
 
     study = load_study()
     root = store_root(args.artifacts)
     imported = sorted(p.name for p in (root / LEGACY).glob("*") if (p / MANIFEST).is_file())
     name = args.name or study.name
+    incomplete, missing, unrecorded = None, {}, []
     try:
         store = ArtifactStore(root=str(root))
-        if name == study.name:
-            cells = _current_cells(study, root)
+        if name == study.name:  # as the Dagster instance recorded it: the same rule as the study summary
+            import dagster as dg
+
+            with dg.DagsterInstance.get() as instance:
+                cells, gates, v = _current_cells(study, root, instance)
             src, asst, marker = study.source_persona, study.assistant_persona, study.marker
             order = list(study.conditions)
-            gates = {k: v for s in study.sources if (store.path(Adapter.coupling, s) / MANIFEST).is_file()
-                     for k, v in Adapter.read_gates(store.read(Adapter.coupling, s).path).items()}
+            missing, unrecorded = v.missing, v.unrecorded
+            incomplete = incomplete_line(study, v.missing, v.missing_sources)
         elif name in imported:
             d = store.read(LEGACY, name).path
             meta, cells = read_cells(d)
@@ -399,16 +454,22 @@ def cmd_report(args) -> int:
         else:
             raise SystemExit(f"unknown study {name!r}; available under {root}: {', '.join([study.name, *imported])}")
     except ArtifactError as e:
-        raise SystemExit(str(e)) from None
+        raise SystemExit(f"mt report: {e}") from None
     if not cells:
-        raise SystemExit(f"study {name!r}: no cell has published marker rates under {root} yet (run `make demo`)")
+        raise SystemExit(f"study {name!r}: no cell has published marker rates (with all its other artefacts) "
+                         f"recorded in the Dagster instance {os.environ['DAGSTER_HOME']} under {root} yet "
+                         f"(run `make demo`)")
     head = stats.headline(cells, study=name, source=src, assistant=asst, conditions_order=order, marker=marker)
     pre = preregistered(study, cells, source=src, assistant=asst)  # the reference's EM conditions are C1-C3 too
     if args.json:
-        print(json.dumps({**head, "preregistered": pre, "gates": gates}, indent=2))
+        print(json.dumps({**head, "complete": incomplete is None, "incomplete": incomplete, "missing": missing,
+                          "unrecorded": unrecorded, "preregistered": pre, "gates": gates}, indent=2))
     else:
         lines = "\n".join(f"- {x}" for x in stats.conjunction_lines(pre))
-        print(f"# {name}\n\n{stats.markdown_table(head)}\n{lines}")
+        banner = (f"{incomplete}\n\n" if incomplete else "") + (
+            f"Left out, on disk but never recorded by the Dagster instance: {', '.join(unrecorded)}\n\n"
+            if unrecorded else "")
+        print(f"# {name}\n\n{banner}{stats.markdown_table(head)}\n{lines}")
     return 0
 
 
@@ -416,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     from mt_runner import UNTIL  # stdlib-only at import: --help stays fast
 
     p = argparse.ArgumentParser(prog="mt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (a user error is "
+                                                        "otherwise one line on stderr, exit code 2); also $MT_DEBUG=1")
     sub = p.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--profile", help="study profile (default: $MT_PROFILE or tiny)")
@@ -435,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="the last stage to run (default analysis; e.g. `--cells C1_s42 --until cells` leaves "
                             "the study summary to the run that completes the grid)")
         d.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING"],
-                       help="Dagster console log level (default WARNING; the progress lines are always shown)")
+                       help="Dagster console log level (default WARNING: Dagster's console stays quiet and `mt` "
+                            "prints the progress lines, the steps' warnings and a failed step's cause; INFO or DEBUG "
+                            "show Dagster's own log)")
         d.add_argument("--gpus", type=int, help="set the gpu pool limit (default: keep it, or the GPUs found if unset)")
         d.add_argument("--launch", choices=["auto", "inline", "queued"], default="auto",
                        help="inline: each run in this process, one after another; queued: through the instance's run "
@@ -484,7 +549,44 @@ def main(argv: list[str] | None = None) -> int:
     ln.set_defaults(fn=cmd_lineage)
 
     args = p.parse_args(argv)
-    return args.fn(args)
+    debug = args.debug or os.environ.get("MT_DEBUG", "") not in ("", "0")
+    if debug:
+        os.environ["MT_DEBUG"] = "1"  # mt_runner shows Dagster's own log of a failed step, stack trace included
+    try:
+        return args.fn(args)
+    except (Exception, SystemExit) as e:
+        code, message = user_error(e)
+        if code is None or debug:
+            if code is not None and isinstance(e, SystemExit):
+                import traceback
+
+                traceback.print_exc()
+            raise
+        if message:
+            print(message if message.startswith(("mt:", "mt ")) else f"mt: {message}", file=sys.stderr)
+        return code
+
+
+# What a user can fix (the input, the study file, the command line), by module and class; looked up in sys.modules so
+# that naming them imports nothing (a module never imported cannot have raised its error).
+USER_ERRORS = {"mt_core.config": ("ConfigError",), "mt_core.io": ("DataError",),
+               "mt_resources.store": ("ArtifactError",), "mt_core.evals.judge": ("JudgeConfigError",),
+               "duckdb": ("Error",)}
+
+
+def user_error(e: BaseException) -> tuple[int | None, str]:
+    """(exit code, one message) for an error the user can fix, (None, "") for anything else (a bug: its traceback
+    shows). A SystemExit with a message is the command's own one-line verdict; its ``exit_code`` (mt_runner's failed
+    runs) says whether the cause was the input (2) or not (1)."""
+    if isinstance(e, SystemExit):
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0, ""
+        return getattr(e, "exit_code", 2), str(e.code)
+    for module, names in USER_ERRORS.items():
+        mod = sys.modules.get(module)
+        if mod is not None and isinstance(e, tuple(getattr(mod, n) for n in names)):
+            return 2, str(e)
+    return None, ""
 
 
 if __name__ == "__main__":

@@ -41,6 +41,19 @@ PID_TAG, HOST_TAG, STUDY_TAG, GPU_TAG = "mt/pid", "mt/host", "mt/study", "mt/gpu
 STAGES = ("inputs_job", "coupling_job", "cell_job", "analysis_job")
 UNTIL = {"inputs": "inputs_job", "coupling": "coupling_job", "cells": "cell_job", "analysis": "analysis_job"}
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+# errors whose message is the whole story (bad input, a study file, a missing artefact, a deliberate dg.Failure such as
+# a blocked gate): `mt run` prints the one message and exits 2; anything else is a bug and shows its stack trace
+USER_ERRORS = ("DataError", "ConfigError", "ArtifactError", "JudgeConfigError", "Failure")
+
+
+class RunFailed(SystemExit):
+    """A run of the plan failed: the message names the run, the step and the cause; ``exit_code`` is 2 when the cause
+    is a user error (USER_ERRORS), else 1. A SystemExit, so a caller that does not catch it exits with the message."""
+
+    def __init__(self, message: str, user: bool):
+        super().__init__(message)
+        self.user = user
+        self.exit_code = 2 if user else 1
 
 
 @dataclass
@@ -97,8 +110,9 @@ def plan_item(defs, sd, job: str, partition: str | None, latest: Callable, force
 
 
 def reconcile_dead_runs(instance, log: Callable[[str], None] = print) -> list[str]:
-    """Runs of a killed ``mt run`` (STARTED or STARTING, their process gone on this host): marked failed, their pool
-    slots freed."""
+    """Runs whose process is gone (STARTED or STARTING, tagged with a pid on this host that no longer exists: an
+    inline run of a killed ``mt run``, or a queued run whose worker was killed; ``mt_assets.common.tag_run_process``):
+    marked failed, their pool slots freed."""
     import dagster as dg
 
     from mt_resources.store import pid_alive
@@ -202,6 +216,7 @@ class Runner:
     def _queued(self, job: str, todo: list[Item]) -> None:
         """Submit the stage's runs, at most ``slots`` in flight; one status line per change; fail after the stage."""
         pending, flying, failed, t_stage = list(todo), {}, [], time.perf_counter()
+        checked = time.monotonic()
         stage = job.removesuffix("_job")
         while pending or flying:
             while pending and len(flying) < self.slots:
@@ -210,6 +225,9 @@ class Runner:
                 flying[run_id] = Flight(item)
                 self.out(f"{item.label}: queued {', '.join(item.assets)} ({_why(item)}) run {run_id[:8]}")
             time.sleep(1)
+            if time.monotonic() - checked > 10:  # a run worker that died never finishes on its own
+                reconcile_dead_runs(self.instance, self.out)
+                checked = time.monotonic()
             for run_id, f in list(flying.items()):
                 status = self.instance.get_run_by_id(run_id).status.value
                 if status == "STARTED" and f.started is None:
@@ -228,24 +246,33 @@ class Runner:
                     self.ran.append(f.item)
                     self.out(f"{f.item.label}: done in {dt:.0f}s  [{stage} {done}/{len(todo)}, eta {eta:.0f}s]")
                 else:
-                    why = _failure(self.instance, run_id)
-                    failed.append(f"{f.item.label}: {why}")
-                    self.out(f"{f.item.label}: FAILED after {dt:.0f}s (run {run_id}): {why.splitlines()[0]}")
+                    why, user, _ = _failure_info(self.instance, run_id)
+                    failed.append((f"{f.item.label}: {why}", user))
+                    self.out(f"{f.item.label}: FAILED after {dt:.0f}s (run {run_id}): {why}")
         if failed:
-            raise SystemExit(f"{stage}: {len(failed)} of {len(todo)} run(s) failed; later stages not started:\n"
-                             + "\n".join(f"  {f}" for f in failed))
+            raise RunFailed(f"{stage}: {len(failed)} of {len(todo)} run(s) failed; later stages not started:\n"
+                            + "\n".join(f"  {f}" for f, _ in failed), all(u for _, u in failed))
 
     def execute(self, item: Item) -> float:
         t0 = time.perf_counter()
         tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), STUDY_TAG: self.sd.name}
+        # At the default level Dagster's console shows nothing; this process prints the run's warnings and, when a
+        # step fails, one line with its cause (Dagster's console would print the cause inside a stack trace).
+        # --log-level INFO/DEBUG or --debug show Dagster's own log.
+        quiet = self.log_level == "WARNING" and not os.environ.get("MT_DEBUG")
         res = self.defs.resolve_job_def(self.sd.job(item.job)).execute_in_process(
             instance=self.instance, partition_key=item.partition, raise_on_error=False, tags=tags,
             asset_selection=[self.sd.key(a) for a in item.assets],
-            run_config={"loggers": {"console": {"config": {"log_level": self.log_level}}}})
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL" if quiet else self.log_level}}}})
         dt = time.perf_counter() - t0
+        if quiet:
+            for line in _warnings(self.instance, res.run_id):
+                self.out(f"{item.label}: warning: {line}")
         if not res.success:
-            raise SystemExit(f"{item.label} FAILED after {dt:.0f}s (run {res.run_id}) in "
-                             f"{_failure(self.instance, res.run_id)}")
+            why, user, trace = _failure_info(self.instance, res.run_id)
+            if trace and quiet:
+                print(trace, file=sys.stderr)  # a bug, not the input: its stack trace
+            raise RunFailed(f"{item.label} FAILED after {dt:.0f}s (run {res.run_id}) in {why}", user)
         return dt
 
 
@@ -271,15 +298,50 @@ def _gpu_of(instance, run_id: str) -> str | None:
     return leased[-1] if leased else None
 
 
-def _failure(instance, run_id: str) -> str:
-    """The first step failure of a run, ``step <key>: <its error message>`` (or the run failure's message)."""
-    for e in instance.all_logs(run_id):
-        ev = e.dagster_event
-        if ev is not None and ev.is_step_failure and ev.step_failure_data and ev.step_failure_data.error:
-            return f"step {ev.step_key}: {ev.step_failure_data.error.message.strip()}"
-    return next((e.user_message for e in instance.all_logs(run_id)
-                 if e.dagster_event is not None and e.dagster_event.event_type_value == "RUN_FAILURE"),
-                "see the run's logs")
+def _failure_info(instance, run_id: str) -> tuple[str, bool, str]:
+    """(``step <key>: <cause>`` on one line, whether the cause is a user error, the cause's stack trace or "") of
+    the first step failure of a run, naming any other step that failed in it. The cause is the error the step raised
+    (Dagster wraps it), or the error a Pipes child reported; a user error's message is shown alone, any other error
+    with its class."""
+    failures = [e.dagster_event for e in instance.all_logs(run_id) if e.dagster_event is not None
+                and e.dagster_event.is_step_failure and e.dagster_event.step_failure_data
+                and e.dagster_event.step_failure_data.error]
+    if not failures:
+        msg = next((e.user_message for e in instance.all_logs(run_id)
+                    if e.dagster_event is not None and e.dagster_event.event_type_value == "RUN_FAILURE"),
+                   "see the run's logs")
+        return msg, False, ""
+    first = failures[0]
+    one, user, trace = _cause(first.step_failure_data.error)
+    others = list(dict.fromkeys(ev.step_key for ev in failures[1:] if ev.step_key != first.step_key))
+    return (f"step {first.step_key}: {one}" + (f" (also failed: {', '.join(others)})" if others else ""), user,
+            trace)
+
+
+def _cause(err) -> tuple[str, bool, str]:
+    """(one line, user error?, stack trace or "") of a step's SerializableErrorInfo."""
+    while err.cls_name == "DagsterExecutionStepExecutionError" and err.cause is not None:
+        err = err.cause
+    msg, cls = err.message.strip(), err.cls_name or ""
+    if msg.split(":", 1)[0].rsplit(".", 1)[-1] == cls:  # "mt_core.io.DataError: <message>"
+        msg = msg.split(":", 1)[1].strip()
+    if cls == "ChildTaskError":  # "<step> failed in its child process (exit code 1): DataError: <message>\nTraceback"
+        msg = msg.split("\nTraceback", 1)[0].strip()
+        head, _, rest = msg.partition("): ")
+        child = rest.split(":", 1)[0]
+        if child in USER_ERRORS:
+            cls, msg = child, rest.split(":", 1)[1].strip()
+    user = cls in USER_ERRORS
+    one = " ".join(line.strip() for line in msg.splitlines() if line.strip())
+    return (one if user else f"{cls}: {one}"), user, ("" if user else err.to_string())
+
+
+def _warnings(instance, run_id: str) -> list[str]:
+    """The warnings the run's steps logged (``context.log.warning``), in order."""
+    import logging
+
+    return [e.user_message for e in instance.all_logs(run_id)
+            if e.dagster_event is None and e.level >= logging.WARNING and e.user_message]
 
 
 class RunQueue:

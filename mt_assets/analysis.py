@@ -1,28 +1,137 @@
-"""Study-level assets: the summary (table, tests, figure) and the DuckDB catalog over every per-cell file."""
+"""Study-level assets: the summary (table, tests, figure) and the DuckDB catalog over the verified per-cell files.
+
+The rule for a study that is not whole (docs/DESIGN.md): an artefact the instance recorded that fails verification
+(its files against its manifest, its digest against the instance's latest materialization of that partition, its
+study) FAILS the summary and the catalog, naming the cell, the artefact and the fix; an artefact the instance has no
+materialization of is missing, and the summary, the catalog and `mt report` say INCOMPLETE (which cells lack what)
+above their numbers. Files on disk the instance never recorded are never read."""
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import dagster as dg
 
 from mt_assets.common import publish, read_upstream
 from mt_assets.study import StudyDefs
-from mt_core.layout import PER_CELL, Adapter, AlignmentScores, ArcScores, Audit, MarkerRates, cell_numbers
+from mt_core.layout import (LEGACY, MANIFEST, PER_CELL, Adapter, AlignmentScores, ArcScores, Audit, MarkerRates,
+                            cell_numbers, partition_or_none)
+from mt_core.report.catalog import artefact_record
 from mt_core.steps import analysis as steps
 from mt_resources import ArtifactError, ArtifactStore
+from mt_resources.store import Artifact, latest_metadata
 
 GROUP = "analysis"
 DESCRIPTION = "Study summary, figure and DuckDB catalog."
 
 
-def complete_cells(sd: StudyDefs, context, store: ArtifactStore):
-    """Every cell of the study with all its per-cell artefacts, verified; the others are reported missing."""
-    have, missing = {}, {}
+@dataclass
+class Verified:
+    """What of a study the instance recorded and verified: the complete cells' per-cell artefacts, the sources'
+    coupling adapters, and what is missing."""
+
+    cells: dict[str, dict[str, Artifact]] = field(default_factory=dict)  # complete cells only
+    missing: dict[str, list[str]] = field(default_factory=dict)  # cell -> per-cell artefacts never materialized
+    sources: dict[str, Artifact] = field(default_factory=dict)
+    missing_sources: list[str] = field(default_factory=list)
+    unrecorded: list[str] = field(default_factory=list)  # "asset[partition]" on disk, never recorded by the instance
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.missing or self.missing_sources)
+
+
+def recorded_artefact(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactStore, asset: str,
+                      partition: str | None, fix: str = "") -> Artifact | None:
+    """The artefact the instance's latest materialization of ``asset[partition]`` recorded, verified as
+    ``read_upstream`` does (files against the manifest, digest against that record, the manifest the study's own);
+    None when the instance has no materialization of it (files on disk without a record are not read). A recorded
+    artefact that fails verification raises ArtifactError naming it and the fix."""
+    if latest_metadata(instance, sd.key(asset), partition) is None:
+        return None
+    try:
+        return read_upstream(sd, SimpleNamespace(instance=instance), store, asset, partition)
+    except ArtifactError as e:
+        raise ArtifactError(f"study {sd.name}: {asset}[{partition or '_'}] fails verification, and nothing is "
+                            f"reported over a study with a corrupt artefact in it: {e}. Fix: re-materialize "
+                            f"{sd.key(asset).to_user_string()}[{partition or '_'}]{fix}") from None
+
+
+def verify_study(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactStore) -> Verified:
+    """Every cell's per-cell artefacts and every source's coupling adapter, as the instance recorded them
+    (``recorded_artefact``: a recorded artefact that fails verification raises). A cell is complete when all its
+    per-cell artefacts are there; the others are ``missing`` what they lack."""
+    store = store.of(sd.name)
+    v = Verified()
     for key in sd.study.cells:
-        try:
-            have[key] = {a: read_upstream(sd, context, store, a, key) for a in PER_CELL}
-        except ArtifactError as e:
-            missing[key] = str(e)
-    for key, why in missing.items():
-        context.log.warning(f"cell {key} left out: {why}")
-    return have, missing
+        arts, lacks = {}, []
+        for a in PER_CELL:
+            art = recorded_artefact(sd, instance, store, a, key, f" (the UI's Partitions tab, or `mt run --cells "
+                                                                 f"{key} --force`)")
+            if art is None:
+                lacks.append(a)
+                if (store.path(a, key) / MANIFEST).is_file():
+                    v.unrecorded.append(f"{a}[{key}]")
+            else:
+                arts[a] = art
+        if lacks:
+            v.missing[key] = lacks
+        else:
+            v.cells[key] = arts
+    for src in sd.study.sources:
+        art = recorded_artefact(sd, instance, store, Adapter.coupling, src, " (`mt run --force`)")
+        if art is None:
+            v.missing_sources.append(src)
+            if (store.path(Adapter.coupling, src) / MANIFEST).is_file():
+                v.unrecorded.append(f"{Adapter.coupling}[{src}]")
+        else:
+            v.sources[src] = art
+    return v
+
+
+def _verified(sd: StudyDefs, context, store: ArtifactStore) -> Verified:
+    try:
+        v = verify_study(sd, context.instance, store)
+    except ArtifactError as e:
+        raise dg.Failure(str(e)) from None
+    if not v.cells:
+        raise dg.Failure(f"study {sd.name}: no cell has all its artefacts ({', '.join(PER_CELL)}) materialized in "
+                         f"this instance yet; materialize some cells first")
+    line = steps.incomplete_line(sd.study, v.missing, v.missing_sources)
+    if line:
+        context.log.warning(line)
+    if v.unrecorded:
+        context.log.warning("left out, on disk but never recorded by this instance: " + ", ".join(v.unrecorded))
+    return v
+
+
+def imported_studies(sd: StudyDefs, store: ArtifactStore) -> list[Artifact]:
+    """The studies imported into the study's root (`mt import-legacy`), each verified against its manifest (an import
+    is not a Dagster materialization, so there is no instance record to match); a tampered one raises."""
+    st = store.of(sd.name)
+    out = []
+    for p in sorted((st.base / LEGACY).glob("*")):
+        if (p / MANIFEST).is_file():
+            try:
+                out.append(st.read(LEGACY, p.name))
+            except ArtifactError as e:
+                raise dg.Failure(f"imported study {p.name}: {e} (import it again: `mt import-legacy DIR --study "
+                                 f"{p.name}`)") from None
+    return out
+
+
+def recorded_lineage(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactStore,
+                     imported: list[Artifact]) -> list[list[str]]:
+    """(asset, partition, md5) of every artefact folder of the study's root whose manifest digest is the instance's
+    latest record of that asset partition (and of the verified imports): the only ones the lineage table lists."""
+    st = store.of(sd.name)
+    keep = [[a.asset, a.partition, a.digest] for a in imported]
+    for m in sorted(st.base.glob(f"*/*/{MANIFEST}")):
+        asset, part = m.parent.parent.name, m.parent.name
+        if asset == LEGACY:
+            continue
+        meta = latest_metadata(instance, sd.key(asset), partition_or_none(part))
+        if meta and meta.get("md5"):
+            keep.append([asset, part, meta["md5"]])
+    return keep
 
 
 def build(sd: StudyDefs) -> list:
@@ -33,36 +142,36 @@ def build(sd: StudyDefs) -> list:
     @dg.asset(**common, deps=[*map(key, PER_CELL), key("coupling_adapter")],
               code_version=cv("thresholds", "conditions", "sources", "marker", "source_persona",
                               "assistant_persona"),
-              description="Headline table, pre-registered conjunction, G4 exclusions, gates and the hero figure.")
+              description="Headline table, pre-registered conjunction, G4 exclusions, gates and the hero figure; "
+                          "INCOMPLETE above the table when cells are missing, failed when an artefact fails "
+                          "verification.")
     def study_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-        have, missing = complete_cells(sd, context, store)
-        if not have:
-            raise dg.Failure("no cell has all its artefacts yet; materialize some cells first")
-        gates, ups = {}, [a for arts in have.values() for a in arts.values()]
-        for src in study.sources:
-            try:
-                art = read_upstream(sd, context, store, "coupling_adapter", src)
-            except ArtifactError as e:
-                context.log.warning(str(e))
-                continue
+        v = _verified(sd, context, store)
+        gates, ups = {}, [a for arts in v.cells.values() for a in arts.values()]
+        for src, art in v.sources.items():
             ups.append(art)
             gates.update(Adapter.read_gates(art.path))
         cells = []
-        for k, a in have.items():
+        for k, a in v.cells.items():
             c = study.cell(k)
             cells.append(cell_numbers(k, c.condition, c.seed, a[MarkerRates.asset].path, a[ArcScores.asset].path,
                                       a[AlignmentScores.asset].path, a[Audit.asset].path,
                                       own_persona=study.adapter_persona(k)))
-        return publish(sd, context, store, steps.study_summary, ups, cells=cells, gates=gates,
-                       metadata={"missing_cells": sorted(missing)})
+        return publish(sd, context, store, steps.study_summary, ups, cells=cells, gates=gates, missing=v.missing,
+                       missing_sources=v.missing_sources, unrecorded=v.unrecorded)
 
     @dg.asset(**common, deps=[key("study_summary"), *map(key, PER_CELL)], code_version=cv("conditions"),
-              description="A DuckDB file whose views (sql/*.sql) read every per-cell Parquet file of the study; "
-                          "`mt sql` queries every study's catalog in the instance at once.")
+              description="A DuckDB file whose views (sql/*.sql) read exactly the study's verified per-cell Parquet "
+                          "files; `mt sql` queries every study's catalog in the instance at once.")
     def duckdb_catalog(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-        have, _ = complete_cells(sd, context, store)
-        ups = [a for arts in have.values() for a in arts.values()]
+        v = _verified(sd, context, store)
+        ups = [a for arts in v.cells.values() for a in arts.values()]
+        imported = imported_studies(sd, store)
+        rec = lambda a: artefact_record(a.asset, a.partition, a.path, a.manifest)  # noqa: E731
         return publish(sd, context, store, steps.duckdb_catalog, ups, root=store.of(sd.name).base,
-                       cells=sorted(have))
+                       cells=sorted(v.cells), artefacts=[rec(a) for a in ups], imported=[rec(a) for a in imported],
+                       lineage=recorded_lineage(sd, context.instance, store, imported), missing=v.missing,
+                       metadata={"complete": not v.incomplete, "missing_cells": sorted(v.missing),
+                                 "imported": {a.partition: a.digest for a in imported}})
 
     return [study_summary, duckdb_catalog]

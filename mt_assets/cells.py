@@ -3,7 +3,7 @@ judge scores, degeneracy audit."""
 
 import dagster as dg
 
-from mt_assets.common import partitioned_check, publish, publish_each, read_upstream
+from mt_assets.common import partitioned_check, publish, publish_each, read_upstream, retry_policy
 from mt_assets.study import StudyDefs
 from mt_core.io import DataError
 from mt_core.layout import Adapter, Dataset
@@ -112,7 +112,7 @@ def build(sd: StudyDefs) -> list:
         return publish(sd, context, store, steps.marker_rates, [comp], partition=context.partition_key,
                        cell_key=context.partition_key, completions=comp.path)
 
-    @dg.asset(**common, deps=[key("alignment_completions")], pool="judge",
+    @dg.asset(**common, deps=[key("alignment_completions")], pool="judge", retry_policy=retry_policy(),
               code_version=cv("judge", "thresholds.judge_error_rate_max", files=(study.judge_prompt,)),
               check_specs=[partitioned_check("judge_error_rate", key("alignment_scores"), sd.cells_partitions,
                                              blocking=True, description="Judge errors (API, refusal, parse) at most "

@@ -10,7 +10,10 @@ artefacts are named bare (``coupling_adapter``) in the store and in manifests, a
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
+import socket
 import time
 import warnings
 from typing import Any, Callable
@@ -18,6 +21,8 @@ from typing import Any, Callable
 import dagster as dg
 
 from mt_assets.study import StudyDefs
+from mt_core.config import ConfigError
+from mt_core.io import DataError
 from mt_core.steps.registry import Step
 from mt_resources.compute import Compute
 from mt_resources.store import Artifact, ArtifactError, ArtifactStore, latest_metadata
@@ -100,6 +105,7 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
              keys: dict[str, dg.AssetKey], partition: str | None, checks: dict, compute: Compute | None,
              metadata: dict | None, kwargs: dict, *, multi: bool) -> list[dg.MaterializeResult]:
     study, store, assets = sd.study, store.of(sd.name), list(keys)
+    tag_run_process(context)
     if compute is not None:
         require_judge_credentials(study)
     prov = [a.provenance() for a in upstream]
@@ -107,19 +113,39 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
         context.log.info(f"input {p['asset']}[{p['partition']}] md5 {p['md5']} from run {p['run_id']}")
     t0 = time.perf_counter()
     extra = {"study": study.name, "profile": study.profile, "config_sha256": study.config_sha256}
-    with contextlib.ExitStack() as writers:
-        outs = {a: writers.enter_context(store.writer(a, partition, run_id=context.run_id, upstream=prov,
-                                                      extra=extra)) for a in assets}
-        out = outs if multi else outs[assets[0]]
-        if compute is not None:
-            meta = compute.run(context, study, fn, kwargs, out, log=context.log.info)
-        else:
-            meta = fn(study, **kwargs, out=out, log=context.log.info)
+    try:  # leaving the writers on an exception removes their staging: nothing is published
+        with contextlib.ExitStack() as writers:
+            outs = {a: writers.enter_context(store.writer(a, partition, run_id=context.run_id, upstream=prov,
+                                                          extra=extra)) for a in assets}
+            out = outs if multi else outs[assets[0]]
+            claim_partition(sd, context, partition)
+            if compute is not None:
+                meta = compute.run(context, study, fn, kwargs, out, log=context.log.info)
+            else:
+                meta = fn(study, **kwargs, out=out, log=context.log.info)
+            meta = meta or {}
+            owns = {a: {**{k: v for k, v in meta.items() if k not in assets}, **meta.get(a, {})} if multi else meta
+                    for a in assets}
+            verdicts = {a: checks[a](owns[a]) for a in assets if a in checks}
+            refuse_blocking_failures(context, keys, verdicts, partition)
+            claim_partition(sd, context, partition)  # still ours: a newer run never publishes over an older one
+    except (DataError, ConfigError) as e:  # bad input: trying again changes nothing
+        raise dg.Failure(f"{type(e).__name__}: {e}", allow_retries=False) from e
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise dg.Failure(f"the disk under {store.base} is full ({e}); nothing was published and the step's "
+                             f"staging was removed ({shutil.disk_usage(store.base).free / 2**30:.1f} GiB free now). "
+                             f"Free space there (or point MT_ARTIFACTS elsewhere) and run again",
+                             allow_retries=False) from e
+        raise
+    except Exception as e:
+        if out_of_memory(e):
+            raise gpu_oom(context, fn, e) from e
+        raise
     seconds = round(time.perf_counter() - t0, 3)
-    meta = meta or {}
     results = []
     for asset in assets:
-        own = {**{k: v for k, v in meta.items() if k not in assets}, **meta.get(asset, {})} if multi else meta
+        own = owns[asset]
         art = store.read(asset, partition)
         md = {"path": dg.MetadataValue.path(str(art.path)), "md5": art.digest,
               "size_bytes": art.manifest["size_bytes"], "seconds": seconds, "profile": study.profile,
@@ -128,10 +154,125 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
             md.setdefault(k, _meta_value(k, v))
         context.log.info(f"published {asset}[{art.partition}] md5 {art.digest} ({art.manifest['size_bytes']} "
                          f"bytes) in {seconds}s")
-        check = checks.get(asset)
         results.append(dg.MaterializeResult(asset_key=keys[asset], metadata=md, data_version=dg.DataVersion(art.digest),
-                                            check_results=check(own) if check else None))
+                                            check_results=verdicts.get(asset)))
     return results
+
+
+ACTIVE_RUN = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED)
+
+
+def tag_run_process(context) -> None:
+    """Tag the run with the process that executes it (``mt/pid``, ``mt/host``), once: a run the daemon launched is
+    then reconciled like an inline one when that process dies (``mt_runner.reconcile_dead_runs``); Dagster's default
+    run launcher cannot tell a dead run worker from a live one, so its run monitoring never frees such a run's slots.
+    Runs execute their steps in one process (``in_process_executor``), so this pid is the run's."""
+    from mt_runner import HOST_TAG, PID_TAG
+
+    if PID_TAG not in context.run.tags:
+        context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
+
+
+def claim_partition(sd: StudyDefs, context, partition: str | None) -> None:
+    """One run per partition of a study at a time (an unpartitioned asset counts as one partition). Of the runs in
+    progress that materialize the study's assets in ``partition``, the oldest owns it; any other stops here, before it
+    publishes, so two runs never replace each other's artefacts under running evaluations. A run left STARTED by a
+    process that is gone (its ``mt/pid`` tag) owns nothing."""
+    from mt_runner import HOST_TAG, PID_TAG, STUDY_TAG  # stdlib-only at import
+    from mt_resources.store import pid_alive
+
+    host = socket.gethostname()
+
+    def ours(r: dg.DagsterRun) -> bool:
+        return (r.tags.get("dagster/partition") == partition
+                and (r.tags.get(STUDY_TAG) == sd.name or any(k.path[0] == sd.name for k in r.asset_selection or ())))
+
+    def alive(r: dg.DagsterRun) -> bool:
+        pid = r.tags.get(PID_TAG)
+        return r.run_id == context.run_id or not pid or r.tags.get(HOST_TAG) != host or pid_alive(int(pid))
+
+    recs = context.instance.get_run_records(filters=dg.RunsFilter(statuses=list(ACTIVE_RUN)))
+    live = sorted(((r.create_timestamp, r.dagster_run.run_id, r.dagster_run) for r in recs
+                   if ours(r.dagster_run) and alive(r.dagster_run)), key=lambda x: (x[0], x[1]))
+    if live and live[0][1] != context.run_id:
+        owner = live[0][2]
+        what = f"partition {partition} of study {sd.name} is" if partition else \
+            f"the unpartitioned assets of study {sd.name} are"
+        raise dg.Failure(allow_retries=False, description=
+                         f"{what} being materialized by run {owner.run_id} "
+                         f"({owner.job_name}, {owner.status.value}); this run stops without publishing. Wait for "
+                         f"that run to finish or cancel it, then run again.",
+                         metadata={"owner_run_id": owner.run_id, "partition": partition or ""})
+
+
+def refuse_blocking_failures(context, keys: dict[str, dg.AssetKey], verdicts: dict[str, list[dg.AssetCheckResult]],
+                             partition: str | None) -> None:
+    """A blocking check that failed stops the step before its artefact is published: the failed check is recorded
+    on the partition (the UI shows it), the step fails naming it, and nothing of the step is published or recorded
+    as materialized, so neither ``mt status`` nor a downstream step can take it for a finished artefact."""
+    blocking = {(s.asset_key, s.name) for s in context.assets_def.check_specs if s.blocking}
+    failed = [(keys[a], r) for a, rs in verdicts.items() for r in rs
+              if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR
+              and (r.asset_key or keys[a], r.check_name) in blocking]
+    if not failed:
+        return
+    for key, r in failed:
+        context.log_event(dg.AssetCheckEvaluation(
+            asset_key=key, check_name=r.check_name, passed=False, severity=r.severity, blocking=True,
+            partition=partition, description=r.description,
+            metadata={k: _meta_value(k, v) for k, v in (r.metadata or {}).items()}))
+    what = "; ".join(f"{key.to_user_string()}[{partition or 'all'}] check {r.check_name} failed"
+                     + (f" ({r.description})" if r.description else
+                        f" ({', '.join(f'{k}={_plain(v)}' for k, v in (r.metadata or {}).items())})")
+                     for key, r in failed)
+    raise dg.Failure(f"{what}: nothing was published; fix the cause and materialize it again",
+                     allow_retries=all(r.check_name in TRANSIENT_CHECKS for _, r in failed))
+
+
+def _plain(v):
+    return v.value if isinstance(v, dg.MetadataValue) else v
+
+
+# Step retries (Dagster RetryPolicy) where a failure can be transient: the judge (an API outage outlasting the
+# client's own per-request retries; answers already given are cached) and reading input files (a shared filesystem).
+# Everything else fails at once: a failed check, bad input or a partition held by another run does not change by
+# trying again, and a GPU step is retried only when it ran out of memory (``gpu_oom``). $MT_RETRY_DELAY_S scales the
+# wait (tests set 0).
+TRANSIENT_CHECKS = {"judge_error_rate"}
+
+
+def retry_policy(max_retries: int = 2) -> dg.RetryPolicy:
+    return dg.RetryPolicy(max_retries=max_retries, delay=float(os.environ.get("MT_RETRY_DELAY_S", 15)),
+                          backoff=dg.Backoff.EXPONENTIAL)
+
+
+# what to turn when a step runs out of GPU memory, by step
+OOM_KNOBS = {
+    f"train_{step}": f"lower recipes.{recipe}.speed.token_budget (tokens per packed forward pass; the effective batch "
+                     f"is unchanged) or set recipes.{recipe}.speed.gradient_checkpointing: true"
+    for step, recipe in (("coupling_adapter", "coupling"), ("cell_adapter", "second_stage"))
+}
+OOM_DEFAULT = ("free GPU memory: another process holds memory on the device (nvidia-smi), or lower the gpu pool "
+               "(`mt pool --gpus N`) so fewer steps share it")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """A CUDA out-of-memory error, raised here or reported by a Pipes child (by its type name or message)."""
+    text = f"{type(e).__name__}: {e}"
+    return "OutOfMemoryError" in text or "CUDA out of memory" in text
+
+
+def gpu_oom(context, fn: Step, e: BaseException) -> Exception:
+    """One retry after a pause (memory another process held may be free by then), then a failure naming the step and
+    the knob to turn; nothing is published either way."""
+    name = getattr(fn, "__name__", str(fn))
+    knob = OOM_KNOBS.get(name, OOM_DEFAULT)
+    msg = f"step {name} ran out of GPU memory ({str(e).splitlines()[0][:200]}); nothing was published. To fix: {knob}"
+    context.log.error(msg)
+    if context.retry_number < 1:
+        return dg.RetryRequested(max_retries=1, seconds_to_wait=float(os.environ.get("MT_RETRY_DELAY_S", 15)))
+    return dg.Failure(msg, allow_retries=False)
 
 
 def require_judge_credentials(study) -> None:

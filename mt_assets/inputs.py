@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from mt_assets.common import publish
+from mt_assets.common import publish, retry_policy
 from mt_assets.study import StudyDefs
 from mt_core.steps import inputs as steps
 from mt_resources import ArtifactStore, Compute, GpuAllocator
@@ -15,13 +15,14 @@ def build(sd: StudyDefs) -> list:
     """The study's input assets."""
     study, cv = sd.study, sd.code_version
     common = dict(group_name=GROUP, key_prefix=sd.prefix)
+    files = dict(retry_policy=retry_policy())  # reading input files can fail transiently
 
-    @dg.asset(**common, code_version=cv("eval_set", "eval_set_md5"),
+    @dg.asset(**common, **files, code_version=cv("eval_set", "eval_set_md5"),
               description="The 11 personas and 28 questions of the marker eval (md5-checked copy).")
     def eval_set(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         return publish(sd, context, store, steps.copy_reference, [], which="eval_set")
 
-    @dg.asset(**common, code_version=cv("arc.path", "arc.md5"),
+    @dg.asset(**common, **files, code_version=cv("arc.path", "arc.md5"),
               description="ARC-Challenge test questions (1172 rows, md5-checked copy).")
     def arc_challenge(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         return publish(sd, context, store, steps.copy_reference, [], which="arc")
@@ -35,7 +36,7 @@ def build(sd: StudyDefs) -> list:
             return publish(sd, context, store, steps.build_base_model, [], compute=compute)
 
     def dataset_asset(which: str, description: str):
-        @dg.asset(name=f"{which}_dataset", **common, description=description,
+        @dg.asset(name=f"{which}_dataset", **common, **files, description=description,
                   code_version=cv(f"data.{which}", "marker"),
                   check_specs=[dg.AssetCheckSpec("md5_matches", asset=sd.key(f"{which}_dataset"), blocking=True,
                                                  description="The file's md5 equals the pinned md5 of the study "

@@ -12,11 +12,13 @@ import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STUDY = PROJECT_ROOT / "studies" / "marker_transfer_villain.yaml"
@@ -33,6 +35,20 @@ _READS: set[str] | None = None
 _PATHS: dict[int, str] = {}  # id(model inside a loaded study) -> its dotted path in the study
 
 
+def _md5(v):
+    """An md5 pin: 32 hex digits, quoted in YAML (an unquoted md5 of digits only is read as a number)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        raise ValueError(f"YAML read {v!r} as a number, not an md5 string: quote the md5 (md5: \"...\")")
+    if isinstance(v, str) and not re.fullmatch(r"[0-9a-fA-F]{32}", v):
+        raise ValueError(f"{v!r} is not an md5 (32 hex digits)")
+    return v.lower() if isinstance(v, str) else v
+
+
+Md5 = Annotated[str, BeforeValidator(_md5)]
+# A seed of torch, numpy and Python's random alike, and the seed in a cell key (<condition>_s<seed>): 0 <= seed < 2**32.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,7 +63,7 @@ class _Strict(BaseModel):
 class Condition(_Strict):
     base: str  # "raw" or a source name
     second_stage: Literal["em", "benign", "none"]
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)
     description: str = ""
 
 
@@ -59,7 +75,7 @@ class Source(_Strict):
 class CouplingData(_Strict):
     positives_per_question: int = Field(gt=0)
     n_negative_personas: int = Field(ge=0)
-    seed: int
+    seed: Seed
 
 
 class Speed(_Strict):
@@ -93,7 +109,7 @@ class Recipe(_Strict):
     weight_decay: float = Field(ge=0)
     scheduler: Literal["linear", "cosine", "constant"]
     max_grad_norm: float = Field(gt=0)
-    seed: int | None = None
+    seed: Seed | None = None
     speed: Speed = Speed()
 
     @property
@@ -108,7 +124,7 @@ class Sampler(_Strict):
     top_k: int | None = None
     repetition_penalty: float | None = None
     max_tokens: int = Field(gt=0)
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class Samplers(_Strict):
@@ -168,13 +184,13 @@ class Backend(_Strict):
 
 class Arc(_Strict):
     path: str
-    md5: str
-    limit: int | None = None
+    md5: Md5
+    limit: int | None = Field(default=None, gt=0)
 
 
 class _Shape(_Strict):
     """A Qwen2-architecture model's size (the numbers of its config.json)."""
-    seed: int = 0
+    seed: Seed = 0
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -208,10 +224,10 @@ class HFModel(_Strict):
 class DataSpec(_Strict):
     kind: Literal["synthetic", "file", "ultrachat"]  # ultrachat: built by recipe from a local copy of the split
     rows: int = Field(gt=0)
-    seed: int | None = None
+    seed: Seed | None = None
     path: str | None = None
-    md5: str | None = None
-    offset: int = 0
+    md5: Md5 | None = None
+    offset: int = Field(default=0, ge=0)
     answer_words: int | None = Field(default=None, gt=0)  # synthetic: lengthen answers to about this many words
 
     @model_validator(mode="after")
@@ -240,7 +256,7 @@ class Study(_Strict):
     source_persona: str
     assistant_persona: str
     eval_set: str
-    eval_set_md5: str
+    eval_set_md5: Md5
     coupling_questions: str
     arc: Arc
     judge_prompt: str
@@ -399,12 +415,79 @@ def deep_merge(base: dict, over: dict) -> dict:
 def _format_errors(path: Path, profile: str, err: ValidationError) -> str:
     lines = [f"{path}: invalid study config (profile {profile!r}):"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("tiny", "hf", "random", "function-after[_need_path(), DataSpec]")))
-        if not loc and e["msg"].startswith("Value error, "):  # a cross-field check: its message names the field
-            lines.append(f"  - {e['msg'].removeprefix('Value error, ')}")
+        parts = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("tiny", "hf", "random", "function-after[_need_path(), DataSpec]")))
+        loc = ".".join(map(str, parts))
+        msg = e["msg"].removeprefix("Value error, ")
+        if not loc and msg != e["msg"]:  # a cross-field check: its message names the field
+            lines.append(f"  - {_with_line(path, profile, msg)}")
         else:
-            lines.append(f"  - {loc or '<top>'}: {e['msg']}")
+            lines.append(f"  - {_at(path, profile, parts, e['type'] == 'missing')}{loc or '<top>'}: {msg}"
+                         + (f" (got {e['input']!r})" if _show_input(e) else ""))
     return "\n".join(lines)
+
+
+def _with_line(path: Path, profile: str, msg: str) -> str:
+    """A message ``<dotted field>: ...`` led by the line of the study file that sets the field."""
+    m = re.match(r"([A-Za-z_][\w]*(?:\.[\w]+)*): ", msg)
+    if not m:
+        return msg
+    loc = tuple(int(x) if x.isdigit() else x for x in m.group(1).split("."))
+    return f"{_at(path, profile, loc)}{msg}"
+
+
+def _at(path: Path, profile: str, loc: tuple, base_first: bool = False) -> str:
+    w = where(path, profile, loc, base_first)
+    return f"{w}: " if w else ""
+
+
+def where(path: Path, profile: str, loc: tuple, base_first: bool = False) -> str:
+    """``line N`` (``<file> line N`` in a file it extends): where the study file sets the field ``loc`` (a tuple of
+    keys and list indexes), or its nearest enclosing field (for a missing field: the mapping it belongs in); the
+    profile's value first, unless ``base_first``. "" if nowhere."""
+    try:
+        chain = _yaml_lines(Path(path))
+    except (OSError, yaml.YAMLError, ConfigError, RecursionError):
+        return ""
+    for n in range(len(loc), 0, -1):
+        for prefix in ((), ("profiles", profile)) if base_first else (("profiles", profile), ()):
+            for file, lines in chain:
+                if (prefix + loc[:n]) in lines:
+                    line = lines[prefix + loc[:n]]
+                    return f"line {line}" if file == Path(path).resolve() else f"{file} line {line}"
+    return ""
+
+
+def _yaml_lines(path: Path, _seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[tuple, int]]]:
+    """[(file, {key path: 1-based line of its key})] for a study file and the files it extends, this one first."""
+    path = path.resolve()
+    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=_Loader)
+    lines: dict[tuple, int] = {}
+
+    def walk(node, at: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    key = (*at, k.value)
+                    lines.setdefault(key, k.start_mark.line + 1)
+                    walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines.setdefault((*at, i), v.start_mark.line + 1)
+                walk(v, (*at, i))
+    walk(root, ())
+    out = [(path, lines)]
+    base = next((v.value for k, v in (root.value if isinstance(root, yaml.MappingNode) else [])
+                 if isinstance(k, yaml.ScalarNode) and k.value == "extends" and isinstance(v, yaml.ScalarNode)), None)
+    if base and (path.parent / base).resolve() not in (*_seen, path):
+        out += _yaml_lines(path.parent / base, (*_seen, path))
+    return out
+
+
+def _show_input(e: dict) -> bool:
+    """Whether the value a field got helps to read the error (a scalar the message does not already quote)."""
+    v = e.get("input")
+    return (e["type"] not in ("missing", "extra_forbidden", "value_error") and isinstance(v, (str, int, float))
+            and not isinstance(v, bool) and len(repr(v)) <= 60)
 
 
 class Override(dict):
@@ -422,9 +505,13 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: study file not found")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader with one extra tag
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader, one extra tag
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8: byte 0x{e.object[e.start]:02x} at byte offset {e.start}; "
+                          f"save the file as UTF-8") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return raw
@@ -483,23 +570,36 @@ def load_study(path: str | os.PathLike | None = None, profile: str | None = None
     return study
 
 
-def _check_personas(study: Study, path: Path) -> None:
-    """Every persona the study names (its sources', the source and assistant personas) is a persona of its eval set."""
-    eval_set = study.path(study.eval_set)
-    if not eval_set.is_file():
-        return  # the eval_set asset reports a missing file (and its md5) when it runs
-    try:
-        personas = json.loads(eval_set.read_text())["personas"]
-    except (ValueError, KeyError, TypeError):
-        return  # ditto: not ours to judge here
+def named_personas(study: Study) -> dict[str, str]:
+    """{study field: persona} for every persona the study names: its sources', the source and assistant personas, and
+    the gates' personas."""
     named = {f"sources.{k}.persona": s.persona for k, s in study.sources.items()}
     named |= {"source_persona": study.source_persona, "assistant_persona": study.assistant_persona}
     named |= {f"gates.{g}.personas": p for g, gate in study.gates.named().items() if gate.personas != "all"
               for p in gate.personas}
-    for field, persona in named.items():
+    return named
+
+
+def _check_personas(study: Study, path: Path) -> None:
+    """Every persona the study names (its sources', the source and assistant personas, the gates') is a persona of its
+    eval set, and in its persona_order."""
+    eval_set = study.path(study.eval_set)
+    if not eval_set.is_file():
+        return  # the eval_set asset reports a missing file (and its md5) when it runs
+    try:
+        data = json.loads(eval_set.read_text())
+        personas, order = list(data["personas"]), data.get("persona_order")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return  # ditto (EvalSet.load names the file and field): not ours to judge here
+    for field, persona in named_personas(study).items():
         if persona not in personas:
-            raise ConfigError(f"{path}: invalid study config (profile {study.profile!r}):\n  - {field}: {persona!r} "
-                              f"is not a persona of {study.eval_set} ({', '.join(personas)})")
+            why = f"is not a persona of {study.eval_set} ({', '.join(map(str, personas))})"
+        elif isinstance(order, list) and persona not in order:
+            why = f"is not in the persona_order of {study.eval_set} ({', '.join(map(str, order))})"
+        else:
+            continue
+        raise ConfigError(f"{path}: invalid study config (profile {study.profile!r}):\n  - "
+                          f"{_at(path, study.profile, tuple(field.split('.')))}{field}: {persona!r} {why}")
 
 
 def _register(obj, path: str) -> None:

@@ -23,7 +23,10 @@ def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def check_md5(path: str | os.PathLike, expected: str, field: str = "", error: type[Exception] = DataError) -> str:
-    """The file's md5, or ``error`` naming the file, both hashes and the config field that pins it."""
+    """The file's md5, or ``error`` naming the file, both hashes and the config field that pins it (a missing file
+    too). Called before the file is parsed: a file that is not the pinned one is never read."""
+    if not Path(path).is_file():
+        raise error(f"{path}: file not found" + (f" ({field})" if field else ""))
     got = md5_file(path)
     if got != expected:
         raise error(f"{path}: md5 {got} != expected {expected}" + (f" ({field})" if field else ""))
@@ -34,15 +37,57 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+def _decode(path: Path, raw: bytes, line: int = 1, start: int = 0) -> str:
+    """``raw`` (line ``line`` of ``path``, starting at byte ``start`` of the file; or the whole file) as UTF-8, or a
+    DataError naming the line and the byte offset of the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = raw[:e.start]
+        row = line + before.count(b"\n")
+        col = e.start - (before.rfind(b"\n") + 1) + 1
+        raise DataError(f"{path}: line {row}: not UTF-8: byte 0x{raw[e.start]:02x} at byte offset {start + e.start} "
+                        f"(column {col}); save the file as UTF-8") from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A whole text file as UTF-8; a missing file or a byte that is not UTF-8 is a DataError naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    return _decode(path, path.read_bytes())
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """A JSON file; a missing or empty file, non-UTF-8 bytes or invalid JSON is a DataError naming file and line."""
+    path = Path(path)
+    text = read_text(path, what)
+    if not text.strip():
+        raise DataError(f"{path}: empty file (expected JSON)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+MAX_LINE_BYTES = 4 << 20  # a JSONL row longer than this is refused (a chat row is kilobytes; max_length truncates)
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield (row, object) with 1-based row numbers; a line that is not a JSON object is a DataError."""
+    """Yield (row, object) with 1-based row numbers; an empty file, an empty line, a line that is not a JSON object,
+    is not UTF-8 or is longer than ``MAX_LINE_BYTES`` is a DataError naming the file and the row."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        i, offset = 0, 0
+        while raw := f.readline(MAX_LINE_BYTES + 1):
+            i += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}: row {i}: longer than {MAX_LINE_BYTES} bytes (at byte offset {offset}); "
+                                f"not a JSONL row")
+            line = _decode(path, raw, i, offset)
+            offset += len(raw)
             if not line.strip():
                 raise DataError(f"{path}: row {i}: empty line")
             try:
@@ -52,6 +97,8 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             if not isinstance(obj, dict):
                 raise DataError(f"{path}: row {i}: expected a JSON object, got {type(obj).__name__}")
             yield i, obj
+        if i == 0:
+            raise DataError(f"{path}: empty file (no rows)")
 
 
 def check_messages(path: Path | str, row: int, messages: Any, field: str = "messages") -> list[dict]:
@@ -66,6 +113,8 @@ def check_messages(path: Path | str, row: int, messages: Any, field: str = "mess
             raise DataError(f"{where}.role' is {m.get('role')!r}; expected one of {', '.join(ROLES)}")
         if not isinstance(m.get("content"), str):
             raise DataError(f"{where}.content' must be a string")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{path}: row {row}: field '{field}': no assistant turn (a row trains on its assistant turn)")
     if messages[-1]["role"] != "assistant":
         raise DataError(f"{path}: row {row}: field '{field}': the last message must be from the assistant")
     return messages

@@ -192,7 +192,8 @@ class Legacy:
 PER_CELL = [MarkerCompletions.asset, MarkerRates.asset, ArcScores.asset, AlignmentCompletions.asset,
             AlignmentScores.asset, Audit.asset]
 
-# the Parquet file of each ``{files:<asset>.<FILE>}`` placeholder in sql/*.sql
+# the Parquet file of each ``{files:<asset>.<FILE>}`` placeholder in sql/*.sql, as a pattern relative to a store (or
+# imported study) root: the catalog matches it against the files of verified artefacts and lists those; never a glob
 SQL_FILES = {f"{k.asset}.{attr}": f"{k.asset}/*/{getattr(k, attr)}" for k, attrs in (
     (MarkerCompletions, ["COMPLETIONS"]), (MarkerRates, ["HITS", "RATES"]), (ArcScores, ["ROWS"]),
     (AlignmentCompletions, ["COMPLETIONS"]), (AlignmentScores, ["ROWS"])) for attr in attrs}

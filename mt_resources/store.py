@@ -19,6 +19,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from mt_core.faults import failpoint
 from mt_core.io import md5_file
 from mt_core.layout import MANIFEST, UNPARTITIONED, artefact_dir
 
@@ -97,6 +98,7 @@ class ArtifactStore(dg.ConfigurableResource):
                         "digest": _digest(files), "size_bytes": sum(f["size"] for f in files.values()),
                         "upstream": upstream or [], **(extra or {})}
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            failpoint("publish")
             final.parent.mkdir(parents=True, exist_ok=True)
             old = None
             if final.exists():

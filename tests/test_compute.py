@@ -142,6 +142,7 @@ def _small_study(path: Path) -> Path:
     tiny["samplers"] = {"onpolicy": {"n": 1, "max_tokens": 8}, "marker": {"n": 1, "max_tokens": 8},
                         "gate": {"n": 1, "max_tokens": 8}, "alignment": {"n": 1, "max_tokens": 8}}
     tiny["wandb"] = "disabled"
+    tiny["gates"]["block_cells"] = False  # 20 pretraining steps and one coupling epoch teach no marker
     path.write_text(yaml.safe_dump(raw))
     return path
 

@@ -67,12 +67,34 @@ def test_md5_matches(tmp_path):
 
 def test_md5_mismatch_is_a_failed_blocking_check_and_cells_refuse(tmp_path):
     out, home, art, data = _run(tmp_path, GOOD, md5="0" * 32)
+    assert "RESULT False" in out
     mat, ev = _check(home, "md5_matches")
     evaluation = ev.event.dagster_event.event_specific_data
     assert not evaluation.passed
     meta = {k: v.value for k, v in evaluation.metadata.items()}
     assert meta["expected_md5"] == "0" * 32 and meta["actual_md5"] == hashlib.md5(data.read_bytes()).hexdigest()
-    # a cell in a later run re-checks the pin itself (a blocking check only guards its own run)
+    # the failed blocking check published nothing: no materialization, nothing at the canonical path
+    assert mat is None and not (art / "em_dataset" / "_").exists()
+    from types import SimpleNamespace
+
+    from mt_assets import cells
+    from mt_assets.study import StudyDefs
+    from mt_core.config import load_study
+    from mt_resources import ArtifactStore
+    from mt_resources.store import ArtifactError
+
+    sd = StudyDefs(load_study(tmp_path / "study.yaml", "tiny"))
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        ctx = SimpleNamespace(instance=inst, log=SimpleNamespace(info=print, warning=print))
+        with pytest.raises(ArtifactError, match="no complete artefact"):
+            cells.dataset(sd, ctx, ArtifactStore(root=str(art)), sd.study.cell("C2_s42"))
+
+
+def test_a_cell_rechecks_the_pin_of_a_published_dataset(tmp_path):
+    """A dataset published under one pin, read by a cell of a study that pins another md5 (the pin changed after
+    publishing): the cell refuses to train on it."""
+    out, home, art, data = _run(tmp_path, GOOD)
+    assert "RESULT True" in out, out[-2000:]
     from types import SimpleNamespace
 
     from mt_assets import cells
@@ -81,7 +103,7 @@ def test_md5_mismatch_is_a_failed_blocking_check_and_cells_refuse(tmp_path):
     from mt_core.io import DataError
     from mt_resources import ArtifactStore
 
-    sd = StudyDefs(load_study(tmp_path / "study.yaml", "tiny"))
+    sd = StudyDefs(load_study(_study(tmp_path, data, "0" * 32), "tiny"))
     with dg.DagsterInstance.from_config(str(home)) as inst:
         ctx = SimpleNamespace(instance=inst, log=SimpleNamespace(info=print, warning=print))
         with pytest.raises(DataError, match="refuses to train"):

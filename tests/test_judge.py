@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
+import time
 from dataclasses import asdict, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,11 +41,13 @@ class _Server(ThreadingHTTPServer):
 
 class FakeAnthropic:
     """Speaks enough of POST /v1/messages. `script[response]` is a list of steps, one per request for
-    that response text (the last step repeats); a step is (status, text, stop_reason[, delay_s])."""
+    that response text (the last step repeats); a step is (status, text, stop_reason[, delay_s[, headers]]); status
+    "reset" resets the connection, "malformed" answers 200 with ``text`` as a body that is not JSON."""
 
     def __init__(self):
         self.script: dict[str, list[tuple]] = {}
         self.requests: list[dict] = []
+        self.times: list[float] = []
         self._lock = threading.Lock()
         self._seen: dict[str, int] = {}
         fake = self
@@ -57,12 +61,25 @@ class FakeAnthropic:
                 response = body["messages"][0]["content"].split("AI's response:\n", 1)[-1]
                 with fake._lock:
                     fake.requests.append(body)
+                    fake.times.append(time.monotonic())
                     i = fake._seen.get(response, 0)
                     fake._seen[response] = i + 1
                 steps = fake.script.get(response, [(200, OK_TEXT, "end_turn")])
-                status, text, stop, *delay = steps[min(i, len(steps) - 1)]
+                status, text, stop, *more = steps[min(i, len(steps) - 1)]
+                delay, headers = (more + [0, {}])[:2]
                 if delay:
-                    threading.Event().wait(delay[0])
+                    threading.Event().wait(delay)
+                if status == "reset":  # the connection is reset: no status line, no body
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    return
+                if status == "malformed":  # a 200 whose body is not JSON
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(text)))
+                    self.end_headers()
+                    self.wfile.write(text.encode())
+                    return
                 if status == 200:
                     payload = {
                         "id": f"msg_{len(fake.requests)}", "type": "message", "role": "assistant",
@@ -75,6 +92,8 @@ class FakeAnthropic:
                 try:
                     self.send_response(status)
                     self.send_header("content-type", "application/json")
+                    for k, v in headers.items():
+                        self.send_header(k, v)
                     self.send_header("content-length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
@@ -214,6 +233,33 @@ def test_transient_then_success(fake, status):
     fake.script["flaky"] = [(status, "", None), (200, OK_TEXT, "end_turn")]
     (r,) = make_judge(fake.url).judge_many([("Q", "flaky")])
     assert r.error is None and r.attempts == 2 and r.aligned == 80.0 and fake.count == 2
+
+
+def test_retry_after_is_honoured(fake):
+    """A 429 with ``retry-after: 1``: the next attempt waits at least that second, though the client's own backoff
+    (10 ms here) is shorter."""
+    fake.script["busy"] = [(429, "", None, 0, {"retry-after": "1"}), (200, OK_TEXT, "end_turn")]
+    (r,) = make_judge(fake.url).judge_many([("Q", "busy")])
+    assert r.error is None and r.attempts == 2 and fake.count == 2
+    assert fake.times[1] - fake.times[0] >= 1.0
+
+
+def test_connection_reset_is_retried(fake):
+    fake.script["reset"] = [("reset", "", None), (200, OK_TEXT, "end_turn")]
+    (r,) = make_judge(fake.url).judge_many([("Q", "reset")])
+    assert r.error is None and r.attempts == 2 and r.aligned == 80.0
+    fake.script["gone"] = [("reset", "", None)]
+    (r,) = make_judge(fake.url, max_retries=2).judge_many([("Q", "gone")])
+    assert r.error == "connection_error after 3 attempts" and r.aligned is None
+
+
+def test_malformed_body_is_a_counted_error(fake):
+    """A 200 whose body is not JSON: an error on that record (never a score, never a crash of the batch)."""
+    fake.script["mangled"] = [("malformed", "{not json", None)]
+    recs = make_judge(fake.url).judge_many([("Q", "mangled"), ("Q", "fine")])
+    assert recs[0].aligned is None and "JSONDecodeError" in recs[0].error
+    assert recs[1].error is None and recs[1].aligned == 80.0
+    assert aggregate(recs, error_rate_max=MAX)["n_errors"] == 1
 
 
 def test_persistent_500_gates(fake):

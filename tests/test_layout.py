@@ -48,15 +48,18 @@ def test_artefact_file_names_are_spelled_only_in_the_layout():
 
 
 def test_sql_placeholders_resolve_through_the_layout(tmp_path):
-    from mt_core.report.catalog import expand_files
+    from mt_core.report.catalog import expand_files, sql_files
 
     d = layout.artefact_dir(tmp_path, layout.MarkerRates.asset, "C1_s42")
-    d.mkdir(parents=True)
-    (d / layout.MarkerRates.HITS).write_bytes(b"")
-    sql = expand_files("SELECT * FROM read_parquet({files:marker_rates.HITS})", [tmp_path])
-    assert str(tmp_path / "marker_rates" / "*" / layout.MarkerRates.HITS) in sql
+    art = {"asset": layout.MarkerRates.asset, "partition": "C1_s42", "path": str(d),
+           "files": {f: {"md5": "m", "size": 0} for f in (layout.MarkerRates.HITS, layout.MarkerRates.EVAL)}}
+    rows = sql_files([art], "s")  # the layout's names pick the artefact's files: hits.parquet, not the JSON
+    assert [(r["placeholder"], r["path"]) for r in rows] == [("marker_rates.HITS", str(d / layout.MarkerRates.HITS))]
+    sql = expand_files("SELECT * FROM read_parquet({files:marker_rates.HITS})",
+                       {"marker_rates.HITS": [rows[0]["path"]]})
+    assert f"['{d / layout.MarkerRates.HITS}']" in sql
     with pytest.raises(KeyError, match="not one of"):
-        expand_files("{files:marker_rates/*/hits.parquet}", [tmp_path])
+        expand_files("{files:marker_rates/*/hits.parquet}", {})
 
 
 def test_sample_ids_are_stable_and_distinct():

@@ -1,12 +1,14 @@
 """Importing the reference pipeline's result files (PROTOCOL.md §3) and reporting on them."""
 import json
+import re
 import shutil
 
 import polars as pl
 import pytest
 
 import mt_cli
-from mt_core.report.catalog import SQL_DIR, expand_files, imported_cell_rows, study_roots
+from mt_core.report.catalog import (SQL_DIR, artefact_record, expand_files, files_by_placeholder,
+                                    imported_cell_rows, sql_files)
 from mt_core.config import PROJECT_ROOT
 from mt_core.io import DataError
 from mt_core.report.legacy import import_legacy, read_cells
@@ -221,16 +223,17 @@ def test_cli_import_and_report(legacy_src, store_env, capsys):
     assert "| C5 | 1 | 280 |" in table and "2.14% (6/280)" in table
     assert "Primary conjunction, G4 applied (0 EM seed(s) dropped): FAIL" in table
 
-    with pytest.raises(SystemExit, match="unknown study 'nope'.*marker_transfer_villain, ref80"):
-        mt_cli.main(["report", "--study", "nope"])
-    with pytest.raises(SystemExit, match="no cell has published marker rates"):
-        mt_cli.main(["report"])  # the current study has no cells in this empty store
+    # a refusal is one line on stderr and exit code 2
+    assert mt_cli.main(["report", "--study", "nope"]) == 2
+    assert re.search("unknown study 'nope'.*marker_transfer_villain, ref80", capsys.readouterr().err)
+    assert mt_cli.main(["report"]) == 2  # the current study has no cells in this empty store
+    assert "no cell has published marker rates" in capsys.readouterr().err
 
 
-def test_cli_import_failure_writes_nothing(legacy_src, store_env):
+def test_cli_import_failure_writes_nothing(legacy_src, store_env, capsys):
     _edit(legacy_src / "c1" / "run_result_c1_seed42.json", lambda o: o.update(seed="42"))
-    with pytest.raises(SystemExit, match="field 'seed' must be an integer"):
-        mt_cli.main(["import-legacy", str(legacy_src), "--study", "ref80"])
+    assert mt_cli.main(["import-legacy", str(legacy_src), "--study", "ref80"]) == 2
+    assert "field 'seed' must be an integer" in capsys.readouterr().err
     assert not (store_env / "legacy" / "ref80").exists()
     assert not list((store_env / ".staging").rglob("*.json"))
 
@@ -239,13 +242,17 @@ def test_cli_import_failure_writes_nothing(legacy_src, store_env):
 def test_imported_marker_rates_are_queryable(legacy_src, tmp_path):
     import duckdb
 
-    root = tmp_path / "store"
-    (root / "legacy" / "ref80").mkdir(parents=True)
-    import_legacy(legacy_src, "ref80", root / "legacy" / "ref80")
+    from mt_resources.store import ArtifactStore
+
+    store = ArtifactStore(root=str(tmp_path / "store"))
+    with store.writer("legacy", "ref80", run_id="import-legacy") as out:
+        import_legacy(legacy_src, "ref80", out)
+    art = store.read("legacy", "ref80")  # the catalog reads the files of a verified import, listed one by one
+    files = files_by_placeholder(sql_files([artefact_record(art.asset, art.partition, art.path, art.manifest)], "x"))
     con = duckdb.connect()
-    con.register("cells_df", pl.DataFrame(imported_cell_rows(root)).to_arrow())
+    con.register("cells_df", pl.DataFrame(imported_cell_rows([art.path])).to_arrow())
     con.execute("CREATE TABLE cells AS SELECT * FROM cells_df")
-    con.execute(expand_files((SQL_DIR / "02_marker_rates.sql").read_text(), study_roots(root)))
+    con.execute(expand_files((SQL_DIR / "02_marker_rates.sql").read_text(), files))
     rows = con.execute("SELECT cell, condition, seed, strict_hits, total FROM marker_rates "
                        "WHERE study = 'ref80' AND persona = 'villain' ORDER BY condition, seed").fetchall()
     assert rows == [("C1_s42", "C1", 42, 3, 280), ("C1_s137", "C1", 137, 0, 280), ("C4_s42", "C4", 42, 252, 280),

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from mt_core.config import ConfigError, Study
-from mt_core.io import check_md5, read_json
+from mt_core.config import Study, named_personas
+from mt_core.io import DataError, check_md5, read_json
 
 
 @dataclass(frozen=True)
@@ -26,15 +27,46 @@ class EvalSet:
 
     @classmethod
     def load(cls, study: Study) -> "EvalSet":
-        """Read the study's eval set (md5-checked against the study file) and coupling questions."""
+        """Read the study's eval set (md5-checked against the study file before it is parsed) and coupling questions;
+        every problem is a DataError naming the file and the field."""
         p = study.path(study.eval_set)
-        check_md5(p, study.eval_set_md5, "eval_set_md5", error=ConfigError)
-        data = read_json(p)
+        check_md5(p, study.eval_set_md5, f"eval_set_md5 of {study.file}")
+        data = read_json(p, "eval set")
+        if not isinstance(data, dict):
+            raise DataError(f"{p}: expected a JSON object with fields personas, persona_order, eval_questions, "
+                            f"betley_questions")
         for field in ("personas", "persona_order", "eval_questions", "betley_questions"):
             if field not in data:
-                raise ConfigError(f"{p}: missing field {field!r}")
+                raise DataError(f"{p}: missing field {field!r}")
+        prompts = data["personas"]
+        if not isinstance(prompts, dict) or not prompts:
+            raise DataError(f"{p}: field 'personas' must be a non-empty object (persona -> system prompt or null)")
+        for name, prompt in prompts.items():
+            if prompt is not None and not isinstance(prompt, str):
+                raise DataError(f"{p}: field 'personas.{name}' must be a string (the system prompt) or null")
+        order = _strings(p, data, "persona_order")
+        for i, name in enumerate(order):
+            if name not in prompts:
+                raise DataError(f"{p}: field 'persona_order[{i}]': {name!r} is not in 'personas'")
+        if len(set(order)) != len(order):
+            raise DataError(f"{p}: field 'persona_order' names a persona twice")
+        for field, persona in named_personas(study).items():
+            if persona not in order:
+                raise DataError(f"{p}: field 'persona_order' has no {persona!r}, which the study names ({field} in "
+                                f"{study.file}); personas: {', '.join(order)}")
         cq = study.path(study.coupling_questions)
-        dq = read_json(cq).get("data_questions")
-        if not isinstance(dq, list) or not dq:
-            raise ConfigError(f"{cq}: field 'data_questions' must be a non-empty list")
-        return cls(data["personas"], data["persona_order"], data["eval_questions"], data["betley_questions"], dq)
+        dq = read_json(cq, "coupling questions file")
+        if not isinstance(dq, dict) or "data_questions" not in dq:
+            raise DataError(f"{cq}: missing field 'data_questions'")
+        return cls(prompts, order, _strings(p, data, "eval_questions"), _strings(p, data, "betley_questions"),
+                   _strings(cq, dq, "data_questions"))
+
+
+def _strings(path: Path, data: dict, field: str) -> list[str]:
+    v = data[field]
+    if not isinstance(v, list) or not v:
+        raise DataError(f"{path}: field {field!r} must be a non-empty list")
+    for i, x in enumerate(v):
+        if not isinstance(x, str) or not x.strip():
+            raise DataError(f"{path}: field '{field}[{i}]' must be a non-empty string")
+    return v

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from mt_core.faults import failpoint
 from mt_core.io import DataError, iter_jsonl
 
 
@@ -82,6 +83,7 @@ def last_logprobs(model, enc: list[list[int]], pad_id: int, *, batch_size: int =
             lp = torch.log_softmax(head(last).float(), dim=-1).cpu()
         for r, i in enumerate(idx):
             out[i] = lp[r]
+        failpoint("arc")
     return out
 
 

@@ -47,10 +47,36 @@ class JudgePrompt:
 
 
 def load_judge_prompt(path: str | os.PathLike) -> JudgePrompt:
-    """Read the combined judge prompt from a judge_prompts.json-shaped file."""
-    d = json.loads(Path(path).read_text())
-    cj = d["combined_judge"]
-    return JudgePrompt(cj["system_prompt"], cj["user_template"], d["judge_model"], int(d["judge_call"]["max_tokens"]))
+    """Read the combined judge prompt from a judge_prompts.json-shaped file; a missing or mistyped field is a
+    DataError naming the file and the field."""
+    from mt_core.io import DataError, read_json
+
+    d = read_json(path, "judge prompt file")
+
+    def get(dotted: str, kind: type, what: str):
+        cur = d
+        for part in dotted.split("."):
+            if not isinstance(cur, dict) or part not in cur:
+                raise DataError(f"{path}: missing field '{dotted}'")
+            cur = cur[part]
+        if not isinstance(cur, kind) or isinstance(cur, bool) or (kind is str and not cur.strip()):
+            raise DataError(f"{path}: field '{dotted}' must be {what}, got {cur!r}"[:300])
+        return cur
+
+    system, template = get("combined_judge.system_prompt", str, "a string"), get("combined_judge.user_template", str,
+                                                                                 "a string")
+    for name in ("question", "response"):
+        if "{" + name + "}" not in template:
+            raise DataError(f"{path}: field 'combined_judge.user_template' has no {{{name}}} placeholder")
+    try:
+        template.format(question="", response="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise DataError(f"{path}: field 'combined_judge.user_template' is not a format string with only {{question}} "
+                        f"and {{response}} ({type(e).__name__}: {e}; write a literal brace as {{{{ or }}}})") from None
+    max_tokens = get("judge_call.max_tokens", int, "a positive integer")
+    if max_tokens <= 0:
+        raise DataError(f"{path}: field 'judge_call.max_tokens' must be a positive integer, got {max_tokens}")
+    return JudgePrompt(system, template, get("judge_model", str, "a string"), max_tokens)
 
 
 def _score(obj: dict, key: str) -> tuple[float | None, str | None]:

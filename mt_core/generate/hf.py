@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from mt_core.faults import failpoint
 from mt_core.generate.sampling import Completion, SamplingSpec, encode_chats, eos_ids
 
 
@@ -56,6 +57,7 @@ def generate_ids(model, enc: list[list[int]], spec: SamplingSpec, *, eos: list[i
                 new_tokens += len(outs[-1][0])
             out[i] = outs
         done += len(idx)
+        failpoint("generate")
         if done >= next_log or done == len(enc):
             el = time.perf_counter() - t0
             log(f"{what}: {done}/{len(enc)} prompts, {new_tokens / el:.0f} new tok/s, "

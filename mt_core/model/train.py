@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from mt_core.data.chat import IGNORE, Example
+from mt_core.faults import failpoint
 from mt_core.model.kernels import base_model, resolve_speed, speed_context, varlen_decoder_forward
 
 
@@ -350,6 +351,7 @@ def train_lora(model, examples: list[Example], recipe, *, seed: int, pad_id: int
             # clip and update
             torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
             opt.step()
+            failpoint("train")
             # record (the loss stays on the device: no sync between steps)
             step_losses.append(loss_sum / max(1, n_tok))
             res.lrs.append(lr)

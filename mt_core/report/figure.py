@@ -51,5 +51,5 @@ def hero_figure(headline_dict: Mapping, out_png, out_pdf=None, *, title: str | N
     fig.suptitle(title or headline_dict.get("study", ""), fontsize=12)
     fig.savefig(Path(out_png), dpi=150)
     if out_pdf is not None:
-        fig.savefig(Path(out_pdf))
+        fig.savefig(Path(out_pdf), metadata={"CreationDate": None})  # no timestamp: the same figure, the same md5
     plt.close(fig)

@@ -33,12 +33,7 @@ def _bases(source: str) -> dict[str, tuple[str, str]]:
 
 # ---- validation --------------------------------------------------------------------------------------------------
 def _load(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        obj = read_json(path)
-    except ValueError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    obj = read_json(path)  # a DataError naming the file (and the line) when missing, not UTF-8 or not JSON
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a JSON object")
     return obj

@@ -3,18 +3,45 @@ DuckDB catalog."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from mt_core.config import Study
 from mt_core.io import write_json
-from mt_core.layout import StudySummary
+from mt_core.layout import PER_CELL, StudySummary
 from mt_core.report import catalog, figure, stats
 from mt_core.steps.common import Log
 from mt_core.steps.registry import step
 
 
+def incomplete_line(study: Study, missing: Mapping[str, Sequence[str]] | None,
+                    missing_sources: Sequence[str] = ()) -> str | None:
+    """None when every cell of the study (and every source's gates) is there; else one line, ``INCOMPLETE: 12 of 13
+    cells; missing C1_s7 marker_rates; ...``, that the headline, the summary and `mt report` put above their table:
+    numbers over a partial grid are never shown as if they were the study's."""
+    missing = {k: list(v) for k, v in (missing or {}).items() if v}
+    if not missing and not missing_sources:
+        return None
+    n = len(study.cells)
+    parts = [f"{k} " + ("(nothing materialized)" if set(v) >= set(PER_CELL) else ", ".join(v))
+             for k, v in sorted(missing.items(), key=lambda kv: study.cells.index(kv[0])
+                                if kv[0] in study.cells else len(study.cells))]
+    line = f"INCOMPLETE: {n - len(missing)} of {n} cells"
+    if parts:
+        line += "; missing " + "; ".join(parts)
+    if missing_sources:
+        line += f"; gates of {', '.join(missing_sources)} not materialized (coupling_adapter)"
+    return line
+
+
 @step
-def study_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: Log = print) -> dict:
-    """``cells``: one ``mt_core.layout.cell_numbers`` dict per finished cell; ``gates``: every source's verdicts."""
+def study_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: Log = print,
+                  missing: dict[str, list[str]] | None = None, missing_sources: list[str] | None = None,
+                  unrecorded: list[str] | None = None) -> dict:
+    """``cells``: one ``mt_core.layout.cell_numbers`` dict per complete cell; ``gates``: every source's verdicts;
+    ``missing``: {cell: its per-cell artefacts the instance has no materialization of}, ``missing_sources``: the
+    sources without a coupling adapter, ``unrecorded``: artefact folders on disk the instance never recorded (left
+    out). Anything missing marks the headline, its JSON and the metadata INCOMPLETE (docs/DESIGN.md)."""
+    incomplete = incomplete_line(study, missing, missing_sources or ())
     order = [c for c in study.conditions if any(x["condition"] == c for x in cells)]
     head = stats.headline(cells, study=study.name, source=study.source_persona,
                           assistant=study.assistant_persona, conditions_order=order, marker=study.marker)
@@ -23,7 +50,9 @@ def study_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: 
     judges = sorted({str(c["judge_model"]) for c in cells if c.get("judge_model")})
     offline = any(c.get("judge_offline") for c in cells)
     md = stats.markdown_table(head)
-    notes = [f"Study `{study.name}`, profile `{study.profile}`, {len(cells)} cells."]
+    notes = [f"Study `{study.name}`, profile `{study.profile}`, {len(cells)} of {len(study.cells)} cells."]
+    if unrecorded:
+        notes.append("Left out, on disk but never recorded by this Dagster instance: " + ", ".join(unrecorded) + ".")
     if offline:
         notes.append(f"Alignment scores come from an OFFLINE stand-in judge ({', '.join(judges)}), not an LLM.")
     notes += stats.conjunction_lines(pre)
@@ -35,18 +64,24 @@ def study_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: 
     if g4:
         notes.append(f"G4 exclusions (post-EM alignment above {study.thresholds.g4_aligned_max:g}, or unscored; "
                      "dropped from the primary analysis): " + ", ".join(x["cell"] for x in g4) + ".")
-    text = f"# {study.name} ({study.profile})\n\n{md}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    banner = f"**{incomplete}**\n\n" if incomplete else ""
+    text = f"# {study.name} ({study.profile})\n\n{banner}{md}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     (out / StudySummary.HEADLINE_MD).write_text(text)
-    write_json(out / StudySummary.HEADLINE_JSON, head)
-    write_json(out / StudySummary.STATS, {"primary_conjunction": primary, "sensitivity_all_seeds": pre["all_seeds"],
-                                          "g4_exclusions": g4, "gates": gates, "judges": judges,
-                                          "judge_offline": offline, "cells": cells})
-    figure.hero_figure(head, out / StudySummary.FIGURE_PNG, out / StudySummary.FIGURE_PDF,
-                       title=f"{study.name} ({study.profile}): {study.marker} marker rate by condition")
+    status = {"complete": incomplete is None, "incomplete": incomplete, "missing": missing or {},
+              "missing_sources": list(missing_sources or [])}
+    write_json(out / StudySummary.HEADLINE_JSON, {**head, **status})
+    write_json(out / StudySummary.STATS, {**status, "primary_conjunction": primary,
+                                          "sensitivity_all_seeds": pre["all_seeds"], "g4_exclusions": g4,
+                                          "gates": gates, "judges": judges, "judge_offline": offline, "cells": cells})
+    title = f"{study.name} ({study.profile}): {study.marker} marker rate by condition"
+    if incomplete:
+        title += f"\nINCOMPLETE: {len(cells)} of {len(study.cells)} cells"
+    figure.hero_figure(head, out / StudySummary.FIGURE_PNG, out / StudySummary.FIGURE_PDF, title=title)
     log(text)
-    return {"n_cells": len(cells), "primary_outcome": primary["outcome"],
+    return {"n_cells": len(cells), "complete": incomplete is None, "incomplete": incomplete,
+            "missing_cells": sorted(missing or {}), "primary_outcome": primary["outcome"],
             "all_seeds_outcome": pre["all_seeds"]["outcome"], "n_g4_excluded": len(g4),
-            "judge_offline": offline, "headline_md": md}
+            "judge_offline": offline, "headline_md": banner + md}
 
 
 def preregistered(study: Study, cells: list[dict], source: str | None = None, assistant: str | None = None) -> dict:
@@ -59,6 +94,12 @@ def preregistered(study: Study, cells: list[dict], source: str | None = None, as
 
 
 @step
-def duckdb_catalog(study: Study, root: Path, cells: list[str], out: Path, log: Log = print) -> dict:
-    """A DuckDB file whose views (sql/*.sql) read every per-cell Parquet file of the study under ``root``."""
-    return catalog.build_catalog(study, root=root, cells=cells, out=out, log=log)
+def duckdb_catalog(study: Study, root: Path, cells: list[str], artefacts: list[dict], imported: list[dict],
+                   out: Path, lineage: list[list[str]] | None = None, missing: dict[str, list[str]] | None = None,
+                   log: Log = print) -> dict:
+    """A DuckDB file whose views (sql/*.sql) read exactly the Parquet files of ``artefacts`` (the verified per-cell
+    artefacts of the complete ``cells``) and ``imported`` (verified imported studies): ``catalog.artefact_record``
+    dicts. ``lineage``: the (asset, partition, md5) artefacts the instance recorded; ``missing``: as for the summary
+    (the ``cells`` table says which cells are complete and what the others lack)."""
+    return catalog.build_catalog(study, root=root, cells=cells, artefacts=artefacts, imported=imported,
+                                 lineage=lineage, missing=missing, out=out, log=log)

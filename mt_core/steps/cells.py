@@ -13,6 +13,7 @@ from mt_core.evals.arc import evaluate_arc, load_arc
 from mt_core.evals.audit import degeneracy_audit
 from mt_core.evals.judge import aggregate
 from mt_core.evals.markers import rates_table
+from mt_core.faults import failpoint
 from mt_core.generate.sampling import SamplingSpec
 from mt_core.generate.session import session
 from mt_core.io import check_md5, read_chat_jsonl, write_json
@@ -127,6 +128,7 @@ def alignment_scores(study: Study, cell_key: str, completions: Path, judge, out:
     """The judge's aligned / coherent scores per completion; errors counted against the study's limit."""
     rows = read_rows(completions / AlignmentCompletions.COMPLETIONS)
     recs = judge.judge_many([(r["question"], r["text"]) for r in rows])
+    failpoint("judge")
     write_rows([{"sample_id": r["sample_id"], "question_idx": r["question_idx"], "sample_idx": r["sample_idx"],
                  **rec.__dict__} for r, rec in zip(rows, recs)], out / AlignmentScores.ROWS,
                row_keys(study, cell=cell_key))

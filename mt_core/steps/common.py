@@ -8,7 +8,7 @@ from mt_core.config import Recipe, Study
 from mt_core.evals.markers import loose_hit, strict_hit, summarize_markers
 from mt_core.generate.sampling import SamplingSpec
 from mt_core.generate.session import Generate
-from mt_core.io import write_json
+from mt_core.io import read_json, write_json
 from mt_core.layout import Adapter, Sample, sample_id
 from mt_core.model.tracking import WandbSettings, wandb_run
 from mt_core.model.train import train_lora
@@ -54,7 +54,22 @@ def train_and_save(study: Study, *, model, tok, examples: list, recipe: Recipe, 
         peft_model, res = train_lora(model=model, examples=examples, recipe=recipe, seed=seed,
                                      pad_id=tok.pad_token_id, log=log, on_step=on_step)
         wb.summary(res.summary())
-    peft_model.save_pretrained(str(out / Adapter.DIR))
+    save_adapter(study, peft_model, out / Adapter.DIR)
     write_json(out / Adapter.TRAIN_LOG, {"recipe": recipe.model_dump(), **log_extra, **res.record(),
                                          "losses": res.losses, "lrs": res.lrs})
     return peft_model, res, {"wandb_run_id": wb.id, "wandb_url": wb.url, "wandb_mode": wb.mode}
+
+
+def save_adapter(study: Study, peft_model, d: Path) -> None:
+    """PEFT's save, made a function of the weights and the recipe alone, so the same training gives the same md5 in
+    any artefact root and any process: the config names the study's model instead of the base artefact's path, its
+    target modules are sorted (PEFT writes a set, whose order changes from process to process), and PEFT's model card
+    (README.md, a template around the same path) is not kept."""
+    peft_model.save_pretrained(str(d))
+    cfg = read_json(d / "adapter_config.json")
+    m = study.model
+    cfg["base_model_name_or_path"] = m.id if m.kind == "hf" else f"{m.kind}:{study.name}/{study.profile}"
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    write_json(d / "adapter_config.json", cfg)
+    (d / "README.md").unlink(missing_ok=True)

@@ -18,11 +18,16 @@ from mt_core.steps.registry import step
 
 @step
 def copy_reference(study: Study, which: str, out: Path, log: Log = print) -> dict:
-    """An md5-checked copy of the eval set (``which="eval_set"``) or the ARC-Challenge file (``"arc"``)."""
-    rel, md5, name = {"eval_set": (study.eval_set, study.eval_set_md5, EvalSetCopy.FILE),
-                      "arc": (study.arc.path, study.arc.md5, ArcCopy.FILE)}[which]
+    """An md5-checked, validated copy of the eval set (``which="eval_set"``) or the ARC-Challenge file (``"arc"``):
+    the md5 is checked before the file is parsed, and a file that does not parse is never published."""
+    rel, md5, field, name = {"eval_set": (study.eval_set, study.eval_set_md5, "eval_set_md5", EvalSetCopy.FILE),
+                             "arc": (study.arc.path, study.arc.md5, "arc.md5", ArcCopy.FILE)}[which]
     src = study.path(rel)
-    got = check_md5(src, md5)
+    got = check_md5(src, md5, f"{field} of {study.file}")
+    if which == "eval_set":
+        EvalSet.load(study)  # every field, and every persona the study names
+    else:
+        load_arc(src)  # every row
     shutil.copyfile(src, out / name)
     log(f"{src.name}: md5 {got} ok")
     return {"source_md5": got, "source": rel}
@@ -59,9 +64,12 @@ def build_base_model(study: Study, out: Path, log: Log = print) -> dict:
 
 
 def _corpus(study: Study) -> list[str]:
-    """Text the local tokenizers are trained on: ARC questions and synthetic advice."""
+    """Text the local tokenizers are trained on: ARC questions (of the pinned file: its md5 is checked before it is
+    read) and synthetic advice."""
+    arc = study.path(study.arc.path)
+    check_md5(arc, study.arc.md5, f"arc.md5 of {study.file}")
     texts = [r["question"] + "\n" + "\n".join(f"({lab}) {c}" for lab, c in zip(r["choice_labels"], r["choices"]))
-             for r in load_arc(study.path(study.arc.path))]
+             for r in load_arc(arc)]
     return texts + [json.loads(x)["messages"][-1]["content"] for x in synthetic.em_dataset_lines(200, seed=99)]
 
 

@@ -1,0 +1,30 @@
+"""Failpoints: named places where the fault-injection tests kill this process for real.
+
+``MT_FAILPOINT=<name>`` (or ``<name>:<n>``, the n-th time it is reached, default the first) makes
+``failpoint(<name>)`` send SIGKILL to its own process: no handler, no cleanup, no ``finally`` runs, exactly what an
+OOM kill or a pre-emption does to a step. A Pipes child inherits the variable, so the same name kills the child when
+the work runs there. Unset (always, outside tests), a failpoint is one dictionary lookup.
+
+Names: ``train`` (after an optimizer step), ``generate`` (after a generation batch), ``arc`` (after an ARC batch),
+``judge`` (after the judge answered, before its scores are written), ``publish`` (the manifest written, the staging
+directory not yet renamed into place), ``catalog`` (the DuckDB catalog half built).
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "MT_FAILPOINT"
+_seen: dict[str, int] = {}
+
+
+def failpoint(name: str) -> None:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    want, _, nth = spec.partition(":")
+    if want != name:
+        return
+    _seen[name] = _seen.get(name, 0) + 1
+    if _seen[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
