@@ -41,6 +41,7 @@ PID_TAG, HOST_TAG, STUDY_TAG, GPU_TAG = "mt/pid", "mt/host", "mt/study", "mt/gpu
 STAGES = ("inputs_job", "coupling_job", "cell_job", "analysis_job")
 UNTIL = {"inputs": "inputs_job", "coupling": "coupling_job", "cells": "cell_job", "analysis": "analysis_job"}
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+NO_DAEMON_RETRY = {"dagster/max_retries": "0"}  # `mt run` resumes its runs itself (dagster.yaml run_retries)
 # errors whose message is the whole story (bad input, a study file, a missing artefact, a deliberate dg.Failure such as
 # a blocked gate): `mt run` prints the one message and exits 2; anything else is a bug and shows its stack trace
 USER_ERRORS = ("DataError", "ConfigError", "ArtifactError", "JudgeConfigError", "Failure")
@@ -221,7 +222,7 @@ class Runner:
         while pending or flying:
             while pending and len(flying) < self.slots:
                 item = pending.pop(0)
-                run_id = self.queue.submit(self.sd, item, {STUDY_TAG: self.sd.name})
+                run_id = self.queue.submit(self.sd, item, {STUDY_TAG: self.sd.name, **NO_DAEMON_RETRY})
                 flying[run_id] = Flight(item)
                 self.out(f"{item.label}: queued {', '.join(item.assets)} ({_why(item)}) run {run_id[:8]}")
             time.sleep(1)
@@ -255,7 +256,8 @@ class Runner:
 
     def execute(self, item: Item) -> float:
         t0 = time.perf_counter()
-        tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), STUDY_TAG: self.sd.name}
+        tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), STUDY_TAG: self.sd.name,
+                **NO_DAEMON_RETRY}
         # At the default level Dagster's console shows nothing; this process prints the run's warnings and, when a
         # step fails, one line with its cause (Dagster's console would print the cause inside a stack trace).
         # --log-level INFO/DEBUG or --debug show Dagster's own log.

@@ -211,13 +211,28 @@ def test_an_overlong_dataset_line_is_refused_without_reading_it_whole(tmp_path):
         read_chat_jsonl(f)
 
 
-def test_an_empty_arc_file_is_refused(tmp_path):
+def _load_arc(f):
     from mt_core.evals.arc import load_arc
 
-    f = tmp_path / "arc.jsonl"
-    f.write_text("")
-    with pytest.raises(DataError, match=rf"{f}: empty file \(no rows\)"):
-        load_arc(f)
+    return load_arc(f)
+
+
+def _load_judge_prompt(f):
+    from mt_core.evals.judge import load_judge_prompt
+
+    return load_judge_prompt(f)
+
+
+@pytest.mark.parametrize("load,name,text,message", [
+    (_load_arc, "arc.jsonl", "", r"empty file \(no rows\)"),
+    (_load_judge_prompt, "judge_prompts.json", '{\n  "judge_model": "claude",\n  "judge_call": {max_tokens: 256}\n}\n',
+     "line 3: not valid JSON"),
+], ids=["empty_arc", "judge_prompt_not_json"])
+def test_a_file_that_holds_no_data_names_file_and_line(tmp_path, load, name, text, message):
+    f = tmp_path / name
+    f.write_text(text)
+    with pytest.raises(DataError, match=rf"{f}: {message}"):
+        load(f)
 
 
 def test_arc_md5_is_checked_before_the_file_is_read(tmp_path):
@@ -262,15 +277,6 @@ def test_a_bad_judge_prompt_names_file_and_field(tmp_path, edit, message):
     f = tmp_path / "judge_prompts.json"
     f.write_text(json.dumps(d))
     with pytest.raises(DataError, match=rf"{f}: {message}".replace("{", r"\{").replace("}", r"\}")):
-        load_judge_prompt(f)
-
-
-def test_a_judge_prompt_that_is_not_json_names_the_line(tmp_path):
-    from mt_core.evals.judge import load_judge_prompt
-
-    f = tmp_path / "judge_prompts.json"
-    f.write_text('{\n  "judge_model": "claude",\n  "judge_call": {max_tokens: 256}\n}\n')
-    with pytest.raises(DataError, match=rf"{f}: line 3: not valid JSON"):
         load_judge_prompt(f)
 
 

@@ -33,7 +33,9 @@ KILLS = [
     ("train", "pipes", ["cell_adapter"]),  # the Pipes child dies; the step process reports it
     ("publish", "inline", ["cell_adapter"]),  # manifest written, rename not done
     ("generate", "inline", ["marker_completions", "alignment_completions", "arc_scores"]),
+    ("generate", "pipes", ["marker_completions", "alignment_completions", "arc_scores"]),
     ("arc", "inline", ["marker_completions", "alignment_completions", "arc_scores"]),
+    ("arc", "pipes", ["marker_completions", "alignment_completions", "arc_scores"]),
     ("judge", "inline", ["alignment_scores"]),
     ("catalog", "inline", ["duckdb_catalog"]),
 ]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from test_faults import SECRETS
 
 pytestmark = pytest.mark.slow  # a whole study through Dagster / a browser: `make test-slow`
 
@@ -72,7 +73,8 @@ def server(tmp_path_factory):
     home, art, log = tmp / "home", tmp / "art", tmp / "dagster_dev.log"
     home.mkdir()
     (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled")
+    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled",
+               **SECRETS)  # planted credentials: no page, no file of the instance or the store may show them
     env.pop("MT_STUDY", None)
     code = ("import dagster as dg, definitions as d; i = dg.DagsterInstance.get(); "
             f"assert d.defs.resolve_job_def('{STUDY}__inputs_job').execute_in_process(instance=i).success; "
@@ -94,7 +96,7 @@ def server(tmp_path_factory):
         return _gql(port, q)["workspaceOrError"]["locationEntries"][0]["loadStatus"] == "LOADED"
     try:
         _wait("the code location to load", loaded, 180, log)
-        yield {"port": port, "home": home, "log": log}
+        yield {"port": port, "home": home, "log": log, "art": art}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # webserver, daemon, code server and any run worker
         try:
@@ -151,5 +153,18 @@ def test_launch_one_cell_from_the_ui(server, tmp_path_factory):
             shot.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(shot))
             assert shot.stat().st_size > 10_000
+
+            # the planted credentials are on no page (the run with its config and logs, the cell's scores, the
+            # resources) and in no file of the instance or the store
+            texts = {}
+            for url in (f"{base}/runs/{run.run_id}", f"{base}/assets/{STUDY}/alignment_scores?view=events",
+                        f"{base}/locations/marker_transfer/resources"):
+                page.goto(url)
+                page.wait_for_timeout(3000)
+                texts[url] = page.content()
+            files = [f for d in (home, server["art"]) for f in d.rglob("*") if f.is_file()]
+            leaks = {f"{name} on {url}" for name, v in SECRETS.items() for url, t in texts.items() if v in t}
+            leaks |= {f"{name} in {f}" for f in files for name, v in SECRETS.items() if v.encode() in f.read_bytes()}
+            assert not leaks, sorted(leaks)
         finally:
             browser.close()
