@@ -300,20 +300,18 @@ def cmd_status(args) -> int:
 def run_status(instance, study: str) -> list[str]:
     """The study's runs in progress, each with its partition, age and whether its process still exists (a run whose
     process is gone holds its pool slots until the next `mt run` marks it failed)."""
-    import socket
     import time
 
     import dagster as dg
 
     from mt_assets.common import ACTIVE_RUN
-    from mt_resources.store import pid_alive
-    from mt_runner import HOST_TAG, PID_TAG, STUDY_TAG
+    from mt_runner import HOST_TAG, PID_TAG, STUDY_TAG, process_gone
 
     lines = []
     for rec in instance.get_run_records(filters=dg.RunsFilter(statuses=list(ACTIVE_RUN), tags={STUDY_TAG: study})):
         run = rec.dagster_run
         pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
-        gone = pid and host == socket.gethostname() and not pid_alive(int(pid))
+        gone = process_gone(run)
         age = time.time() - rec.create_timestamp.timestamp()
         lines.append(f"run {run.run_id[:8]} {run.job_name.removeprefix(study + '__')}"
                      f"[{run.tags.get('dagster/partition', '-')}] {run.status.value} for {age:.0f}s"

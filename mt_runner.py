@@ -110,21 +110,28 @@ def plan_item(defs, sd, job: str, partition: str | None, latest: Callable, force
     return item
 
 
+def process_gone(run) -> bool:
+    """Whether the process that executes ``run`` (its ``mt/pid`` tag, on this host) no longer exists; a run without
+    the tag, or from another host, is never judged gone."""
+    from mt_resources.store import pid_alive
+
+    pid = run.tags.get(PID_TAG)
+    return bool(pid) and run.tags.get(HOST_TAG) == socket.gethostname() and not pid_alive(int(pid))
+
+
 def reconcile_dead_runs(instance, log: Callable[[str], None] = print) -> list[str]:
     """Runs whose process is gone (STARTED or STARTING, tagged with a pid on this host that no longer exists: an
     inline run of a killed ``mt run``, or a queued run whose worker was killed; ``mt_assets.common.tag_run_process``):
     marked failed, their pool slots freed."""
     import dagster as dg
 
-    from mt_resources.store import pid_alive
-
-    host, dead = socket.gethostname(), []
+    dead = []
     runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED,
                                                             dg.DagsterRunStatus.STARTING]))
     for run in runs:
-        pid = run.tags.get(PID_TAG)
-        if not pid or run.tags.get(HOST_TAG) != host or pid_alive(int(pid)):
+        if not process_gone(run):
             continue
+        pid = run.tags[PID_TAG]
         instance.report_run_failed(run, f"mt run: process {pid} that ran it is gone (killed?); marked failed")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         dead.append(run.run_id)

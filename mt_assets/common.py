@@ -179,18 +179,14 @@ def claim_partition(sd: StudyDefs, context, partition: str | None) -> None:
     progress that materialize the study's assets in ``partition``, the oldest owns it; any other stops here, before it
     publishes, so two runs never replace each other's artefacts under running evaluations. A run left STARTED by a
     process that is gone (its ``mt/pid`` tag) owns nothing."""
-    from mt_runner import HOST_TAG, PID_TAG, STUDY_TAG  # stdlib-only at import
-    from mt_resources.store import pid_alive
-
-    host = socket.gethostname()
+    from mt_runner import STUDY_TAG, process_gone  # stdlib-only at import
 
     def ours(r: dg.DagsterRun) -> bool:
         return (r.tags.get("dagster/partition") == partition
                 and (r.tags.get(STUDY_TAG) == sd.name or any(k.path[0] == sd.name for k in r.asset_selection or ())))
 
     def alive(r: dg.DagsterRun) -> bool:
-        pid = r.tags.get(PID_TAG)
-        return r.run_id == context.run_id or not pid or r.tags.get(HOST_TAG) != host or pid_alive(int(pid))
+        return r.run_id == context.run_id or not process_gone(r)
 
     recs = context.instance.get_run_records(filters=dg.RunsFilter(statuses=list(ACTIVE_RUN)))
     live = sorted(((r.create_timestamp, r.dagster_run.run_id, r.dagster_run) for r in recs
