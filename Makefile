@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup browser demo test test-fast test-slow ui clean-artifacts
+.PHONY: setup browser services demo test test-fast test-slow ui clean-artifacts
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
@@ -17,13 +17,18 @@ browser:
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -q && apt-get install -y -q chromium; } || echo "chromium not installed: tests/test_ui.py will skip"
 
+services:
+	@# tests/test_postgres.py starts Debian's PostgreSQL server; where it cannot be installed (no apt, not root) it skips
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -q && apt-get install -y -q postgresql; } || echo "postgresql not installed: tests/test_postgres.py will skip"
+
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY)"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU PyTorch from the local wheel first, so nothing pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,cluster]'
 	touch $(STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
@@ -34,7 +39,7 @@ demo: setup
 	$(BIN)/mt demo
 
 # the whole suite, slow tests included (what .ci/run runs)
-test: setup browser
+test: setup browser services
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
 # the inner loop: everything but the tests marked slow
@@ -42,7 +47,7 @@ test-fast: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m 'not slow'
 
 # only the slow ones: a study end to end through Dagster, the Pipes runs, lineage through Dagster, the browser
-test-slow: setup browser
+test-slow: setup browser services
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
 
 ui: setup

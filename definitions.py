@@ -34,15 +34,18 @@ def study_defs(path: str | os.PathLike | None = None) -> StudyDefs:
                       f"{', '.join(str(sd.study.file) for sd in STUDIES.values())})")
 
 
+COMPUTE = os.environ.get("MT_COMPUTE", "inline" if PROFILE == "tiny" else "pipes")
+
 defs = dg.Definitions(
     assets=[a for sd in STUDIES.values() for a in sd.assets],
     jobs=[j for sd in STUDIES.values() for j in sd.jobs.values()],
     resources={
         # each study reads and writes its own root; judge and W&B are each asset's study's (mt_resources)
         "store": ArtifactStore(roots={name: str(sd.root) for name, sd in STUDIES.items()}),
-        "gpu": GpuAllocator(),
-        # heavy steps in the step process (the fast tiny demo) or in a Pipes child process (MT_COMPUTE=pipes)
-        "compute": Compute(mode=os.environ.get("MT_COMPUTE", "inline" if PROFILE == "tiny" else "pipes")),
+        "gpu": GpuAllocator(ray=COMPUTE == "ray"),
+        # heavy steps in the step process (the fast tiny demo), in a Pipes child process (MT_COMPUTE=pipes) or as a
+        # Ray job on a cluster (MT_COMPUTE=ray, RAY_ADDRESS: docs/SCALING.md)
+        "compute": Compute(mode=COMPUTE),
         "judge": JudgeResource(),
         "wandb": WandbResource.from_env(),
     },

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import traceback
 from pathlib import Path
 
@@ -45,6 +47,14 @@ def decode(v):
     return v
 
 
+def placement() -> dict:
+    """Where a step ran: its host, its node (a Ray worker's MT_NODE, set by mt_services.ray; else the host) and the
+    GPU ids it was given."""
+    host = socket.gethostname()
+    return {"host": host, "node": os.environ.get("MT_NODE", host),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
 def _die_with_parent() -> None:
     """Linux: SIGKILL this process when the Dagster step process dies (PR_SET_PDEATHSIG), so no orphan holds a GPU."""
     try:
@@ -75,8 +85,9 @@ def main() -> None:
         except BaseException as e:  # noqa: BLE001 - reported to the parent, then re-raised (non-zero exit)
             pipes.report_custom_message({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
             raise
+        result = {**(result or {}), "placement": placement()}
         # default=str: what the inline path would render as text (e.g. numpy ints) arrives as text
-        pipes.report_custom_message({"result": json.loads(json.dumps(result or {}, default=str))})
+        pipes.report_custom_message({"result": json.loads(json.dumps(result, default=str))})
 
 
 if __name__ == "__main__":

@@ -26,12 +26,17 @@ LEGACY = "legacy"
 JUDGE_CACHE = "judge_cache.parquet"  # every judge answer of the study, by (model, prompt, question, response)
 
 
-def artefact_root(study: Study) -> Path:
+def artefact_root(study: Study) -> Path | str:
     """Where the study's artefacts live: $MT_ARTIFACTS, else artifacts/<study>/<profile> in the project.
-    ``{study}`` and ``{profile}`` in $MT_ARTIFACTS are the study's name and profile (several studies side by side)."""
+    ``{study}`` and ``{profile}`` in $MT_ARTIFACTS are the study's name and profile (several studies side by side).
+    An object store URL (``s3://bucket/prefix/{study}/{profile}``) comes back as that string: it is no project path,
+    and ``pathlib`` would fold its ``//`` (``mt_resources.store.is_url`` is the same test)."""
     env = os.environ.get("MT_ARTIFACTS")
     if env:
-        p = Path(env.replace("{study}", study.name).replace("{profile}", study.profile))
+        root = env.replace("{study}", study.name).replace("{profile}", study.profile)
+        if "://" in root:
+            return root
+        p = Path(root)
         return p if p.is_absolute() else PROJECT_ROOT / p
     return PROJECT_ROOT / "artifacts" / study.name / study.profile
 

@@ -1,4 +1,5 @@
-"""Where heavy steps run: in the step process (``inline``) or in a child process through Dagster Pipes (``pipes``).
+"""Where heavy steps run: in the step process (``inline``), in a child process through Dagster Pipes (``pipes``), or
+as a Ray job on a Ray cluster (``ray``), also through Pipes.
 
 ``pipes`` runs ``python -m mt_worker`` per step: torch/CUDA and the model never live in the Dagster step process, and
 their memory is freed when the step ends, at the price of the child's start and imports (torch, transformers, peft:
@@ -6,11 +7,20 @@ a few seconds a step). The child inherits the environment, so inside a ``gpu.lea
 ``CUDA_VISIBLE_DEVICES``; it streams its log lines to the event log and sends the step's metadata back. A failing
 child raises ``ChildTaskError`` with its error text (the store's writer then discards the staging directory); an
 interrupted step sends the child SIGINT, then SIGKILL after ``grace_s``.
+
+``ray`` submits the same ``python -m mt_worker`` as a Ray job asking for ``num_gpus: 1`` (dagster-ray's
+``PipesRayJobClient``): Ray, not ``GpuAllocator``, picks the node and the GPU and queues a step until one is free; the
+job's log carries the Pipes messages, so the step's logs and metadata arrive as in ``pipes``, plus where it ran. The
+job starts in the project directory with the same Python, so every node needs the project at the same path and the
+artefact root shared (docs/SCALING.md). Only non-secret settings travel in the job's environment (Ray shows it in its
+dashboard and logs): a node brings its own credentials.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,9 +31,12 @@ import dagster as dg
 
 from mt_core.config import PROJECT_ROOT, Study
 from mt_core.steps.registry import Step, registered
-from mt_worker import encode
+from mt_worker import encode, placement
 
-MODES = ("inline", "pipes")
+MODES = ("inline", "pipes", "ray")
+# what a Ray job inherits from the step's environment: the project's settings, never a credential
+FORWARD = re.compile(r"^(MT_|HF_|TRANSFORMERS_|TOKENIZERS_|WANDB_|OMP_|PYTORCH_)")
+SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|AUTH")
 
 
 @contextlib.contextmanager
@@ -40,21 +53,23 @@ class ChildTaskError(RuntimeError):
 
 
 class Compute(dg.ConfigurableResource):
-    mode: str = "inline"  # "inline" | "pipes"
+    mode: str = "inline"  # "inline" | "pipes" | "ray"
     grace_s: float = 20.0  # after SIGINT to an interrupted child, before SIGKILL
+    ray_address: str = ""  # the Ray dashboard (http://host:8265); empty: $RAY_ADDRESS
+    ray_poll_s: float = 1.0  # how often the step asks Ray whether its job ended
 
     def run(self, context, study: Study, fn: Step, kwargs: dict, out: Path | dict[str, Path], log=print) -> dict:
         """The step ``fn(study, **kwargs, out=out, log=log)``, here or in a Pipes child; its metadata."""
         if self.mode not in MODES:
             raise ValueError(f"compute mode {self.mode!r} is not one of {MODES} (MT_COMPUTE)")
         if self.mode == "inline":
-            return fn(study, **kwargs, out=out, log=log)
-        return self._pipes(context, study, registered(fn), kwargs, out, log)
+            return {**(fn(study, **kwargs, out=out, log=log) or {}), "placement": placement()}
+        extras = {"step": registered(fn), "kwargs": encode(kwargs), "out": encode(out),
+                  "study": str(study.file), "profile": study.profile, "config_sha256": study.config_sha256}
+        return (self._ray if self.mode == "ray" else self._pipes)(context, extras, log)
 
-    def _pipes(self, context, study: Study, fn_name: str, kwargs: dict, out: Path | dict[str, Path], log) -> dict:
-        extras = {"step": fn_name, "kwargs": encode(kwargs), "out": encode(out),
-                  "study": str(study.file), "profile": study.profile,
-                  "config_sha256": study.config_sha256}
+    def _pipes(self, context, extras: dict, log) -> dict:
+        fn_name = extras["step"]
         cvd = os.environ.get("CUDA_VISIBLE_DEVICES")  # set by gpu.lease for the work under it; the child inherits it
         with _pipes_session(context, extras) as session:
             # same cwd and environment as the step, so relative paths mean the same; the project importable
@@ -73,11 +88,38 @@ class Compute(dg.ConfigurableResource):
                     except subprocess.TimeoutExpired:
                         proc.kill()
                         proc.wait()
-        msgs = [m for m in session.get_custom_messages() if isinstance(m, dict)]
-        results = [m["result"] for m in msgs if "result" in m]
-        if rc != 0 or not results:
-            err = next((m for m in msgs if "error" in m), None)
-            raise ChildTaskError(f"{fn_name} failed in its child process (exit code {rc}): "
-                                 + (f"{err['error']}\n{err['traceback']}" if err else
-                                    "it reported no error; see the step's stderr"))
-        return results[-1]
+        return _result(fn_name, session.get_custom_messages(), f"exit code {rc}" if rc else None)
+
+    def _ray(self, context, extras: dict, log) -> dict:
+        from dagster_ray import PipesRayJobClient
+
+        address = self.ray_address or os.environ.get("RAY_ADDRESS")
+        if not address:
+            raise ValueError("compute mode ray needs the Ray dashboard's address: set RAY_ADDRESS (e.g. "
+                             "http://head:8265) or the compute resource's ray_address")
+        env = {k: v for k, v in os.environ.items() if FORWARD.match(k) and not SECRET.search(k)}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+        params = {"entrypoint": f"cd {shlex.quote(str(PROJECT_ROOT))} && {shlex.quote(sys.executable)} -m mt_worker",
+                  "entrypoint_num_gpus": 1, "entrypoint_num_cpus": 1, "runtime_env": {"env_vars": env}}
+        client = PipesRayJobClient(address=address, poll_interval=self.ray_poll_s)
+        log(f"ray: submitting {extras['step']} to {address} (num_gpus=1)")
+        try:
+            done = client.run(context=context, submit_job_params=params, extras=extras)
+        except RuntimeError as e:  # the job failed or was stopped: Ray's message ends with the job's last log lines
+            raise ChildTaskError(f"{extras['step']} failed as a Ray job: {e}") from e
+        result = _result(extras["step"], done.get_custom_messages(), None)
+        job = done.metadata.get("Ray Job ID")
+        result["ray_job_id"] = job.value if isinstance(job, dg.MetadataValue) else job
+        return result
+
+
+def _result(fn_name: str, messages: list, failed: str | None) -> dict:
+    """The step's metadata from its worker's Pipes messages, or ChildTaskError with the worker's own error."""
+    msgs = [m for m in messages if isinstance(m, dict)]
+    results = [m["result"] for m in msgs if "result" in m]
+    if failed or not results:
+        err = next((m for m in msgs if "error" in m), None)
+        raise ChildTaskError(f"{fn_name} failed in its child process ({failed or 'no result'}): "
+                             + (f"{err['error']}\n{err['traceback']}" if err else
+                                "it reported no error; see the step's stderr"))
+    return results[-1]

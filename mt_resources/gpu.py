@@ -4,7 +4,8 @@ A lease is a non-blocking ``fcntl.flock`` on ``<lock_dir>/gpu{i}.lock``: the fir
 the process that holds it (so a killed step frees its GPU), and the chosen index is exported as CUDA_VISIBLE_DEVICES
 for the work done under the lease. That variable only takes effect in a process that has not initialised CUDA yet (a
 Pipes child), so a lease in a process that has (inline steps) is refused unless it is the device already in use. With
-no GPU the lease is the CPU and nothing is locked.
+no GPU the lease is the CPU and nothing is locked. Under ``ray`` (MT_COMPUTE=ray) Ray places each GPU step on a node
+and device of the cluster, so the lease here only says so.
 """
 from __future__ import annotations
 
@@ -36,12 +37,17 @@ class GpuAllocator(dg.ConfigurableResource):
     lock_dir: str = ".dagster/gpu_locks"
     n_gpus: int = -1  # -1: detect
     wait_s: float = 3600.0
+    ray: bool = False  # GPU steps are Ray jobs: Ray picks node and device, nothing is leased here
 
     def count(self) -> int:
         return count_gpus() if self.n_gpus < 0 else self.n_gpus
 
     @contextlib.contextmanager
     def lease(self, log=print):
+        if self.ray:
+            log("gpu: placed by Ray (num_gpus=1)")
+            yield None
+            return
         n = self.count()
         if n == 0:
             log("gpu: none on this machine; running on CPU")

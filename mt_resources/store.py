@@ -4,6 +4,10 @@
 them, the run id, the upstream artefacts it was built from). A write goes to ``<root>/.staging/...`` and is renamed into
 place only after the manifest is written, so a crashed or killed step leaves nothing at the canonical path; an artefact
 is read only after its hashes are checked. Nothing here decides that work is "already done" from a file's existence.
+
+A root that is a URL (``s3://bucket/prefix``, ``memory://x``, ``file:///shared/x``) is an object store: there is no
+atomic directory rename there, so ``mt_resources.objstore`` publishes with a commit protocol (versions and a pointer)
+and reads into a local cache; every method below hands such a root over to it.
 """
 from __future__ import annotations
 
@@ -59,10 +63,27 @@ def _walk(root: Path) -> dict[str, dict]:
     return out
 
 
+def is_url(root: str) -> bool:
+    """Whether an artefact root is an object store URL (it has a scheme) rather than a local path."""
+    return "://" in str(root)
+
+
+def write_manifest(staging: Path, asset: str, partition: str | None, run_id: str, upstream: list[dict] | None,
+                   extra: dict | None) -> dict:
+    """Hash the staged files and write their manifest beside them (both stores publish this same manifest)."""
+    files = _walk(staging)
+    manifest = {"asset": asset, "partition": partition or UNPARTITIONED, "run_id": run_id,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files,
+                "digest": _digest(files), "size_bytes": sum(f["size"] for f in files.values()),
+                "upstream": upstream or [], **(extra or {})}
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
 class ArtifactStore(dg.ConfigurableResource):
-    """Where every artefact of a study lives. ``root`` is relative to the working directory unless absolute. A code
-    location serving several studies gives each its own root in ``roots`` (study name -> root); an asset reads and
-    writes through ``of(<its study>)``."""
+    """Where every artefact of a study lives. ``root`` is relative to the working directory unless absolute, or an
+    object store URL (``mt_resources.objstore``). A code location serving several studies gives each its own root in
+    ``roots`` (study name -> root); an asset reads and writes through ``of(<its study>)``."""
 
     root: str = "artifacts"
     roots: dict[str, str] = {}
@@ -76,8 +97,16 @@ class ArtifactStore(dg.ConfigurableResource):
                                 f"{', '.join(self.roots)})")
         return ArtifactStore(root=self.roots[study])
 
+    def _remote(self):
+        from mt_resources.objstore import ObjectStore  # fsspec only for URL roots; objstore imports this module
+
+        return ObjectStore(self.root)
+
     @property
     def base(self) -> Path:
+        if is_url(self.root):  # an artefact there is a version behind a pointer, never a fixed folder to open
+            raise ArtifactError(f"the artefact root {self.root} is an object store: this code path assumes a local "
+                                f"root; read artefacts through store.read() (docs/SCALING.md)")
         return Path(self.root).resolve()
 
     def path(self, asset: str, partition: str | None = None) -> Path:
@@ -87,17 +116,16 @@ class ArtifactStore(dg.ConfigurableResource):
     def writer(self, asset: str, partition: str | None, *, run_id: str, upstream: list[dict] | None = None,
                extra: dict | None = None):
         """Yield an empty staging directory; on success publish it atomically with its manifest."""
+        if is_url(self.root):
+            with self._remote().writer(asset, partition, run_id=run_id, upstream=upstream, extra=extra) as out:
+                yield out
+            return
         final = self.path(asset, partition)
         staging = self.base / ".staging" / asset / f"{partition or UNPARTITIONED}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir(parents=True)
         try:
             yield staging
-            files = _walk(staging)
-            manifest = {"asset": asset, "partition": partition or UNPARTITIONED, "run_id": run_id,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files,
-                        "digest": _digest(files), "size_bytes": sum(f["size"] for f in files.values()),
-                        "upstream": upstream or [], **(extra or {})}
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            write_manifest(staging, asset, partition, run_id, upstream, extra)
             failpoint("publish")
             final.parent.mkdir(parents=True, exist_ok=True)
             old = None
@@ -113,6 +141,8 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def read(self, asset: str, partition: str | None = None, *, verify: bool = True) -> Artifact:
         """The artefact at the canonical path, its files checked against its manifest."""
+        if is_url(self.root):
+            return self._remote().read(asset, partition, verify=verify)
         final = self.path(asset, partition)
         mpath = final / MANIFEST
         if not mpath.is_file():
@@ -129,9 +159,10 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def clean_staging(self, older_than_s: float = 3600) -> int:
         """Remove staging directories left by killed steps: their writer process is gone (same host) and they are
-        older than ``older_than_s``. A step still writing is never touched."""
+        older than ``older_than_s``. A step still writing is never touched. An object store root stages locally, in
+        its cache (``ObjectStore.staging``)."""
         n, now = 0, time.time()
-        for p in (self.base / ".staging").glob("*/*"):
+        for p in (self._remote().staging if is_url(self.root) else self.base / ".staging").glob("*/*"):
             try:
                 pid = int(p.name.rsplit("-", 2)[-2])
             except (ValueError, IndexError):

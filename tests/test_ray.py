@@ -1,0 +1,123 @@
+"""GPU steps on a real Ray cluster on this machine (mt_services.ray): a head with no GPUs and two worker nodes w1, w2
+with 2 logical GPUs each. The small study runs with MT_COMPUTE=ray through the daemon; its steps land on both
+workers, never two on one GPU at a time, and every weight and row is the same as the local run's. Killing a worker
+node mid-step fails the step, publishes nothing, and a rerun completes on the node that is left."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from test_run import ROOT, STUDY, _mt, _setup
+
+pytest.importorskip("ray")
+pytest.importorskip("dagster_ray")
+
+CELLS = ["C1_s42", "C4_s42", "C5_s42", "C1_s137"]
+GPU_STEPS = ("base_model", "onpolicy_completions", "coupling_adapter", "cell_adapter", "marker_completions")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from mt_services.ray import ray_cluster
+
+    with ray_cluster(tmp_path_factory.mktemp("ray"), workers=2, gpus_per_worker=2) as c:
+        yield c
+
+
+def _materializations(home: Path) -> dict[tuple[str, str | None], dict]:
+    """{(asset, partition): metadata} of the latest materialization of every asset partition of the study."""
+    out = {}
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        for key in inst.get_asset_keys():
+            if key.path[0] != STUDY:
+                continue
+            for rec in inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1000).records:
+                m = rec.asset_materialization
+                out.setdefault((key.path[-1], m.partition), {k: v.value for k, v in m.metadata.items()})
+    return out
+
+
+def _data_md5s(meta: dict) -> dict[str, str]:
+    """The md5s of an artefact's weights and rows (JSON files hold paths and timings, so they differ by root)."""
+    files = json.loads((Path(meta["path"]) / "_manifest.json").read_text())["files"]
+    return {f: v["md5"] for f, v in files.items() if f.endswith((".safetensors", ".parquet"))}
+
+
+@pytest.mark.slow
+def test_study_on_ray_lands_on_both_workers_and_matches_local(tmp_path, cluster):
+    from ray.job_submission import JobSubmissionClient
+
+    (tmp_path / "local").mkdir(), (tmp_path / "ray").mkdir()
+    _, home_local, env_local = _setup(tmp_path / "local")
+    _mt(env_local, cells=",".join(CELLS))
+    _, home, env = _setup(tmp_path / "ray", **cluster.env())
+    t0 = time.time()
+    out = _mt(env, "--gpus", "4", cells=",".join(CELLS))
+    print(f"ray run: {time.time() - t0:.0f}s")
+    assert "launch: queued, up to 4 runs at once" in out
+
+    local, ray = _materializations(home_local), _materializations(home)
+    assert set(local) == set(ray)
+    for (asset, part), meta in ray.items():
+        assert _data_md5s(meta) == _data_md5s(local[(asset, part)]), (asset, part)
+    # every GPU step ran as a Ray job on a worker node, and the work was spread over both
+    placed = {(a, p): m["placement"] for (a, p), m in ray.items() if a in GPU_STEPS}
+    assert placed and all(m["ray_job_id"].startswith("pipes-") for (a, _), m in ray.items() if a in GPU_STEPS)
+    assert {p["node"] for p in placed.values()} == {"w1", "w2"}, placed
+    assert {p["node"] for p in (m["placement"] for m in local.values() if "placement" in m)} != {"w1", "w2"}
+
+    # at most one step per logical GPU at a time, from Ray's own record of each job
+    client = JobSubmissionClient(cluster.dashboard)
+    jobs = {m["ray_job_id"]: (m["placement"]["node"], m["placement"]["cuda_visible_devices"])
+            for (a, _), m in ray.items() if a in GPU_STEPS}
+    spans = []
+    for job in client.list_jobs():
+        if job.submission_id in jobs:
+            assert cluster.node_of(job.driver_node_id) == jobs[job.submission_id][0]
+            spans.append((jobs[job.submission_id], job.start_time, job.end_time))
+    assert len(spans) == len(jobs)
+    for i, (dev, a0, a1) in enumerate(spans):
+        for dev2, b0, b1 in spans[i + 1:]:
+            assert dev != dev2 or a1 <= b0 or b1 <= a0, f"{dev} ran two steps at once"
+
+
+@pytest.mark.slow
+def test_killed_worker_node_publishes_nothing_and_rerun_completes(tmp_path, cluster):
+    """Runs last in this module: it kills one of the cluster's two worker nodes."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    _, home, env = _setup(tmp_path, **cluster.env())
+    _mt(env, cells="C1_s42")  # inputs and the coupling adapter: what the cell stands on
+    client = JobSubmissionClient(cluster.dashboard)
+    before = {j.submission_id for j in client.list_jobs()}
+    cmd = [sys.executable, "-m", "mt_cli", "run", "--cells", "C1_s137"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, victim = time.time() + 300, None
+    while victim is None and time.time() < deadline:  # the cell's training job, once it runs on a node
+        running = [j for j in client.list_jobs() if j.submission_id not in before and j.status == JobStatus.RUNNING
+                   and j.driver_node_id]
+        victim = cluster.node_of(running[0].driver_node_id) if running else None
+        time.sleep(0.5)
+    assert victim, "no step started on a worker node"
+    time.sleep(3)  # the worker is inside the step, with its staging directory open
+    cluster.nodes[victim].kill()
+    text = proc.communicate(timeout=600)[0]
+    assert proc.returncode != 0, text[-3000:]
+    art = Path(env["MT_ARTIFACTS"])
+    assert not (art / "cell_adapter" / "C1_s137").exists()
+    assert ("cell_adapter", "C1_s137") not in _materializations(home)
+    with dg.DagsterInstance.from_config(str(home)) as inst:  # the step failed because its Ray job did
+        failed = [r for r in inst.get_runs() if r.status == dg.DagsterRunStatus.FAILURE]
+        errors = [e.dagster_event.step_failure_data.error.to_string() for r in failed for e in inst.all_logs(r.run_id)
+                  if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"]
+    assert any("failed as a Ray job" in e for e in errors), errors
+
+    text = _mt(env, cells="C1_s137")  # the rerun: Ray places the step on the node that is left
+    meta = _materializations(home)[("cell_adapter", "C1_s137")]
+    assert meta["placement"]["node"] != victim and (art / "cell_adapter" / "C1_s137" / "_manifest.json").is_file()
