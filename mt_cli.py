@@ -52,11 +52,12 @@ def _study_defs(d):
 
 
 def set_gpu_pool(instance, n: int | None = None) -> int:
-    """The instance's ``gpu`` pool limit := n, or the number of GPUs found (at least 1: without a GPU the pool's steps
-    run on CPU). Once set it overrides ``concurrency.pools.default_limit`` of dagster.yaml for this pool."""
+    """The instance's ``gpu`` pool limit := n, or the number of GPUs found, on this machine or, under MT_COMPUTE=ray,
+    in the Ray cluster (at least 1: without a GPU the pool's steps run on CPU). Once set it overrides
+    ``concurrency.pools.default_limit`` of dagster.yaml for this pool."""
     from mt_resources import GpuAllocator
 
-    n = max(1, GpuAllocator().count()) if n is None else n
+    n = max(1, GpuAllocator(ray=os.environ.get("MT_COMPUTE") == "ray").count()) if n is None else n
     if n < 1:
         raise SystemExit(f"--gpus {n}: a pool limit below 1 would never run a GPU step")
     instance.event_log_storage.set_concurrency_slots("gpu", n)
@@ -112,6 +113,11 @@ def cmd_run(args) -> int:
         reconcile_dead_runs(instance)
         if args.gpus is not None or "gpu" not in instance.event_log_storage.get_concurrency_keys():
             set_gpu_pool(instance, args.gpus)  # a limit set before (`mt pool`) is kept unless --gpus is given
+        if "judge" not in instance.event_log_storage.get_concurrency_keys():
+            # every pool set before runs start: two runs writing a pool's default at their first claim collide
+            # on Postgres (docs/SCALING.md)
+            instance.event_log_storage.set_concurrency_slots(
+                "judge", instance.get_concurrency_config().pool_config.default_pool_limit or 1)
         print(f"gpu pool limit {instance.event_log_storage.get_concurrency_info('gpu').slot_count}; "
               f"compute {d.defs.resources['compute'].mode}")
         stale = ArtifactStore(root=str(sd.root)).clean_staging()  # left by steps killed over an hour ago

@@ -27,6 +27,14 @@ def count_gpus() -> int:
     return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
 
 
+def ray_gpus(address: str | None = None) -> int:
+    """GPUs of the live nodes of the Ray cluster at ``address`` (its dashboard; default $RAY_ADDRESS)."""
+    from ray.util.state import list_nodes
+
+    return int(sum(n.resources_total.get("GPU", 0) for n in list_nodes(address=address or os.environ["RAY_ADDRESS"])
+                   if n.state == "ALIVE"))
+
+
 def cuda_initialised() -> bool:
     """Whether this process has already initialised CUDA (only possible if torch is imported: never imports it)."""
     torch = sys.modules.get("torch")
@@ -40,7 +48,9 @@ class GpuAllocator(dg.ConfigurableResource):
     ray: bool = False  # GPU steps are Ray jobs: Ray picks node and device, nothing is leased here
 
     def count(self) -> int:
-        return count_gpus() if self.n_gpus < 0 else self.n_gpus
+        if self.n_gpus >= 0:
+            return self.n_gpus
+        return ray_gpus() if self.ray else count_gpus()
 
     @contextlib.contextmanager
     def lease(self, log=print):

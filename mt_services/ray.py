@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,13 +24,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mt_services import free_port
+
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _ray_bin() -> str:
@@ -85,10 +80,9 @@ class RayCluster:
         return None
 
     def gpus(self) -> int:
-        from ray.util.state import list_nodes
+        from mt_resources.gpu import ray_gpus
 
-        return int(sum(n.resources_total.get("GPU", 0) for n in list_nodes(address=self.gcs)
-                       if n.state == "ALIVE"))
+        return ray_gpus(self.dashboard)
 
 
 def _start(name: str, args: list[str], folder: Path, env: dict) -> Node:

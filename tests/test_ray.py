@@ -58,9 +58,9 @@ def test_study_on_ray_lands_on_both_workers_and_matches_local(tmp_path, cluster)
     _mt(env_local, cells=",".join(CELLS))
     _, home, env = _setup(tmp_path / "ray", **cluster.env())
     t0 = time.time()
-    out = _mt(env, "--gpus", "4", cells=",".join(CELLS))
+    out = _mt(env, cells=",".join(CELLS))
     print(f"ray run: {time.time() - t0:.0f}s")
-    assert "launch: queued, up to 4 runs at once" in out
+    assert "launch: queued, up to 4 runs at once" in out  # the gpu pool is the cluster's 4 GPUs
 
     local, ray = _materializations(home_local), _materializations(home)
     assert set(local) == set(ray)
