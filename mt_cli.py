@@ -4,6 +4,7 @@
     mt demo                 `mt run` on the tiny profile: the whole study on a laptop, no network
     mt doctor               check weights, data, judge key, GPUs, disk and the instance before spending GPU hours
     mt sql "SELECT ..."     read-only SQL over the DuckDB catalogs of every study in the instance (table, csv or json)
+    mt view                 a local web viewer of the catalogs: rate grid, completions, judge scores, side by side
     mt status               which partitions of which assets are materialized, and their checks per partition
     mt import-legacy DIR --study NAME   import the reference pipeline's result files as study NAME
     mt report --study NAME  the headline table (or --json) of the current study or an imported one
@@ -243,6 +244,41 @@ def cmd_sql(args) -> int:
 
         with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200):
             print(df)
+    return 0
+
+
+def cmd_view(args) -> int:
+    """The study viewer (mt_view) on the catalogs the instance recorded, opened as `mt sql` opens them (read-only,
+    checked against the instance and the files' md5s), until Ctrl-C. It reopens them when the instance records a
+    new catalog, so it can stay up while a study runs."""
+    explicit = bool(args.study)
+    _env(args)
+    import dagster as dg
+    import uvicorn
+
+    from mt_assets.study import study_paths
+    from mt_core.config import load_study
+    from mt_core.report.catalog import CatalogError
+    from mt_view.app import create_app
+    from mt_view.db import Catalogs
+
+    current = load_study()
+    studies = [current, *(s for s in map(load_study, study_paths()) if s.name != current.name)]
+    only = current.name if explicit else None
+    with dg.DagsterInstance.get() as instance:
+        catalogs = Catalogs(lambda: {s: c for s, c in study_catalogs(instance).items() if only in (None, s)})
+        try:
+            with catalogs.session():  # a missing or failing catalog is one message now, not an error page later
+                pass
+        except CatalogError as e:
+            raise SystemExit(f"mt view: {e}" + (f" (study {only})" if only else "")) from None
+        local = ("127.0.0.1", "localhost", "::1")
+        if args.host not in local:
+            print(f"mt view: serving on {args.host}: anyone who can reach it can read the study", file=sys.stderr)
+        where = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
+        print(f"mt view: http://{where}:{args.port}/  (Ctrl-C stops)", flush=True)
+        app = create_app(catalogs, studies, hosts=[*local, "[::1]"] if args.host in local else ["*"])
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -527,6 +563,18 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format (default 40)")
     q.add_argument("--artifacts", help="artefact root (default: artifacts/<study>/<profile>)")
     q.set_defaults(fn=cmd_sql)
+
+    v = sub.add_parser("view", parents=[common], help="a local web viewer of the catalogs (read-only)",
+                       description="Serve a local web app over the DuckDB catalogs the Dagster instance recorded "
+                       "(every study's; --study: that study's only), read-only as `mt sql` reads them: the grid of "
+                       "cells x personas with marker rates, each cell's completions with the marker highlighted "
+                       "(strict and loose hits), the judged alignment completions with scores and the judge's reply, "
+                       "two cells side by side on the same prompts; filters and text search, each view a URL to "
+                       "share. It picks up a rebuilt catalog while a study runs. Ctrl-C stops it.")
+    v.add_argument("--port", type=int, default=8765,
+                   help="port (default 8765: where the Dagster UI's links to each cell point)")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    v.set_defaults(fn=cmd_view)
 
     s = sub.add_parser("status", parents=[common], help="materialized partitions and check results per asset")
     s.set_defaults(fn=cmd_status)

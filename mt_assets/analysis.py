@@ -13,7 +13,7 @@ import dagster as dg
 from mt_assets.common import publish, read_upstream
 from mt_assets.study import StudyDefs
 from mt_core.layout import (LEGACY, MANIFEST, PER_CELL, Adapter, AlignmentScores, ArcScores, Audit, MarkerRates,
-                            cell_numbers, partition_or_none)
+                            StudySummary, cell_numbers, partition_or_none)
 from mt_core.report.catalog import artefact_record
 from mt_core.steps import analysis as steps
 from mt_resources import ArtifactError, ArtifactStore
@@ -158,7 +158,9 @@ def build(sd: StudyDefs) -> list:
                                       a[AlignmentScores.asset].path, a[Audit.asset].path,
                                       own_persona=study.adapter_persona(k)))
         return publish(sd, context, store, steps.study_summary, ups, cells=cells, gates=gates, missing=v.missing,
-                       missing_sources=v.missing_sources, unrecorded=v.unrecorded)
+                       missing_sources=v.missing_sources, unrecorded=v.unrecorded,
+                       provenance=[{"asset": a.asset, "partition": a.partition, "md5": a.digest} for a in ups],
+                       metadata=lambda art: {"report": dg.MetadataValue.path(str(art.path / StudySummary.REPORT_HTML))})
 
     @dg.asset(**common, deps=[key("study_summary"), *map(key, PER_CELL)], code_version=cv("conditions"),
               description="A DuckDB file whose views (sql/*.sql) read exactly the study's verified per-cell Parquet "

@@ -3,10 +3,11 @@ judge scores, degeneracy audit."""
 
 import dagster as dg
 
-from mt_assets.common import partitioned_check, publish, publish_each, read_upstream, retry_policy
+from mt_assets.common import partitioned_check, publish, publish_each, read_upstream, retry_policy, table
 from mt_assets.study import StudyDefs
-from mt_core.io import DataError
-from mt_core.layout import Adapter, Dataset
+from mt_core.io import DataError, read_json
+from mt_core.layout import Adapter, AlignmentScores, Dataset, MarkerRates
+from mt_core.report.html import rate
 from mt_core.steps import cells as steps
 from mt_resources import Artifact, ArtifactStore, Compute, GpuAllocator, JudgeResource, WandbResource
 
@@ -104,13 +105,27 @@ def build(sd: StudyDefs) -> list:
                                     compute=compute, checks={"marker_completions": row_count}, cell_key=cell.key,
                                     base=base.path, adapters=adapters)
 
+    def persona_rates(art: Artifact) -> dict:
+        """The cell's marker rates, one row per persona (in place of the step's {persona: strict rate})."""
+        ev = MarkerRates.read_eval(art.path)
+        asst, src, own = study.assistant_persona, study.source_persona, study.adapter_persona(art.partition)
+        rows = [{"persona": p, "role": ", ".join(r for r, yes in (("assistant", p == asst), ("source", p == src),
+                                                                   ("coupled", p == own),
+                                                                   ("bystander", p not in (asst, own))) if yes),
+                 "strict": rate(d["strict_hits"], d["total"]), "loose": rate(d["loose_hits"], d["total"])}
+                for p, d in ev["per_persona"].items()]
+        return {"strict_rate_by_persona": table(
+            rows, role="source: the study's source persona; coupled: the persona of the cell's coupling adapter; "
+                       "bystander: neither the assistant nor coupled (max bystander is over these)",
+            strict=f"{study.marker} verbatim: rate (hits/completions)", loose="the reference's loose scorer")}
+
     @dg.asset(**common, deps=[key("marker_completions")],
               description="Strict and loose marker rates per persona and question.",
               code_version=cv("marker", "source_persona", "assistant_persona", "eval_set", "sources", "conditions"))
     def marker_rates(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         comp = read_upstream(sd, context, store, "marker_completions", context.partition_key)
         return publish(sd, context, store, steps.marker_rates, [comp], partition=context.partition_key,
-                       cell_key=context.partition_key, completions=comp.path)
+                       cell_key=context.partition_key, completions=comp.path, metadata=persona_rates)
 
     @dg.asset(**common, deps=[key("alignment_completions")], pool="judge", retry_policy=retry_policy(),
               code_version=cv("judge", "thresholds.judge_error_rate_max", files=(study.judge_prompt,)),
@@ -127,9 +142,17 @@ def build(sd: StudyDefs) -> list:
                                         metadata={"n_errors": m["n_errors"], "n_total": m["n_total"],
                                                   "error_rate": float(m["error_rate"] or 0.0),
                                                   "max": study.thresholds.judge_error_rate_max})]
+
+        def per_question(art: Artifact) -> dict:  # a table in place of the step's {question: {...}}
+            qs = read_json(art.path / AlignmentScores.SUMMARY)["per_question"]
+            return {"per_question": table([{"question": q, "mean_aligned": d["mean_aligned"],
+                                            "mean_coherent": d["mean_coherent"], "n_samples": d["n_samples"],
+                                            "n_errors": d["n_errors"]} for q, d in qs.items()])}
+
         client = judge.bind(study, store.of(sd.name).base).client(context.log.info)
         return publish(sd, context, store, steps.alignment_scores, [comp], partition=context.partition_key,
-                       cell_key=context.partition_key, completions=comp.path, judge=client, checks=checks)
+                       cell_key=context.partition_key, completions=comp.path, judge=client, checks=checks,
+                       metadata=per_question)
 
     @dg.asset(**common, deps=[key("marker_completions")],
               code_version=cv("marker", "assistant_persona", "thresholds.degeneracy_max",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import shutil
 import socket
@@ -23,6 +24,7 @@ import dagster as dg
 from mt_assets.study import StudyDefs
 from mt_core.config import ConfigError
 from mt_core.io import DataError
+from mt_core.layout import UNPARTITIONED
 from mt_core.steps.registry import Step
 from mt_resources.compute import Compute
 from mt_resources.store import Artifact, ArtifactError, ArtifactStore, latest_metadata
@@ -57,7 +59,22 @@ def partitioned_check(name: str, asset: dg.AssetKey, partitions_def: dg.Partitio
         return dg.AssetCheckSpec(name, asset=asset, partitions_def=partitions_def, **kwargs)
 
 
+def _rounded(v):
+    """Floats to 4 significant digits, inside JSON too: a rate 0.6161, a loss 2.346, an accuracy 0.2534, a judge mean
+    52.35, 1235 seconds, a learning rate 5e-06; what a reader compares, never a 17-digit float. Ints stay exact."""
+    if isinstance(v, float) and math.isfinite(v):
+        return float(f"{v:.4g}")
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_rounded(x) for x in v]
+    return v
+
+
 def _meta_value(key: str, v: Any):
+    """The one place a metadata value is made (materializations and check results alike)."""
+    if isinstance(v, (dg.FloatMetadataValue, dg.JsonMetadataValue)):  # made by Dagster from a raw value: round it
+        v = v.value
     if isinstance(v, dg.MetadataValue):
         return v
     if v is None:
@@ -67,23 +84,61 @@ def _meta_value(key: str, v: Any):
     if isinstance(v, int):
         return dg.MetadataValue.int(v)
     if isinstance(v, float):
-        return dg.MetadataValue.float(v)
+        return dg.MetadataValue.float(_rounded(v))
     if isinstance(v, (dict, list)):
-        return dg.MetadataValue.json(v)
+        return dg.MetadataValue.json(_rounded(v))
     if key.endswith("_md"):  # Markdown the UI renders (the headline table)
         return dg.MetadataValue.md(str(v))
     return dg.MetadataValue.text(str(v))
 
 
+def meta_values(entries: dict) -> dict[str, dg.MetadataValue]:
+    """Metadata entries as Dagster values, each through ``_meta_value``."""
+    return {k: _meta_value(k, v) for k, v in entries.items()}
+
+
+def table(rows: list[dict], **descriptions: str) -> dg.MetadataValue:
+    """Rows of equal keys as a table the UI shows inline (columns in key order, typed by their values;
+    ``descriptions`` by column, shown under "Show schema")."""
+    kinds = {bool: "bool", int: "int", float: "float"}
+
+    def kind(k: str) -> str:
+        return kinds.get(type(next((r[k] for r in rows if r[k] is not None), "")), "string")
+    cols = [dg.TableColumn(k, kind(k), description=descriptions.get(k)) for k in (rows[0] if rows else [])]
+    return dg.MetadataValue.table([dg.TableRecord(_rounded(r)) for r in rows], schema=dg.TableSchema(columns=cols))
+
+
+VIEW_URL = "http://127.0.0.1:8765"  # `mt view`'s default address; $MT_VIEW_URL names another
+
+
+def viewer_link(cell: str) -> dg.MetadataValue:
+    """The cell's page in `mt view`."""
+    return dg.MetadataValue.url(f"{os.environ.get('MT_VIEW_URL', VIEW_URL).rstrip('/')}/cell/{cell}")
+
+
+def provenance_md(sd: StudyDefs, prov: list[dict]) -> dg.MetadataValue:
+    """The upstream artefacts as a Markdown table whose asset and run cells link to their pages in the UI (a table
+    metadata value shows plain text only)."""
+    rows = ["| asset | partition | md5 | run |", "|---|---|---|---|"]
+    for p in prov:
+        part = p["partition"]
+        page = "/assets/" + "/".join(sd.key(p["asset"]).path) + (
+            "" if part == UNPARTITIONED else f"?view=partitions&partition={part}")
+        run = p["run_id"] or ""
+        rows.append(f"| [{p['asset']}]({page}) | {part} | `{p['md5']}` | [{run[:8]}](/runs/{run}) |")
+    return dg.MetadataValue.md("\n".join(rows))
+
+
 def publish(sd: StudyDefs, context: dg.AssetExecutionContext, store: ArtifactStore, fn: Step,
             upstream: list[Artifact], *, partition: str | None = None,
             checks: Callable[[dict], list[dg.AssetCheckResult]] | None = None, compute: Compute | None = None,
-            metadata: dict | None = None, **kwargs) -> dg.MaterializeResult:
+            metadata: dict | Callable[[Artifact], dict] | None = None, **kwargs) -> dg.MaterializeResult:
     """Run the step ``fn(study, **kwargs, out=<staging dir>, log=...)``, publish its directory, describe it to Dagster.
 
     With ``compute`` the step is heavy (GPU) work and runs where ``compute`` says (this process, or a Pipes child that
     writes into the same staging directory); without, it runs here. ``checks`` turns the step's metadata into
-    asset-check results reported with the materialization; ``metadata`` adds entries the step does not compute.
+    asset-check results reported with the materialization; ``metadata`` adds entries the step does not compute, or
+    is a function of the published artefact that returns them (read back from its files).
     """
     asset = context.asset_key.path[-1]
     (res,) = _publish(sd, context, store, fn, upstream, {asset: context.asset_key}, partition,
@@ -103,7 +158,8 @@ def publish_each(sd: StudyDefs, context: dg.AssetExecutionContext, store: Artifa
 
 def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: list[Artifact],
              keys: dict[str, dg.AssetKey], partition: str | None, checks: dict, compute: Compute | None,
-             metadata: dict | None, kwargs: dict, *, multi: bool) -> list[dg.MaterializeResult]:
+             extra_metadata: dict | Callable[[Artifact], dict] | None, kwargs: dict, *,
+             multi: bool) -> list[dg.MaterializeResult]:
     study, store, assets = sd.study, store.of(sd.name), list(keys)
     tag_run_process(context)
     if compute is not None:
@@ -126,7 +182,8 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
             meta = meta or {}
             owns = {a: {**{k: v for k, v in meta.items() if k not in assets}, **meta.get(a, {})} if multi else meta
                     for a in assets}
-            verdicts = {a: checks[a](owns[a]) for a in assets if a in checks}
+            verdicts = {a: [r.with_metadata(meta_values(r.metadata)) for r in checks[a](owns[a])]
+                        for a in assets if a in checks}
             refuse_blocking_failures(context, keys, verdicts, partition)
             claim_partition(sd, context, partition)  # still ours: a newer run never publishes over an older one
     except (DataError, ConfigError) as e:  # bad input: trying again changes nothing
@@ -142,18 +199,25 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
         if out_of_memory(e):
             raise gpu_oom(context, fn, e) from e
         raise
-    seconds = round(time.perf_counter() - t0, 3)
+    seconds = time.perf_counter() - t0
     results = []
     for asset in assets:
-        own = owns[asset]
         art = store.read(asset, partition)
-        md = {"path": dg.MetadataValue.path(str(art.path)), "md5": art.digest,
-              "size_bytes": art.manifest["size_bytes"], "seconds": seconds, "profile": study.profile,
-              "study": study.name, "upstream": dg.MetadataValue.json(prov)}
-        for k, v in {**own, **(metadata or {})}.items():
-            md.setdefault(k, _meta_value(k, v))
+        base = {"path": dg.MetadataValue.path(str(art.path)), "md5": art.digest,
+                "size_bytes": art.manifest["size_bytes"], "seconds": seconds, "profile": study.profile,
+                "study": study.name}
+        added = extra_metadata(art) if callable(extra_metadata) else extra_metadata or {}
+        own = {k: v for k, v in {**added, **owns[asset], **added}.items() if k not in base}
+        # in the order a reader looks: the cell's page in `mt view`, what the asset adds (the table a reader came
+        # for), the step's numbers, the artefact, where it came from; JSON last (`upstream` and the like are for
+        # `mt lineage` and `mt run`)
+        md = meta_values({**({"viewer": viewer_link(partition)} if partition in study.cells else {}), **own, **base})
+        if prov:
+            md["provenance"] = provenance_md(sd, prov)
+        md["upstream"] = dg.MetadataValue.json(prov)
+        md = dict(sorted(md.items(), key=lambda kv: isinstance(kv[1], dg.JsonMetadataValue)))
         context.log.info(f"published {asset}[{art.partition}] md5 {art.digest} ({art.manifest['size_bytes']} "
-                         f"bytes) in {seconds}s")
+                         f"bytes) in {seconds:.1f}s")
         results.append(dg.MaterializeResult(asset_key=keys[asset], metadata=md, data_version=dg.DataVersion(art.digest),
                                             check_results=verdicts.get(asset)))
     return results
@@ -217,7 +281,7 @@ def refuse_blocking_failures(context, keys: dict[str, dg.AssetKey], verdicts: di
         context.log_event(dg.AssetCheckEvaluation(
             asset_key=key, check_name=r.check_name, passed=False, severity=r.severity, blocking=True,
             partition=partition, description=r.description,
-            metadata={k: _meta_value(k, v) for k, v in (r.metadata or {}).items()}))
+            metadata=meta_values(r.metadata or {})))
     what = "; ".join(f"{key.to_user_string()}[{partition or 'all'}] check {r.check_name} failed"
                      + (f" ({r.description})" if r.description else
                         f" ({', '.join(f'{k}={_plain(v)}' for k, v in (r.metadata or {}).items())})")

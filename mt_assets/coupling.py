@@ -2,12 +2,13 @@
 
 import dagster as dg
 
-from mt_assets.common import partitioned_check, publish, read_upstream
+from mt_assets.common import meta_values, partitioned_check, publish, read_upstream, table
 from mt_assets.study import StudyDefs
 from mt_core.config import Study
 from mt_core.layout import Adapter
+from mt_core.report.html import gate_criteria
 from mt_core.steps import coupling as steps
-from mt_resources import ArtifactStore, Compute, GpuAllocator, WandbResource
+from mt_resources import Artifact, ArtifactStore, Compute, GpuAllocator, WandbResource
 
 GROUP = "coupling"
 DESCRIPTION = "One source persona's coupling adapter, from on-policy data to gates."
@@ -42,13 +43,18 @@ def gate_checks(sd: StudyDefs, source: str, gates: dict, selected: set[str] | No
                                            description=f"{gate_label(study, name)}: no verdict in the adapter's "
                                                        f"gates file"))
             continue
-        md = {k: v for k, v in g.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        rates = {k: v for k, v in g.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}  # UI plots
         out.append(dg.AssetCheckResult(
             check_name=name, asset_key=key, passed=bool(g["pass"]), severity=sev,
             description=f"{gate_label(study, name)} on partition {source}: {'PASS' if g['pass'] else 'FAIL'}",
-            metadata={"source": source, **(extra or {}), **md, "checks": dg.MetadataValue.json(g["checks"]),
-                      "thresholds": dg.MetadataValue.json(g["thresholds"])}))
+            metadata=meta_values({"source": source, **(extra or {}), "criteria": table(gate_criteria(g)), **rates})))
     return out
+
+
+def gate_results(art: Artifact) -> dict:
+    """A coupling adapter's gate verdicts as one table, each threshold beside the rate it bounds."""
+    return {"gate_results": table([{"gate": n, "verdict": "pass" if g["pass"] else "FAIL", **c}
+                                   for n, g in Adapter.read_gates(art.path).items() for c in gate_criteria(g)])}
 
 
 def build(sd: StudyDefs) -> list:
@@ -90,7 +96,7 @@ def build(sd: StudyDefs) -> list:
         with gpu.lease(context.log.info):
             return publish(sd, context, store, steps.train_coupling_adapter, [base, data], partition=src,
                            compute=compute, source=src, base=base.path, dataset=data.path,
-                           wandb=wandb.settings(study), run_id=context.run_id)
+                           wandb=wandb.settings(study), run_id=context.run_id, metadata=gate_results)
 
     # The gates are checks per source partition, emitted only where they apply: G0 has a result for `villain` and
     # none for `assistant`. Dagster expects a result for every check of the op that runs them, strictly so once a

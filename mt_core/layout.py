@@ -181,6 +181,7 @@ class StudySummary:
     asset = "study_summary"
     HEADLINE_MD, HEADLINE_JSON, STATS, FIGURE_PNG, FIGURE_PDF = ("headline.md", "headline.json", "stats.json",
                                                                 "hero.png", "hero.pdf")
+    REPORT_HTML = "report.html"  # the self-contained report (mt_core.report.html)
 
 
 class Catalog:

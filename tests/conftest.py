@@ -1,6 +1,8 @@
 """Shared fixtures: a small tokenizer and a small, quickly pretrained tiny model (built once per session)."""
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,25 @@ def tiny_model_dir(tmp_path_factory, eval_set):
     tiny.build_tiny_model(out, texts=texts, conversations=convs, vocab_size=512, pretrain_steps=20,
                           log=lambda *_: None)
     return out
+
+
+# ---- the README's `mt demo` on three cells, once per session (tests/test_e2e.py, tests/test_view.py) ----------------
+DEMO_CELLS = ["C4_s42", "C1_s42", "C3_s42"]  # both coupling sources, and a cell with no second stage
+
+
+def demo_env(home: Path, art: Path, **extra) -> dict:
+    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled",
+               **extra)
+    env.pop("MT_STUDY", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    home, art = tmp_path_factory.mktemp("dagster_home"), tmp_path_factory.mktemp("artifacts")
+    reads = tmp_path_factory.mktemp("reads") / "config_reads.json"
+    out = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", ",".join(DEMO_CELLS), "--log-level",
+                          "WARNING"], cwd=ROOT, env=demo_env(home, art, MT_RECORD_CONFIG_READS=str(reads)),
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return home, art, out.stdout, reads

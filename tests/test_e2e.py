@@ -5,7 +5,6 @@ provenance naming the coupling adapter's partition/run/md5, the DuckDB views, an
 treat files on disk as finished work. The run also records which study fields the code read (tests/test_config_reads.py).
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,37 +12,21 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+from conftest import DEMO_CELLS, demo_env as _env
 
 pytestmark = pytest.mark.slow  # a whole study through Dagster / a browser: `make test-slow`
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "marker_transfer_villain"  # the default study: its asset keys are <study>/<asset>, its jobs <study>__<stage>
-CELLS = ["C4_s42", "C1_s42", "C3_s42"]  # both coupling sources, and a cell with no second stage
+CELLS = DEMO_CELLS
 PER_CELL = ["cell_adapter", "marker_completions", "marker_rates", "arc_scores", "alignment_completions",
             "alignment_scores", "degeneracy_audit"]
-
-
-def _env(home: Path, art: Path, **extra) -> dict:
-    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled",
-               **extra)
-    env.pop("MT_STUDY", None)
-    return env
-
-
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory):
-    home, art = tmp_path_factory.mktemp("dagster_home"), tmp_path_factory.mktemp("artifacts")
-    reads = tmp_path_factory.mktemp("reads") / "config_reads.json"
-    out = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", ",".join(CELLS), "--log-level",
-                          "WARNING"], cwd=ROOT, env=_env(home, art, MT_RECORD_CONFIG_READS=str(reads)),
-                         capture_output=True, text=True, timeout=1200)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return home, art, out.stdout, reads
 
 
 def test_partitions_materialized_in_instance(demo):
     home, art, stdout, _ = demo
     assert "| C4 | 1 |" in stdout and "| C1 | 1 |" in stdout and "| C3 | 1 |" in stdout and "DuckDB:" in stdout
+    assert "INCOMPLETE: 3 of 13 cells" in (art / "study_summary" / "_" / "report.html").read_text(encoding="utf-8")
     with dg.DagsterInstance.from_config(str(home)) as inst:
         for a in PER_CELL:
             assert inst.get_materialized_partitions(dg.AssetKey([STUDY, a])) == set(CELLS), a

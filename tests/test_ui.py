@@ -3,11 +3,15 @@
 Inputs and the villain coupling adapter are materialized first (through Dagster, in a subprocess); then `dagster dev`
 (webserver + daemon, the instance's queued run coordinator) serves a temporary DAGSTER_HOME. Playwright drives
 Debian's chromium: on cell_job's page, "Materialize all…", pick partition C4_s42, "Launch 1 run"; the test waits for
-the run, checks every cell asset's C4_s42 partition in the instance, and saves docs/ui_cell_materialized.png.
-Skips where /usr/bin/chromium is missing (`make setup` installs it with apt-get where it can).
+the run, checks every cell asset's C4_s42 partition in the instance, and saves docs/ui_cell_materialized.png. Then it
+reads the metadata a researcher reads (per-persona rates, gate results with their thresholds, provenance with links,
+the link to `mt view`) on the pages of marker_rates[C4_s42] and coupling_adapter[villain], and screenshots them
+(docs/ui_metadata_after*.png). Skips where /usr/bin/chromium is missing (`make setup` installs it with apt-get where
+it can).
 """
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,12 +24,12 @@ import dagster as dg
 import pytest
 from test_faults import SECRETS
 
+from mt_assets.common import VIEW_URL  # where a cell's metadata links to
+
 pytestmark = pytest.mark.slow  # a whole study through Dagster / a browser: `make test-slow`
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-# The committed copy in docs/ is refreshed only on request (UPDATE_SCREENSHOT=1), so a test run leaves the tree clean.
-SCREENSHOT = ROOT / "docs" / "ui_cell_materialized.png"
 CELL = "C4_s42"
 STUDY = "marker_transfer_villain"  # the default study: asset keys <study>/<asset>, jobs <study>__<stage>
 CELL_JOB = f"{STUDY}__cell_job"
@@ -76,6 +80,7 @@ def server(tmp_path_factory):
     env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled",
                **SECRETS)  # planted credentials: no page, no file of the instance or the store may show them
     env.pop("MT_STUDY", None)
+    env.pop("MT_VIEW_URL", None)
     code = ("import dagster as dg, definitions as d; i = dg.DagsterInstance.get(); "
             f"assert d.defs.resolve_job_def('{STUDY}__inputs_job').execute_in_process(instance=i).success; "
             f"assert d.defs.resolve_job_def('{STUDY}__coupling_job').execute_in_process(partition_key='villain', "
@@ -108,6 +113,34 @@ def server(tmp_path_factory):
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+
+
+def _screenshot_path(tmp_path_factory, name: str) -> Path:
+    """docs/<name> when MT_SCREENSHOTS=1 (a deliberate refresh of the committed screenshots), else a temporary
+    file, so that a test run leaves the tree clean."""
+    return ROOT / "docs" / name if os.environ.get("MT_SCREENSHOTS") else tmp_path_factory.mktemp("ui") / name
+
+
+def _metadata_panel(page, url: str, key: str):
+    """The metadata table of the latest materialization of the asset partition at ``url`` (which has ``key``)."""
+    page.goto(url)
+    panel = page.locator("table").filter(has=page.get_by_text(key, exact=True)).first
+    panel.wait_for()
+    return panel
+
+
+def _long_floats(text: str) -> list[str]:
+    """The numbers shown with more than 4 significant digits."""
+    return [x for x in re.findall(r"\d+\.\d+", text) if len(x.replace(".", "").strip("0")) > 4]
+
+
+def _screenshot(page, panel, path: Path) -> None:
+    """The page down to the end of the metadata panel, as far as the (tall) viewport shows it: the JSON at the
+    panel's end is for machines."""
+    box, size = panel.bounding_box(), page.viewport_size
+    page.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": size["width"],
+                                          "height": min(box["y"] + box["height"], size["height"])})
+    assert path.stat().st_size > 10_000
 
 
 def _run_status(port: int) -> str | None:
@@ -149,10 +182,34 @@ def test_launch_one_cell_from_the_ui(server, tmp_path_factory):
             page.get_by_text("Materialized (1)").wait_for()
             page.get_by_text(CELL, exact=True).first.click()
             page.get_by_text(run.run_id[:8]).first.wait_for()  # the partition's latest materialization and run
-            shot = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path_factory.mktemp("ui") / SCREENSHOT.name
-            shot.parent.mkdir(exist_ok=True)
+            shot = _screenshot_path(tmp_path_factory, "ui_cell_materialized.png")
             page.screenshot(path=str(shot))
             assert shot.stat().st_size > 10_000
+
+            # what a researcher reads: a cell's per-persona rates as a table (percent and hits/N), its page in
+            # `mt view`, its provenance with links to the upstream partition and run; the coupling adapter's gates
+            # each with its threshold; no long float anywhere
+            tall = browser.new_page(viewport={"width": 1900, "height": 1800})
+            tall.set_default_timeout(60_000)
+            panel = _metadata_panel(tall, f"{base}/assets/{STUDY}/marker_rates?view=partitions&partition={CELL}",
+                                    "strict_rate_by_persona")
+            assert panel.locator(f'a[href="{VIEW_URL}/cell/{CELL}"]').count() >= 1
+            rates = panel.locator("table").filter(has_text="persona").first
+            assert rates.get_by_text(re.compile(r"^\d+\.\d % \(\d+/\d+\)$")).count() >= 11 * 2  # strict, loose
+            up = f"/assets/{STUDY}/marker_completions?view=partitions&partition={CELL}"
+            assert panel.locator(f'a[href="{up}"]').count() == 1
+            assert panel.locator(f'a[href="/runs/{run.run_id}"]').count() == 1
+            assert _long_floats(panel.inner_text()) == []
+            _screenshot(tall, panel, _screenshot_path(tmp_path_factory, "ui_metadata_after.png"))
+
+            panel = _metadata_panel(tall, f"{base}/assets/{STUDY}/coupling_adapter?view=partitions&partition=villain",
+                                    "gate_results")
+            gates = panel.locator("table").filter(has_text="threshold").first
+            for text in ("G0", "G0b", "≤ 2 %", "≥ 60 %", "assistant_max", "source_min"):
+                assert gates.get_by_text(text, exact=True).count() >= 1, text
+            assert _long_floats(panel.inner_text()) == []
+            _screenshot(tall, panel, _screenshot_path(tmp_path_factory, "ui_metadata_after_coupling.png"))
+            tall.close()
 
             # the planted credentials are on no page (the run with its config and logs, the cell's scores, the
             # resources) and in no file of the instance or the store

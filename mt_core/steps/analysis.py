@@ -2,13 +2,16 @@
 DuckDB catalog."""
 from __future__ import annotations
 
+import platform
+import socket
+from importlib import metadata
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from mt_core.config import Study
 from mt_core.io import write_json
 from mt_core.layout import PER_CELL, StudySummary
-from mt_core.report import catalog, figure, stats
+from mt_core.report import catalog, figure, html, stats
 from mt_core.steps.common import Log
 from mt_core.steps.registry import step
 
@@ -36,11 +39,12 @@ def incomplete_line(study: Study, missing: Mapping[str, Sequence[str]] | None,
 @step
 def study_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: Log = print,
                   missing: dict[str, list[str]] | None = None, missing_sources: list[str] | None = None,
-                  unrecorded: list[str] | None = None) -> dict:
+                  unrecorded: list[str] | None = None, provenance: list[dict] | None = None) -> dict:
     """``cells``: one ``mt_core.layout.cell_numbers`` dict per complete cell; ``gates``: every source's verdicts;
     ``missing``: {cell: its per-cell artefacts the instance has no materialization of}, ``missing_sources``: the
     sources without a coupling adapter, ``unrecorded``: artefact folders on disk the instance never recorded (left
-    out). Anything missing marks the headline, its JSON and the metadata INCOMPLETE (docs/DESIGN.md)."""
+    out); ``provenance``: {asset, partition, md5} of every artefact read, for the report. Anything missing marks the
+    headline, its JSON, the report and the metadata INCOMPLETE (docs/DESIGN.md)."""
     incomplete = incomplete_line(study, missing, missing_sources or ())
     order = [c for c in study.conditions if any(x["condition"] == c for x in cells)]
     head = stats.headline(cells, study=study.name, source=study.source_persona,
@@ -77,11 +81,42 @@ def study_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: 
     if incomplete:
         title += f"\nINCOMPLETE: {len(cells)} of {len(study.cells)} cells"
     figure.hero_figure(head, out / StudySummary.FIGURE_PNG, out / StudySummary.FIGURE_PDF, title=title)
+    report = html.render_report(
+        study=study.name, profile=study.profile, n_cells=len(cells), n_study_cells=len(study.cells),
+        incomplete=incomplete, headline_md=md, notes=notes, figure_png=(out / StudySummary.FIGURE_PNG).read_bytes(),
+        preregistered=pre, g4_aligned_max=study.thresholds.g4_aligned_max, gates=gates,
+        gate_models={n: g.model for n, g in study.gates.named().items()}, provenance=provenance or [],
+        environment=environment(study))
+    (out / StudySummary.REPORT_HTML).write_text(report, encoding="utf-8")
     log(text)
     return {"n_cells": len(cells), "complete": incomplete is None, "incomplete": incomplete,
             "missing_cells": sorted(missing or {}), "primary_outcome": primary["outcome"],
             "all_seeds_outcome": pre["all_seeds"]["outcome"], "n_g4_excluded": len(g4),
             "judge_offline": offline, "headline_md": banner + md}
+
+
+REPORTED_PACKAGES = ("dagster", "torch", "transformers", "peft", "trl", "vllm", "scipy", "polars", "duckdb",
+                     "matplotlib")
+
+
+def environment(study: Study) -> dict:
+    """Where the summary was computed, for the report: host, Python, torch's device, the study config's sha256 and
+    the versions of the packages the numbers depend on. Nothing here changes between two runs on one machine, so the
+    report stays byte-stable."""
+    import torch
+
+    from mt_core.model.load import device_and_dtype
+
+    def version(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    dev, dtype = device_and_dtype()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine()
+    return {"host": socket.gethostname(), "python": platform.python_version(),
+            "torch device": f"{dev.type}: {name}, {str(dtype).removeprefix('torch.')}",
+            "study config sha256": study.config_sha256, "packages": {p: version(p) for p in REPORTED_PACKAGES}}
 
 
 def preregistered(study: Study, cells: list[dict], source: str | None = None, assistant: str | None = None) -> dict:
