@@ -105,29 +105,30 @@ class ObjectStore:
         self.fs.pipe_file(tmp, json.dumps(pointer, indent=2).encode())
         self.fs.mv(tmp, f"{base}/{POINTER}")
 
+    def _json(self, path: str, what: str, missing: str, *keys: str) -> dict:
+        """The JSON object at ``path`` with ``keys``; ArtifactError ``missing`` if absent, naming it if unreadable."""
+        try:
+            obj = json.loads(self.fs.cat_file(path))
+            for k in keys:
+                obj[k]
+        except FileNotFoundError:
+            raise ArtifactError(f"{what}: {missing}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ArtifactError(f"{what}: unreadable {self._url(path)} ({e!r}); re-materialize it") from None
+        return obj
+
     def read(self, asset: str, partition: str | None = None, *, verify: bool = True) -> Artifact:
         """The version the pointer names, checked against its manifest, as a local copy in the cache. ``verify``
         False skips re-hashing a copy already in the cache (the store's side is always checked)."""
         part = partition or UNPARTITIONED
         what, base = f"{asset}[{part}]", self._base(asset, part)
-        try:
-            pointer = json.loads(self.fs.cat_file(f"{base}/{POINTER}"))
-            prefix, digest = f"{base}/{pointer['version']}", pointer["digest"]
-        except FileNotFoundError:
-            raise ArtifactError(f"{what}: no complete artefact at {self._url(base)} (no {POINTER}; materialize it "
-                                f"first)") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise ArtifactError(f"{what}: unreadable pointer {self._url(base)}/{POINTER} ({e!r}); re-materialize "
-                                f"it") from None
-        try:
-            manifest = json.loads(self.fs.cat_file(f"{prefix}/{MANIFEST}"))
-            files = manifest["files"]
-        except FileNotFoundError:
-            raise ArtifactError(f"{what}: the pointer names {self._url(prefix)}, which has no {MANIFEST} (a partial "
-                                f"or removed version); re-materialize it") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise ArtifactError(f"{what}: unreadable manifest {self._url(prefix)}/{MANIFEST} ({e!r}); re-materialize "
-                                f"it") from None
+        pointer = self._json(f"{base}/{POINTER}", what, f"no complete artefact at {self._url(base)} (no {POINTER}; "
+                                                       f"materialize it first)", "version", "digest")
+        prefix, digest = f"{base}/{pointer['version']}", pointer["digest"]
+        manifest = self._json(f"{prefix}/{MANIFEST}", what, f"the pointer names {self._url(prefix)}, which has no "
+                                                           f"{MANIFEST} (a partial or removed version); re-materialize it",
+                              "files")
+        files = manifest["files"]
         if manifest.get("digest") != digest or _digest(files) != digest:
             raise ArtifactError(f"{what}: the pointer's digest {digest} is not the manifest's ({manifest.get('digest')}"
                                 f", {_digest(files)} over its files) at {self._url(prefix)}; re-materialize it")
