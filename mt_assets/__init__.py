@@ -5,8 +5,9 @@ from mt_assets import analysis, cells, coupling, inputs
 from mt_assets.study import STAGES, StudyDefs
 from mt_core.config import Study
 
+from mt_runner import STUDY_TAG  # stdlib-only at import
+
 MODULES = dict(zip(STAGES, (inputs, coupling, cells, analysis)))
-STUDY_TAG = "mt/study"
 
 
 def build(study: Study) -> StudyDefs:

@@ -302,9 +302,12 @@ def _plain(v):
 TRANSIENT_CHECKS = {"judge_error_rate"}
 
 
+def retry_delay_s() -> float:
+    return float(os.environ.get("MT_RETRY_DELAY_S", 15))
+
+
 def retry_policy(max_retries: int = 2) -> dg.RetryPolicy:
-    return dg.RetryPolicy(max_retries=max_retries, delay=float(os.environ.get("MT_RETRY_DELAY_S", 15)),
-                          backoff=dg.Backoff.EXPONENTIAL)
+    return dg.RetryPolicy(max_retries=max_retries, delay=retry_delay_s(), backoff=dg.Backoff.EXPONENTIAL)
 
 
 # what to turn when a step runs out of GPU memory, by step
@@ -331,7 +334,7 @@ def gpu_oom(context, fn: Step, e: BaseException) -> Exception:
     msg = f"step {name} ran out of GPU memory ({str(e).splitlines()[0][:200]}); nothing was published. To fix: {knob}"
     context.log.error(msg)
     if context.retry_number < 1:
-        return dg.RetryRequested(max_retries=1, seconds_to_wait=float(os.environ.get("MT_RETRY_DELAY_S", 15)))
+        return dg.RetryRequested(max_retries=1, seconds_to_wait=retry_delay_s())
     return dg.Failure(msg, allow_retries=False)
 
 

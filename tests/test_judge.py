@@ -66,7 +66,7 @@ class FakeAnthropic:
                     fake._seen[response] = i + 1
                 steps = fake.script.get(response, [(200, OK_TEXT, "end_turn")])
                 status, text, stop, *more = steps[min(i, len(steps) - 1)]
-                delay, headers = (more + [0, {}])[:2]
+                delay, headers = (more + [0, {}][len(more):])[:2]  # optional (delay, headers)
                 if delay:
                     threading.Event().wait(delay)
                 if status == "reset":  # the connection is reset: no status line, no body
