@@ -139,7 +139,9 @@ def ray_cluster(folder: Path, workers: int = 2, gpus_per_worker: int = 2, cpus_p
                                                 "--num-cpus", str(cpus_per_worker), "--resources",
                                                 json.dumps({name: 1}), "--dashboard-agent-listen-port",
                                                 str(free_port()), *store], folder, {**env, "MT_NODE": name})
-        _wait(cluster, workers * gpus_per_worker, timeout)
+            # one node at a time: nodes on one host pick their socket names by "first free", so two raylets
+            # starting at once can both take the same one, and one dies
+            _wait(cluster, i * gpus_per_worker, timeout)
         yield cluster
     finally:
         for node in reversed(list(cluster.nodes.values())):
