@@ -8,13 +8,20 @@ the work runs there. Unset (always, outside tests), a failpoint is one dictionar
 Names: ``train`` (after an optimizer step), ``generate`` (after a generation batch), ``arc`` (after an ARC batch),
 ``judge`` (after the judge answered, before its scores are written), ``publish`` (the manifest written, the staging
 directory not yet renamed into place), ``catalog`` (the DuckDB catalog half built).
+
+With ``MT_FAILPOINT_HOLD=<file>`` also set, the failpoint does not kill: it writes ``<file>`` (JSON: pid and the Ray
+node name ``MT_NODE``) and waits to be killed from outside, so a test can kill what it chooses (a whole Ray worker
+node) while the step is certainly inside its work.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
 
 ENV = "MT_FAILPOINT"
+HOLD_ENV = "MT_FAILPOINT_HOLD"
 _seen: dict[str, int] = {}
 
 
@@ -26,5 +33,13 @@ def failpoint(name: str) -> None:
     if want != name:
         return
     _seen[name] = _seen.get(name, 0) + 1
-    if _seen[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _seen[name] != int(nth or 1):
+        return
+    if hold := os.environ.get(HOLD_ENV):
+        tmp = f"{hold}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"pid": os.getpid(), "node": os.environ.get("MT_NODE"), "failpoint": name}, f)
+        os.replace(tmp, hold)  # whole or absent: the test reads it as soon as it appears
+        while True:
+            time.sleep(1)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -187,3 +187,22 @@ def test_killed_at_each_stage_then_resumed_gives_the_uninterrupted_result(tmp_pa
     left = list((art / ".staging").glob("*/*"))
     assert ArtifactStore(root=str(art)).clean_staging(older_than_s=0) == len(left)
     assert _md5s(home) == after
+
+
+def test_a_held_failpoint_says_where_it_is_and_waits_to_be_killed(tmp_path):
+    """MT_FAILPOINT_HOLD: the failpoint writes where it holds (pid, Ray node) and blocks until killed from outside."""
+    import json
+    import time
+
+    hold = tmp_path / "held.json"
+    code = "from mt_core.faults import failpoint; failpoint('train'); failpoint('train'); print('passed')"
+    env = {**os.environ, "MT_FAILPOINT": "train:2", "MT_FAILPOINT_HOLD": str(hold), "MT_NODE": "w7"}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not hold.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert json.loads(hold.read_text()) == {"pid": proc.pid, "node": "w7", "failpoint": "train"}
+    time.sleep(0.5)
+    assert proc.poll() is None  # still holding, not killed and not passed through
+    proc.send_signal(signal.SIGKILL)
+    assert proc.communicate()[0] == "" and proc.returncode == -signal.SIGKILL
