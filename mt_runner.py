@@ -193,6 +193,7 @@ class Runner:
         self.out(f"launch: {self.launch}" + (f", up to {self.slots} runs at once (gpu pool)" if self.launch == "queued"
                                               else ", one run after another in this process"))
         with contextlib.ExitStack() as stack:
+            self.stack = stack
             if self.launch == "queued":
                 stack.enter_context(daemon(self.instance, self.out))
                 self.queue = stack.enter_context(RunQueue(self.instance))
@@ -235,6 +236,9 @@ class Runner:
             time.sleep(1)
             if time.monotonic() - checked > 10:  # a run worker that died never finishes on its own
                 reconcile_dead_runs(self.instance, self.out)
+                if not _daemon_alive(self.instance):  # the daemon we used went away: queued runs need another
+                    self.out("daemon: none serves this instance any more")
+                    self.stack.enter_context(daemon(self.instance, self.out))
                 checked = time.monotonic()
             for run_id, f in list(flying.items()):
                 status = self.instance.get_run_by_id(run_id).status.value
@@ -425,6 +429,9 @@ def daemon(instance, out: Callable[[str], None] = print, timeout_s: float = 180)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        # its last heartbeat stays fresh for a minute: the next `mt run` would take it for a live daemon and queue
+        # runs that nobody launches
+        instance.wipe_daemon_heartbeats()
 
 
 def _daemon_alive(instance, fresh_s: float = 60) -> bool:

@@ -112,6 +112,19 @@ def test_a_dead_run_is_marked_failed_and_frees_its_slot():
         assert inst.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
 
 
+def test_a_daemon_mt_run_stopped_is_not_taken_for_a_live_one(tmp_path, monkeypatch):
+    """The daemon `mt run` starts is stopped when it ends; the next `mt run` must not take its last heartbeat (fresh
+    for a minute) for a live daemon and queue runs that nobody launches (seen as a hang in CI)."""
+    from mt_runner import _daemon_alive, daemon
+
+    _, home, env = _setup(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        with daemon(inst, out=lambda *_: None) as proc:
+            assert proc is not None and _daemon_alive(inst)
+        assert proc.poll() is not None and not _daemon_alive(inst)
+
+
 @pytest.mark.slow
 def test_cells_run_at_once_on_distinct_devices(tmp_path):
     """With 4 (simulated) GPUs, 4 cells are queued through the daemon and run at the same time; no two GPU steps
