@@ -129,16 +129,23 @@ def cmd_run(args) -> int:
         if not ran:
             print("nothing to do: every artefact is current (--force redoes)")
     total = time.perf_counter() - t0
-    from mt_core.layout import Catalog, StudySummary, artefact_dir
+    from mt_core.layout import Catalog, StudySummary
+    from mt_resources.store import ArtifactError
 
-    summary = artefact_dir(sd.root, StudySummary.asset)
-    if args.until != "analysis" or not (summary / StudySummary.HEADLINE_MD).is_file():
+    summary = catalog = None
+    if args.until == "analysis":
+        store = ArtifactStore(root=str(sd.root))
+        try:  # this host's copies: the folders under a local root, the cache's under an object store
+            summary, catalog = (store.read(a, verify=False).path for a in (StudySummary.asset, Catalog.asset))
+        except ArtifactError:
+            pass
+    if summary is None or not (summary / StudySummary.HEADLINE_MD).is_file():
         print(f"Done in {total / 60:.1f} min (stages up to {args.until}).")
         return 0
     print("\n" + (summary / StudySummary.HEADLINE_MD).read_text())
     print(f"Done in {total / 60:.1f} min.")
     print(f"Figure:  {summary / StudySummary.FIGURE_PNG}")
-    print(f"DuckDB:  {artefact_dir(sd.root, Catalog.asset) / Catalog.FILE}   (try: mt sql \"SELECT study, cell, "
+    print(f"DuckDB:  {catalog / Catalog.FILE}   (try: mt sql \"SELECT study, cell, "
           f"persona, avg(strict_hit::int) FROM completions GROUP BY ALL ORDER BY ALL\")")
     print(f"Web UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 "
           f"-p 3000  (or `make ui`), then open http://127.0.0.1:3000")
@@ -160,32 +167,45 @@ def cmd_doctor(args) -> int:
     return 1 if problems else 0
 
 
-def store_root(artifacts: str | None = None) -> Path:
-    """The current study's artefact root: ``--artifacts`` if given, else ``mt_core.layout.artefact_root``."""
+def store_root(artifacts: str | None = None) -> Path | str:
+    """The current study's artefact root: ``--artifacts`` if given, else ``mt_core.layout.artefact_root``; an object
+    store URL stays a string."""
     from mt_core.config import load_study
     from mt_core.layout import artefact_root
+    from mt_resources.store import is_url
 
-    return Path(artifacts).resolve() if artifacts else artefact_root(load_study())
+    if artifacts:
+        return artifacts if is_url(artifacts) else Path(artifacts).resolve()
+    return artefact_root(load_study())
 
 
-def catalog_path(artifacts: str | None = None) -> Path:
+def study_catalogs(instance, root: Path | str | None = None) -> dict[str, tuple[Path, str | None]]:
+    """{study: (its DuckDB catalog file on this host, the md5 the instance recorded for it)} for every study whose
+    ``<study>/duckdb_catalog`` the instance materialized (with ``root``: the one stored under that artefact root);
+    ``open_catalogs`` checks the file against that record. A catalog on an object store (its recorded path is a
+    version's URL) is read through the store into this host's cache."""
     from mt_core.layout import Catalog, artefact_dir
-
-    return artefact_dir(store_root(artifacts), Catalog.asset) / Catalog.FILE
-
-
-def study_catalogs(instance) -> dict[str, tuple[Path, str | None]]:
-    """{study: (its DuckDB catalog file, the md5 the instance recorded for it)} for every study whose
-    ``<study>/duckdb_catalog`` the instance materialized; ``open_catalogs`` checks the file against that record."""
-    from mt_core.layout import Catalog
-    from mt_resources.store import latest_metadata
+    from mt_core.report.catalog import CatalogError
+    from mt_resources.store import ArtifactError, is_url, latest_metadata
 
     out = {}
     for key in instance.get_asset_keys():
         if len(key.path) == 2 and key.path[1] == Catalog.asset:
             meta = latest_metadata(instance, key, None) or {}
-            if meta.get("path"):
-                out[key.path[0]] = (Path(meta["path"]) / Catalog.FILE, meta.get("md5"))
+            where = meta.get("path")
+            if not where:
+                continue
+            if root is not None and not (where.startswith(f"{str(root).rstrip('/')}/{Catalog.asset}/")
+                                         if is_url(root) else Path(where) == artefact_dir(root, Catalog.asset)):
+                continue
+            if is_url(where):
+                from mt_resources.objstore import read_url
+
+                try:
+                    where = read_url(where).path
+                except ArtifactError as e:
+                    raise CatalogError(f"the catalog of study {key.path[0]}: {e}") from None
+            out[key.path[0]] = (Path(where) / Catalog.FILE, meta.get("md5"))
     return out
 
 
@@ -206,14 +226,21 @@ def cmd_sql(args) -> int:
     except CatalogError as e:
         raise SystemExit(f"mt sql: {e}") from None
     only = load_study().name if explicit else None
-    at = catalog_path(args.artifacts) if args.artifacts else None
+    at = store_root(args.artifacts) if args.artifacts else None
+    if at is not None:
+        from mt_core.layout import Catalog, artefact_dir
+        from mt_resources.store import is_url
+
+        where = f"under {at}" if is_url(at) else f"at {artefact_dir(at, Catalog.asset) / Catalog.FILE}"
     df, last = None, None
     with dg.DagsterInstance.get() as instance:
         for _ in range(50):  # a rebuilt catalog is in place a moment before the instance records it
-            recorded = {s: c for s, c in study_catalogs(instance).items()
-                        if (only is None or s == only) and (at is None or c[0] == at)}
+            try:
+                recorded = {s: c for s, c in study_catalogs(instance, at).items() if only is None or s == only}
+            except CatalogError as e:
+                raise SystemExit(f"mt sql: {e}") from None
             if not recorded:
-                what = f"at {at}" if at else f"of study {only}" if only else "of any study"
+                what = where if at else f"of study {only}" if only else "of any study"
                 raise SystemExit(f"mt sql: no DuckDB catalog {what} is recorded in the Dagster instance "
                                  f"{os.environ['DAGSTER_HOME']}; run `make demo` (or materialize duckdb_catalog) "
                                  f"first")
@@ -392,7 +419,7 @@ def cmd_import_legacy(args) -> int:
 
     from mt_core.config import load_study
     from mt_core.io import DataError
-    from mt_core.layout import LEGACY, MANIFEST, Catalog, MarkerCompletions
+    from mt_core.layout import LEGACY, Catalog, MarkerCompletions
     from mt_core.report.legacy import import_legacy
     from mt_resources.store import ArtifactStore
 
@@ -408,8 +435,8 @@ def cmd_import_legacy(args) -> int:
     except DataError as e:
         raise SystemExit(f"import failed, nothing written: {e}") from None
     print(f"imported {res['n_cells']} cells ({', '.join(res['cells'])}) as study {args.name!r} into "
-          f"{store.path(LEGACY, args.name)}")
-    if not any((root / MarkerCompletions.asset).glob(f"*/{MANIFEST}")):
+          f"{store.read(LEGACY, args.name, verify=False).location}")
+    if not store.published(MarkerCompletions.asset):
         print(f"No cell of study {current!r} is materialized under {root} yet, so the DuckDB catalog was not "
               f"rebuilt. The import is stored and will appear in `mt sql` once `make demo` has run.")
         return 0
@@ -430,7 +457,7 @@ def cmd_import_legacy(args) -> int:
     if why:
         raise RunFailed(f"the import is stored, but rebuilding the DuckDB catalog failed (run {run.run_id}) in "
                         f"{why[0]}", why[1])
-    print(f"DuckDB catalog rebuilt (run {run.run_id}): {catalog_path()}")
+    print(f"DuckDB catalog rebuilt (run {run.run_id}): {store.read(Catalog.asset, verify=False).path / Catalog.FILE}")
     return 0
 
 
@@ -466,16 +493,16 @@ def cmd_report(args) -> int:
     from mt_core.report.legacy import read_cells
     from mt_core.steps.analysis import incomplete_line, preregistered
     from mt_core.io import read_json
-    from mt_core.layout import LEGACY, MANIFEST, Legacy
+    from mt_core.layout import LEGACY, Legacy
     from mt_resources.store import ArtifactError, ArtifactStore
 
     study = load_study()
     root = store_root(args.artifacts)
-    imported = sorted(p.name for p in (root / LEGACY).glob("*") if (p / MANIFEST).is_file())
+    store = ArtifactStore(root=str(root))
+    imported = [p for _, p in store.published(LEGACY)]
     name = args.name or study.name
     incomplete, missing, unrecorded = None, {}, []
     try:
-        store = ArtifactStore(root=str(root))
         if name == study.name:  # as the Dagster instance recorded it: the same rule as the study summary
             import dagster as dg
 

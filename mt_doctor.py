@@ -159,8 +159,12 @@ def _gpu_free_gb() -> list[float]:
     return [float(x) / 1024 for x in out.split()]
 
 
-def check_disk(study, root: Path, *, usage: Callable = shutil.disk_usage) -> list[Problem]:
-    """Room for the artefacts and a merge's scratch checkpoint (the reference's cells died of full disks)."""
+def check_disk(study, root: Path | str, *, usage: Callable = shutil.disk_usage) -> list[Problem]:
+    """Room for the artefacts and a merge's scratch checkpoint (the reference's cells died of full disks). An object
+    store root is measured where it fills this host: the cache its steps stage in and read through ($MT_CACHE)."""
+    from mt_resources.store import ArtifactStore
+
+    disk, var = ArtifactStore(root=str(root)).disk
     need = MIN_FREE_GB["tiny" if study.model.kind == "tiny" else "hf"]
     if study.model.kind == "random":
         from mt_core.model.random_snapshot import COMPLETE, n_params, snapshot_dir
@@ -168,14 +172,14 @@ def check_disk(study, root: Path, *, usage: Callable = shutil.disk_usage) -> lis
         if not (snapshot_dir(study.model) / COMPLETE).is_file():  # the snapshot is still to be written (bf16)
             need += round(2 * n_params(study.model) / GB)
     out = []
-    for what, path in (("artefacts", root), ("scratch", Path(os.environ.get("MT_SCRATCH") or "/tmp"))):
+    for what, path in (("artefacts", disk), ("scratch", Path(os.environ.get("MT_SCRATCH") or "/tmp"))):
         p = path
         while not p.exists():
             p = p.parent
         free = usage(p).free / GB
         if free < need:
             out.append(Problem("disk", f"{what} ({path}): {free:.1f} GB free, the study needs about {need} GB",
-                               "free space, or point MT_ARTIFACTS / MT_SCRATCH at a larger disk"))
+                               f"free space, or point {var} / MT_SCRATCH at a larger disk"))
     return out
 
 
@@ -192,6 +196,6 @@ def check_instance(home: Path) -> list[Problem]:
     return []
 
 
-def diagnose(study, root: Path, home: Path, *, call_judge: bool = True) -> list[Problem]:
+def diagnose(study, root: Path | str, home: Path, *, call_judge: bool = True) -> list[Problem]:
     return [*check_model(study), *check_data(study), *check_judge(study, call=call_judge), *check_gpus(study),
             *check_disk(study, root), *check_instance(home)]

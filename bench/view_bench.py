@@ -110,7 +110,7 @@ def build(root: Path, *, samples: int = 10, cells: list[str] | None = None, raw_
         judge = RawJudge() if raw_replies else OfflineJudge()
         publish("alignment_scores", key, lambda o: cell_steps.alignment_scores(study, key, ac, judge, o, log=NOTE))
     with store.writer(Catalog.asset, None, run_id="synthetic", extra=extra) as out:
-        analysis_steps.duckdb_catalog(study, store.base, list(keys), arts, [], out, log=NOTE)
+        analysis_steps.duckdb_catalog(study, list(keys), arts, [], out, log=NOTE)
     cat = store.read(Catalog.asset)
     return study, cat.path / Catalog.FILE, cat.digest
 

@@ -12,7 +12,7 @@ import dagster as dg
 
 from mt_assets.common import publish, read_upstream
 from mt_assets.study import StudyDefs
-from mt_core.layout import (LEGACY, MANIFEST, PER_CELL, Adapter, AlignmentScores, ArcScores, Audit, MarkerRates,
+from mt_core.layout import (LEGACY, PER_CELL, Adapter, AlignmentScores, ArcScores, Audit, MarkerRates,
                             StudySummary, cell_numbers, partition_or_none)
 from mt_core.report.catalog import artefact_record
 from mt_core.steps import analysis as steps
@@ -68,7 +68,7 @@ def verify_study(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactSto
                                                                  f"{key} --force`)")
             if art is None:
                 lacks.append(a)
-                if (store.path(a, key) / MANIFEST).is_file():
+                if (a, key) in store.published(a):
                     v.unrecorded.append(f"{a}[{key}]")
             else:
                 arts[a] = art
@@ -80,7 +80,7 @@ def verify_study(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactSto
         art = recorded_artefact(sd, instance, store, Adapter.coupling, src, " (`mt run --force`)")
         if art is None:
             v.missing_sources.append(src)
-            if (store.path(Adapter.coupling, src) / MANIFEST).is_file():
+            if (Adapter.coupling, src) in store.published(Adapter.coupling):
                 v.unrecorded.append(f"{Adapter.coupling}[{src}]")
         else:
             v.sources[src] = art
@@ -108,30 +108,31 @@ def imported_studies(sd: StudyDefs, store: ArtifactStore) -> list[Artifact]:
     is not a Dagster materialization, so there is no instance record to match); a tampered one raises."""
     st = store.of(sd.name)
     out = []
-    for p in sorted((st.base / LEGACY).glob("*")):
-        if (p / MANIFEST).is_file():
-            try:
-                out.append(st.read(LEGACY, p.name))
-            except ArtifactError as e:
-                raise dg.Failure(f"imported study {p.name}: {e} (import it again: `mt import-legacy DIR --study "
-                                 f"{p.name}`)") from None
+    for _, name in st.published(LEGACY):
+        try:
+            out.append(st.read(LEGACY, name))
+        except ArtifactError as e:
+            raise dg.Failure(f"imported study {name}: {e} (import it again: `mt import-legacy DIR --study "
+                             f"{name}`)") from None
     return out
 
 
 def recorded_lineage(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactStore,
-                     imported: list[Artifact]) -> list[list[str]]:
-    """(asset, partition, md5) of every artefact folder of the study's root whose manifest digest is the instance's
-    latest record of that asset partition (and of the verified imports): the only ones the lineage table lists."""
+                     imported: list[Artifact]) -> list[dict]:
+    """{path, manifest} (``Artifact.location`` and its manifest) of every artefact in the study's store whose
+    manifest digest is the instance's latest record of that asset partition, and of the verified imports, by asset
+    and partition: the only ones the lineage table lists."""
     st = store.of(sd.name)
-    keep = [[a.asset, a.partition, a.digest] for a in imported]
-    for m in sorted(st.base.glob(f"*/*/{MANIFEST}")):
-        asset, part = m.parent.parent.name, m.parent.name
+    keep = [{"path": a.location, "manifest": a.manifest} for a in imported]
+    for asset, part in st.published():
         if asset == LEGACY:
             continue
         meta = latest_metadata(instance, sd.key(asset), partition_or_none(part))
         if meta and meta.get("md5"):
-            keep.append([asset, part, meta["md5"]])
-    return keep
+            where, manifest = st.manifest(asset, part)
+            if manifest["digest"] == meta["md5"]:
+                keep.append({"path": where, "manifest": manifest})
+    return sorted(keep, key=lambda e: (e["manifest"]["asset"], e["manifest"]["partition"]))
 
 
 def build(sd: StudyDefs) -> list:
@@ -160,7 +161,8 @@ def build(sd: StudyDefs) -> list:
         return publish(sd, context, store, steps.study_summary, ups, cells=cells, gates=gates, missing=v.missing,
                        missing_sources=v.missing_sources, unrecorded=v.unrecorded,
                        provenance=[{"asset": a.asset, "partition": a.partition, "md5": a.digest} for a in ups],
-                       metadata=lambda art: {"report": dg.MetadataValue.path(str(art.path / StudySummary.REPORT_HTML))})
+                       metadata=lambda art: {"report": dg.MetadataValue.path(
+                           f"{art.location}/{StudySummary.REPORT_HTML}")})
 
     @dg.asset(**common, deps=[key("study_summary"), *map(key, PER_CELL)], code_version=cv("conditions"),
               description="A DuckDB file whose views (sql/*.sql) read exactly the study's verified per-cell Parquet "
@@ -170,8 +172,8 @@ def build(sd: StudyDefs) -> list:
         ups = [a for arts in v.cells.values() for a in arts.values()]
         imported = imported_studies(sd, store)
         rec = lambda a: artefact_record(a.asset, a.partition, a.path, a.manifest)  # noqa: E731
-        return publish(sd, context, store, steps.duckdb_catalog, ups, root=store.of(sd.name).base,
-                       cells=sorted(v.cells), artefacts=[rec(a) for a in ups], imported=[rec(a) for a in imported],
+        return publish(sd, context, store, steps.duckdb_catalog, ups, cells=sorted(v.cells),
+                       artefacts=[rec(a) for a in ups], imported=[rec(a) for a in imported],
                        lineage=recorded_lineage(sd, context.instance, store, imported), missing=v.missing,
                        metadata={"complete": not v.incomplete, "missing_cells": sorted(v.missing),
                                  "imported": {a.partition: a.digest for a in imported}})

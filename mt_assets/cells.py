@@ -149,7 +149,7 @@ def build(sd: StudyDefs) -> list:
                                             "mean_coherent": d["mean_coherent"], "n_samples": d["n_samples"],
                                             "n_errors": d["n_errors"]} for q, d in qs.items()])}
 
-        client = judge.bind(study, store.of(sd.name).base).client(context.log.info)
+        client = judge.bind(study, store.of(sd.name).state_dir).client(context.log.info)
         return publish(sd, context, store, steps.alignment_scores, [comp], partition=context.partition_key,
                        cell_key=context.partition_key, completions=comp.path, judge=client, checks=checks,
                        metadata=per_question)

@@ -190,9 +190,10 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
         raise dg.Failure(f"{type(e).__name__}: {e}", allow_retries=False) from e
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise dg.Failure(f"the disk under {store.base} is full ({e}); nothing was published and the step's "
-                             f"staging was removed ({shutil.disk_usage(store.base).free / 2**30:.1f} GiB free now). "
-                             f"Free space there (or point MT_ARTIFACTS elsewhere) and run again",
+            disk, var = store.disk
+            raise dg.Failure(f"the disk under {disk} is full ({e}); nothing was published and the step's "
+                             f"staging was removed ({shutil.disk_usage(disk).free / 2**30:.1f} GiB free now). "
+                             f"Free space there (or point {var} elsewhere) and run again",
                              allow_retries=False) from e
         raise
     except Exception as e:
@@ -203,7 +204,7 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
     results = []
     for asset in assets:
         art = store.read(asset, partition)
-        base = {"path": dg.MetadataValue.path(str(art.path)), "md5": art.digest,
+        base = {"path": dg.MetadataValue.path(art.location), "md5": art.digest,
                 "size_bytes": art.manifest["size_bytes"], "seconds": seconds, "profile": study.profile,
                 "study": study.name}
         added = extra_metadata(art) if callable(extra_metadata) else extra_metadata or {}

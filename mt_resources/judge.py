@@ -2,7 +2,8 @@
 
 A code location serving several studies has one ``judge`` resource; each asset asks it for its own study's judge
 (``bind``): kind, prompt file, model, max_tokens and concurrency come from that study, answers are cached in that
-study's artefact root. Fields set on the resource itself override the study's (tests point ``base_url`` at a fake).
+study's ``ArtifactStore.state_dir`` (its artefact root; this host's $MT_CACHE for an object store root). Fields set
+on the resource itself override the study's (tests point ``base_url`` at a fake).
 """
 from __future__ import annotations
 

@@ -16,9 +16,10 @@ one, naming a complete version.
 Steps need local paths, so a writer stages in a local folder (as with a local root) and uploads when the step
 succeeds, and a reader downloads into the local cache ``$MT_CACHE/artefacts/<digest>`` (default ``~/.cache/mt``): into a
 temporary folder first, renamed to its digest once every file is verified, so a half-downloaded entry is never taken
-for one. ``Artifact.path`` is that local copy. Every ``file://`` root takes this path too: it is how the protocol is
-tested on a local filesystem, and it is the safe choice on a shared filesystem whose renames are not atomic (a bucket
-mounted through FUSE). ``gc`` removes versions the pointer no longer names.
+for one. ``Artifact.path`` is that local copy, ``Artifact.url`` the version it was read from. Every ``file://`` root
+takes this path too: it is how the protocol is tested on a local filesystem, and it is the safe choice on a shared
+filesystem whose renames are not atomic (a bucket mounted through FUSE). ``gc`` removes versions the pointer no longer
+names.
 """
 from __future__ import annotations
 
@@ -44,8 +45,22 @@ VERSIONS = "_v"
 STARTED = "%Y%m%dT%H%M%SZ"  # a version's name begins with the UTC time its upload started (gc reads its age from it)
 
 
+def cache_home() -> Path:
+    """This host's folder for what an object store root keeps locally: $MT_CACHE, default ``~/.cache/mt``."""
+    return Path(os.environ.get("MT_CACHE") or Path.home() / ".cache" / "mt")
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("MT_CACHE") or Path.home() / ".cache" / "mt") / "artefacts"
+    return cache_home() / "artefacts"
+
+
+def read_url(url: str) -> Artifact:
+    """The artefact of the partition whose version ``url`` names (an ``Artifact.url``, as a materialization records
+    it), read through that partition's pointer: the current version, which may be newer than ``url``'s; a caller
+    that expects a digest compares it."""
+    base = url.rpartition(f"/{VERSIONS}/")[0]
+    root, asset, partition = base.rsplit("/", 2)
+    return ObjectStore(root).read(asset, partition)
 
 
 def _mismatch(got: dict, want: dict) -> str:
@@ -117,10 +132,19 @@ class ObjectStore:
             raise ArtifactError(f"{what}: unreadable {self._url(path)} ({e!r}); re-materialize it") from None
         return obj
 
-    def read(self, asset: str, partition: str | None = None, *, verify: bool = True) -> Artifact:
-        """The version the pointer names, checked against its manifest, as a local copy in the cache. ``verify``
-        False skips re-hashing a copy already in the cache (the store's side is always checked)."""
-        part = partition or UNPARTITIONED
+    def published(self, asset: str = "*") -> list[tuple[str, str]]:
+        """(asset, partition) of every artefact with a pointer (of ``asset`` only, if given), sorted."""
+        self.fs.invalidate_cache(self.root)
+        found = self.fs.glob(f"{self.root}/{asset}/*/{POINTER}")
+        return sorted(tuple(p[len(self.root) + 1:].split("/")[:2]) for p in found)
+
+    def manifest(self, asset: str, partition: str | None = None) -> tuple[str, dict]:
+        """The URL of the version the pointer names and its manifest, checked against the pointer's digest; the files
+        are neither listed nor read (what a listing of artefacts needs)."""
+        prefix, manifest = self._current(asset, partition or UNPARTITIONED)
+        return self._url(prefix), manifest
+
+    def _current(self, asset: str, part: str) -> tuple[str, dict]:
         what, base = f"{asset}[{part}]", self._base(asset, part)
         pointer = self._json(f"{base}/{POINTER}", what, f"no complete artefact at {self._url(base)} (no {POINTER}; "
                                                        f"materialize it first)", "version", "digest")
@@ -132,6 +156,15 @@ class ObjectStore:
         if manifest.get("digest") != digest or _digest(files) != digest:
             raise ArtifactError(f"{what}: the pointer's digest {digest} is not the manifest's ({manifest.get('digest')}"
                                 f", {_digest(files)} over its files) at {self._url(prefix)}; re-materialize it")
+        return prefix, manifest
+
+    def read(self, asset: str, partition: str | None = None, *, verify: bool = True) -> Artifact:
+        """The version the pointer names, checked against its manifest, as a local copy in the cache. ``verify``
+        False skips re-hashing a copy already in the cache (the store's side is always checked)."""
+        part = partition or UNPARTITIONED
+        what = f"{asset}[{part}]"
+        prefix, manifest = self._current(asset, part)
+        files, digest, url = manifest["files"], manifest["digest"], self._url(prefix)
         self.fs.invalidate_cache(prefix)  # list what is there now, not what this process listed before
         listed = {p[len(prefix) + 1:]: {"size": i["size"]} for p, i in self.fs.find(prefix, detail=True).items()}
         listed.pop(MANIFEST, None)
@@ -142,9 +175,9 @@ class ObjectStore:
         local = self.cache / digest
         if local.is_dir():
             if not verify or _walk(local) == files:
-                return Artifact(asset, part, local, manifest)
+                return Artifact(asset, part, local, manifest, url)
             self._discard(local)  # a damaged copy; the store holds the verified one
-        return Artifact(asset, part, self._download(what, prefix, manifest), manifest)
+        return Artifact(asset, part, self._download(what, prefix, manifest), manifest, url)
 
     def _download(self, what: str, prefix: str, manifest: dict) -> Path:
         final = self.cache / manifest["digest"]

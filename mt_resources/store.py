@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -36,16 +37,22 @@ class ArtifactError(RuntimeError):
 class Artifact:
     asset: str
     partition: str
-    path: Path
+    path: Path  # its verified files on this host: the canonical folder, or the object store's cache entry
     manifest: dict
+    url: str | None = None  # under an object store root: the version read (``path`` is then this host's copy)
 
     @property
     def digest(self) -> str:
         return self.manifest["digest"]
 
+    @property
+    def location(self) -> str:
+        """Where the artefact is stored, as materializations and provenance record it: the same on every host."""
+        return self.url or str(self.path)
+
     def provenance(self) -> dict:
         return {"asset": self.asset, "partition": self.partition, "run_id": self.manifest.get("run_id"),
-                "md5": self.digest, "path": str(self.path)}
+                "md5": self.digest, "path": self.location}
 
 
 def _digest(files: dict[str, dict]) -> str:
@@ -111,6 +118,43 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def path(self, asset: str, partition: str | None = None) -> Path:
         return artefact_dir(self.base, asset, partition)
+
+    @property
+    def disk(self) -> tuple[Path, str]:
+        """The folder on this host whose disk the study's artefacts fill, and the variable that moves it: the root
+        ($MT_ARTIFACTS), or for an object store the cache its steps stage in and read through ($MT_CACHE)."""
+        return (self._remote().cache, "MT_CACHE") if is_url(self.root) else (self.base, "MT_ARTIFACTS")
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the study keeps what is mutable and no artefact (the judge cache, rewritten as answers come): the
+        root, or for an object store a folder of this host's $MT_CACHE named after the root (each host asks anew
+        what it has not cached itself)."""
+        if not is_url(self.root):
+            return self.base
+        from mt_resources.objstore import cache_home
+
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.root.rstrip("/"))[-80:]
+        return cache_home() / "state" / f"{slug}-{hashlib.sha256(self.root.rstrip('/').encode()).hexdigest()[:8]}"
+
+    def published(self, asset: str = "*") -> list[tuple[str, str]]:
+        """(asset, partition) of every complete artefact in the store (of ``asset`` only, if given), sorted; a
+        listing, not a verification: read one to use it."""
+        if is_url(self.root):
+            return self._remote().published(asset)
+        return [(m.parent.parent.name, m.parent.name) for m in sorted(self.base.glob(f"{asset}/*/{MANIFEST}"))]
+
+    def manifest(self, asset: str, partition: str | None = None) -> tuple[str, dict]:
+        """Where the published artefact is (``Artifact.location``) and its manifest, its files not read: for
+        listings that need no bytes (the lineage table). ArtifactError if there is none."""
+        if is_url(self.root):
+            return self._remote().manifest(asset, partition)
+        final = self.path(asset, partition)
+        try:
+            return str(final), json.loads((final / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise ArtifactError(f"{asset}[{partition or UNPARTITIONED}]: no complete artefact at {final} "
+                                f"(materialize it first)") from None
 
     @contextlib.contextmanager
     def writer(self, asset: str, partition: str | None, *, run_id: str, upstream: list[dict] | None = None,

@@ -100,6 +100,26 @@ def test_publish_and_read_back_verified(url, cache, tmp_path):
     assert not any((cache / ".staging").rglob("*.bin"))
 
 
+def test_listing_and_location_without_reading_files(url, tmp_path):
+    """What the lineage table, the catalog and the CLI list: the published partitions and their manifests, files
+    unread; an artefact's location (what a materialization records) is its version's URL, read back through it."""
+    from mt_resources.objstore import read_url
+
+    for root in (url, str(tmp_path / "local")):
+        st = ArtifactStore(root=root)
+        assert st.published() == []
+        put(root, "v1")
+        assert st.published() == st.published(ASSET) == [(ASSET, PART)] and st.published("other") == []
+        where, manifest = st.manifest(ASSET, PART)
+        art = st.read(ASSET, PART)
+        assert manifest == art.manifest and where == art.location == art.provenance()["path"]
+        with pytest.raises(ArtifactError, match="no complete artefact"):
+            st.manifest(ASSET, "C9_s1")
+    assert art.url is None and where == str(art.path)  # local: the folder itself
+    art = ArtifactStore(root=url).read(ASSET, PART)
+    assert "/_v/" in art.url and read_url(art.url) == art  # the partition's current version, in this cache
+
+
 def test_republish_switches_the_pointer_and_gc_keeps_the_current(url, tmp_path):
     put(url, "v1")
     first = ArtifactStore(root=url).read(ASSET, PART)

@@ -47,8 +47,9 @@ def session(study: Study, model_dir: Path, adapters=(), *, loaded=None,
 
         mode = study.backend.lora
         require_vllm()
+        root = artefact_root(study)  # a str only for an object store URL: no local folder to keep merges out of
         with vllm_session(model_dir, load_tokenizer(model_dir), adapters=adapters, mode=mode, log=log,
-                          artefacts=artefact_root(study)) as s:
+                          artefacts=None if isinstance(root, str) else root) as s:
             yield Engine(s.generate, s.hf_model, s.counts)
         return
     from mt_core.generate.hf import generate

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from mt_core.config import PROJECT_ROOT, Study
 from mt_core.faults import failpoint
 from mt_core.layout import (LEGACY, MANIFEST, SQL_FILES, AlignmentScores, ArcScores, Audit, Catalog, Legacy,
-                            MarkerRates, artefact_dir, cell_numbers)
+                            MarkerRates, cell_numbers)
 
 SQL_DIR = PROJECT_ROOT / "sql"
 FILES_TABLE = "catalog_files"  # every Parquet file the catalog's views read, with the md5 it was verified at
@@ -89,9 +89,12 @@ def expand_files(sql: str, files: Mapping[str, Sequence[str | Path]]) -> str:
 
 
 # ---- tables --------------------------------------------------------------------------------------------------------
-def cell_rows(study: Study, root: Path, keys: list[str], missing: Mapping[str, list[str]] | None = None) -> list[dict]:
+def cell_rows(study: Study, artefacts: Iterable[Mapping], keys: list[str],
+              missing: Mapping[str, list[str]] | None = None) -> list[dict]:
     """One row per cell of the study: what it is, whether it is complete (``missing``: the per-cell artefacts the
-    instance has no materialization of), and its headline numbers where it is complete."""
+    instance has no materialization of), and its headline numbers where it is complete, read from ``artefacts``
+    (``artefact_record`` dicts: the complete cells' verified per-cell artefacts)."""
+    dirs = {(a["asset"], a["partition"]): Path(a["path"]) for a in artefacts}
     rows = []
     for key in study.cells:
         c = study.cell(key)
@@ -99,10 +102,10 @@ def cell_rows(study: Study, root: Path, keys: list[str], missing: Mapping[str, l
                "base": c.base, "second_stage": c.second_stage, "complete": key in keys,
                "missing": list((missing or {}).get(key, [])),
                "description": study.conditions[c.condition].description}
-        rates = artefact_dir(root, MarkerRates.asset, key)
-        if key in keys and (rates / MarkerRates.EVAL).is_file():
+        rates = dirs.get((MarkerRates.asset, key))
+        if key in keys and rates and (rates / MarkerRates.EVAL).is_file():
             s = MarkerRates.read_eval(rates)["summary"]
-            n = cell_numbers(key, c.condition, c.seed, rates, *(artefact_dir(root, a.asset, key)
+            n = cell_numbers(key, c.condition, c.seed, rates, *(dirs.get((a.asset, key))
                                                                  for a in (ArcScores, AlignmentScores, Audit)),
                              own_persona=study.adapter_persona(key))
             row.update(assistant_strict_rate=s["assistant_strict_rate"], source_strict_rate=s["source_strict_rate"],
@@ -123,18 +126,15 @@ LINEAGE_COLUMNS = ("study", "profile", "asset", "partition", "run_id", "md5", "c
                    "upstream_partition", "upstream_run_id", "upstream_md5")
 
 
-def lineage_rows(root: Path, keep: Iterable[Sequence[str]] | None = None) -> list[dict]:
-    """Every published artefact and each upstream artefact it recorded (from the manifests); with ``keep``
-    ((asset, partition, md5) triples), only the artefacts whose manifest digest is the one kept."""
-    wanted = None if keep is None else {tuple(k) for k in keep}
+def lineage_rows(artefacts: Iterable[Mapping]) -> list[dict]:
+    """Each artefact ({path, manifest}: where it is stored and its manifest, e.g. ``ArtifactStore.manifest``'s) and
+    each upstream artefact it recorded."""
     rows = []
-    for m in sorted(root.glob(f"*/*/{MANIFEST}")):
-        man = json.loads(m.read_text())
-        if wanted is not None and (man["asset"], man["partition"], man["digest"]) not in wanted:
-            continue
+    for a in artefacts:
+        man = a["manifest"]
         base = {"study": man.get("study"), "profile": man.get("profile"), "asset": man["asset"],
                 "partition": man["partition"], "run_id": man["run_id"], "md5": man["digest"],
-                "created": man["created"], "path": str(m.parent)}
+                "created": man["created"], "path": str(a["path"])}
         ups = man.get("upstream") or [{}]
         for u in ups:
             rows.append({**base, "upstream_asset": u.get("asset"), "upstream_partition": u.get("partition"),
@@ -142,12 +142,12 @@ def lineage_rows(root: Path, keep: Iterable[Sequence[str]] | None = None) -> lis
     return rows
 
 
-def build_catalog(study: Study, *, root: Path, cells: list[str], artefacts: list[dict], imported: list[dict],
-                  lineage: list[Sequence[str]] | None = None, missing: Mapping[str, list[str]] | None = None,
+def build_catalog(study: Study, *, cells: list[str], artefacts: list[dict], imported: list[dict],
+                  lineage: list[Mapping] | None = None, missing: Mapping[str, list[str]] | None = None,
                   out: Path, log: Callable[[str], None] = print) -> dict:
     """The catalog of ``cells`` (the complete ones) from ``artefacts``, their verified per-cell artefacts, and
-    ``imported``, the verified imported studies (``artefact_record`` dicts); ``lineage``: the (asset, partition,
-    md5) artefacts the instance recorded, the only ones in ``artefact_lineage``."""
+    ``imported``, the verified imported studies (``artefact_record`` dicts); ``lineage``: the artefacts the instance
+    recorded ({path, manifest}), the only ones in ``artefact_lineage``."""
     import duckdb
     import polars as pl
 
@@ -156,9 +156,9 @@ def build_catalog(study: Study, *, root: Path, cells: list[str], artefacts: list
     db = out / Catalog.FILE
     con = duckdb.connect(str(db))
     try:
-        rows = cell_rows(study, root, cells, missing) + imported_cell_rows(Path(a["path"]) for a in imported)
+        rows = cell_rows(study, artefacts, cells, missing) + imported_cell_rows(Path(a["path"]) for a in imported)
         cells_df = pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("missing").cast(pl.List(pl.Utf8)))
-        lin = lineage_rows(root, lineage)
+        lin = lineage_rows(lineage or [])
         lineage_df = (pl.DataFrame(lin, infer_schema_length=None) if lin
                       else pl.DataFrame(schema={c: pl.Utf8 for c in LINEAGE_COLUMNS}))
         con.register("cells_df", cells_df.to_arrow())

@@ -129,12 +129,12 @@ def preregistered(study: Study, cells: list[dict], source: str | None = None, as
 
 
 @step
-def duckdb_catalog(study: Study, root: Path, cells: list[str], artefacts: list[dict], imported: list[dict],
-                   out: Path, lineage: list[list[str]] | None = None, missing: dict[str, list[str]] | None = None,
+def duckdb_catalog(study: Study, cells: list[str], artefacts: list[dict], imported: list[dict],
+                   out: Path, lineage: list[dict] | None = None, missing: dict[str, list[str]] | None = None,
                    log: Log = print) -> dict:
     """A DuckDB file whose views (sql/*.sql) read exactly the Parquet files of ``artefacts`` (the verified per-cell
     artefacts of the complete ``cells``) and ``imported`` (verified imported studies): ``catalog.artefact_record``
-    dicts. ``lineage``: the (asset, partition, md5) artefacts the instance recorded; ``missing``: as for the summary
+    dicts. ``lineage``: the artefacts the instance recorded ({path, manifest}); ``missing``: as for the summary
     (the ``cells`` table says which cells are complete and what the others lack)."""
-    return catalog.build_catalog(study, root=root, cells=cells, artefacts=artefacts, imported=imported,
+    return catalog.build_catalog(study, cells=cells, artefacts=artefacts, imported=imported,
                                  lineage=lineage, missing=missing, out=out, log=log)
