@@ -111,9 +111,9 @@ def table(rows: list[dict], **descriptions: str) -> dg.MetadataValue:
 VIEW_URL = "http://127.0.0.1:8765"  # `mt view`'s default address; $MT_VIEW_URL names another
 
 
-def viewer_link(cell: str) -> dg.MetadataValue:
-    """The cell's page in `mt view`."""
-    return dg.MetadataValue.url(f"{os.environ.get('MT_VIEW_URL', VIEW_URL).rstrip('/')}/cell/{cell}")
+def viewer_link(study: str, cell: str) -> dg.MetadataValue:
+    """The cell's page in `mt view` (the study named: one viewer shows every study of the instance)."""
+    return dg.MetadataValue.url(f"{os.environ.get('MT_VIEW_URL', VIEW_URL).rstrip('/')}/cell/{cell}?study={study}")
 
 
 def provenance_md(sd: StudyDefs, prov: list[dict]) -> dg.MetadataValue:
@@ -212,7 +212,8 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
         # in the order a reader looks: the cell's page in `mt view`, what the asset adds (the table a reader came
         # for), the step's numbers, the artefact, where it came from; JSON last (`upstream` and the like are for
         # `mt lineage` and `mt run`)
-        md = meta_values({**({"viewer": viewer_link(partition)} if partition in study.cells else {}), **own, **base})
+        viewer = {"viewer": viewer_link(study.name, partition)} if partition in study.cells else {}
+        md = meta_values({**viewer, **own, **base})
         if prov:
             md["provenance"] = provenance_md(sd, prov)
         md["upstream"] = dg.MetadataValue.json(prov)

@@ -193,7 +193,7 @@ def test_launch_one_cell_from_the_ui(server, tmp_path_factory):
             tall.set_default_timeout(60_000)
             panel = _metadata_panel(tall, f"{base}/assets/{STUDY}/marker_rates?view=partitions&partition={CELL}",
                                     "strict_rate_by_persona")
-            assert panel.locator(f'a[href="{VIEW_URL}/cell/{CELL}"]').count() >= 1
+            assert panel.locator(f'a[href="{VIEW_URL}/cell/{CELL}?study={STUDY}"]').count() >= 1
             rates = panel.locator("table").filter(has_text="persona").first
             assert rates.get_by_text(re.compile(r"^\d+\.\d % \(\d+/\d+\)$")).count() >= 11 * 2  # strict, loose
             up = f"/assets/{STUDY}/marker_completions?view=partitions&partition={CELL}"

@@ -154,6 +154,14 @@ def test_a_cells_permanent_address(client, sql):
     assert r.status_code == 307 and r.headers["location"] == f"/completions?persona={SOURCE}&cell={CELL}"
     page = get(client, f"/cell/{CELL}")
     assert number(page, "n") == sql("SELECT count(*) FROM completions WHERE cell = ?", CELL)[0][0]
+    # the Dagster UI's link names the study too (one viewer shows every study of the instance)
+    from urllib.parse import urlsplit
+
+    from mt_assets.common import viewer_link
+
+    link = urlsplit(viewer_link("marker_transfer_villain", CELL).value)
+    r = client.get(f"{link.path}?{link.query}", follow_redirects=False)
+    assert r.headers["location"] == f"/completions?study=marker_transfer_villain&cell={CELL}"
 
 
 def test_alignment_scores_filters_and_the_judges_reply(client, sql):
