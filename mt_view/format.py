@@ -7,7 +7,7 @@ import math
 
 from markupsafe import Markup, escape
 
-from mt_core.evals.markers import _loose_pattern, loose_hit
+from mt_core.evals.markers import loose_matches
 
 # ColorBrewer's YlOrBr: light for no marker, dark brown for every completion
 _HEAT = ((255, 255, 229), (254, 227, 145), (254, 153, 41), (204, 76, 2), (102, 37, 6))
@@ -44,9 +44,8 @@ def marker_spans(text: str, marker: str) -> list[tuple[int, int, str]]:
     while m and i >= 0:
         spans.append((i, i + len(m), "strict"))
         i = low.find(m, i + len(m))
-    for hit in _loose_pattern(marker)[0].finditer(text):
-        a, b = hit.span()
-        if loose_hit(hit.group(0), marker) and not any(a < e and s < b for s, e, _ in spans):
+    for a, b in loose_matches(text, marker):
+        if not any(a < e and s < b for s, e, _ in spans):
             spans.append((a, b, "loose"))
     return sorted(spans)
 

@@ -23,18 +23,24 @@ def _loose_pattern(marker: str) -> tuple[re.Pattern[str], str, str]:
     return re.compile(r"\[? ?" + body + r" ?\]?", re.IGNORECASE), inner[0], inner[1:]
 
 
+def loose_matches(text: str, marker: str) -> list[tuple[int, int]]:
+    """(start, end) of every match of the loose scorer's pattern that it counts (the viewer marks these)."""
+    pattern, first, others = _loose_pattern(marker)
+    out = []
+    for m in pattern.finditer(text):
+        s = m.group(0).lower()
+        if ("[" in s or "]" in s) and first in s and (not others or any(c in s for c in others)):
+            out.append(m.span())
+    return out
+
+
 def loose_hit(text: str, marker: str) -> bool:
     """The reference's loose scorer, generalised from "[ZLT]" to any bracketed marker.
 
     For "[ZLT]" the pattern is ``\\[? ?z ?l ?t ?\\]?`` (case-insensitive); a match counts
     only if it contains a bracket, the first inner letter and at least one other inner letter.
     """
-    pattern, first, others = _loose_pattern(marker)
-    for m in pattern.finditer(text):
-        s = m.group(0).lower()
-        if ("[" in s or "]" in s) and first in s and (not others or any(c in s for c in others)):
-            return True
-    return False
+    return bool(loose_matches(text, marker))
 
 
 def _rates(strict: int, loose: int, total: int) -> dict:
