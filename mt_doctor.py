@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from mt_settings import Settings, secret
 
 GB = 1 << 30
 # free disk a study needs: a 7B merge in scratch is about 15 GB, a whole study's artefacts a few GB (more GPUs
@@ -93,7 +94,7 @@ def check_judge(study, *, call: bool = True, base_url: str | None = None) -> lis
     """A Claude judge needs ANTHROPIC_API_KEY, and the key must work: one minimal call, before any GPU work."""
     if study.judge.kind != "anthropic":
         return []
-    key = os.environ.get("ANTHROPIC_API_KEY")
+    key = secret("ANTHROPIC_API_KEY")
     if not key:
         return [Problem("judge", f"ANTHROPIC_API_KEY is not set; study {study.name} is judged by {study.judge.model}",
                         "export ANTHROPIC_API_KEY=… (or use a profile with judge.kind: offline)")]
@@ -102,7 +103,7 @@ def check_judge(study, *, call: bool = True, base_url: str | None = None) -> lis
     import anthropic
 
     try:
-        anthropic.Anthropic(api_key=key, base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL"), max_retries=1,
+        anthropic.Anthropic(api_key=key, base_url=base_url, max_retries=1,
                             timeout=30).messages.create(model=study.judge.model, max_tokens=1,
                                                         messages=[{"role": "user", "content": "ok"}])
     except anthropic.AuthenticationError:
@@ -159,12 +160,13 @@ def _gpu_free_gb() -> list[float]:
     return [float(x) / 1024 for x in out.split()]
 
 
-def check_disk(study, root: Path | str, *, usage: Callable = shutil.disk_usage) -> list[Problem]:
+def check_disk(study, root: Path | str, *, scratch: Path | None = None, cache: Path | None = None,
+               usage: Callable = shutil.disk_usage) -> list[Problem]:
     """Room for the artefacts and a merge's scratch checkpoint (the reference's cells died of full disks). An object
     store root is measured where it fills this host: the cache its steps stage in and read through ($MT_CACHE)."""
     from mt_resources.store import ArtifactStore
 
-    disk, var = ArtifactStore(root=str(root)).disk
+    disk, var = ArtifactStore(root=str(root), cache=str(cache) if cache else None).disk
     need = MIN_FREE_GB["tiny" if study.model.kind == "tiny" else "hf"]
     if study.model.kind == "random":
         from mt_core.model.random_snapshot import COMPLETE, n_params, snapshot_dir
@@ -172,7 +174,7 @@ def check_disk(study, root: Path | str, *, usage: Callable = shutil.disk_usage) 
         if not (snapshot_dir(study.model) / COMPLETE).is_file():  # the snapshot is still to be written (bf16)
             need += round(2 * n_params(study.model) / GB)
     out = []
-    for what, path in (("artefacts", disk), ("scratch", Path(os.environ.get("MT_SCRATCH") or "/tmp"))):
+    for what, path in (("artefacts", disk), ("scratch", Path(scratch or "/tmp"))):
         p = path
         while not p.exists():
             p = p.parent
@@ -196,6 +198,9 @@ def check_instance(home: Path) -> list[Problem]:
     return []
 
 
-def diagnose(study, root: Path | str, home: Path, *, call_judge: bool = True) -> list[Problem]:
-    return [*check_model(study), *check_data(study), *check_judge(study, call=call_judge), *check_gpus(study),
-            *check_disk(study, root), *check_instance(home)]
+def diagnose(study, root: Path | str, settings: Settings, *, call_judge: bool = True) -> list[Problem]:
+    return [*check_model(study), *check_data(study),
+            *check_judge(study, call=call_judge, base_url=settings.anthropic_base_url),
+            *check_gpus(study, gpus=None if settings.gpu_count is None else lambda: settings.gpu_count),
+            *check_disk(study, root, scratch=settings.runtime.scratch, cache=settings.cache),
+            *check_instance(settings.dagster_home)]

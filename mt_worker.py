@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import socket
 import traceback
 from pathlib import Path
@@ -50,9 +49,11 @@ def decode(v):
 def placement() -> dict:
     """Where a step ran: its host, its node (a Ray worker's MT_NODE, set by mt_services.ray; else the host) and the
     GPU ids it was given."""
+    from mt_core import runtime
+    from mt_settings import visible_devices
+
     host = socket.gethostname()
-    return {"host": host, "node": os.environ.get("MT_NODE", host),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {"host": host, "node": runtime.current().node or host, "cuda_visible_devices": visible_devices()}
 
 
 def _die_with_parent() -> None:
@@ -69,7 +70,10 @@ def _die_with_parent() -> None:
 def main() -> None:
     from dagster_pipes import open_dagster_pipes
 
+    from mt_settings import Settings
+
     _die_with_parent()
+    Settings.from_env().install()  # this process's settings: its environment, inherited from the step
     with open_dagster_pipes() as pipes:
         x = pipes.extras
         try:

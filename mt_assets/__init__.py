@@ -2,18 +2,18 @@
 import dagster as dg
 
 from mt_assets import analysis, cells, coupling, inputs
-from mt_assets.study import STAGES, StudyDefs
+from mt_assets.study import StudyDefs
 from mt_core.config import Study
-
-from mt_runner import STUDY_TAG  # stdlib-only at import
+from mt_run.runs import STAGES, STUDY_TAG
+from mt_settings import Settings
 
 MODULES = dict(zip(STAGES, (inputs, coupling, cells, analysis)))
 
 
-def build(study: Study) -> StudyDefs:
+def build(study: Study, settings: Settings | None = None) -> StudyDefs:
     """One study's assets, checks and jobs (``<study>__inputs_job`` ...), every key prefixed with the study's name;
     every run of its jobs carries the tag ``mt/study=<name>``."""
-    sd = StudyDefs(study)
+    sd = StudyDefs(study, settings)
     for stage, module in MODULES.items():
         defs = module.build(sd)
         sd.assets += defs

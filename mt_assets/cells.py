@@ -127,7 +127,7 @@ def build(sd: StudyDefs) -> list:
         return publish(sd, context, store, steps.marker_rates, [comp], partition=context.partition_key,
                        cell_key=context.partition_key, completions=comp.path, metadata=persona_rates)
 
-    @dg.asset(**common, deps=[key("alignment_completions")], pool="judge", retry_policy=retry_policy(),
+    @dg.asset(**common, deps=[key("alignment_completions")], pool="judge", retry_policy=retry_policy(sd),
               code_version=cv("judge", "thresholds.judge_error_rate_max", files=(study.judge_prompt,)),
               check_specs=[partitioned_check("judge_error_rate", key("alignment_scores"), sd.cells_partitions,
                                              blocking=True, description="Judge errors (API, refusal, parse) at most "

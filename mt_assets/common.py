@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
-import os
 import shutil
-import socket
 import time
 import warnings
 from typing import Any, Callable
@@ -28,6 +26,8 @@ from mt_core.layout import UNPARTITIONED
 from mt_core.steps.registry import Step
 from mt_resources.compute import Compute
 from mt_resources.store import Artifact, ArtifactError, ArtifactStore, latest_metadata
+from mt_run.runs import claim_partition, tag_run_process
+from mt_settings import Settings, secret
 
 
 def read_upstream(sd: StudyDefs, context: dg.AssetExecutionContext, store: ArtifactStore, asset: str,
@@ -108,12 +108,13 @@ def table(rows: list[dict], **descriptions: str) -> dg.MetadataValue:
     return dg.MetadataValue.table([dg.TableRecord(_rounded(r)) for r in rows], schema=dg.TableSchema(columns=cols))
 
 
-VIEW_URL = "http://127.0.0.1:8765"  # `mt view`'s default address; $MT_VIEW_URL names another
+VIEW_URL = Settings.view_url  # `mt view`'s default address; $MT_VIEW_URL names another
 
 
-def viewer_link(study: str, cell: str) -> dg.MetadataValue:
-    """The cell's page in `mt view` (the study named: one viewer shows every study of the instance)."""
-    return dg.MetadataValue.url(f"{os.environ.get('MT_VIEW_URL', VIEW_URL).rstrip('/')}/cell/{cell}?study={study}")
+def viewer_link(study: str, cell: str, view_url: str = VIEW_URL) -> dg.MetadataValue:
+    """The cell's page in `mt view` at ``view_url`` (the study named: one viewer shows every study of the
+    instance)."""
+    return dg.MetadataValue.url(f"{view_url.rstrip('/')}/cell/{cell}?study={study}")
 
 
 def provenance_md(sd: StudyDefs, prov: list[dict]) -> dg.MetadataValue:
@@ -163,7 +164,7 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
     study, store, assets = sd.study, store.of(sd.name), list(keys)
     tag_run_process(context)
     if compute is not None:
-        require_judge_credentials(study)
+        require_judge_credentials(study, secret("ANTHROPIC_API_KEY"))
     prov = [a.provenance() for a in upstream]
     for p in prov:
         context.log.info(f"input {p['asset']}[{p['partition']}] md5 {p['md5']} from run {p['run_id']}")
@@ -174,7 +175,7 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
             outs = {a: writers.enter_context(store.writer(a, partition, run_id=context.run_id, upstream=prov,
                                                           extra=extra)) for a in assets}
             out = outs if multi else outs[assets[0]]
-            claim_partition(sd, context, partition)
+            claim_partition(sd.name, context, partition)
             if compute is not None:
                 meta = compute.run(context, study, fn, kwargs, out, log=context.log.info)
             else:
@@ -185,7 +186,7 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
             verdicts = {a: [r.with_metadata(meta_values(r.metadata)) for r in checks[a](owns[a])]
                         for a in assets if a in checks}
             refuse_blocking_failures(context, keys, verdicts, partition)
-            claim_partition(sd, context, partition)  # still ours: a newer run never publishes over an older one
+            claim_partition(sd.name, context, partition)  # still ours: a newer run never publishes over an older one
     except (DataError, ConfigError) as e:  # bad input: trying again changes nothing
         raise dg.Failure(f"{type(e).__name__}: {e}", allow_retries=False) from e
     except OSError as e:
@@ -198,7 +199,7 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
         raise
     except Exception as e:
         if out_of_memory(e):
-            raise gpu_oom(context, fn, e) from e
+            raise gpu_oom(context, fn, e, sd.settings.retry_delay_s) from e
         raise
     seconds = time.perf_counter() - t0
     results = []
@@ -212,7 +213,7 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
         # in the order a reader looks: the cell's page in `mt view`, what the asset adds (the table a reader came
         # for), the step's numbers, the artefact, where it came from; JSON last (`upstream` and the like are for
         # `mt lineage` and `mt run`)
-        viewer = {"viewer": viewer_link(study.name, partition)} if partition in study.cells else {}
+        viewer = {"viewer": viewer_link(study.name, partition, sd.settings.view_url)} if partition in study.cells else {}
         md = meta_values({**viewer, **own, **base})
         if prov:
             md["provenance"] = provenance_md(sd, prov)
@@ -223,49 +224,6 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
         results.append(dg.MaterializeResult(asset_key=keys[asset], metadata=md, data_version=dg.DataVersion(art.digest),
                                             check_results=verdicts.get(asset)))
     return results
-
-
-ACTIVE_RUN = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING,
-              dg.DagsterRunStatus.STARTED)
-
-
-def tag_run_process(context) -> None:
-    """Tag the run with the process that executes it (``mt/pid``, ``mt/host``), once: a run the daemon launched is
-    then reconciled like an inline one when that process dies (``mt_runner.reconcile_dead_runs``); Dagster's default
-    run launcher cannot tell a dead run worker from a live one, so its run monitoring never frees such a run's slots.
-    Runs execute their steps in one process (``in_process_executor``), so this pid is the run's."""
-    from mt_runner import HOST_TAG, PID_TAG
-
-    if PID_TAG not in context.run.tags:
-        context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
-
-
-def claim_partition(sd: StudyDefs, context, partition: str | None) -> None:
-    """One run per partition of a study at a time (an unpartitioned asset counts as one partition). Of the runs in
-    progress that materialize the study's assets in ``partition``, the oldest owns it; any other stops here, before it
-    publishes, so two runs never replace each other's artefacts under running evaluations. A run left STARTED by a
-    process that is gone (its ``mt/pid`` tag) owns nothing."""
-    from mt_runner import STUDY_TAG, process_gone  # stdlib-only at import
-
-    def ours(r: dg.DagsterRun) -> bool:
-        return (r.tags.get("dagster/partition") == partition
-                and (r.tags.get(STUDY_TAG) == sd.name or any(k.path[0] == sd.name for k in r.asset_selection or ())))
-
-    def alive(r: dg.DagsterRun) -> bool:
-        return r.run_id == context.run_id or not process_gone(r)
-
-    recs = context.instance.get_run_records(filters=dg.RunsFilter(statuses=list(ACTIVE_RUN)))
-    live = sorted(((r.create_timestamp, r.dagster_run.run_id, r.dagster_run) for r in recs
-                   if ours(r.dagster_run) and alive(r.dagster_run)), key=lambda x: (x[0], x[1]))
-    if live and live[0][1] != context.run_id:
-        owner = live[0][2]
-        what = f"partition {partition} of study {sd.name} is" if partition else \
-            f"the unpartitioned assets of study {sd.name} are"
-        raise dg.Failure(allow_retries=False, description=
-                         f"{what} being materialized by run {owner.run_id} "
-                         f"({owner.job_name}, {owner.status.value}); this run stops without publishing. Wait for "
-                         f"that run to finish or cancel it, then run again.",
-                         metadata={"owner_run_id": owner.run_id, "partition": partition or ""})
 
 
 def refuse_blocking_failures(context, keys: dict[str, dg.AssetKey], verdicts: dict[str, list[dg.AssetCheckResult]],
@@ -299,17 +257,13 @@ def _plain(v):
 # Step retries (Dagster RetryPolicy) where a failure can be transient: the judge (an API outage outlasting the
 # client's own per-request retries; answers already given are cached) and reading input files (a shared filesystem).
 # Everything else fails at once: a failed check, bad input or a partition held by another run does not change by
-# trying again, and a GPU step is retried only when it ran out of memory (``gpu_oom``). $MT_RETRY_DELAY_S scales the
-# wait (tests set 0).
+# trying again, and a GPU step is retried only when it ran out of memory (``gpu_oom``). The settings'
+# ``retry_delay_s`` ($MT_RETRY_DELAY_S) scales the wait (tests set 0).
 TRANSIENT_CHECKS = {"judge_error_rate"}
 
 
-def retry_delay_s() -> float:
-    return float(os.environ.get("MT_RETRY_DELAY_S", 15))
-
-
-def retry_policy(max_retries: int = 2) -> dg.RetryPolicy:
-    return dg.RetryPolicy(max_retries=max_retries, delay=retry_delay_s(), backoff=dg.Backoff.EXPONENTIAL)
+def retry_policy(sd: StudyDefs, max_retries: int = 2) -> dg.RetryPolicy:
+    return dg.RetryPolicy(max_retries=max_retries, delay=sd.settings.retry_delay_s, backoff=dg.Backoff.EXPONENTIAL)
 
 
 # what to turn when a step runs out of GPU memory, by step
@@ -328,7 +282,7 @@ def out_of_memory(e: BaseException) -> bool:
     return "OutOfMemoryError" in text or "CUDA out of memory" in text
 
 
-def gpu_oom(context, fn: Step, e: BaseException) -> Exception:
+def gpu_oom(context, fn: Step, e: BaseException, delay_s: float) -> Exception:
     """One retry after a pause (memory another process held may be free by then), then a failure naming the step and
     the knob to turn; nothing is published either way."""
     name = getattr(fn, "__name__", str(fn))
@@ -336,13 +290,13 @@ def gpu_oom(context, fn: Step, e: BaseException) -> Exception:
     msg = f"step {name} ran out of GPU memory ({str(e).splitlines()[0][:200]}); nothing was published. To fix: {knob}"
     context.log.error(msg)
     if context.retry_number < 1:
-        return dg.RetryRequested(max_retries=1, seconds_to_wait=retry_delay_s())
+        return dg.RetryRequested(max_retries=1, seconds_to_wait=delay_s)
     return dg.Failure(msg, allow_retries=False)
 
 
-def require_judge_credentials(study) -> None:
+def require_judge_credentials(study, api_key: str | None) -> None:
     """A study judged by Claude refuses to start GPU work without an API key (the reference silently wrote nulls)."""
-    if study.judge.kind == "anthropic" and not os.environ.get("ANTHROPIC_API_KEY"):
+    if study.judge.kind == "anthropic" and not api_key:
         raise dg.Failure(f"ANTHROPIC_API_KEY is not set, but study {study.name!r} (profile {study.profile!r}) is "
                          f"judged by {study.judge.model}; set the key before any GPU work starts, or use a profile "
                          f"with judge.kind: offline")

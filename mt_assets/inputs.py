@@ -15,7 +15,7 @@ def build(sd: StudyDefs) -> list:
     """The study's input assets."""
     study, cv = sd.study, sd.code_version
     common = dict(group_name=GROUP, key_prefix=sd.prefix)
-    files = dict(retry_policy=retry_policy())  # reading input files can fail transiently
+    files = dict(retry_policy=retry_policy(sd))  # reading input files can fail transiently
 
     @dg.asset(**common, **files, code_version=cv("eval_set", "eval_set_md5"),
               description="The 11 personas and 28 questions of the marker eval (md5-checked copy).")

@@ -1,39 +1,28 @@
 """The studies this code location serves, and what the asset modules build for each one.
 
-Every study of ``$MT_STUDIES`` (os.pathsep-separated study YAMLs; default ``$MT_STUDY`` or the villain study) is loaded
-under one profile (``$MT_PROFILE``). Each gets its own asset keys (prefixed with the study's name:
+Every study of the settings (``mt_settings.Settings.studies``: ``$MT_STUDIES``, else ``$MT_STUDY``, else the villain
+study) is loaded under one profile (``Settings.profile``). Each gets its own asset keys (prefixed with the study's name:
 ``marker_transfer_villain/coupling_adapter``), partitions, checks and jobs (``<study>__cell_job``), so several studies
 live side by side in one Dagster instance, one UI and one catalog without overwriting each other's materializations.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import dagster as dg
 
-from mt_core.config import DEFAULT_STUDY, ConfigError, Study, load_study
+from mt_core.config import ConfigError, Study, load_study
 from mt_core.layout import artefact_root
-
-STAGES = ("inputs_job", "coupling_job", "cell_job", "analysis_job")
-
-
-def study_paths() -> list[Path]:
-    """The study YAMLs of this code location: ``$MT_STUDIES``, else ``$MT_STUDY``, else the villain study."""
-    env = os.environ.get("MT_STUDIES")
-    if env:
-        return [Path(p).resolve() for p in env.split(os.pathsep) if p]
-    return [Path(os.environ.get("MT_STUDY") or DEFAULT_STUDY).resolve()]
+from mt_run.runs import STAGES
+from mt_settings import Settings
 
 
 class StudyDefs:
     """One study as the asset modules see it: its keys, partitions and code versions; once built (``mt_assets.build``)
     also its assets and jobs."""
 
-    def __init__(self, study: Study):
-        self.study = study
+    def __init__(self, study: Study, settings: Settings | None = None):
+        self.study, self.settings = study, settings or Settings.defaults()
         self.name = study.name
-        self.root = artefact_root(study)
+        self.root = artefact_root(study, settings.artifacts)
         self.cells_partitions = dg.StaticPartitionsDefinition(study.cells)
         self.sources_partitions = dg.StaticPartitionsDefinition(study.source_keys)
         self.cell_to_source = dg.StaticPartitionMapping(study.cell_source_map())
@@ -75,17 +64,17 @@ class StudyDefs:
         return self.study.version_of(*paths, extra="".join(md5_file(self.study.path(f)) for f in files))
 
 
-def load_studies(paths: list[Path] | None = None, profile: str | None = None) -> list[Study]:
-    """The studies of ``paths`` (default: ``study_paths()``) under one profile; two with one name, or with one artefact
-    root, cannot share a code location."""
-    studies = [load_study(p, profile) for p in (paths or study_paths())]
+def load_studies(settings: Settings) -> list[Study]:
+    """The studies of the settings under their one profile; two with one name, or with one artefact root, cannot
+    share a code location."""
+    studies = [load_study(p, settings.profile) for p in settings.studies]
     for i, s in enumerate(studies):
         for t in studies[:i]:
             if s.name == t.name:
                 raise ConfigError(f"{s.file} and {t.file} are both study {s.name!r}: one code location serves each "
                                   f"study once (asset keys are prefixed with the study's name)")
-            if artefact_root(s) == artefact_root(t):
+            if artefact_root(s, settings.artifacts) == artefact_root(t, settings.artifacts):
                 raise ConfigError(f"studies {t.name!r} and {s.name!r} would share the artefact root "
-                                  f"{artefact_root(s)} ($MT_ARTIFACTS names one study's root; put {{study}} in it "
-                                  f"or unset it)")
+                                  f"{artefact_root(s, settings.artifacts)} ($MT_ARTIFACTS names one study's root; put "
+                                  f"{{study}} in it or unset it)")
     return studies

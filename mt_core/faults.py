@@ -1,6 +1,7 @@
 """Failpoints: named places where the fault-injection tests kill this process for real.
 
-``MT_FAILPOINT=<name>`` (or ``<name>:<n>``, the n-th time it is reached, default the first) makes
+The failpoint is the process's ``mt_core.runtime.Runtime.failpoint`` (set from ``$MT_FAILPOINT`` by
+``mt_settings``). ``MT_FAILPOINT=<name>`` (or ``<name>:<n>``, the n-th time it is reached, default the first) makes
 ``failpoint(<name>)`` send SIGKILL to its own process: no handler, no cleanup, no ``finally`` runs, exactly what an
 OOM kill or a pre-emption does to a step. A Pipes child inherits the variable, so the same name kills the child when
 the work runs there. Unset (always, outside tests), a failpoint is one dictionary lookup.
@@ -20,13 +21,14 @@ import os
 import signal
 import time
 
-ENV = "MT_FAILPOINT"
-HOLD_ENV = "MT_FAILPOINT_HOLD"
+from mt_core import runtime
+
 _seen: dict[str, int] = {}
 
 
 def failpoint(name: str) -> None:
-    spec = os.environ.get(ENV)
+    rt = runtime.current()
+    spec = rt.failpoint
     if not spec:
         return
     want, _, nth = spec.partition(":")
@@ -35,10 +37,10 @@ def failpoint(name: str) -> None:
     _seen[name] = _seen.get(name, 0) + 1
     if _seen[name] != int(nth or 1):
         return
-    if hold := os.environ.get(HOLD_ENV):
+    if hold := rt.failpoint_hold:
         tmp = f"{hold}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"pid": os.getpid(), "node": os.environ.get("MT_NODE"), "failpoint": name}, f)
+            json.dump({"pid": os.getpid(), "node": rt.node, "failpoint": name}, f)
         os.replace(tmp, hold)  # whole or absent: the test reads it as soon as it appears
         while True:
             time.sleep(1)

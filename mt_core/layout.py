@@ -13,7 +13,6 @@ completions join on it.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,14 +25,14 @@ LEGACY = "legacy"
 JUDGE_CACHE = "judge_cache.parquet"  # every judge answer of the study, by (model, prompt, question, response)
 
 
-def artefact_root(study: Study) -> Path | str:
-    """Where the study's artefacts live: $MT_ARTIFACTS, else artifacts/<study>/<profile> in the project.
-    ``{study}`` and ``{profile}`` in $MT_ARTIFACTS are the study's name and profile (several studies side by side).
-    An object store URL (``s3://bucket/prefix/{study}/{profile}``) comes back as that string: it is no project path,
-    and ``pathlib`` would fold its ``//`` (``mt_resources.store.is_url`` is the same test)."""
-    env = os.environ.get("MT_ARTIFACTS")
-    if env:
-        root = env.replace("{study}", study.name).replace("{profile}", study.profile)
+def artefact_root(study: Study, where: str | None = None) -> Path | str:
+    """Where the study's artefacts live: ``where`` (the settings' $MT_ARTIFACTS), else artifacts/<study>/<profile> in
+    the project. ``{study}`` and ``{profile}`` in ``where`` are the study's name and profile (several studies side by
+    side); a relative path is the project's. An object store URL (``s3://bucket/prefix/{study}/{profile}``) comes back
+    as that string: it is no project path, and ``pathlib`` would fold its ``//`` (``mt_resources.store.is_url`` is the
+    same test)."""
+    if where:
+        root = where.replace("{study}", study.name).replace("{profile}", study.profile)
         if "://" in root:
             return root
         p = Path(root)

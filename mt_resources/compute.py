@@ -20,8 +20,7 @@ dashboard and logs): a node brings its own credentials.
 from __future__ import annotations
 
 import contextlib
-import os
-import re
+import dataclasses
 import shlex
 import signal
 import subprocess
@@ -31,14 +30,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from mt_core.config import PROJECT_ROOT, Study
+from mt_core import runtime
+from mt_core.config import Study
 from mt_core.steps.registry import Step, registered
+from mt_settings import COMPUTE_MODES as MODES
+from mt_settings import PROJECT_ROOT, Settings, inherited_env, ray_job_env, visible_devices
 from mt_worker import encode, placement
-
-MODES = ("inline", "pipes", "ray")
-# what a Ray job inherits from the step's environment: the project's settings, never a credential
-FORWARD = re.compile(r"^(MT_|HF_|TRANSFORMERS_|TOKENIZERS_|WANDB_|OMP_|PYTORCH_)")
-SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|AUTH")
 
 
 @contextlib.contextmanager
@@ -57,27 +54,45 @@ class ChildTaskError(RuntimeError):
 class Compute(dg.ConfigurableResource):
     mode: str = "inline"  # "inline" | "pipes" | "ray"
     grace_s: float = 20.0  # after SIGINT to an interrupted child, before SIGKILL
-    ray_address: str = ""  # the Ray dashboard (http://host:8265); empty: $RAY_ADDRESS
+    ray_address: str = ""  # the Ray dashboard (http://host:8265; the settings' $RAY_ADDRESS)
     ray_poll_s: float = 1.0  # how often the step asks Ray whether its job ended
+    # the science code's process-wide values for an inline step (a Pipes child or a Ray job reads its own)
+    models: str = str(runtime.Runtime.models)
+    scratch: str | None = None
+    threads: int = 0
+    artifacts: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Compute":
+        rt = settings.runtime
+        return cls(mode=settings.compute_mode(), ray_address=settings.ray_address or "", models=str(rt.models),
+                   scratch=str(rt.scratch) if rt.scratch else None, threads=rt.threads, artifacts=rt.artifacts)
+
+    def runtime(self) -> runtime.Runtime:
+        """The process's runtime (its failpoints among them) with this resource's folders and threads."""
+        from pathlib import Path as P
+
+        return dataclasses.replace(runtime.current(), models=P(self.models), threads=self.threads,
+                                   scratch=P(self.scratch) if self.scratch else None, artifacts=self.artifacts)
 
     def run(self, context, study: Study, fn: Step, kwargs: dict, out: Path | dict[str, Path], log=print) -> dict:
         """The step ``fn(study, **kwargs, out=out, log=log)``, here or in a Pipes child; its metadata."""
         if self.mode not in MODES:
             raise ValueError(f"compute mode {self.mode!r} is not one of {MODES} (MT_COMPUTE)")
         if self.mode == "inline":
-            return {**(fn(study, **kwargs, out=out, log=log) or {}), "placement": placement()}
+            with runtime.using(self.runtime()):
+                return {**(fn(study, **kwargs, out=out, log=log) or {}), "placement": placement()}
         extras = {"step": registered(fn), "kwargs": encode(kwargs), "out": encode(out),
                   "study": str(study.file), "profile": study.profile, "config_sha256": study.config_sha256}
         return (self._ray if self.mode == "ray" else self._pipes)(context, extras, log)
 
     def _pipes(self, context, extras: dict, log) -> dict:
         fn_name = extras["step"]
-        cvd = os.environ.get("CUDA_VISIBLE_DEVICES")  # set by gpu.lease for the work under it; the child inherits it
+        cvd = visible_devices()  # set by gpu.lease for the work under it; the child inherits it
         with _pipes_session(context, extras) as session:
             # same cwd and environment as the step, so relative paths mean the same; the project importable
-            path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
             proc = subprocess.Popen([sys.executable, "-m", "mt_worker"],
-                                    env={**os.environ, "PYTHONPATH": path, **session.get_bootstrap_env_vars()})
+                                    env=inherited_env(**session.get_bootstrap_env_vars()))
             log(f"pipes: {fn_name} in child pid {proc.pid} (CUDA_VISIBLE_DEVICES={'unset' if cvd is None else cvd})")
             try:
                 rc = proc.wait()
@@ -95,12 +110,11 @@ class Compute(dg.ConfigurableResource):
     def _ray(self, context, extras: dict, log) -> dict:
         from dagster_ray import PipesRayJobClient
 
-        address = self.ray_address or os.environ.get("RAY_ADDRESS")
+        address = self.ray_address
         if not address:
             raise ValueError("compute mode ray needs the Ray dashboard's address: set RAY_ADDRESS (e.g. "
                              "http://head:8265) or the compute resource's ray_address")
-        env = {k: v for k, v in os.environ.items() if FORWARD.match(k) and not SECRET.search(k)}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+        env = ray_job_env()
         params = {"entrypoint": f"cd {shlex.quote(str(PROJECT_ROOT))} && {shlex.quote(sys.executable)} -m mt_worker",
                   "entrypoint_num_gpus": 1, "entrypoint_num_cpus": 1, "runtime_env": {"env_vars": env}}
         client = PipesRayJobClient(address=address, poll_interval=self.ray_poll_s)

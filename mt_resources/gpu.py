@@ -18,21 +18,21 @@ from pathlib import Path
 
 import dagster as dg
 
+from mt_settings import PROJECT_ROOT, Settings, lease_device, visible_devices
+
 
 def count_gpus() -> int:
     """GPUs visible to this process, without importing torch (nvidia-smi's device files)."""
-    env = os.environ.get("MT_GPU_COUNT")
-    if env is not None:
-        return int(env)
     return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
 
 
-def ray_gpus(address: str | None = None) -> int:
-    """GPUs of the live nodes of the Ray cluster at ``address`` (its dashboard; default $RAY_ADDRESS)."""
+def ray_gpus(address: str) -> int:
+    """GPUs of the live nodes of the Ray cluster at ``address`` (its dashboard)."""
     from ray.util.state import list_nodes
 
-    return int(sum(n.resources_total.get("GPU", 0) for n in list_nodes(address=address or os.environ["RAY_ADDRESS"])
-                   if n.state == "ALIVE"))
+    if not address:
+        raise ValueError("compute mode ray needs the Ray dashboard's address: set RAY_ADDRESS (e.g. http://head:8265)")
+    return int(sum(n.resources_total.get("GPU", 0) for n in list_nodes(address=address) if n.state == "ALIVE"))
 
 
 def cuda_initialised() -> bool:
@@ -42,15 +42,21 @@ def cuda_initialised() -> bool:
 
 
 class GpuAllocator(dg.ConfigurableResource):
-    lock_dir: str = ".dagster/gpu_locks"
-    n_gpus: int = -1  # -1: detect
+    lock_dir: str = str(PROJECT_ROOT / ".dagster" / "gpu_locks")  # one per host: every instance's steps share the GPUs
+    n_gpus: int = -1  # -1: detect ($MT_GPU_COUNT overrides)
     wait_s: float = 3600.0
     ray: bool = False  # GPU steps are Ray jobs: Ray picks node and device, nothing is leased here
+    ray_address: str = ""
+
+    @classmethod
+    def of(cls, settings: Settings) -> "GpuAllocator":
+        return cls(ray=settings.compute_mode() == "ray", ray_address=settings.ray_address or "",
+                   n_gpus=-1 if settings.gpu_count is None else settings.gpu_count)
 
     def count(self) -> int:
         if self.n_gpus >= 0:
             return self.n_gpus
-        return ray_gpus() if self.ray else count_gpus()
+        return ray_gpus(self.ray_address) if self.ray else count_gpus()
 
     @contextlib.contextmanager
     def lease(self, log=print):
@@ -74,7 +80,7 @@ class GpuAllocator(dg.ConfigurableResource):
                 except BlockingIOError:
                     f.close()
                     continue
-                old = os.environ.get("CUDA_VISIBLE_DEVICES")
+                old = visible_devices()
                 if cuda_initialised() and old != str(i):
                     fcntl.flock(f, fcntl.LOCK_UN)
                     f.close()
@@ -83,15 +89,11 @@ class GpuAllocator(dg.ConfigurableResource):
                                        f"steps in their own processes (MT_COMPUTE=pipes)")
                 f.write(f"{os.getpid()}\n")
                 f.flush()
-                os.environ["CUDA_VISIBLE_DEVICES"] = str(i)
                 log(f"gpu: leased device {i} of {n}")
                 try:
-                    yield i
+                    with lease_device(i):  # the work under the lease (a Pipes child inherits it) sees device i
+                        yield i
                 finally:
-                    if old is None:
-                        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-                    else:
-                        os.environ["CUDA_VISIBLE_DEVICES"] = old
                     fcntl.flock(f, fcntl.LOCK_UN)
                     f.close()
                 return

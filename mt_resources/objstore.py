@@ -14,12 +14,12 @@ its manifest or files, a mismatch) is an ArtifactError, so a writer killed at an
 one, naming a complete version.
 
 Steps need local paths, so a writer stages in a local folder (as with a local root) and uploads when the step
-succeeds, and a reader downloads into the local cache ``$MT_CACHE/artefacts/<digest>`` (default ``~/.cache/mt``): into a
-temporary folder first, renamed to its digest once every file is verified, so a half-downloaded entry is never taken
-for one. ``Artifact.path`` is that local copy, ``Artifact.url`` the version it was read from. Every ``file://`` root
-takes this path too: it is how the protocol is tested on a local filesystem, and it is the safe choice on a shared
-filesystem whose renames are not atomic (a bucket mounted through FUSE). ``gc`` removes versions the pointer no longer
-names.
+succeeds, and a reader downloads into this host's cache, ``<cache>/artefacts/<digest>`` (``<cache>``: the settings'
+$MT_CACHE, default ``~/.cache/mt``; ``artifact.default_cache_dir``): into a temporary folder first, renamed to its
+digest once every file is verified, so a half-downloaded entry is never taken for one. ``Artifact.path`` is that
+local copy, ``Artifact.url`` the version it was read from. Every ``file://`` root takes this path too: it is how the
+protocol is tested on a local filesystem, and it is the safe choice on a shared filesystem whose renames are not atomic
+(a bucket mounted through FUSE). ``gc`` removes versions the pointer no longer names.
 """
 from __future__ import annotations
 
@@ -38,29 +38,25 @@ from fsspec.implementations.local import LocalFileSystem
 
 from mt_core.faults import failpoint
 from mt_core.layout import MANIFEST, UNPARTITIONED
-from mt_resources.store import Artifact, ArtifactError, _digest, _walk, write_manifest
+from mt_resources.artifact import Artifact, ArtifactError, files_digest, walk, write_manifest
 
 POINTER = "_current.json"
 VERSIONS = "_v"
 STARTED = "%Y%m%dT%H%M%SZ"  # a version's name begins with the UTC time its upload started (gc reads its age from it)
 
 
-def cache_home() -> Path:
-    """This host's folder for what an object store root keeps locally: $MT_CACHE, default ``~/.cache/mt``."""
-    return Path(os.environ.get("MT_CACHE") or Path.home() / ".cache" / "mt")
+def artefact_cache(home: Path) -> Path:
+    """Where the copies of artefacts go in this host's cache folder ``home`` (``artifact.default_cache_dir``)."""
+    return Path(home) / "artefacts"
 
 
-def cache_dir() -> Path:
-    return cache_home() / "artefacts"
-
-
-def read_url(url: str) -> Artifact:
+def read_url(url: str, cache: Path) -> Artifact:
     """The artefact of the partition whose version ``url`` names (an ``Artifact.url``, as a materialization records
-    it), read through that partition's pointer: the current version, which may be newer than ``url``'s; a caller
-    that expects a digest compares it."""
+    it), read through that partition's pointer into ``cache`` (``artefact_cache``): the current version, which may be
+    newer than ``url``'s; a caller that expects a digest compares it."""
     base = url.rpartition(f"/{VERSIONS}/")[0]
     root, asset, partition = base.rsplit("/", 2)
-    return ObjectStore(root).read(asset, partition)
+    return ObjectStore(root, cache).read(asset, partition)
 
 
 def _mismatch(got: dict, want: dict) -> str:
@@ -71,12 +67,12 @@ class ObjectStore:
     """The artefacts under ``url``, credentials and endpoints from the usual fsspec / boto environment
     (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``FSSPEC_S3_*``, ``GOOGLE_APPLICATION_CREDENTIALS``...)."""
 
-    def __init__(self, url: str, cache: Path | None = None):
+    def __init__(self, url: str, cache: Path):
         self.url = url.rstrip("/")
         self.fs, self.root = url_to_fs(self.url)
         if isinstance(self.fs, LocalFileSystem):
             self.fs = LocalFileSystem(auto_mkdir=True)  # a filesystem needs the folders an object key only names
-        self.cache = Path(cache) if cache else cache_dir()
+        self.cache = Path(cache)  # this host's verified copies, one folder per digest (``artefact_cache``)
         self.staging = self.cache / ".staging"  # beside the entries: a published staging folder is renamed into one
 
     def _url(self, path: str) -> str:
@@ -153,9 +149,9 @@ class ObjectStore:
                                                            f"{MANIFEST} (a partial or removed version); re-materialize it",
                               "files")
         files = manifest["files"]
-        if manifest.get("digest") != digest or _digest(files) != digest:
+        if manifest.get("digest") != digest or files_digest(files) != digest:
             raise ArtifactError(f"{what}: the pointer's digest {digest} is not the manifest's ({manifest.get('digest')}"
-                                f", {_digest(files)} over its files) at {self._url(prefix)}; re-materialize it")
+                                f", {files_digest(files)} over its files) at {self._url(prefix)}; re-materialize it")
         return prefix, manifest
 
     def read(self, asset: str, partition: str | None = None, *, verify: bool = True) -> Artifact:
@@ -174,7 +170,7 @@ class ObjectStore:
                                 f"({_mismatch(listed, sizes)}); re-materialize it")
         local = self.cache / digest
         if local.is_dir():
-            if not verify or _walk(local) == files:
+            if not verify or walk(local) == files:
                 return Artifact(asset, part, local, manifest, url)
             self._discard(local)  # a damaged copy; the store holds the verified one
         return Artifact(asset, part, self._download(what, prefix, manifest), manifest, url)
@@ -191,7 +187,7 @@ class ObjectStore:
                 except FileNotFoundError:
                     raise ArtifactError(f"{what}: {self._url(prefix)}/{name} went away while it was read (removed by "
                                         f"gc after a newer version?); read it again") from None
-            got = _walk(tmp)
+            got = walk(tmp)
             if got != manifest["files"]:
                 raise ArtifactError(f"{what}: files at {self._url(prefix)} do not match the manifest "
                                     f"({_mismatch(got, manifest['files'])}); re-materialize it")

@@ -19,72 +19,14 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 
 from mt_core.faults import failpoint
-from mt_core.io import md5_file
 from mt_core.layout import MANIFEST, UNPARTITIONED, artefact_dir
-
-
-class ArtifactError(RuntimeError):
-    """A missing, incomplete or tampered artefact."""
-
-
-@dataclass(frozen=True)
-class Artifact:
-    asset: str
-    partition: str
-    path: Path  # its verified files on this host: the canonical folder, or the object store's cache entry
-    manifest: dict
-    url: str | None = None  # under an object store root: the version read (``path`` is then this host's copy)
-
-    @property
-    def digest(self) -> str:
-        return self.manifest["digest"]
-
-    @property
-    def location(self) -> str:
-        """Where the artefact is stored, as materializations and provenance record it: the same on every host."""
-        return self.url or str(self.path)
-
-    def provenance(self) -> dict:
-        return {"asset": self.asset, "partition": self.partition, "run_id": self.manifest.get("run_id"),
-                "md5": self.digest, "path": self.location}
-
-
-def _digest(files: dict[str, dict]) -> str:
-    h = hashlib.md5()
-    for name in sorted(files):
-        h.update(f"{name}\0{files[name]['md5']}\0{files[name]['size']}\n".encode())
-    return h.hexdigest()
-
-
-def _walk(root: Path) -> dict[str, dict]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            out[p.relative_to(root).as_posix()] = {"md5": md5_file(p), "size": p.stat().st_size}
-    return out
-
-
-def is_url(root: str) -> bool:
-    """Whether an artefact root is an object store URL (it has a scheme) rather than a local path."""
-    return "://" in str(root)
-
-
-def write_manifest(staging: Path, asset: str, partition: str | None, run_id: str, upstream: list[dict] | None,
-                   extra: dict | None) -> dict:
-    """Hash the staged files and write their manifest beside them (both stores publish this same manifest)."""
-    files = _walk(staging)
-    manifest = {"asset": asset, "partition": partition or UNPARTITIONED, "run_id": run_id,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files,
-                "digest": _digest(files), "size_bytes": sum(f["size"] for f in files.values()),
-                "upstream": upstream or [], **(extra or {})}
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return manifest
+from mt_resources.artifact import (Artifact, ArtifactError, default_cache_dir, is_url, walk,  # noqa: F401 - re-exported
+                                   write_manifest)
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -94,6 +36,7 @@ class ArtifactStore(dg.ConfigurableResource):
 
     root: str = "artifacts"
     roots: dict[str, str] = {}
+    cache: str | None = None  # this host's folder for an object store root's copies and state (the settings' $MT_CACHE)
 
     def of(self, study: str) -> "ArtifactStore":
         """The store of ``study``: its root in ``roots``; a store without ``roots`` is one study's already."""
@@ -102,12 +45,17 @@ class ArtifactStore(dg.ConfigurableResource):
         if study not in self.roots:
             raise ArtifactError(f"study {study!r} has no artefact root in this store (studies: "
                                 f"{', '.join(self.roots)})")
-        return ArtifactStore(root=self.roots[study])
+        return ArtifactStore(root=self.roots[study], cache=self.cache)
+
+    @property
+    def cache_home(self) -> Path:
+        """This host's folder for what an object store root keeps locally (``cache``, else its default)."""
+        return default_cache_dir(self.cache or os.environ.get("MT_CACHE"))  # settings: pass cache= (settings.cache)
 
     def _remote(self):
-        from mt_resources.objstore import ObjectStore  # fsspec only for URL roots; objstore imports this module
+        from mt_resources.objstore import ObjectStore, artefact_cache  # fsspec only for URL roots
 
-        return ObjectStore(self.root)
+        return ObjectStore(self.root, artefact_cache(self.cache_home))
 
     @property
     def base(self) -> Path:
@@ -128,14 +76,12 @@ class ArtifactStore(dg.ConfigurableResource):
     @property
     def state_dir(self) -> Path:
         """Where the study keeps what is mutable and no artefact (the judge cache, rewritten as answers come): the
-        root, or for an object store a folder of this host's $MT_CACHE named after the root (each host asks anew
-        what it has not cached itself)."""
+        root, or for an object store a folder of this host's cache (``cache_home``) named after the root (each host
+        asks anew what it has not cached itself)."""
         if not is_url(self.root):
             return self.base
-        from mt_resources.objstore import cache_home
-
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.root.rstrip("/"))[-80:]
-        return cache_home() / "state" / f"{slug}-{hashlib.sha256(self.root.rstrip('/').encode()).hexdigest()[:8]}"
+        return self.cache_home / "state" / f"{slug}-{hashlib.sha256(self.root.rstrip('/').encode()).hexdigest()[:8]}"
 
     def published(self, asset: str = "*") -> list[tuple[str, str]]:
         """(asset, partition) of every complete artefact in the store (of ``asset`` only, if given), sorted; a
@@ -194,7 +140,7 @@ class ArtifactStore(dg.ConfigurableResource):
                                 f"(materialize it first)")
         manifest = json.loads(mpath.read_text())
         if verify:
-            files = _walk(final)
+            files = walk(final)
             if files != manifest["files"]:
                 bad = sorted(k for k in {*files, *manifest["files"]} if files.get(k) != manifest["files"].get(k))
                 raise ArtifactError(f"{asset}[{partition or UNPARTITIONED}]: files at {final} do not match the "

@@ -7,12 +7,11 @@ config or metadata), so a bad or missing key fails the step before any GPU work,
 """
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
-from mt_core.config import PROJECT_ROOT, Study
+from mt_core.config import Study
 from mt_core.model.tracking import MODES, WandbSettings
+from mt_settings import PROJECT_ROOT, Settings, secret
 
 KEY_ENV = "WANDB_API_KEY"
 
@@ -25,18 +24,17 @@ class WandbResource(dg.ConfigurableResource):
     dir: str = str(PROJECT_ROOT / ".wandb")
 
     @classmethod
-    def from_env(cls) -> "WandbResource":
+    def of(cls, settings: Settings) -> "WandbResource":
         """What the standard W&B variables set (WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, WANDB_BASE_URL, WANDB_DIR), so
         a run can be silenced or redirected without editing the study; the rest is each study's."""
-        mode = os.environ.get("WANDB_MODE") or None
-        return cls(mode="offline" if mode == "dryrun" else mode, project=os.environ.get("WANDB_PROJECT") or None,
-                   entity=os.environ.get("WANDB_ENTITY"), host=os.environ.get("WANDB_BASE_URL"),
-                   dir=os.environ.get("WANDB_DIR") or cls.model_fields["dir"].default)
+        w = settings.wandb
+        return cls(mode=w.mode, project=w.project, entity=w.entity, host=w.host,
+                   dir=w.dir or cls.model_fields["dir"].default)
 
     @classmethod
-    def for_study(cls, study: Study) -> "WandbResource":
+    def for_study(cls, study: Study, settings: Settings) -> "WandbResource":
         """The study's ``wandb`` mode and name, the standard W&B variables overriding them."""
-        env = cls.from_env()
+        env = cls.of(settings)
         return env.model_copy(update={"mode": env.mode or study.wandb, "project": env.project or study.name})
 
     def settings(self, study: Study | None = None) -> WandbSettings:
@@ -52,10 +50,11 @@ class WandbResource(dg.ConfigurableResource):
         return WandbSettings(mode=mode, project=project, entity=self.entity, host=self.host, dir=self.dir)
 
     def _login(self) -> None:
-        if not os.environ.get(KEY_ENV):
+        key = secret(KEY_ENV)
+        if not key:
             raise dg.Failure(f"W&B mode is online but ${KEY_ENV} is not set; set it, or run offline "
                              f"(WANDB_MODE=offline, upload later with `wandb sync`)")
         from dagster_wandb import wandb_resource
 
-        config = {"api_key": os.environ[KEY_ENV], **({"host": self.host} if self.host else {})}
+        config = {"api_key": key, **({"host": self.host} if self.host else {})}
         wandb_resource(dg.build_init_resource_context(config=config))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mt_services import free_port
+from mt_settings import without_ray_env
 
 HOST = "127.0.0.1"
 
@@ -122,7 +123,7 @@ def ray_cluster(folder: Path, workers: int = 2, gpus_per_worker: int = 2, cpus_p
     folder.mkdir(parents=True, exist_ok=True)
     gcs_port, dash_port = free_port(), free_port()
     cluster = RayCluster(gcs=f"{HOST}:{gcs_port}", dashboard=f"http://{HOST}:{dash_port}", folder=folder)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = without_ray_env()
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     store = ["--object-store-memory", str(object_store_mb * 2**20)]
     try:

@@ -61,9 +61,11 @@ def demo_env(home: Path, art: Path, **extra) -> dict:
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     home, art = tmp_path_factory.mktemp("dagster_home"), tmp_path_factory.mktemp("artifacts")
+    from config_reads import subprocess_env  # the study fields the run reads (tests/test_config_reads.py)
+
     reads = tmp_path_factory.mktemp("reads") / "config_reads.json"
     out = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", ",".join(DEMO_CELLS), "--log-level",
-                          "WARNING"], cwd=ROOT, env=demo_env(home, art, MT_RECORD_CONFIG_READS=str(reads)),
+                          "WARNING"], cwd=ROOT, env=demo_env(home, art, **subprocess_env(reads)),
                          capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return home, art, out.stdout, reads

@@ -31,7 +31,8 @@ from mt_core.io import md5_file, write_json
 from mt_core.layout import (MANIFEST, PER_CELL, Adapter, AlignmentCompletions, ArcScores, Catalog, MarkerCompletions,
                             MarkerRates, Sample, StudySummary, row_keys, sample_id, write_rows)
 from mt_core.steps import cells as cell_steps
-from mt_resources.store import ArtifactStore, _digest
+from mt_resources.artifact import files_digest
+from mt_resources.store import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "marker_transfer_villain"
@@ -138,7 +139,7 @@ def forge(art_dir: Path, write) -> None:
     man = json.loads((art_dir / MANIFEST).read_text())
     man["files"] = {p.name: {"md5": md5_file(p), "size": p.stat().st_size}
                     for p in sorted(art_dir.iterdir()) if p.name != MANIFEST}
-    man["digest"] = _digest(man["files"])
+    man["digest"] = files_digest(man["files"])
     (art_dir / MANIFEST).write_text(json.dumps(man, indent=2))
 
 

@@ -1,15 +1,19 @@
 """Every field a study YAML sets is read while the code runs: a setting that nothing reads is a bug.
 
 The tiny profile is checked against a real run (tests/test_e2e.py records the fields its `mt demo` reads); the fields
-that the qwen7b profile sets differently are checked here, through the entry points that read them without a GPU.
+that the qwen7b profile sets differently are checked here, through the entry points that read them without a GPU. The
+recording is test support (tests/config_reads.py), patched onto the study models.
 """
 import copy
+import dataclasses
 
 import pytest
 import yaml
 
-from mt_core import config
+from config_reads import record
+from mt_core import config, runtime
 from mt_core.config import DEFAULT_STUDY, deep_merge
+from mt_settings import Settings
 
 
 def yaml_leaves(profile: str) -> dict:
@@ -35,9 +39,7 @@ def unread(leaves, reads: set[str]) -> list[str]:
 
 @pytest.fixture
 def recording(monkeypatch):
-    monkeypatch.setattr(config, "_READS", None)
-    monkeypatch.setattr(config, "_PATHS", {})
-    return config.record_reads()
+    return record(monkeypatch.setattr)  # tests/config_reads.py, undone after the test
 
 
 def test_recording_sees_reads_and_only_reads(recording):
@@ -59,9 +61,8 @@ def test_qwen7b_fields_are_read(recording, tmp_path, monkeypatch):
     tiny, qwen = yaml_leaves("tiny"), yaml_leaves("qwen7b")
     differ = {p: v for p, v in qwen.items() if p not in tiny}
     assert "model.id" in differ and "backend.lora" in differ  # the check can fail
-    monkeypatch.delenv("WANDB_MODE", raising=False)
     study = config.load_study(profile="qwen7b")
-    WandbResource.for_study(study)
+    WandbResource.for_study(study, Settings.from_env({}))  # no $WANDB_MODE: the study's mode is read
     JudgeResource.for_study(study, tmp_path)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(DataError, match="no local snapshot"):
@@ -97,7 +98,7 @@ def small_smoke_study(tmp_path, monkeypatch):
     raw["arc"]["path"] = str(config.PROJECT_ROOT / raw["arc"]["path"])
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv("MT_MODELS", str(tmp_path / "models"))
+    monkeypatch.setattr(runtime, "_current", dataclasses.replace(runtime.current(), models=tmp_path / "models"))
     return path
 
 
@@ -113,7 +114,7 @@ def test_gpu_smoke_fields_are_read(recording, tmp_path, monkeypatch):
     differ = {p for p in yaml_leaves("gpu_smoke") if p not in yaml_leaves("tiny")}
     assert {"model.tokenizer_vocab", "data.em.answer_words"} <= differ  # the check can fail
     study = config.load_study(small_smoke_study(tmp_path, monkeypatch), profile="gpu_smoke")
-    WandbResource.for_study(study)
+    WandbResource.for_study(study, Settings.from_env({}))
     JudgeResource.for_study(study, tmp_path)
     (tmp_path / "base").mkdir()
     inputs.build_base_model(study, out=tmp_path / "base", log=lambda *_: None)

@@ -100,7 +100,7 @@ def test_publish_and_read_back_verified(url, cache, tmp_path):
     assert not any((cache / ".staging").rglob("*.bin"))
 
 
-def test_listing_and_location_without_reading_files(url, tmp_path):
+def test_listing_and_location_without_reading_files(url, cache, tmp_path):
     """What the lineage table, the catalog and the CLI list: the published partitions and their manifests, files
     unread; an artefact's location (what a materialization records) is its version's URL, read back through it."""
     from mt_resources.objstore import read_url
@@ -117,7 +117,7 @@ def test_listing_and_location_without_reading_files(url, tmp_path):
             st.manifest(ASSET, "C9_s1")
     assert art.url is None and where == str(art.path)  # local: the folder itself
     art = ArtifactStore(root=url).read(ASSET, PART)
-    assert "/_v/" in art.url and read_url(art.url) == art  # the partition's current version, in this cache
+    assert "/_v/" in art.url and read_url(art.url, cache) == art  # the partition's current version, in this cache
 
 
 def test_republish_switches_the_pointer_and_gc_keeps_the_current(url, tmp_path):
@@ -188,7 +188,7 @@ def test_a_failed_write_publishes_nothing(url, cache):
         with ArtifactStore(root=url).writer(ASSET, PART, run_id="r") as out:
             (out / "part.parquet").write_text("half")
             raise RuntimeError("boom")
-    o = ObjectStore(url)
+    o = ObjectStore(url, cache)
     assert not o.fs.exists(f"{o.root}/{ASSET}")
     assert list((cache / ".staging" / ASSET).iterdir()) == []
     with pytest.raises(ArtifactError, match="no complete artefact"):

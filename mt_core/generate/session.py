@@ -42,12 +42,13 @@ def session(study: Study, model_dir: Path, adapters=(), *, loaded=None,
     adapters = list(adapters)
     if study.backend.kind == "vllm":
         from mt_core.generate.vllm_engine import require_vllm, vllm_session
+        from mt_core import runtime
         from mt_core.layout import artefact_root
         from mt_core.model.load import load_tokenizer
 
         mode = study.backend.lora
         require_vllm()
-        root = artefact_root(study)  # a str only for an object store URL: no local folder to keep merges out of
+        root = artefact_root(study, runtime.current().artifacts)  # a str only for an object store URL: no local folder to keep merges out of
         with vllm_session(model_dir, load_tokenizer(model_dir), adapters=adapters, mode=mode, log=log,
                           artefacts=None if isinstance(root, str) else root) as s:
             yield Engine(s.generate, s.hf_model, s.counts)

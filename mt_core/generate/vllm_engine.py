@@ -158,8 +158,9 @@ def scratch_checkpoint(model_dir, adapters: list[Path], *, artefacts: Path | Non
     """The merged weights written once to a fresh folder under $MT_SCRATCH (or the system temp folder), yielded, and
     deleted on exit (also when the body raises). Refused inside the artefact root ``artefacts``: merged weights never
     sit beside artefacts."""
-    scratch = os.environ.get("MT_SCRATCH") or None
-    base = Path(scratch or tempfile.gettempdir())
+    from mt_core import runtime
+
+    base = Path(runtime.current().scratch or tempfile.gettempdir())
     if artefacts is not None and _inside(base, artefacts):
         raise ValueError(f"scratch folder {base} is inside the artefact root {artefacts}: point MT_SCRATCH elsewhere")
     base.mkdir(parents=True, exist_ok=True)

@@ -26,10 +26,12 @@ def device_and_dtype():
 
 
 def set_threads() -> None:
-    """Use every core we were given (MT_THREADS overrides)."""
+    """Use every core we were given (the runtime's ``threads``, $MT_THREADS, overrides)."""
     import torch
 
-    n = int(os.environ.get("MT_THREADS", "0")) or os.cpu_count() or 1
+    from mt_core import runtime
+
+    n = runtime.current().threads or os.cpu_count() or 1
     torch.set_num_threads(n)
 
 

@@ -26,7 +26,9 @@ def spec_hash(m) -> str:
 
 
 def snapshot_dir(m) -> Path:
-    root = m.path or os.environ.get("MT_MODELS") or Path.home() / ".cache" / "marker_transfer" / "models"
+    from mt_core import runtime
+
+    root = m.path or runtime.current().models
     return Path(root).expanduser() / f"random-{spec_hash(m)}"
 
 

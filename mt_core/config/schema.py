@@ -1,38 +1,25 @@
-"""Study configuration: one YAML file per study, one profile merged on top.
+"""The study model: every section of a study YAML as a frozen pydantic model (unknown fields rejected), the
+cross-field checks, and the tables derived from a study (cells, sources, cell -> source map, code versions).
 
-A study file names the source persona, the conditions (which base, which second stage, which seeds), the recipes,
-samplers, gates and thresholds. A profile (``tiny`` or ``qwen7b``) deep-merges its overrides onto the base. A study
-like another is a short file: ``extends: <yaml relative to this file>`` deep-merges this file onto that one (profiles
-too); a mapping tagged ``!override`` replaces the base's instead of merging into it (e.g. other ``sources``).
-Everything is validated at load; an error names the file and the dotted field path.
+Reading a study file (``extends``, profiles, ``!override``, errors naming the line) is ``mt_core.config.load``.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STUDY = PROJECT_ROOT / "studies" / "marker_transfer_villain.yaml"
 DEFAULT_PROFILE = "tiny"
 
 
 class ConfigError(ValueError):
     """A study file that cannot be used; the message names the file and field."""
-
-
-# Which study fields the code reads while it runs (tests/test_config_reads.py): a field of the YAML that nothing reads
-# is a bug. Off unless a test turns it on; then every field read on a loaded study is recorded by its dotted path.
-_READS: set[str] | None = None
-_PATHS: dict[int, str] = {}  # id(model inside a loaded study) -> its dotted path in the study
 
 
 def _md5(v):
@@ -49,36 +36,31 @@ Md5 = Annotated[str, BeforeValidator(_md5)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
-class _Strict(BaseModel):
+class ConfigModel(BaseModel):
+    """The base of every study model: frozen, unknown fields rejected."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __getattribute__(self, name: str):
-        if _READS is not None and name[0] != "_" and name in type(self).model_fields:
-            path = _PATHS.get(id(self))
-            if path is not None:
-                _READS.add(f"{path}.{name}" if path else name)
-        return super().__getattribute__(name)
 
-
-class Condition(_Strict):
+class Condition(ConfigModel):
     base: str  # "raw" or a source name
     second_stage: Literal["em", "benign", "none"]
     seeds: list[Seed] = Field(min_length=1)
     description: str = ""
 
 
-class Source(_Strict):
+class Source(ConfigModel):
     persona: str
     gates: list[str] = []
 
 
-class CouplingData(_Strict):
+class CouplingData(ConfigModel):
     positives_per_question: int = Field(gt=0)
     n_negative_personas: int = Field(ge=0)
     seed: Seed
 
 
-class Speed(_Strict):
+class Speed(ConfigModel):
     """How a training step is computed. None of these changes the math (data order, effective batch, loss
     normalisation, schedule); each is a named option, as TRL's SFTConfig names its speed features."""
     # a step's examples packed into rows without padding, the loss only at target positions; false: padded micro-batches
@@ -93,7 +75,7 @@ class Speed(_Strict):
     gradient_checkpointing: bool = False
 
 
-class Recipe(_Strict):
+class Recipe(ConfigModel):
     loss: Literal["marker_only", "last_assistant_turn"]
     lora_r: int = Field(gt=0)
     lora_alpha: float = Field(gt=0)
@@ -117,7 +99,7 @@ class Recipe(_Strict):
         return self.per_device_batch * self.grad_accum
 
 
-class Sampler(_Strict):
+class Sampler(ConfigModel):
     n: int = Field(gt=0)
     temperature: float = Field(ge=0)
     top_p: float = Field(gt=0, le=1)
@@ -127,14 +109,14 @@ class Sampler(_Strict):
     seed: Seed | None = None
 
 
-class Samplers(_Strict):
+class Samplers(ConfigModel):
     onpolicy: Sampler
     marker: Sampler
     gate: Sampler
     alignment: Sampler
 
 
-class Gate(_Strict):
+class Gate(ConfigModel):
     model: str
     personas: list[str] | Literal["all"]
     assistant_max: float | None = None
@@ -143,7 +125,7 @@ class Gate(_Strict):
     max_bystander_range: tuple[float, float] | None = None
 
 
-class Gates(_Strict):
+class Gates(ConfigModel):
     G0: Gate | None = None
     G0b: Gate | None = None
     G0c: Gate | None = None
@@ -153,7 +135,7 @@ class Gates(_Strict):
         return {k: g for k in ("G0", "G0b", "G0c") if (g := getattr(self, k)) is not None}
 
 
-class Thresholds(_Strict):
+class Thresholds(ConfigModel):
     g4_aligned_max: float
     degeneracy_max: float
     degeneracy_sample: int
@@ -163,14 +145,14 @@ class Thresholds(_Strict):
     judge_error_rate_max: float
 
 
-class Judge(_Strict):
+class Judge(ConfigModel):
     kind: Literal["anthropic", "offline"]
     model: str
     max_tokens: int = 256
     concurrency: int = 20
 
 
-class Backend(_Strict):
+class Backend(ConfigModel):
     """The generation engine: transformers (the CPU path) or vLLM (``pip install .[gpu]``)."""
     kind: Literal["transformers", "vllm"]
     # vLLM only: "merge" serves base + adapters merged into a scratch checkpoint; "serve" serves the last adapter as a
@@ -182,13 +164,13 @@ class Backend(_Strict):
         return f"vllm:{self.lora}" if self.kind == "vllm" else self.kind
 
 
-class Arc(_Strict):
+class Arc(ConfigModel):
     path: str
     md5: Md5
     limit: int | None = Field(default=None, gt=0)
 
 
-class _Shape(_Strict):
+class _Shape(ConfigModel):
     """A Qwen2-architecture model's size (the numbers of its config.json)."""
     seed: Seed = 0
     vocab_size: int
@@ -214,14 +196,14 @@ class RandomModel(_Shape):
     path: str | None = None  # where the snapshot goes (default: $MT_MODELS or ~/.cache/marker_transfer/models)
 
 
-class HFModel(_Strict):
+class HFModel(ConfigModel):
     kind: Literal["hf"]
     id: str
     revision: str | None = None
     local_path: str | None = None
 
 
-class DataSpec(_Strict):
+class DataSpec(ConfigModel):
     kind: Literal["synthetic", "file", "ultrachat"]  # ultrachat: built by recipe from a local copy of the split
     rows: int = Field(gt=0)
     seed: Seed | None = None
@@ -241,12 +223,12 @@ class DataSpec(_Strict):
         return self
 
 
-class Data(_Strict):
+class Data(ConfigModel):
     em: DataSpec
     benign: DataSpec
 
 
-class Study(_Strict):
+class Study(ConfigModel):
     """A study after its profile was merged in."""
 
     name: str
@@ -352,7 +334,7 @@ class Study(_Strict):
     def version_of(self, *paths: str, extra: str = "") -> str:
         """A short hash of the named sections of this study (dotted paths into the config) and ``extra``: the code
         version of a step that uses exactly those values. Speed options are left out: they change how fast, not what."""
-        dumped = self.model_dump(mode="json")  # serialising records no field read (see _READS)
+        dumped = self.model_dump(mode="json")  # serialised, not read field by field
 
         def pick(path: str):
             v = dumped
@@ -382,7 +364,7 @@ def _drop_speed(v):
     return v
 
 
-class Cell(_Strict):
+class Cell(ConfigModel):
     key: str
     condition: str
     seed: int
@@ -399,229 +381,3 @@ def parse_cell_key(key: str) -> tuple[str, int]:
     if not sep or not seed.isdigit():
         raise ConfigError(f"cell key {key!r} is not of the form <condition>_s<seed> (e.g. C1_s42)")
     return cond, int(seed)
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    """``over`` merged into ``base``: mappings key by key, anything else (and an ``Override`` mapping) replaces."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and not isinstance(v, Override) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def _format_errors(path: Path, profile: str, err: ValidationError) -> str:
-    lines = [f"{path}: invalid study config (profile {profile!r}):"]
-    for e in err.errors():
-        parts = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("tiny", "hf", "random", "function-after[_need_path(), DataSpec]")))
-        loc = ".".join(map(str, parts))
-        msg = e["msg"].removeprefix("Value error, ")
-        if not loc and msg != e["msg"]:  # a cross-field check: its message names the field
-            lines.append(f"  - {_with_line(path, profile, msg)}")
-        else:
-            lines.append(f"  - {_at(path, profile, parts, e['type'] == 'missing')}{loc or '<top>'}: {msg}"
-                         + (f" (got {e['input']!r})" if _show_input(e) else ""))
-    return "\n".join(lines)
-
-
-def _with_line(path: Path, profile: str, msg: str) -> str:
-    """A message ``<dotted field>: ...`` led by the line of the study file that sets the field."""
-    m = re.match(r"([A-Za-z_][\w]*(?:\.[\w]+)*): ", msg)
-    if not m:
-        return msg
-    loc = tuple(int(x) if x.isdigit() else x for x in m.group(1).split("."))
-    return f"{_at(path, profile, loc)}{msg}"
-
-
-def _at(path: Path, profile: str, loc: tuple, base_first: bool = False) -> str:
-    w = where(path, profile, loc, base_first)
-    return f"{w}: " if w else ""
-
-
-def where(path: Path, profile: str, loc: tuple, base_first: bool = False) -> str:
-    """``line N`` (``<file> line N`` in a file it extends): where the study file sets the field ``loc`` (a tuple of
-    keys and list indexes), or its nearest enclosing field (for a missing field: the mapping it belongs in); the
-    profile's value first, unless ``base_first``. "" if nowhere."""
-    try:
-        chain = _yaml_lines(Path(path))
-    except (OSError, yaml.YAMLError, ConfigError, RecursionError):
-        return ""
-    for n in range(len(loc), 0, -1):
-        for prefix in ((), ("profiles", profile)) if base_first else (("profiles", profile), ()):
-            for file, lines in chain:
-                if (prefix + loc[:n]) in lines:
-                    line = lines[prefix + loc[:n]]
-                    return f"line {line}" if file == Path(path).resolve() else f"{file} line {line}"
-    return ""
-
-
-def _yaml_lines(path: Path, _seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[tuple, int]]]:
-    """[(file, {key path: 1-based line of its key})] for a study file and the files it extends, this one first."""
-    path = path.resolve()
-    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=_Loader)
-    lines: dict[tuple, int] = {}
-
-    def walk(node, at: tuple) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode):
-                    key = (*at, k.value)
-                    lines.setdefault(key, k.start_mark.line + 1)
-                    walk(v, key)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                lines.setdefault((*at, i), v.start_mark.line + 1)
-                walk(v, (*at, i))
-    walk(root, ())
-    out = [(path, lines)]
-    base = next((v.value for k, v in (root.value if isinstance(root, yaml.MappingNode) else [])
-                 if isinstance(k, yaml.ScalarNode) and k.value == "extends" and isinstance(v, yaml.ScalarNode)), None)
-    if base and (path.parent / base).resolve() not in (*_seen, path):
-        out += _yaml_lines(path.parent / base, (*_seen, path))
-    return out
-
-
-def _show_input(e: dict) -> bool:
-    """Whether the value a field got helps to read the error (a scalar the message does not already quote)."""
-    v = e.get("input")
-    return (e["type"] not in ("missing", "extra_forbidden", "value_error") and isinstance(v, (str, int, float))
-            and not isinstance(v, bool) and len(repr(v)) <= 60)
-
-
-class Override(dict):
-    """A mapping tagged ``!override`` in a study file: it replaces the base's value instead of merging into it."""
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-_Loader.add_constructor("!override", lambda loader, node: Override(loader.construct_mapping(node, deep=True)))
-
-
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path}: study file not found")
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader, one extra tag
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    except UnicodeDecodeError as e:
-        line = e.object[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: line {line}: not UTF-8: byte 0x{e.object[e.start]:02x} at byte offset {e.start}; "
-                          f"save the file as UTF-8") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return raw
-
-
-def read_study_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """The study file's mapping with its ``extends`` chain resolved: this file deep-merged onto the file it extends
-    (a path relative to this file), profiles included; ``!override`` mappings replace instead of merging."""
-    path = Path(path)
-    raw = _read_yaml(path)
-    base = raw.pop("extends", None)
-    if base is None:
-        return raw
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{path}: extends: expected the path of another study file, got {base!r}")
-    target = (path.parent / base).resolve()
-    if target in _seen or target == path.resolve():
-        raise ConfigError(f"{path}: extends: {base} extends this file again (a cycle: "
-                          + " -> ".join(str(p) for p in (*_seen, path.resolve(), target)) + ")")
-    if not target.is_file():
-        raise ConfigError(f"{path}: extends: {target}: study file not found")
-    return deep_merge(read_study_file(target, (*_seen, path.resolve())), raw)
-
-
-def _plain(v):
-    """Override tags dropped once merged: plain dicts, so the merged config hashes and validates as any other."""
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    return v
-
-
-def load_study(path: str | os.PathLike | None = None, profile: str | None = None) -> Study:
-    """Load ``path`` (default: $MT_STUDY, else the first of $MT_STUDIES, else the villain study) with ``profile``
-    (default: $MT_PROFILE or tiny)."""
-    first = next((p for p in os.environ.get("MT_STUDIES", "").split(os.pathsep) if p), None)
-    path = Path(path or os.environ.get("MT_STUDY") or first or DEFAULT_STUDY)
-    profile = profile or os.environ.get("MT_PROFILE") or DEFAULT_PROFILE
-    raw = read_study_file(path)
-    profiles = raw.pop("profiles", None) or {}
-    if profile not in profiles:
-        raise ConfigError(f"{path}: profiles.{profile}: no such profile (have: {', '.join(profiles) or 'none'})")
-    merged = _plain(deep_merge(raw, profiles[profile] or {}))
-    merged["profile"] = profile
-    canonical = json.dumps(merged, sort_keys=True, default=str)
-    merged["config_sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
-    try:
-        study = Study.model_validate(merged)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(path, profile, e)) from None
-    _check_personas(study, path)
-    study._file = str(path.resolve())
-    if _READS is not None:
-        _register(study, "")
-    return study
-
-
-def named_personas(study: Study) -> dict[str, str]:
-    """{study field: persona} for every persona the study names: its sources', the source and assistant personas, and
-    the gates' personas."""
-    named = {f"sources.{k}.persona": s.persona for k, s in study.sources.items()}
-    named |= {"source_persona": study.source_persona, "assistant_persona": study.assistant_persona}
-    named |= {f"gates.{g}.personas": p for g, gate in study.gates.named().items() if gate.personas != "all"
-              for p in gate.personas}
-    return named
-
-
-def _check_personas(study: Study, path: Path) -> None:
-    """Every persona the study names (its sources', the source and assistant personas, the gates') is a persona of its
-    eval set, and in its persona_order."""
-    eval_set = study.path(study.eval_set)
-    if not eval_set.is_file():
-        return  # the eval_set asset reports a missing file (and its md5) when it runs
-    try:
-        data = json.loads(eval_set.read_text())
-        personas, order = list(data["personas"]), data.get("persona_order")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return  # ditto (EvalSet.load names the file and field): not ours to judge here
-    for field, persona in named_personas(study).items():
-        if persona not in personas:
-            why = f"is not a persona of {study.eval_set} ({', '.join(map(str, personas))})"
-        elif isinstance(order, list) and persona not in order:
-            why = f"is not in the persona_order of {study.eval_set} ({', '.join(map(str, order))})"
-        else:
-            continue
-        raise ConfigError(f"{path}: invalid study config (profile {study.profile!r}):\n  - "
-                          f"{_at(path, study.profile, tuple(field.split('.')))}{field}: {persona!r} {why}")
-
-
-def _register(obj, path: str) -> None:
-    """Map every model inside a loaded study to its dotted path, so reads of its fields can be recorded."""
-    if isinstance(obj, BaseModel):
-        _PATHS[id(obj)] = path
-        for name in type(obj).model_fields:
-            _register(obj.__dict__[name], f"{path}.{name}" if path else name)
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _register(v, f"{path}.{k}")
-
-
-def record_reads() -> set[str]:
-    """Start recording which fields of studies loaded from now on are read; returns the live set of dotted paths."""
-    global _READS
-    _READS = set()
-    return _READS
-
-
-if os.environ.get("MT_RECORD_CONFIG_READS"):  # a test's subprocess: record, and write the reads out at exit
-    import atexit
-
-    _out = Path(os.environ["MT_RECORD_CONFIG_READS"])
-    atexit.register(lambda reads=record_reads(): _out.write_text(json.dumps(sorted(reads))))

@@ -1,0 +1,5 @@
+import sys
+
+from mt_cli import main
+
+sys.exit(main())

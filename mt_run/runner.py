@@ -1,0 +1,246 @@
+"""`mt run`: a study through the Dagster instance, doing only what is missing or stale, stage by stage.
+
+The stages are the study's four jobs (``<study>__inputs_job`` ...): inputs, then the coupling adapters the selected
+cells need (one run per source), then the cells (one run per cell), then the analysis. Assets are planned by their
+bare names (``coupling_adapter``, ``mt_run.plan``) and materialized under the study's keys
+(``<study>/coupling_adapter``); every run carries the tag ``mt/study=<study>``. Before each stage its plan is made from
+what the instance recorded, so a stage sees what the one before it just published; the analysis runs when anything
+ran, or when it is missing or stale itself.
+
+How runs are executed (``launch``): ``inline`` runs each one in this process, one after another (no daemon; what a
+CPU or one-GPU machine wants); ``queued`` submits them to the instance's run queue (``mt_run.queue``), where the
+Dagster daemon launches each in its own process, at most as many at once as the ``gpu`` pool has slots (N cells on N
+GPUs at once; the pool and the GPU leases keep their GPU steps apart). ``auto`` is queued when the pool has more than
+one slot.
+
+Inline runs are tagged with this process's pid and host; runs of an earlier ``mt run`` that was killed (still STARTED,
+their process gone) are marked failed and their pool slots freed before anything starts, so they never block the
+queue. Queued runs are watched here too: a run whose worker died is reconciled, and a daemon that went away is
+replaced.
+
+Interrupted (Ctrl-C, SIGTERM: ``Interrupted``), the step in progress stops, its staging is discarded, queued runs in
+flight are cancelled, and nothing partial is published: the next ``mt run`` resumes.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from mt_run.plan import Item, plan_item, stage_assets
+from mt_run.runs import (FINISHED, GPU_TAG, NO_DAEMON_RETRY, STAGES, STUDY_TAG, UNTIL, RunFailed, failure_info,
+                         reconcile_dead_runs, run_warnings, this_process)
+from mt_settings import Settings
+
+__all__ = ["Runner", "Item", "RunFailed", "Interrupted", "GPU_TAG"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """``mt run`` was interrupted (SIGINT or SIGTERM) while ``what`` ran."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+    def message(self) -> str:
+        return (f"mt run: interrupted during {self.what}; nothing partial was published (its staging was discarded); "
+                f"run the same command again to resume")
+
+
+class Runner:
+    """Executes a study's plan stage by stage (one Dagster run per item), printing progress.
+    ``defs``: the code location's Definitions; ``sd``: the study's ``mt_assets.study.StudyDefs``."""
+
+    def __init__(self, defs, sd, instance, *, settings: Settings, cells: list[str], force: bool = False,
+                 cells_only: bool = False, log_level: str = "WARNING", launch: str = "auto",
+                 until: str = "analysis", out: Callable[[str], None] = print):
+        self.defs, self.sd, self.instance, self.cells, self.settings = defs, sd, instance, cells, settings
+        self.force, self.cells_only = force, cells_only
+        self.stages = STAGES[:STAGES.index(UNTIL[until]) + 1]
+        self.log_level, self.out = log_level, out
+        self.slots = max(1, instance.event_log_storage.get_concurrency_info("gpu").slot_count or 1)
+        self.launch = ("queued" if self.slots > 1 else "inline") if launch == "auto" else launch
+        self.ran: list[Item] = []
+        self.current = "planning"  # what runs now, for the interrupt message
+
+    def latest(self, asset: str, partition: str | None):
+        from mt_resources.store import latest_metadata
+
+        return latest_metadata(self.instance, self.sd.key(asset), partition)
+
+    def stage_items(self, job: str) -> list[Item]:
+        study = self.sd.study
+        if job == "coupling_job":
+            parts = [s for s in study.sources if any(study.cell(c).base == s for c in self.cells)]
+        elif job == "cell_job":
+            parts = list(self.cells)
+        else:
+            parts = [None]
+        # --cells: inputs and coupling adapters are redone only when stale, never forced
+        force = self.force and not (self.cells_only and job in ("inputs_job", "coupling_job"))
+        return [plan_item(self.defs, self.sd, job, p, self.latest, force=force) for p in parts]
+
+    def _whole(self, item: Item, why: str) -> None:
+        """Every asset of the item's job runs (the analysis reads all cells: it runs after any of them ran)."""
+        item.assets = stage_assets(self.defs, self.sd, item.job)
+        item.reasons = {a: why for a in item.assets}
+
+    def preview(self) -> list[Item]:
+        """What would run now, stage by stage, without running anything (later stages are planned again when they
+        start, so a stage whose inputs turn out unchanged may then have less to do)."""
+        out = []
+        for job in self.stages:
+            for item in self.stage_items(job):
+                if job == "analysis_job" and out and not item.assets:
+                    self._whole(item, "earlier stages run")
+                self.out(f"{item.label}: " + (f"would run {', '.join(item.assets)} ({item.why()})" if item.assets
+                                              else "up to date"))
+                out += [item] if item.assets else []
+        return out
+
+    def run(self) -> list[Item]:
+        from mt_run.queue import RunQueue, daemon
+
+        self.out(f"launch: {self.launch}" + (f", up to {self.slots} runs at once (gpu pool)" if self.launch == "queued"
+                                              else ", one run after another in this process"))
+        with contextlib.ExitStack() as stack:
+            self.stack = stack
+            if self.launch == "queued":
+                stack.enter_context(daemon(self.instance, self.settings, self.out))
+                self.queue = stack.enter_context(RunQueue(self.settings, self.out))
+            return self._stages()
+
+    def _stages(self) -> list[Item]:
+        for job in self.stages:
+            self.current = f"the plan of stage {job.removesuffix('_job')}"
+            items = self.stage_items(job)
+            if job == "analysis_job" and self.ran and not items[0].assets:
+                self._whole(items[0], "earlier stages ran")
+            todo = [i for i in items if i.assets]
+            current = [i.label for i in items if not i.assets]
+            if current:
+                self.out(f"{job.removesuffix('_job')}: up to date: {', '.join(current)}")
+            if self.launch == "queued":
+                self._queued(job, todo)
+                continue
+            t_stage = time.perf_counter()
+            for n, item in enumerate(todo, 1):
+                self.out(f"{item.label}: running {', '.join(item.assets)} ({item.why()})")
+                dt = self.execute(item)
+                done = time.perf_counter() - t_stage
+                eta = done / n * (len(todo) - n)
+                self.out(f"{item.label}: done in {dt:.0f}s  [{item.stage} {n}/{len(todo)}, eta {eta:.0f}s]")
+                self.ran.append(item)
+        return self.ran
+
+    def _queued(self, job: str, todo: list[Item]) -> None:
+        """Submit the stage's runs, at most ``slots`` in flight; one status line per change; fail after the stage."""
+        from mt_run.queue import daemon, daemon_alive
+
+        pending, flying, failed, t_stage = list(todo), {}, [], time.perf_counter()
+        checked = time.monotonic()
+        stage = job.removesuffix("_job")
+        try:
+            while pending or flying:
+                while pending and len(flying) < self.slots:
+                    item = pending.pop(0)
+                    run_id = self.queue.submit(self.sd, item, {STUDY_TAG: self.sd.name, **NO_DAEMON_RETRY})
+                    flying[run_id] = Flight(item)
+                    self.out(f"{item.label}: queued {', '.join(item.assets)} ({item.why()}) run {run_id[:8]}")
+                self.current = ", ".join(f.item.label for f in flying.values())
+                time.sleep(1)
+                if time.monotonic() - checked > 10:  # a run worker that died never finishes on its own
+                    reconcile_dead_runs(self.instance, self.out)
+                    if not daemon_alive(self.instance):  # the daemon we used went away: queued runs need another
+                        self.out("daemon: none serves this instance any more")
+                        self.stack.enter_context(daemon(self.instance, self.settings, self.out))
+                    checked = time.monotonic()
+                for run_id, f in list(flying.items()):
+                    status = self.instance.get_run_by_id(run_id).status.value
+                    if status == "STARTED" and f.started is None:
+                        f.started = time.perf_counter()
+                        self.out(f"{f.item.label}: running")
+                    if status == "STARTED" and (gpu := _gpu_of(self.instance, run_id)) not in (None, f.gpu):
+                        f.gpu = gpu
+                        self.out(f"{f.item.label}: running on GPU {gpu}")
+                    if status not in FINISHED:
+                        continue
+                    del flying[run_id]
+                    dt = time.perf_counter() - (f.started or t_stage)
+                    done = len(todo) - len(pending) - len(flying)
+                    eta = (time.perf_counter() - t_stage) / done * (len(todo) - done)
+                    if status == "SUCCESS":
+                        self.ran.append(f.item)
+                        self.out(f"{f.item.label}: done in {dt:.0f}s  [{stage} {done}/{len(todo)}, eta {eta:.0f}s]")
+                    else:
+                        why, user, _ = failure_info(self.instance, run_id)
+                        failed.append((f"{f.item.label}: {why}", user))
+                        self.out(f"{f.item.label}: FAILED after {dt:.0f}s (run {run_id}): {why}")
+        except KeyboardInterrupt:
+            self.queue.cancel(list(flying))  # the runs in flight stop too: their staging is discarded
+            raise Interrupted(f"{stage} ({', '.join(f.item.label for f in flying.values()) or 'between runs'})")
+        if failed:
+            raise RunFailed(f"{stage}: {len(failed)} of {len(todo)} run(s) failed; later stages not started:\n"
+                            + "\n".join(f"  {f}" for f, _ in failed), all(u for _, u in failed))
+
+    def execute(self, item: Item) -> float:
+        t0 = time.perf_counter()
+        self.current = item.label
+        tags = {**this_process(), STUDY_TAG: self.sd.name, **NO_DAEMON_RETRY}
+        # At the default level Dagster's console shows nothing; this process prints the run's warnings and, when a
+        # step fails, one line with its cause (Dagster's console would print the cause inside a stack trace).
+        # --log-level INFO/DEBUG or --debug show Dagster's own log.
+        quiet = self.log_level == "WARNING" and not self.settings.debug
+        try:
+            res = self.defs.resolve_job_def(self.sd.job(item.job)).execute_in_process(
+                instance=self.instance, partition_key=item.partition, raise_on_error=False, tags=tags,
+                asset_selection=[self.sd.key(a) for a in item.assets],
+                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL" if quiet else
+                                                               self.log_level}}}})
+        except KeyboardInterrupt:  # between Dagster's own interrupt checks
+            raise Interrupted(item.label) from None
+        dt = time.perf_counter() - t0
+        if quiet:
+            for line in run_warnings(self.instance, res.run_id):
+                self.out(f"{item.label}: warning: {line}")
+        if not res.success:
+            if _interrupted(self.instance, res.run_id):
+                raise Interrupted(item.label)
+            why, user, trace = failure_info(self.instance, res.run_id)
+            if trace and quiet:
+                print(trace, file=sys.stderr)  # a bug, not the input: its stack trace
+            raise RunFailed(f"{item.label} FAILED after {dt:.0f}s (run {res.run_id}) in {why}", user)
+        return dt
+
+
+@dataclass
+class Flight:
+    """A submitted run as `mt run` follows it."""
+    item: Item
+    started: float | None = None
+    gpu: str | None = None
+
+
+def _interrupted(instance, run_id: str) -> bool:
+    """Whether the run stopped because this process was interrupted (Dagster turns SIGINT inside a step into
+    ``DagsterExecutionInterruptedError`` and fails or cancels the run)."""
+    run = instance.get_run_by_id(run_id)
+    if run is not None and run.status.value == "CANCELED":
+        return True
+    for e in instance.all_logs(run_id):
+        ev = e.dagster_event
+        err = ev.step_failure_data.error if ev is not None and ev.is_step_failure and ev.step_failure_data else None
+        while err is not None:
+            if err.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt", "Interrupted"):
+                return True
+            err = err.cause
+    return False
+
+
+def _gpu_of(instance, run_id: str) -> str | None:
+    """The device a run's latest GPU step leased (its "gpu: leased device i of n" log line), if any yet."""
+    leased = [e.user_message.split()[3] for e in instance.all_logs(run_id)
+              if (e.user_message or "").startswith("gpu: leased device ")]
+    return leased[-1] if leased else None
