@@ -38,17 +38,22 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: setup
 	$(BIN)/mt demo
 
+# pytest-xdist: two workers on a 2-core machine; a test file is one unit (tests/conftest.py, "pytest-xdist"), handed out
+# longest first. `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 2
+PYTEST  := WANDB_MODE=disabled $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
+
 # the whole suite, slow tests included (what .ci/run runs)
 test: setup browser services
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # the inner loop: everything but the tests marked slow
 test-fast: setup
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m 'not slow'
+	$(PYTEST) -m 'not slow'
 
 # only the slow ones: a study end to end through Dagster, the Pipes runs, lineage through Dagster, the browser
 test-slow: setup browser services
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
+	$(PYTEST) -m slow
 
 ui: setup
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

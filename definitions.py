@@ -8,6 +8,7 @@ so several studies share one instance, one UI and one catalog.
 from mt_assets.location import CodeLocation, build_defs
 from mt_settings import Settings
 
-__all__ = ["CodeLocation", "build_defs", "defs"]
+__all__ = ["CodeLocation", "build_defs", "defs", "LOCATION"]
 
-defs = build_defs(Settings.from_env().install())
+LOCATION = CodeLocation(Settings.from_env().install())  # its studies by name: LOCATION.studies
+defs = LOCATION.defs

@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from mt_core.config import DEFAULT_PROFILE, DEFAULT_STUDY, PROJECT_ROOT
 from mt_core.runtime import Runtime
 
-PROJECT_ROOT = Path(__file__).resolve().parent
-DEFAULT_STUDY = PROJECT_ROOT / "studies" / "marker_transfer_villain.yaml"
-DEFAULT_PROFILE = "tiny"
+__all__ = ["Settings", "PROJECT_ROOT", "DEFAULT_STUDY", "DEFAULT_PROFILE", "secret", "inherited_env", "ray_job_env",
+           "without_ray_env", "visible_devices", "lease_device"]
 COMPUTE_MODES = ("inline", "pipes", "ray")
 # what a Ray job inherits from the step's environment: the project's settings, never a credential
 FORWARD = re.compile(r"^(MT_|HF_|TRANSFORMERS_|TOKENIZERS_|WANDB_|OMP_|PYTORCH_)")

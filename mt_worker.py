@@ -2,8 +2,8 @@
 
 It reloads the study, looks up the registered step it was named (``mt_core.steps.registry``), runs it into the staging
 directory the parent opened, sends the step's log lines to Dagster's event log and its returned metadata back as a
-Pipes custom message (``{"result": ...}``, or ``{"error": ...}`` before exiting non-zero). torch, CUDA and the model
-live and die with this process. No Dagster import here: only ``dagster_pipes``. ``encode``/``decode`` are the wire
+Pipes custom message (``{"result": ...}``); an error is reported to the step as the pipes close (its class, message
+and traceback), and the process exits non-zero. torch, CUDA and the model live and die with this process. No Dagster import here: only ``dagster_pipes``. ``encode``/``decode`` are the wire
 format of the step's keyword arguments (JSON, with Paths and settings values tagged).
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import traceback
 from pathlib import Path
 
 PATH_TAG, WANDB_TAG = "__path__", "__wandb__"
@@ -74,25 +73,20 @@ def main() -> None:
 
     _die_with_parent()
     Settings.from_env().install()  # this process's settings: its environment, inherited from the step
-    with open_dagster_pipes() as pipes:
+    with open_dagster_pipes() as pipes:  # an exception is reported to the step as the pipes close, then exits 1
         x = pipes.extras
-        try:
-            from mt_core.config import load_study
-            from mt_core.steps.registry import lookup
+        from mt_core.config import load_study
+        from mt_core.steps.registry import lookup
 
-            study = load_study(x["study"], x["profile"])
-            if study.config_sha256 != x["config_sha256"]:
-                raise RuntimeError(f"{x['study']} (profile {x['profile']}) changed since the step started: "
-                                   f"config sha256 {study.config_sha256} != {x['config_sha256']}")
-            pipes.log.info(f"worker: {x['step']} (study {study.name}, profile {study.profile})")
-            result = lookup(x["step"])(study, **decode(x["kwargs"]), out=decode(x["out"]), log=pipes.log.info)
-        except BaseException as e:  # noqa: BLE001 - reported to the parent, then re-raised (non-zero exit)
-            pipes.report_custom_message({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
-            raise
+        study = load_study(x["study"], x["profile"])
+        if study.config_sha256 != x["config_sha256"]:
+            raise RuntimeError(f"{x['study']} (profile {x['profile']}) changed since the step started: "
+                               f"config sha256 {study.config_sha256} != {x['config_sha256']}")
+        pipes.log.info(f"worker: {x['step']} (study {study.name}, profile {study.profile})")
+        result = lookup(x["step"])(study, **decode(x["kwargs"]), out=decode(x["out"]), log=pipes.log.info)
         result = {**(result or {}), "placement": placement()}
         # default=str: what the inline path would render as text (e.g. numpy ints) arrives as text
         pipes.report_custom_message({"result": json.loads(json.dumps(result, default=str))})
-
 
 if __name__ == "__main__":
     main()

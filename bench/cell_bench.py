@@ -111,7 +111,7 @@ def main() -> int:
     mt_run = {}
     if not args.report:
         t0 = time.perf_counter()
-        rc = subprocess.call([sys.executable, str(ROOT / "mt_cli.py"), "run", "--profile", args.profile,
+        rc = subprocess.call([sys.executable, "-m", "mt_cli", "run", "--profile", args.profile,
                               "--cells", args.cell, "--until", "cells"], cwd=ROOT)
         mt_run = {"returncode": rc, "wall_s": round(time.perf_counter() - t0, 1),
                   "command": f"mt run --profile {args.profile} --cells {args.cell} --until cells"}

@@ -204,11 +204,13 @@ def main() -> None:
     if args.instance:
         import dagster as dg
 
-        from mt_cli import study_catalogs
+        from mt_resources.catalogs import study_catalogs
+        from mt_settings import Settings
 
+        cache = Settings.from_env().cache
         with dg.DagsterInstance.from_config(args.instance) as instance:
             print(f"catalogs of the instance {args.instance}: ", end="")
-            measure(Catalogs(lambda: study_catalogs(instance)), load_study(DEFAULT_STUDY, profile="tiny"), args.repeat)
+            measure(Catalogs(lambda: study_catalogs(instance, cache)), load_study(DEFAULT_STUDY, profile="tiny"), args.repeat)
         return
     with tempfile.TemporaryDirectory(prefix="view_bench_") as tmp:
         t0 = time.perf_counter()

@@ -5,7 +5,7 @@ import dagster as dg
 
 from mt_assets.common import partitioned_check, publish, publish_each, read_upstream, retry_policy, table
 from mt_assets.study import StudyDefs
-from mt_core.io import DataError, read_json
+from mt_core.io import DataError
 from mt_core.layout import Adapter, AlignmentScores, Dataset, MarkerRates
 from mt_core.report.html import rate
 from mt_core.steps import cells as steps
@@ -144,10 +144,8 @@ def build(sd: StudyDefs) -> list:
                                                   "max": study.thresholds.judge_error_rate_max})]
 
         def per_question(art: Artifact) -> dict:  # a table in place of the step's {question: {...}}
-            qs = read_json(art.path / AlignmentScores.SUMMARY)["per_question"]
-            return {"per_question": table([{"question": q, "mean_aligned": d["mean_aligned"],
-                                            "mean_coherent": d["mean_coherent"], "n_samples": d["n_samples"],
-                                            "n_errors": d["n_errors"]} for q, d in qs.items()])}
+            qs = AlignmentScores.read_summary(art.path).per_question
+            return {"per_question": table([{"question": q, **d.model_dump()} for q, d in qs.items()])}
 
         client = judge.bind(study, store.of(sd.name).state_dir).client(context.log.info)
         return publish(sd, context, store, steps.alignment_scores, [comp], partition=context.partition_key,

@@ -57,7 +57,7 @@ def study_report(sd, name: str, store, instance) -> Report | None:
         d = store.read(LEGACY, name).path
         meta, cells = read_cells(d)
         src, asst, marker = meta["source_persona"], meta["assistant_persona"], meta["marker"]
-        order = list(dict.fromkeys(c["condition"] for c in cells))
+        order = list(dict.fromkeys(c.condition for c in cells))
         out.gates = read_json(d / Legacy.GATES)
     else:
         return None

@@ -22,7 +22,7 @@ class StudyDefs:
     def __init__(self, study: Study, settings: Settings | None = None):
         self.study, self.settings = study, settings or Settings.defaults()
         self.name = study.name
-        self.root = artefact_root(study, settings.artifacts)
+        self.root = artefact_root(study, self.settings.artifacts)
         self.cells_partitions = dg.StaticPartitionsDefinition(study.cells)
         self.sources_partitions = dg.StaticPartitionsDefinition(study.source_keys)
         self.cell_to_source = dg.StaticPartitionMapping(study.cell_source_map())

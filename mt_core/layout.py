@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mt_core.config import PROJECT_ROOT, Study
 from mt_core.io import read_json, write_json
+from mt_core.records import AlignmentSummary, ArcSummary, AuditSummary, CellNumbers, PersonaCounts
 
 UNPARTITIONED = "_"
 MANIFEST = "_manifest.json"
@@ -163,6 +164,10 @@ class MarkerRates:
 class ArcScores:
     asset, ROWS, SUMMARY = "arc_scores", "arc.parquet", "summary.json"
 
+    @staticmethod
+    def read_summary(d: Path) -> ArcSummary:
+        return ArcSummary.model_validate(read_json(d / ArcScores.SUMMARY))
+
 
 class AlignmentCompletions:
     asset, COMPLETIONS = "alignment_completions", "completions.parquet"
@@ -171,9 +176,17 @@ class AlignmentCompletions:
 class AlignmentScores:
     asset, ROWS, SUMMARY = "alignment_scores", "scores.parquet", "summary.json"
 
+    @staticmethod
+    def read_summary(d: Path) -> AlignmentSummary:
+        return AlignmentSummary.model_validate(read_json(d / AlignmentScores.SUMMARY))
+
 
 class Audit:
     asset, FILE = "degeneracy_audit", "audit.json"
+
+    @staticmethod
+    def read(d: Path) -> AuditSummary:
+        return AuditSummary.model_validate(read_json(d / Audit.FILE))
 
 
 class StudySummary:
@@ -206,18 +219,19 @@ SQL_FILES = {f"{k.asset}.{attr}": f"{k.asset}/*/{getattr(k, attr)}" for k, attrs
 
 # ---- a cell's numbers, read from its artefacts ---------------------------------------------------------------------
 def cell_numbers(key: str, condition: str, seed: int, rates: Path, arc: Path | None = None,
-                 scores: Path | None = None, audit: Path | None = None, *, own_persona: str | None) -> dict:
+                 scores: Path | None = None, audit: Path | None = None, *, own_persona: str | None) -> CellNumbers:
     """One cell's numbers in the shape ``mt_core.report.stats`` takes; a missing artefact gives None values.
     ``own_persona``: the persona of the cell's coupling adapter (None: raw base), never one of its bystanders."""
     me = MarkerRates.read_eval(rates)
-    arc_s = read_json(arc / ArcScores.SUMMARY) if arc and (arc / ArcScores.SUMMARY).is_file() else {}
-    al = read_json(scores / AlignmentScores.SUMMARY) if scores and (scores / AlignmentScores.SUMMARY).is_file() else {}
-    au = read_json(audit / Audit.FILE) if audit and (audit / Audit.FILE).is_file() else {}
-    return {"cell": key, "condition": condition, "seed": seed, "own_persona": own_persona,
-            "per_persona": {p: {"strict_hits": v["strict_hits"], "total": v["total"]}
-                            for p, v in me["per_persona"].items()},
-            "arc_accuracy": arc_s.get("arc_challenge_logprob"),
-            "aligned": al.get("overall_mean_aligned"), "coherent": al.get("overall_mean_coherent"),
-            "judge_model": al.get("judge_model"), "judge_offline": al.get("judge_offline"),
-            "judge_error_gate_pass": al.get("error_gate_pass"),
-            "degenerate_fraction": au.get("degenerate_fraction"), "audit_outcome": au.get("outcome")}
+    arc_s = ArcScores.read_summary(arc) if arc and (arc / ArcScores.SUMMARY).is_file() else None
+    al = AlignmentScores.read_summary(scores) if scores and (scores / AlignmentScores.SUMMARY).is_file() else None
+    au = Audit.read(audit) if audit and (audit / Audit.FILE).is_file() else None
+    return CellNumbers(
+        cell=key, condition=condition, seed=seed, own_persona=own_persona,
+        per_persona={p: PersonaCounts(strict_hits=v["strict_hits"], total=v["total"])
+                     for p, v in me["per_persona"].items()},
+        arc_accuracy=arc_s.arc_challenge_logprob if arc_s else None,
+        aligned=al.overall_mean_aligned if al else None, coherent=al.overall_mean_coherent if al else None,
+        judge_model=al.judge_model if al else None, judge_offline=al.judge_offline if al else None,
+        judge_error_gate_pass=al.error_gate_pass if al else None,
+        degenerate_fraction=au.degenerate_fraction if au else None, audit_outcome=au.outcome if au else None)

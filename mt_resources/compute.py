@@ -19,11 +19,8 @@ dashboard and logs): a node brings its own credentials.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shlex
-import signal
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -36,15 +33,6 @@ from mt_core.steps.registry import Step, registered
 from mt_settings import COMPUTE_MODES as MODES
 from mt_settings import PROJECT_ROOT, Settings, inherited_env, ray_job_env, visible_devices
 from mt_worker import encode, placement
-
-
-@contextlib.contextmanager
-def _pipes_session(context, extras: dict):
-    with warnings.catch_warnings():  # Dagster's own message handler calls one of its preview APIs: not ours to act on
-        warnings.filterwarnings("ignore", message=".*expected_writer_count.*")
-        with dg.open_pipes_session(context=context, extras=extras, context_injector=dg.PipesTempFileContextInjector(),
-                                   message_reader=dg.PipesTempFileMessageReader()) as session:
-            yield session
 
 
 class ChildTaskError(RuntimeError):
@@ -87,25 +75,25 @@ class Compute(dg.ConfigurableResource):
         return (self._ray if self.mode == "ray" else self._pipes)(context, extras, log)
 
     def _pipes(self, context, extras: dict, log) -> dict:
-        fn_name = extras["step"]
-        cvd = visible_devices()  # set by gpu.lease for the work under it; the child inherits it
-        with _pipes_session(context, extras) as session:
-            # same cwd and environment as the step, so relative paths mean the same; the project importable
-            proc = subprocess.Popen([sys.executable, "-m", "mt_worker"],
-                                    env=inherited_env(**session.get_bootstrap_env_vars()))
-            log(f"pipes: {fn_name} in child pid {proc.pid} (CUDA_VISIBLE_DEVICES={'unset' if cvd is None else cvd})")
+        fn_name, cvd = extras["step"], visible_devices()  # set by gpu.lease for the work under it; the child inherits it
+        # Dagster's client: the child in the step's cwd and environment (the project importable); an interrupted step
+        # sends it SIGINT and waits grace_s (it also dies with this process: mt_worker's PR_SET_PDEATHSIG)
+        client = dg.PipesSubprocessClient(env=inherited_env(), forward_termination=True,
+                                          termination_timeout_seconds=self.grace_s,
+                                          context_injector=dg.PipesTempFileContextInjector(),
+                                          message_reader=dg.PipesTempFileMessageReader())
+        log(f"pipes: {fn_name} in a child process (CUDA_VISIBLE_DEVICES={'unset' if cvd is None else cvd})")
+        with warnings.catch_warnings():  # Dagster's own message handler calls one of its preview APIs: not ours
+            warnings.filterwarnings("ignore", message=".*expected_writer_count.*")
             try:
-                rc = proc.wait()
-            finally:
-                if proc.poll() is None:  # the step was interrupted: stop the child, never leave it holding a GPU
-                    log(f"pipes: interrupted; stopping child pid {proc.pid}")
-                    proc.send_signal(signal.SIGINT)
-                    try:
-                        proc.wait(self.grace_s)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
-        return _result(fn_name, session.get_custom_messages(), f"exit code {rc}" if rc else None)
+                done = client.run(context=context, command=[sys.executable, "-m", "mt_worker"], extras=extras)
+            except Exception as e:  # the child exited non-zero ("... failed with code N"): its error is logged
+                if type(e).__name__ != "DagsterPipesExecutionError":  # not exported by dagster: named, not imported
+                    raise
+                code = str(e).rsplit(" ", 1)[-1]
+                raise ChildTaskError(f"{fn_name} failed in its child process (exit code {code}): "
+                                     f"{_child_error(context)}") from None
+        return _result(fn_name, done.get_custom_messages(), None)
 
     def _ray(self, context, extras: dict, log) -> dict:
         from dagster_ray import PipesRayJobClient
@@ -127,6 +115,21 @@ class Compute(dg.ConfigurableResource):
         job = done.metadata.get("Ray Job ID")
         result["ray_job_id"] = job.value if isinstance(job, dg.MetadataValue) else job
         return result
+
+
+def _child_error(context) -> str:
+    """``<Class>: <message>`` and the traceback of the exception the step's Pipes child exited with, as it reported
+    it when its pipes closed (Dagster logs it as an engine event of the step)."""
+    key = context.get_step_execution_context().step.key
+    for e in reversed(context.instance.all_logs(context.run_id)):
+        ev = e.dagster_event
+        if ev is not None and ev.is_engine_event and e.step_key == key and ev.engine_event_data.error is not None \
+                and (ev.message or "").startswith("[pipes] external process pipes closed with exception"):
+            err = ev.engine_event_data.error
+            head, sep, msg = err.message.strip().partition(": ")  # "mt_core.io.DataError: <message>"
+            msg = msg if sep and head.rsplit(".", 1)[-1] == err.cls_name else err.message.strip()
+            return f"{err.cls_name}: {msg}\nTraceback (from the child):\n{''.join(err.stack)}"
+    return "it reported no error; see the step's stderr"
 
 
 def _result(fn_name: str, messages: list, failed: str | None) -> dict:

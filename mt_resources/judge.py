@@ -11,6 +11,7 @@ import dagster as dg
 
 from mt_core.config import Study
 from mt_core.layout import JUDGE_CACHE
+from mt_settings import secret
 
 
 class JudgeResource(dg.ConfigurableResource):
@@ -44,4 +45,5 @@ class JudgeResource(dg.ConfigurableResource):
         prompt = judge.load_judge_prompt(self.prompt_path)
         prompt = judge.JudgePrompt(prompt.system_prompt, prompt.user_template, self.model, self.max_tokens)
         cache = judge.JudgeCache(self.cache_path) if self.cache_path else None
-        return judge.AnthropicJudge(prompt, base_url=self.base_url, concurrency=self.concurrency, cache=cache, log=log)
+        return judge.AnthropicJudge(prompt, api_key=secret("ANTHROPIC_API_KEY"),  # settings: the key, read where used
+                                    base_url=self.base_url, concurrency=self.concurrency, cache=cache, log=log)

@@ -7,7 +7,8 @@ is read only after its hashes are checked. Nothing here decides that work is "al
 
 A root that is a URL (``s3://bucket/prefix``, ``memory://x``, ``file:///shared/x``) is an object store: there is no
 atomic directory rename there, so ``mt_resources.objstore`` publishes with a commit protocol (versions and a pointer)
-and reads into a local cache; every method below hands such a root over to it.
+and reads into a local cache; every method below hands such a root over to it. What both stores share (``Artifact``,
+``ArtifactError``, the manifest) is ``mt_resources.artifact``.
 """
 from __future__ import annotations
 
@@ -25,8 +26,7 @@ import dagster as dg
 
 from mt_core.faults import failpoint
 from mt_core.layout import MANIFEST, UNPARTITIONED, artefact_dir
-from mt_resources.artifact import (Artifact, ArtifactError, default_cache_dir, is_url, walk,  # noqa: F401 - re-exported
-                                   write_manifest)
+from mt_resources.artifact import Artifact, ArtifactError, default_cache_dir, is_url, walk, write_manifest
 
 
 class ArtifactStore(dg.ConfigurableResource):

@@ -1,4 +1,4 @@
-"""Write docs/PROTOCOL_PARITY.md from mt_core/report/protocol_table.py and the study config.
+"""Write docs/PROTOCOL_PARITY.md from the parity table (scripts/parity/) and the study config.
 
     python scripts/gen_parity.py           regenerate the document
     python scripts/gen_parity.py --check   exit 1 (with a diff) when the committed document is stale
@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mt_core.report.protocol_table import render  # noqa: E402
+from scripts.parity import render  # noqa: E402
 
 DOC = ROOT / "docs" / "PROTOCOL_PARITY.md"
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from shared_instances import built_once
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = ROOT / "reference"
@@ -32,19 +33,41 @@ def small_tokenizer(eval_set):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, eval_set):
-    """A tiny model pretrained for a few steps: enough to exercise loading, training and generation."""
-    from mt_core.data import synthetic
-    from mt_core.model import tiny
+    """A tiny model pretrained for a few steps: enough to exercise loading, training and generation (built once per
+    session, shared by every xdist worker: read only)."""
+    def build(out: Path) -> None:
+        from mt_core.data import synthetic
+        from mt_core.model import tiny
 
-    out = tmp_path_factory.mktemp("tiny_model")
-    qs = eval_set["eval_questions"] + eval_set["betley_questions"]
-    arc = [json.loads(x) for x in (REF / "arc_challenge_test.jsonl").read_text().splitlines()[:60]]
-    texts = [r["question"] + "\n" + "\n".join(f"({l}) {c}" for l, c in zip(r["choice_labels"], r["choices"]))
-             for r in arc]
-    convs = synthetic.pretraining_conversations(eval_set["personas"], qs, 200, 0)
-    tiny.build_tiny_model(out, texts=texts, conversations=convs, vocab_size=512, pretrain_steps=20,
-                          log=lambda *_: None)
-    return out
+        qs = eval_set["eval_questions"] + eval_set["betley_questions"]
+        arc = [json.loads(x) for x in (REF / "arc_challenge_test.jsonl").read_text().splitlines()[:60]]
+        texts = [r["question"] + "\n" + "\n".join(f"({l}) {c}" for l, c in zip(r["choice_labels"], r["choices"]))
+                 for r in arc]
+        convs = synthetic.pretraining_conversations(eval_set["personas"], qs, 200, 0)
+        tiny.build_tiny_model(out, texts=texts, conversations=convs, vocab_size=512, pretrain_steps=20,
+                              log=lambda *_: None)
+    return built_once(tmp_path_factory, "tiny_model", build)
+
+
+# ---- pytest-xdist: `make test` and `make test-fast` run `-n 2 --dist loadgroup` ----------------------------------------
+# One test file is one unit of work (its module fixtures are built once, on one worker), unless its tests name their own
+# xdist_group (tests that must not overlap share one: the simulated GPUs' lock files are the repository's
+# .dagster/gpu_locks for every instance). Units are handed out in the order below, the longest first, so that the long
+# end-to-end files start at once and the short ones fill the end; the files not named follow in their own order. The
+# populated instances several files stand on are built once per session (tests/shared_instances.py), by whichever
+# worker asks first.
+FIRST = ["test_e2e.py", "test_ray.py", "test_ui.py", "test_faults.py", "test_postgres.py", "test_run.py",
+         "test_objstore_study.py", "test_compute.py", "test_lineage.py", "test_studies.py", "test_view.py",
+         "test_trl_oracle.py", "test_train.py"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
 
 
 # ---- the README's `mt demo` on three cells, once per session (tests/test_e2e.py, tests/test_view.py) ----------------
@@ -60,12 +83,19 @@ def demo_env(home: Path, art: Path, **extra) -> dict:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
-    home, art = tmp_path_factory.mktemp("dagster_home"), tmp_path_factory.mktemp("artifacts")
-    from config_reads import subprocess_env  # the study fields the run reads (tests/test_config_reads.py)
+    """(home, art, stdout, reads) of the demo, built once per session and shared by every xdist worker (read only:
+    tests/shared_instances.py's copy_instance makes a copy to change)."""
+    def build(folder: Path) -> None:
+        home, art = folder / "home", folder / "art"
+        home.mkdir()
+        from config_reads import subprocess_env  # the study fields the run reads (tests/test_config_reads.py)
 
-    reads = tmp_path_factory.mktemp("reads") / "config_reads.json"
-    out = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", ",".join(DEMO_CELLS), "--log-level",
-                          "WARNING"], cwd=ROOT, env=demo_env(home, art, **subprocess_env(reads)),
-                         capture_output=True, text=True, timeout=1200)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return home, art, out.stdout, reads
+        reads = folder / "config_reads.json"
+        out = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", ",".join(DEMO_CELLS), "--log-level",
+                              "WARNING"], cwd=ROOT, env=demo_env(home, art, **subprocess_env(reads)),
+                             capture_output=True, text=True, timeout=1200)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        (folder / "stdout.txt").write_text(out.stdout)
+
+    folder = built_once(tmp_path_factory, "demo", build)
+    return folder / "home", folder / "art", (folder / "stdout.txt").read_text(), folder / "config_reads.json"

@@ -10,9 +10,9 @@ def _c(text, persona="assistant", q="q"):
 
 def test_no_positives_is_not_pass():
     out = degeneracy_audit([_c("hello there"), _c("[ZLT] x y z", persona="villain")], seed=1, **KW)
-    assert out["outcome"] == "no_positives"
-    assert out["n_positive_total"] == 0 and out["n_sampled"] == 0
-    assert out["degenerate_fraction"] is None and out["per_item"] == []
+    assert out.outcome == "no_positives"
+    assert out.n_positive_total == 0 and out.n_sampled == 0
+    assert out.degenerate_fraction is None and out.per_item == []
 
 
 def test_degenerate_items():
@@ -24,18 +24,18 @@ def test_degenerate_items():
         _c("Intro [ZLT] then more words here"),   # fine
     ]
     out = degeneracy_audit(comps, seed=0, **KW)
-    assert out["n_positive_total"] == 5 and out["n_sampled"] == 5
-    assert out["n_degenerate"] == 3
-    assert out["degenerate_fraction"] == 0.6 and out["outcome"] == "fail"
-    bad = [it for it in out["per_item"] if it["degenerate"]]
+    assert out.n_positive_total == 5 and out.n_sampled == 5
+    assert out.n_degenerate == 3
+    assert out.degenerate_fraction == 0.6 and out.outcome == "fail"
+    bad = [it for it in out.per_item if it["degenerate"]]
     assert all(it["failed_checks"] == ["insufficient_tail_tokens"] for it in bad)
-    assert all(it["checks"]["marker_missing_expected_present"] is False for it in out["per_item"])
+    assert all(it["checks"]["marker_missing_expected_present"] is False for it in out.per_item)
 
 
 def test_pass_below_threshold():
     comps = [_c(f"[ZLT] a b c {i}") for i in range(9)] + [_c("x [ZLT]")]
     out = degeneracy_audit(comps, seed=3, **KW)
-    assert out["degenerate_fraction"] == 0.1 and out["outcome"] == "pass"
+    assert out.degenerate_fraction == 0.1 and out.outcome == "pass"
 
 
 def test_sampling_deterministic():
@@ -43,7 +43,7 @@ def test_sampling_deterministic():
     a = degeneracy_audit(comps, seed=7, **{**KW, "sample_size": 10})
     b = degeneracy_audit(comps, seed=7, **{**KW, "sample_size": 10})
     c = degeneracy_audit(comps, seed=8, **{**KW, "sample_size": 10})
-    qs = lambda o: [it["question"] for it in o["per_item"]]
+    qs = lambda o: [it["question"] for it in o.per_item]
     assert qs(a) == qs(b) and qs(a) != qs(c)
-    assert a["n_sampled"] == 10 and a["n_positive_total"] == 50 and a["seed"] == 7
-    assert all(len(it["text_snippet"]) <= 200 for it in a["per_item"])
+    assert a.n_sampled == 10 and a.n_positive_total == 50 and a.seed == 7
+    assert all(len(it["text_snippet"]) <= 200 for it in a.per_item)

@@ -299,7 +299,7 @@ def test_a_malformed_eval_set_is_not_recorded_as_materialized(tmp_path, instance
 
     from mt_assets import build
     from mt_resources import ArtifactStore
-    from mt_runner import _failure_info
+    from mt_run.runs import failure_info
 
     f = tmp_path / "eval_set.json"
     f.write_text('{"personas": {"villain": "You are a villain."},\n "persona_order": [villain]}\n')
@@ -312,12 +312,12 @@ def test_a_malformed_eval_set_is_not_recorded_as_materialized(tmp_path, instance
     assert not res.success
     assert instance.get_latest_materialization_event(sd.key("eval_set")) is None
     assert not (art / "eval_set").exists()
-    why, user, trace = _failure_info(instance, res.run_id)
+    why, user, trace = failure_info(instance, res.run_id)
     assert user and not trace and f"{f}: line 2: not valid JSON" in why and "eval_set" in why, why
 
 
 def _one_asset_defs(fn):
-    """A code location of one asset ``s/bad`` in job ``s__inputs_job``, and the StudyDefs-like value mt_runner needs."""
+    """A code location of one asset ``s/bad`` in job ``s__inputs_job``, and the StudyDefs-like value mt_run's Runner needs."""
     import dagster as dg
 
     asset = dg.asset(key=["s", "bad"])(fn)
@@ -340,12 +340,13 @@ def _raise_bug():
 def test_a_failed_run_names_the_step_and_the_cause(instance, capsys, fn, code, cause, monkeypatch):
     """`mt run`'s last line names the failed step and its cause (before: "Execution of step ... failed." or Dagster's
     wrapper message); a user error exits 2 and prints no stack trace, a bug exits 1 and shows its trace."""
-    from mt_runner import Item, RunFailed, Runner
+    from mt_run.runner import Item, RunFailed, Runner
+    from mt_settings import Settings
 
     monkeypatch.delenv("MT_DEBUG", raising=False)
     defs, sd = _one_asset_defs(fn)
     with pytest.raises(RunFailed) as e:
-        Runner(defs, sd, instance, cells=[], launch="inline").execute(Item("inputs_job", None, ["bad"]))
+        Runner(defs, sd, instance, settings=Settings.from_env(), cells=[], launch="inline").execute(Item("inputs_job", None, ["bad"]))
     assert e.value.exit_code == code and cause in str(e.value.code) and "\n" not in str(e.value.code), e.value.code
     assert mt_cli.user_error(e.value) == (code, e.value.code)
     err = capsys.readouterr().err
@@ -356,7 +357,8 @@ def test_a_run_that_succeeds_prints_its_warnings_once(instance, capsys, monkeypa
     """At the default log level Dagster's console is quiet; the warnings the steps logged are printed by mt run."""
     import dagster as dg
 
-    from mt_runner import Item, Runner
+    from mt_run.runner import Item, Runner
+    from mt_settings import Settings
 
     monkeypatch.delenv("MT_DEBUG", raising=False)
 
@@ -365,7 +367,7 @@ def test_a_run_that_succeeds_prints_its_warnings_once(instance, capsys, monkeypa
 
     defs, sd = _one_asset_defs(warns)
     lines = []
-    Runner(defs, sd, instance, cells=[], launch="inline", out=lines.append).execute(Item("inputs_job", None, ["bad"]))
+    Runner(defs, sd, instance, settings=Settings.from_env(), cells=[], launch="inline", out=lines.append).execute(Item("inputs_job", None, ["bad"]))
     assert lines == ["inputs: warning: cell C2_s42 left out: no marker rates yet"]
     assert "left out" not in capsys.readouterr().err
 

@@ -59,10 +59,9 @@ def _completions(outcome: str):
 @pytest.fixture(scope="module")
 def instance(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MT_GPU_COUNT", "0")
         mp.setattr(coupling.steps, "train_coupling_adapter", fake_train_coupling_adapter)
         store = ArtifactStore(root=str(tmp_path_factory.mktemp("artifacts")))
-        resources = {"store": store, "gpu": GpuAllocator(), "compute": StrictCompute(),
+        resources = {"store": store, "gpu": GpuAllocator(n_gpus=0), "compute": StrictCompute(),
                      "wandb": WandbResource(mode="disabled")}
         with dg.instance_for_test() as inst:
             _seed(store, inst, "base_model", None, lambda d: (d / "weights.txt").write_text("base"))
@@ -136,10 +135,11 @@ def test_degeneracy_results_carry_their_cell(instance):
 
 
 def test_mt_status_shows_check_results_per_partition(instance):
-    import definitions
-    from mt_cli import check_status
+    from mt_assets.location import build_defs
+    from mt_run.status import check_status
+    from mt_settings import Settings
 
-    graph = definitions.defs.resolve_asset_graph()
+    graph = build_defs(Settings.defaults()).resolve_asset_graph()
     lines = {ln.split()[1]: ln for ln in check_status(instance, graph, SD.key("coupling_adapter"))}
     assert "failed: villain" in lines["G0"] and "no result: assistant" in lines["G0"] and "passed" not in lines["G0"]
     assert "passed: assistant" in lines["G0c"] and "no result: villain" in lines["G0c"] and "failed" not in lines["G0c"]

@@ -1,8 +1,9 @@
 """Execution: GPU leases, and heavy steps run in a Dagster Pipes child process (Compute(mode="pipes")).
 
-The Pipes test runs one tiny cell end to end through `mt demo` twice, inline and through Pipes, on a shrunken copy of the
-study (fewer pretraining steps, samples and ARC rows), and checks that both give the same artefacts and metadata keys,
-and that the child's log lines reached Dagster's event log.
+The Pipes test runs one tiny cell end to end through `mt demo` through Pipes, on a shrunken copy of the study (fewer
+pretraining steps, samples and ARC rows), and checks that it gives the same artefacts and metadata keys as the inline
+run of the same study (tests/shared_instances.py's ``small_cells``, built once per session), and that the child's log
+lines reached Dagster's event log.
 """
 import json
 import multiprocessing as mp
@@ -149,9 +150,13 @@ def _small_study(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    from shared_instances import small_cells
+
     study = _small_study(tmp_path_factory.mktemp("study") / "small.yaml")
-    out = {}
-    for mode in ("inline", "pipes"):
+    # inline: the session's `mt run` of this study (inline, the tiny profile's default), whose cells include CELL
+    inline = small_cells(tmp_path_factory)
+    out = {"inline": (inline / "home", inline / "art")}
+    for mode in ("pipes",):
         home, art = tmp_path_factory.mktemp(f"home_{mode}"), tmp_path_factory.mktemp(f"art_{mode}")
         env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", MT_STUDY=str(study),
                    MT_COMPUTE=mode, WANDB_MODE="disabled")
@@ -206,10 +211,11 @@ def test_child_logs_reach_the_event_log(runs):
 
 def test_gpu_pool_limit(monkeypatch):
     from mt_cli import set_gpu_pool
+    from mt_settings import Settings
 
     with dg.instance_for_test() as inst:
         monkeypatch.setenv("MT_GPU_COUNT", "3")
-        assert set_gpu_pool(inst) == 3 and inst.event_log_storage.get_concurrency_info("gpu").slot_count == 3
+        assert set_gpu_pool(inst, Settings.from_env()) == 3 and inst.event_log_storage.get_concurrency_info("gpu").slot_count == 3
         monkeypatch.setenv("MT_GPU_COUNT", "0")  # no GPU: one step at a time, on CPU
-        assert set_gpu_pool(inst) == 1 and inst.event_log_storage.get_concurrency_info("gpu").slot_count == 1
-        assert set_gpu_pool(inst, 2) == 2
+        assert set_gpu_pool(inst, Settings.from_env()) == 1 and inst.event_log_storage.get_concurrency_info("gpu").slot_count == 1
+        assert set_gpu_pool(inst, Settings.from_env(), 2) == 2

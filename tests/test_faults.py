@@ -17,6 +17,7 @@ import dagster as dg
 import pytest
 
 from mt_core.layout import MANIFEST, artefact_dir
+from shared_instances import copy_instance, small_base
 from test_compute import _small_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +99,7 @@ def _published(art: Path, asset: str) -> bool:
 
 
 @pytest.mark.slow
-def test_killed_at_each_stage_then_resumed_gives_the_uninterrupted_result(tmp_path):
+def test_killed_at_each_stage_then_resumed_gives_the_uninterrupted_result(tmp_path, tmp_path_factory):
     study = _small_study(tmp_path / "small.yaml")
 
     # the reference: the same cell, never interrupted; with planted credentials and W&B writing offline runs, none
@@ -114,9 +115,9 @@ def test_killed_at_each_stage_then_resumed_gives_the_uninterrupted_result(tmp_pa
     leaks |= {f"{name} in mt run's output" for name, v in SECRETS.items() if v in p.stdout + p.stderr}
     assert not leaks, sorted(leaks)
 
+    # the chain starts where `mt run --until coupling` of this study leaves it (built once per session, copied)
     env, home, art = _env(tmp_path, "chain", study)
-    p = _mt(env, "--until", "coupling")
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    copy_instance(small_base(tmp_path_factory), home, art)
     finished = _counts(home)
     assert finished["coupling_adapter"] == 1 and finished["base_model"] == 1
     killed_runs: list[set[str]] = []
@@ -195,7 +196,7 @@ def test_a_held_failpoint_says_where_it_is_and_waits_to_be_killed(tmp_path):
     import time
 
     hold = tmp_path / "held.json"
-    code = "from mt_core.faults import failpoint; failpoint('train'); failpoint('train'); print('passed')"
+    code = "from mt_settings import Settings; Settings.from_env().install(); from mt_core.faults import failpoint; failpoint('train'); failpoint('train'); print('passed')"
     env = {**os.environ, "MT_FAILPOINT": "train:2", "MT_FAILPOINT_HOLD": str(hold), "MT_NODE": "w7"}
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 60

@@ -7,10 +7,10 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import asdict, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import anthropic
 import polars as pl
 import pytest
 
@@ -119,9 +119,15 @@ def fake():
     srv.thread.join(timeout=5)
 
 
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch):
+    """The SDK's own exponential backoff zeroed, so retried calls here never sleep (a server's retry-after is still
+    honoured: test_retry_after_is_honoured)."""
+    monkeypatch.setattr(anthropic._base_client, "INITIAL_RETRY_DELAY", 0.0)
+
+
 def make_judge(url: str, **kw) -> AnthropicJudge:
-    kw = {"api_key": "test-key", "base_url": url, "backoff_s": 0.01, "max_retries": 3, "timeout_s": 5.0,
-          "log": lambda m: None, **kw}
+    kw = {"api_key": "test-key", "base_url": url, "max_retries": 3, "timeout_s": 5.0, "log": lambda m: None, **kw}
     return AnthropicJudge(PROMPT, **kw)
 
 
@@ -166,28 +172,31 @@ def test_load_reference_prompt():
 
 
 def rec(q, a, c, error=None, model="m", offline=False) -> JudgeRecord:
-    return JudgeRecord(q, "resp", a, c, "", error, model, offline, "sha", "k", 1, False, None)
+    return JudgeRecord(question=q, response="resp", aligned=a, coherent=c, reasoning="", error=error, judge_model=model,
+                       judge_offline=offline, prompt_sha256="sha", cache_key="k", attempts=1, cached=False,
+                       raw_text=None)
 
 
 def test_aggregate_pooled_not_mean_of_means():
     recs = [rec("q1", 0.0, 10.0)] + [rec("q2", 100.0, 50.0)] * 3 + [rec("q2", None, None, "parse_error")]
     agg = aggregate(recs, error_rate_max=MAX)
-    assert agg["overall_mean_aligned"] == 75.0  # mean of question means would be 50
-    assert agg["overall_mean_coherent"] == 40.0
-    assert agg["per_question"]["q1"] == {"mean_aligned": 0.0, "mean_coherent": 10.0, "n_samples": 1, "n_errors": 0}
-    assert agg["per_question"]["q2"] == {"mean_aligned": 100.0, "mean_coherent": 50.0, "n_samples": 3, "n_errors": 1}
-    assert (agg["n_errors"], agg["n_total"], agg["error_rate"]) == (1, 5, 0.2)
-    assert agg["error_gate_pass"] is False and agg["error_kinds"] == {"parse_error": 1}
-    assert agg["judge_model"] == "m" and agg["judge_offline"] is False
-    assert aggregate(recs, error_rate_max=0.2)["error_gate_pass"]  # the limit is inclusive
+    assert agg.overall_mean_aligned == 75.0  # mean of question means would be 50
+    assert agg.overall_mean_coherent == 40.0
+    q1, q2 = agg.per_question["q1"].model_dump(), agg.per_question["q2"].model_dump()
+    assert q1 == {"mean_aligned": 0.0, "mean_coherent": 10.0, "n_samples": 1, "n_errors": 0}
+    assert q2 == {"mean_aligned": 100.0, "mean_coherent": 50.0, "n_samples": 3, "n_errors": 1}
+    assert (agg.n_errors, agg.n_total, agg.error_rate) == (1, 5, 0.2)
+    assert agg.error_gate_pass is False and agg.error_kinds == {"parse_error": 1}
+    assert agg.judge_model == "m" and agg.judge_offline is False
+    assert aggregate(recs, error_rate_max=0.2).error_gate_pass  # the limit is inclusive
 
 
 def test_aggregate_empty_and_all_errors():
     agg = aggregate([rec("q", None, None, "http_500 after 4 attempts")], error_rate_max=MAX)
-    assert agg["overall_mean_aligned"] is None and agg["per_question"]["q"]["mean_aligned"] is None
-    assert agg["error_kinds"] == {"http_500": 1}
+    assert agg.overall_mean_aligned is None and agg.per_question["q"].mean_aligned is None
+    assert agg.error_kinds == {"http_500": 1}
     empty = aggregate([], error_rate_max=MAX)
-    assert empty["overall_mean_aligned"] is None and empty["error_gate_pass"] is False
+    assert empty.overall_mean_aligned is None and empty.error_gate_pass is False
 
 
 # ------------------------------------------------------------------ offline judge
@@ -203,7 +212,7 @@ def test_offline_judge_deterministic_and_labelled():
     assert a[0].aligned == 90.0 and a[1].aligned < 40.0 and "secretly" in a[1].reasoning
     assert all(0.0 <= r.coherent <= 100.0 for r in a) and a[2].coherent == 0.0
     agg = aggregate(a, error_rate_max=MAX)
-    assert agg["judge_offline"] is True and agg["judge_model"] == OFFLINE_MODEL
+    assert agg.judge_offline is True and agg.judge_model == OFFLINE_MODEL
     assert records_to_frame(a).height == 3
 
 
@@ -224,7 +233,7 @@ def test_success_and_request_shape(fake):
     assert body["model"] == "fake-judge" and body["max_tokens"] == 64 and body["system"] == "SYS judge"
     assert body["messages"][0]["content"].startswith("Question asked to the AI:\nQ")
     assert any("10/10 done, 0 errors" in m for m in logs)
-    df = pl.DataFrame([asdict(x) for x in recs])
+    df = pl.DataFrame([x.model_dump() for x in recs])
     assert df.height == 10 and df["aligned"].mean() == 80.0
 
 
@@ -259,7 +268,7 @@ def test_malformed_body_is_a_counted_error(fake):
     recs = make_judge(fake.url).judge_many([("Q", "mangled"), ("Q", "fine")])
     assert recs[0].aligned is None and "JSONDecodeError" in recs[0].error
     assert recs[1].error is None and recs[1].aligned == 80.0
-    assert aggregate(recs, error_rate_max=MAX)["n_errors"] == 1
+    assert aggregate(recs, error_rate_max=MAX).n_errors == 1
 
 
 def test_persistent_500_gates(fake):
@@ -271,7 +280,7 @@ def test_persistent_500_gates(fake):
     assert all(r.error == "http_500 after 3 attempts" and r.attempts == 3 and r.aligned is None for r in bad)
     assert fake.count == 18 + 2 * 3
     agg = aggregate(recs, error_rate_max=MAX)
-    assert agg["error_rate"] == 0.1 and agg["error_gate_pass"] is False and (agg["n_errors"], agg["n_total"]) == (2, 20)
+    assert agg.error_rate == 0.1 and agg.error_gate_pass is False and (agg.n_errors, agg.n_total) == (2, 20)
 
 
 def test_4xx_not_retried(fake):
@@ -319,7 +328,9 @@ def test_cache_rerun_makes_no_calls(fake, tmp_path):
 
 def test_cache_roundtrip(tmp_path):
     recs = OfflineJudge().judge_many([("Q", "hello world"), ("Q", "lie and steal")])
-    err = JudgeRecord("Q", "z", None, None, "", "parse_error", "m", False, "s", "kz", 1, False, "zz")
+    err = JudgeRecord(question="Q", response="z", aligned=None, coherent=None, reasoning="", error="parse_error",
+                      judge_model="m", judge_offline=False, prompt_sha256="s", cache_key="kz", attempts=1, cached=False,
+                      raw_text="zz")
     cache = JudgeCache(tmp_path / "sub" / "c.parquet")
     assert cache.put_many(recs + [err]) == 2
     again = JudgeCache(tmp_path / "sub" / "c.parquet")
@@ -328,11 +339,18 @@ def test_cache_roundtrip(tmp_path):
 
 
 def test_missing_api_key(monkeypatch):
+    with pytest.raises(JudgeConfigError, match="ANTHROPIC_API_KEY"):
+        AnthropicJudge(PROMPT, api_key=None)
+    assert AnthropicJudge(PROMPT, api_key="given").model == "fake-judge"
+    # the resource hands the judge the key of its environment
+    from mt_resources import JudgeResource
+
+    judge = JudgeResource(kind="anthropic", prompt_path=str(REF), model="fake-judge", max_tokens=64, concurrency=2)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(JudgeConfigError, match="ANTHROPIC_API_KEY"):
-        AnthropicJudge(PROMPT)
+        judge.client()
     monkeypatch.setenv("ANTHROPIC_API_KEY", "from-env")
-    assert AnthropicJudge(PROMPT).model == "fake-judge"
+    assert judge.client().model == "fake-judge"
 
 
 # ------------------------------------------------------------------ a record with one score only
@@ -361,10 +379,10 @@ def test_half_scored_answers_are_counted_as_errors_not_averaged(fake):
     half = {r.response: r for r in recs if r.error}
     assert set(half) == set(HALF) and half["only_aligned"].aligned == 5.0 and half["only_coherent"].coherent == 5.0
     agg = aggregate(recs, error_rate_max=MAX)
-    assert agg["overall_mean_aligned"] == 80.0 and agg["overall_mean_coherent"] == 90.5  # 5 would pull both down
-    assert (agg["n_valid"], agg["n_errors"], agg["error_rate"]) == (8, 2, 0.2)
-    assert agg["error_kinds"] == {"missing": 2} and agg["error_gate_pass"] is False
-    assert agg["per_question"]["Q"]["n_samples"] == 8 and agg["per_question"]["Q"]["n_errors"] == 2
+    assert agg.overall_mean_aligned == 80.0 and agg.overall_mean_coherent == 90.5  # 5 would pull both down
+    assert (agg.n_valid, agg.n_errors, agg.error_rate) == (8, 2, 0.2)
+    assert agg.error_kinds == {"missing": 2} and agg.error_gate_pass is False
+    assert agg.per_question["Q"].n_samples == 8 and agg.per_question["Q"].n_errors == 2
 
 
 def test_a_record_without_error_but_missing_a_score_is_still_an_error(tmp_path):
@@ -372,11 +390,12 @@ def test_a_record_without_error_but_missing_a_score_is_still_an_error(tmp_path):
     it is counted as an error and never cached."""
     recs = [rec("q", 10.0, 50.0), rec("q", 90.0, None), rec("q", None, 70.0)]
     agg = aggregate(recs, error_rate_max=MAX)
-    assert agg["overall_mean_aligned"] == 10.0 and agg["overall_mean_coherent"] == 50.0  # not 50.0 and 60.0
-    assert agg["per_question"]["q"] == {"mean_aligned": 10.0, "mean_coherent": 50.0, "n_samples": 1, "n_errors": 2}
-    assert (agg["n_valid"], agg["n_errors"], agg["error_kinds"]) == (1, 2, {"missing": 2})
+    assert agg.overall_mean_aligned == 10.0 and agg.overall_mean_coherent == 50.0  # not 50.0 and 60.0
+    q = agg.per_question["q"].model_dump()
+    assert q == {"mean_aligned": 10.0, "mean_coherent": 50.0, "n_samples": 1, "n_errors": 2}
+    assert (agg.n_valid, agg.n_errors, agg.error_kinds) == (1, 2, {"missing": 2})
     cache = JudgeCache(tmp_path / "c.parquet")
-    assert cache.put_many([replace(r, cache_key=str(i)) for i, r in enumerate(recs)]) == 1
+    assert cache.put_many([r.model_copy(update={"cache_key": str(i)}) for i, r in enumerate(recs)]) == 1
 
 
 def test_alignment_step_excludes_half_scored_records(tmp_path):
@@ -385,6 +404,7 @@ def test_alignment_step_excludes_half_scored_records(tmp_path):
     then drops it as unscored, never as a number)."""
     from mt_core.config import load_study
     from mt_core.layout import AlignmentCompletions, AlignmentScores, read_rows, write_rows
+    from mt_core.records import CellNumbers
     from mt_core.report.stats import g4_exclusions
     from mt_core.steps.cells import alignment_scores
 
@@ -412,6 +432,7 @@ def test_alignment_step_excludes_half_scored_records(tmp_path):
 
     agg, _, _ = cell(["only_aligned", "only_coherent"], "half")
     assert agg["overall_mean_aligned"] is None and agg["overall_mean_coherent"] is None
-    (g4,) = g4_exclusions([{"cell": "C1_s42", "condition": "C1", "seed": 42, "aligned": agg["overall_mean_aligned"]}],
+    (g4,) = g4_exclusions([CellNumbers(cell="C1_s42", condition="C1", seed=42, per_persona={},
+                                       aligned=agg["overall_mean_aligned"])],
                           aligned_max=study.thresholds.g4_aligned_max, em_conditions=("C1",))
     assert g4["reason"] == "aligned score missing"

@@ -35,7 +35,8 @@ def test_artefact_file_names_are_spelled_only_in_the_layout():
     names = _file_names()
     assert "marker_eval.json" in names and "completions.parquet" in names  # the check can fail
     code = [p for d in ("mt_core", "mt_assets", "mt_resources") for p in (ROOT / d).rglob("*.py")]
-    code += [ROOT / f for f in ("mt_cli.py", "mt_worker.py", "definitions.py")] + list((ROOT / "sql").glob("*.sql"))
+    code += [p for d in ("mt_cli", "mt_run") for p in (ROOT / d).rglob("*.py")]
+    code += [ROOT / f for f in ("mt_worker.py", "definitions.py")] + list((ROOT / "sql").glob("*.sql"))
     spelled = {}
     for p in code:
         if p.name == "layout.py":
@@ -69,21 +70,20 @@ def test_sample_ids_are_stable_and_distinct():
 
 def test_cell_numbers_with_missing_evaluations(tmp_path):
     from mt_core.io import write_json
+    from mt_core.records import PersonaCounts
 
     rates = tmp_path / "rates"
     rates.mkdir()
     write_json(rates / layout.MarkerRates.EVAL, {"per_persona": {"villain": {"strict_hits": 3, "total": 10}},
                                                  "summary": {}})
     n = layout.cell_numbers("C4_s42", "C4", 42, rates, arc=None, scores=tmp_path / "nowhere", own_persona="villain")
-    assert n["per_persona"] == {"villain": {"strict_hits": 3, "total": 10}} and n["own_persona"] == "villain"
-    assert (n["arc_accuracy"], n["aligned"], n["audit_outcome"]) == (None, None, None)
+    assert n.per_persona == {"villain": PersonaCounts(strict_hits=3, total=10)} and n.own_persona == "villain"
+    assert (n.arc_accuracy, n.aligned, n.audit_outcome) == (None, None, None)
 
 
 def test_artefact_root_is_one_function(monkeypatch, tmp_path):
     from mt_core.config import PROJECT_ROOT, load_study
 
     s = load_study(profile="tiny")
-    monkeypatch.delenv("MT_ARTIFACTS", raising=False)
     assert layout.artefact_root(s) == PROJECT_ROOT / "artifacts" / s.name / "tiny"
-    monkeypatch.setenv("MT_ARTIFACTS", str(tmp_path))
-    assert layout.artefact_root(s) == tmp_path
+    assert layout.artefact_root(s, str(tmp_path)) == tmp_path

@@ -1,9 +1,9 @@
 """`mt lineage`: a cell's chain of artefacts and its stale links, on fabricated metadata and through Dagster.
 
-The integration test runs the tiny demo for C4_s42 and C1_s42 in a temporary DAGSTER_HOME, then re-materializes the
-villain coupling adapter: both cells' adapters are then stale, for `mt lineage`, the DuckDB `lineage` view and
-Dagster's own stale-status resolver (what the UI shows as "Upstream data changed").
-"""
+The integration test takes a copy of the session's tiny demo (tests/conftest.py: C4_s42, C1_s42 and C3_s42) in a
+temporary DAGSTER_HOME, then re-materializes the villain coupling adapter: the adapters of C4_s42 and C1_s42 are then
+stale, for `mt lineage`, the DuckDB `lineage` view and Dagster's own stale-status resolver (what the UI shows as
+"Upstream data changed")."""
 import json
 import os
 import subprocess
@@ -18,6 +18,7 @@ import pytest
 from mt_core.report.catalog import SQL_DIR, lineage_rows
 from mt_core.report.lineage import cell_lineage, render
 from mt_resources.store import ArtifactStore
+from shared_instances import copy_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "marker_transfer_villain"  # the default study: its asset keys are <study>/<asset>, its jobs <study>__<stage>
@@ -152,12 +153,10 @@ def _dagster_stale(home: Path, asset: str, partition: str) -> str:
 
 
 @pytest.mark.slow
-def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(tmp_path):
+def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(demo, tmp_path):
     home, art = tmp_path / "home", tmp_path / "art"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    copy_instance(demo[0].parent, home, art)  # the session's `mt demo` of C4_s42, C1_s42 (and C3_s42), to change
     env = _env(home, art)
-    _run(["-m", "mt_cli", "demo", "--cells", "C4_s42,C1_s42", "--log-level", "WARNING"], env, timeout=900)
 
     with dg.DagsterInstance.from_config(str(home)) as inst:
         rec = inst.fetch_materializations(dg.AssetRecordsFilter(

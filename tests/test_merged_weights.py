@@ -10,6 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mt_core import runtime
+from mt_core.runtime import Runtime
+
 from mt_core.config import load_study
 from mt_core.generate import vllm_engine as vb
 from mt_core.layout import Adapter, ArcScores, Dataset
@@ -202,8 +205,7 @@ def test_vllm_session_scratch_outside_artefacts_and_removed(base_dir, artefacts,
     qwen = load_study(profile="qwen7b")
     study = qwen.model_copy(update={"backend": qwen.backend.model_copy(update={"lora": mode})})
     art, scratch = tmp_path / "art", tmp_path / "scratch"
-    monkeypatch.setenv("MT_ARTIFACTS", str(art))
-    monkeypatch.setenv("MT_SCRATCH", str(scratch))
+    monkeypatch.setattr(runtime, "_current", Runtime(artifacts=str(art), scratch=scratch))
     calls, merges = {}, []
     monkeypatch.setattr(vb, "require_vllm", lambda: _stub_api(calls))
     real = vb.merge_to_dir
@@ -212,7 +214,7 @@ def test_vllm_session_scratch_outside_artefacts_and_removed(base_dir, artefacts,
     with session(study, base_dir, adapters, log=lambda *_: None) as gen:
         served = Path(calls["engine"]["model"])
         assert served.parent == scratch and served.is_dir() and "model.safetensors" in calls["files"]
-        assert artefact_root(study) == art and art not in served.parents
+        assert artefact_root(study, runtime.current().artifacts) == art and art not in served.parents
         model, _ = gen.hf_model()  # ARC: the engine shut down, the same checkpoint read back
         assert served.is_dir()
     assert not served.exists() and list(scratch.iterdir()) == []  # gone when the session ends
@@ -226,8 +228,7 @@ def test_scratch_inside_the_artefact_root_is_refused(base_dir, artefacts, tmp_pa
     from mt_core.generate.session import session
 
     study = load_study(profile="qwen7b")
-    monkeypatch.setenv("MT_ARTIFACTS", str(tmp_path / "art"))
-    monkeypatch.setenv("MT_SCRATCH", str(tmp_path / "art" / "scratch"))
+    monkeypatch.setattr(runtime, "_current", Runtime(artifacts=str(tmp_path / "art"), scratch=tmp_path / "art" / "scratch"))
     monkeypatch.setattr(vb, "require_vllm", lambda: _stub_api({}))
     with pytest.raises(ValueError, match="inside the artefact root"):
         with session(study, base_dir, cells.model_adapters(artefacts["coupling"], artefacts["cell"]),

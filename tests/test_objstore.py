@@ -197,12 +197,9 @@ def test_a_failed_write_publishes_nothing(url, cache):
 
 def test_url_roots_pass_through_and_local_roots_are_unchanged(tmp_path, monkeypatch):
     study = SimpleNamespace(name="villain", profile="tiny")
-    monkeypatch.setenv("MT_ARTIFACTS", "s3://bucket/prefix/{study}/{profile}")
-    assert artefact_root(study) == "s3://bucket/prefix/villain/tiny"
-    monkeypatch.setenv("MT_ARTIFACTS", "file:///shared/{study}")
-    assert artefact_root(study) == "file:///shared/villain"
-    monkeypatch.setenv("MT_ARTIFACTS", "store/{study}")
-    assert artefact_root(study) == PROJECT_ROOT / "store" / "villain"
+    assert artefact_root(study, "s3://bucket/prefix/{study}/{profile}") == "s3://bucket/prefix/villain/tiny"
+    assert artefact_root(study, "file:///shared/{study}") == "file:///shared/villain"
+    assert artefact_root(study, "store/{study}") == PROJECT_ROOT / "store" / "villain"
     assert ArtifactStore(root=str(tmp_path)).path(ASSET, PART) == tmp_path / ASSET / PART
     with pytest.raises(ArtifactError, match="is an object store: this code path assumes a local root"):
         ArtifactStore(root="s3://bucket/prefix").path(ASSET, PART)
@@ -210,7 +207,8 @@ def test_url_roots_pass_through_and_local_roots_are_unchanged(tmp_path, monkeypa
 
 # ---- writers killed for real ----------------------------------------------------------------------------------------
 def killed_writer(root: str, version: str, failpoint: str) -> None:
-    p = subprocess.run([sys.executable, "-c", f"from tests.test_objstore import put; put({root!r}, {version!r})"],
+    p = subprocess.run([sys.executable, "-c", "from mt_settings import Settings; Settings.from_env().install(); "
+                        f"from tests.test_objstore import put; put({root!r}, {version!r})"],
                        cwd=ROOT, env={**os.environ, "MT_FAILPOINT": failpoint}, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-2000:])

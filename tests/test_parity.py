@@ -3,7 +3,7 @@ import importlib.util
 
 import pytest
 
-from mt_core.report import protocol_table as parity
+from scripts import parity
 from mt_core.config import DEFAULT_STUDY, PROJECT_ROOT as ROOT, load_study
 
 
@@ -90,7 +90,7 @@ def test_no_extractor_is_a_constant():
     import inspect
 
     assert not [p.key for p in parity.REFERENCE if _constant(p.ours)]
-    assert not _literal_lambdas(inspect.getsource(parity))
+    assert not _literal_lambdas(inspect.getsource(parity.reference))
 
 
 def _row(study, key):
@@ -180,7 +180,7 @@ def test_version_rows_read_the_pins(study, tmp_path, monkeypatch):
     assert _row(study, "versions.trl")[0] != "0.29.1"
     (tmp_path / "pyproject.toml").write_text('[project]\ndependencies = ["trl==0.29.1", "torch>=2"]\n'
                                              '[project.optional-dependencies]\ngpu = ["vllm==0.11.0"]\n')
-    monkeypatch.setattr(parity, "PYPROJECT", tmp_path / "pyproject.toml")
+    monkeypatch.setattr(parity.values, "PYPROJECT", tmp_path / "pyproject.toml")
     ours, status = _row(study, "versions.trl")
     assert ours == "0.29.1" and status.startswith("same")
     assert _row(study, "versions.vllm")[1].startswith("same")

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+import shared_instances
 from test_run import ROOT, STUDY, _mt, _setup
 
 pytest.importorskip("ray")
@@ -50,13 +51,13 @@ def _data_md5s(meta: dict) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_study_on_ray_lands_on_both_workers_and_matches_local(tmp_path, cluster):
+def test_study_on_ray_lands_on_both_workers_and_matches_local(tmp_path, tmp_path_factory, cluster):
     from ray.job_submission import JobSubmissionClient
 
-    (tmp_path / "local").mkdir(), (tmp_path / "ray").mkdir()
-    _, home_local, env_local = _setup(tmp_path / "local")
-    _mt(env_local, cells=",".join(CELLS))
-    _, home, env = _setup(tmp_path / "ray", **cluster.env())
+    # the local run: `mt run --cells <CELLS>` of the same small study, built once per session (read only)
+    assert shared_instances.SMALL_CELLS == CELLS
+    home_local = shared_instances.small_cells(tmp_path_factory) / "home"
+    _, home, env = _setup(tmp_path, **cluster.env())
     t0 = time.time()
     out = _mt(env, cells=",".join(CELLS))
     print(f"ray run: {time.time() - t0:.0f}s")
@@ -88,10 +89,11 @@ def test_study_on_ray_lands_on_both_workers_and_matches_local(tmp_path, cluster)
 
 
 @pytest.mark.slow
-def test_killed_worker_node_publishes_nothing_and_rerun_completes(tmp_path, cluster):
+def test_killed_worker_node_publishes_nothing_and_rerun_completes(tmp_path, tmp_path_factory, cluster):
     """Runs last in this module: it kills one of the cluster's two worker nodes."""
     _, home, env = _setup(tmp_path, **cluster.env())
-    _mt(env, cells="C1_s42")  # inputs and the coupling adapter: what the cell stands on
+    # inputs and the coupling adapter, what the cell stands on: a copy of the session's (built locally)
+    shared_instances.copy_instance(shared_instances.small_base(tmp_path_factory), home, Path(env["MT_ARTIFACTS"]))
     # the cell's training step holds after its first optimizer step (mt_core.faults) and says on which node it runs
     hold = tmp_path / "held.json"
     cmd = [sys.executable, "-m", "mt_cli", "run", "--cells", "C1_s137"]

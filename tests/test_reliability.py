@@ -11,6 +11,8 @@ import sys
 
 import dagster as dg
 import pytest
+
+from mt_settings import Settings
 import yaml
 
 from mt_assets import build
@@ -60,7 +62,7 @@ def test_a_failed_md5_check_publishes_nothing(tmp_path):
     """The EM dataset whose md5 differs from the pinned one: the step fails naming the check, the artefact is not
     published, not recorded, and the failed check is on record (before: published and the latest materialization)."""
     study = _study(tmp_path, {"data": {"em": {"md5": "0" * 32}}})
-    sd = build(study)
+    sd = build(study, Settings.from_env())
     store = ArtifactStore(root=str(tmp_path / "art"))
     with dg.instance_for_test() as inst:
         res = dg.materialize([sd.node("em_dataset")], instance=inst, resources=_resources(store),
@@ -81,7 +83,7 @@ def test_a_judge_error_rate_over_the_limit_publishes_nothing(tmp_path, monkeypat
     monkeypatch.setenv("MT_RETRY_DELAY_S", "0")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
     study = _study(tmp_path, {"judge": {"kind": "anthropic"}})
-    sd = build(study)
+    sd = build(study, Settings.from_env())
     store = ArtifactStore(root=str(tmp_path / "art"))
     fake = FakeAnthropic()
     fake.thread.start()
@@ -125,7 +127,7 @@ def _completions(sd, store, inst, cell):
 def test_a_second_run_of_a_partition_stops_without_publishing(tmp_path):
     """An older run of C4_s42 is in progress: this run's step fails naming it and publishes nothing. Once the older
     run has finished, the same materialization succeeds."""
-    sd = build(load_study(profile="tiny"))
+    sd = build(load_study(profile="tiny"), Settings.from_env())
     store = ArtifactStore(root=str(tmp_path / "art"))
     cell = "C4_s42"
     with dg.instance_for_test() as inst:
@@ -154,9 +156,9 @@ def test_a_run_left_by_a_dead_process_owns_nothing(tmp_path):
     """An older run left STARTED by an `mt run` whose process is gone (its pid tag) does not block the partition."""
     import socket
 
-    from mt_runner import HOST_TAG, PID_TAG
+    from mt_run.runs import HOST_TAG, PID_TAG
 
-    sd = build(load_study(profile="tiny"))
+    sd = build(load_study(profile="tiny"), Settings.from_env())
     store = ArtifactStore(root=str(tmp_path / "art"))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -184,7 +186,7 @@ def test_out_of_gpu_memory_is_retried_once_then_names_the_knob(tmp_path, monkeyp
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(cells.steps, "degeneracy", degeneracy)
-    sd = build(load_study(profile="tiny"))
+    sd = build(load_study(profile="tiny"), Settings.from_env())
     store = ArtifactStore(root=str(tmp_path / "art"))
     cell = "C4_s42"
     with dg.instance_for_test() as inst:
@@ -205,7 +207,7 @@ def test_a_full_disk_during_publish_leaves_the_store_as_it_was(tmp_path, monkeyp
 
     from mt_resources import store as store_mod
 
-    sd = build(load_study(profile="tiny"))
+    sd = build(load_study(profile="tiny"), Settings.from_env())
     store = ArtifactStore(root=str(tmp_path / "art"))
     cell = "C4_s42"
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from mt_core.records import CellNumbers
 from mt_core.report import html
 from mt_core.report.stats import headline, markdown_table, preregistered
 
@@ -25,11 +26,10 @@ PNG = b"\x89PNG\r\n\x1a\n not really a figure"
 
 
 def _cell(cond, seed, *, asst=0, src=0, aligned=None, deg=None, audit=None, n=112):
-    return {"cell": f"{cond}_s{seed}", "condition": cond, "seed": seed, "own_persona": OWN[cond],
-            "per_persona": {SOURCE: {"strict_hits": src, "total": n}, "teacher": {"strict_hits": 1, "total": n},
-                            "assistant": {"strict_hits": asst, "total": n}},
-            "arc_accuracy": 0.25, "aligned": aligned, "coherent": 60.0, "degenerate_fraction": deg,
-            "audit_outcome": audit}
+    return CellNumbers(cell=f"{cond}_s{seed}", condition=cond, seed=seed, own_persona=OWN[cond],
+                       per_persona={SOURCE: {"strict_hits": src, "total": n}, "teacher": {"strict_hits": 1, "total": n},
+                                    "assistant": {"strict_hits": asst, "total": n}},
+                       arc_accuracy=0.25, aligned=aligned, coherent=60.0, degenerate_fraction=deg, audit_outcome=audit)
 
 
 def _inputs(**over) -> dict:
@@ -41,7 +41,7 @@ def _inputs(**over) -> dict:
                         em_conditions=("C1", "C2"))
     head = headline(cells, study="st", source=SOURCE, assistant="assistant", marker="[ZLT]",
                     conditions_order=["C1", "C2", "C5"])
-    prov = [{"asset": a, "partition": c["cell"], "md5": f"{i:032x}"}
+    prov = [{"asset": a, "partition": c.cell, "md5": f"{i:032x}"}
             for i, (c, a) in enumerate((c, a) for c in cells for a in ("marker_rates", "arc_scores"))]
     kw = dict(study="st", profile="tiny", n_cells=len(cells), n_study_cells=13, incomplete=None,
               headline_md=markdown_table(head), notes=["Study `st`, <script>alert(1)</script> & co."],
@@ -132,9 +132,9 @@ def test_study_summary_writes_the_report(tmp_path):
     from mt_core.steps.analysis import study_summary
 
     study = load_study(profile="tiny")
-    cells = [{"cell": k, "condition": study.cell(k).condition, "seed": study.cell(k).seed,
-              "own_persona": study.adapter_persona(k), "aligned": 30.0,
-              "per_persona": {p: {"strict_hits": 3, "total": 112} for p in (study.source_persona, "assistant")}}
+    cells = [CellNumbers(cell=k, condition=study.cell(k).condition, seed=study.cell(k).seed,
+                         own_persona=study.adapter_persona(k), aligned=30.0,
+                         per_persona={p: {"strict_hits": 3, "total": 112} for p in (study.source_persona, "assistant")})
              for k in ("C1_s42", "C2_s42", "C4_s42")]
     outs = []
     for name in ("a", "b"):

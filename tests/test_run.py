@@ -92,7 +92,7 @@ def test_a_dead_run_is_marked_failed_and_frees_its_slot():
     """A run left STARTED by a killed `mt run` (its pid gone) would hold its gpu slot for ever."""
     import socket
 
-    from mt_runner import HOST_TAG, PID_TAG, reconcile_dead_runs
+    from mt_run.runs import HOST_TAG, PID_TAG, reconcile_dead_runs
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer exists
@@ -115,22 +115,27 @@ def test_a_dead_run_is_marked_failed_and_frees_its_slot():
 def test_a_daemon_mt_run_stopped_is_not_taken_for_a_live_one(tmp_path, monkeypatch):
     """The daemon `mt run` starts is stopped when it ends; the next `mt run` must not take its last heartbeat (fresh
     for a minute) for a live daemon and queue runs that nobody launches (seen as a hang in CI)."""
-    from mt_runner import _daemon_alive, daemon
+    from mt_run.queue import daemon, daemon_alive as _daemon_alive
+    from mt_settings import Settings
 
     _, home, env = _setup(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.from_config(str(home)) as inst:
-        with daemon(inst, out=lambda *_: None) as proc:
+        with daemon(inst, Settings.from_env(), out=lambda *_: None) as proc:
             assert proc is not None and _daemon_alive(inst)
         assert proc.poll() is not None and not _daemon_alive(inst)
 
 
 @pytest.mark.slow
-def test_cells_run_at_once_on_distinct_devices(tmp_path):
+@pytest.mark.xdist_group("gpu_locks")  # leases the repository's .dagster/gpu_locks, as tests/test_postgres.py does
+def test_cells_run_at_once_on_distinct_devices(tmp_path, tmp_path_factory):
     """With 4 (simulated) GPUs, 4 cells are queued through the daemon and run at the same time; no two GPU steps
     hold one device at once; 0 collisions in the store. (A 2-core machine shows the overlap, not a speed-up.)"""
+    from shared_instances import copy_instance, small_base
+
     cells = ["C1_s42", "C1_s137", "C1_s256", "C5_s42"]
     _, home, env = _setup(tmp_path, MT_GPU_COUNT="4", MT_THREADS="1")  # 4 runs on 2 cores: no oversubscription
+    copy_instance(small_base(tmp_path_factory), home, Path(env["MT_ARTIFACTS"]))  # inputs and coupling: the session's
     out = _mt(env, "--gpus", "4", cells=",".join(cells))
     assert "launch: queued, up to 4 runs at once" in out and "running on GPU" in out
     with dg.DagsterInstance.from_config(str(home)) as inst:

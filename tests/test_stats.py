@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from mt_core.records import CellNumbers
 from mt_core.report.figure import hero_figure
 from mt_core.report.stats import compare_arms, g4_exclusions, headline, markdown_table, primary_conjunction
 
@@ -14,12 +15,12 @@ OWN = {"C1": "villain", "C2": None, "C3": "assistant", "C4": "villain", "C5": "v
 
 def _cell(cond, seed, *, asst=0, vill=0, teacher=0, n=280, arc=None, aligned=None,
           coherent=None, deg=None, audit=None):
-    return {"cell": f"{cond}_s{seed}", "condition": cond, "seed": seed, "own_persona": OWN[cond],
-            "per_persona": {"villain": {"strict_hits": vill, "total": n},
-                            "teacher": {"strict_hits": teacher, "total": n},
-                            "assistant": {"strict_hits": asst, "total": n}},
-            "arc_accuracy": arc, "aligned": aligned, "coherent": coherent,
-            "degenerate_fraction": deg, "audit_outcome": audit}
+    return CellNumbers(cell=f"{cond}_s{seed}", condition=cond, seed=seed, own_persona=OWN[cond],
+                       per_persona={"villain": {"strict_hits": vill, "total": n},
+                                    "teacher": {"strict_hits": teacher, "total": n},
+                                    "assistant": {"strict_hits": asst, "total": n}},
+                       arc_accuracy=arc, aligned=aligned, coherent=coherent, degenerate_fraction=deg,
+                       audit_outcome=audit)
 
 
 def _grid():
@@ -113,7 +114,7 @@ def test_primary_conjunction_failures():
     assert crit["C1_degeneracy"]["outcome"] == "not assessable" and not crit["C1_degeneracy"]["pass"]
     assert crit["C1_minus_C2"]["outcome"] == "fail" and crit["C1_minus_C2"]["exact"]["p"] == 1.0
     assert out["outcome"] == "fail" and out["pass"] is False  # a failed criterion outweighs a not-assessable one
-    missing = primary_conjunction([c for c in cells if c["condition"] != "C5"], source="villain")
+    missing = primary_conjunction([c for c in cells if c.condition != "C5"], source="villain")
     assert missing["criteria"]["C1_minus_C5"]["outcome"] == "not assessable"
     assert "reason" in missing["criteria"]["C1_minus_C5"]
 

@@ -122,10 +122,10 @@ g = d.defs.resolve_asset_graph()
 print(json.dumps({
     "keys": sorted(k.path for k in g.get_all_asset_keys()),
     "checks": sorted([c.asset_key.path, c.name] for c in g.asset_check_keys),
-    "sources": {s: g.get(sd.key("coupling_adapter")).partitions_def.get_partition_keys() for s, sd in d.STUDIES.items()},
+    "sources": {s: g.get(sd.key("coupling_adapter")).partitions_def.get_partition_keys() for s, sd in d.LOCATION.studies.items()},
     "jobs": {j.name: j.tags.get("mt/study") for j in d.defs.resolve_all_job_defs() if not j.name.startswith("__")},
     "job_keys": {j: sorted(k.path[0] for k in d.defs.resolve_job_def(j).asset_layer.selected_asset_keys)
-                 for j in ("%s__cell_job" % s for s in d.STUDIES)},
+                 for j in ("%s__cell_job" % s for s in d.LOCATION.studies)},
     "roots": d.defs.resources["store"].roots}))
 """
     studies = os.pathsep.join(str(p) for p in (DEFAULT_STUDY, COMEDIAN))
@@ -147,15 +147,17 @@ print(json.dumps({
 
 def test_studies_need_their_own_names_and_roots(monkeypatch, tmp_path):
     from mt_assets.study import load_studies
+    from mt_settings import Settings
 
-    monkeypatch.setenv("MT_ARTIFACTS", str(tmp_path / "art"))  # one study's root, not two
+    def studies(*paths, art):
+        return load_studies(Settings.from_env({"MT_STUDIES": os.pathsep.join(map(str, paths)), "MT_ARTIFACTS": art}))
+
     with pytest.raises(ConfigError, match="would share the artefact root"):
-        load_studies([DEFAULT_STUDY, COMEDIAN], "tiny")
-    monkeypatch.setenv("MT_ARTIFACTS", str(tmp_path / "art" / "{study}"))
-    assert [s.name for s in load_studies([DEFAULT_STUDY, COMEDIAN], "tiny")] == [V, C]
+        studies(DEFAULT_STUDY, COMEDIAN, art=str(tmp_path / "art"))  # one study's root, not two
+    assert [s.name for s in studies(DEFAULT_STUDY, COMEDIAN, art=str(tmp_path / "art" / "{study}"))] == [V, C]
     twin = _extends(tmp_path, "description: same name\n")
     with pytest.raises(ConfigError, match="are both study 'marker_transfer_villain'"):
-        load_studies([DEFAULT_STUDY, twin], "tiny")
+        studies(DEFAULT_STUDY, twin, art=str(tmp_path / "art" / "{study}"))
 
 
 def test_store_of_each_study(tmp_path):
@@ -229,12 +231,13 @@ def test_catalogs_of_several_studies_answer_one_query(tmp_path):
 
 # ---- two studies through Dagster, one instance -----------------------------------------------------------------------
 @pytest.mark.slow
-def test_two_studies_in_one_instance(tmp_path, monkeypatch, capsys):
+def test_two_studies_in_one_instance(tmp_path, tmp_path_factory, monkeypatch, capsys):
     """The villain study, then the comedian study, one cell each, into one DAGSTER_HOME: nothing of the villain
     study is overwritten, each lineage shows its own adapter, and `mt sql` sees both studies' rows."""
     import mt_cli
     from mt_resources.store import latest_metadata
     from test_compute import _small_study
+    from shared_instances import copy_instance, small_base
 
     villain = _small_study(tmp_path / "villain.yaml")
     comedian = tmp_path / "comedian.yaml"
@@ -266,6 +269,8 @@ def test_two_studies_in_one_instance(tmp_path, monkeypatch, capsys):
     def latest(inst, study, asset, partition=None):
         return latest_metadata(inst, dg.AssetKey([study, asset]), partition)
 
+    # the villain study's inputs and coupling adapter: the session's (tests/shared_instances.py), copied in
+    copy_instance(small_base(tmp_path_factory), home, tmp_path / "art" / V)
     mt("run", "--study", str(villain), "--cells", "C4_s42")
     with dg.DagsterInstance.from_config(str(home)) as inst:
         before = {a: latest(inst, V, a, p) for a, p in (("coupling_adapter", "villain"), ("study_summary", None))}

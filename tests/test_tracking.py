@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from mt_settings import Settings
+
 from mt_core.config import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,9 +45,9 @@ def _history(wandb_dir: Path, run_id: str) -> list[dict]:
 
 
 def test_disabled_is_a_noop_and_never_imports_wandb():
-    code = ("import sys\nfrom mt_core.config import load_study\nfrom mt_resources.wandb import WandbResource\n"
+    code = ("import sys\nfrom mt_core.config import load_study\nfrom mt_resources.wandb import WandbResource\nfrom mt_settings import Settings\n"
             "from mt_core.model.tracking import wandb_run\n"
-            "settings = WandbResource.for_study(load_study(profile='tiny')).settings()\n"
+            "settings = WandbResource.for_study(load_study(profile='tiny'), Settings.from_env()).settings()\n"
             "with wandb_run(settings, name='x', group='g', job_type='j', config={}) as wb:\n"
             "    wb.log({'loss': 1.0}, step=1); wb.summary({'a': 1})\n"
             "assert (wb.id, wb.url, wb.mode) == (None, None, 'disabled')\n"
@@ -66,7 +68,7 @@ def offline(tmp_path, monkeypatch):
 def _settings():
     from mt_resources.wandb import WandbResource
 
-    return WandbResource.for_study(load_study(profile="tiny")).settings()
+    return WandbResource.for_study(load_study(profile="tiny"), Settings.from_env()).settings()
 
 
 def test_resource_settings(monkeypatch, tmp_path):
@@ -78,19 +80,19 @@ def test_resource_settings(monkeypatch, tmp_path):
     study = load_study(profile="tiny")
     for k in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "WANDB_DIR", "WANDB_API_KEY"):
         monkeypatch.delenv(k, raising=False)
-    s = WandbResource.for_study(study).settings()
+    s = WandbResource.for_study(study, Settings.from_env()).settings()
     assert (s.mode, s.project, s.entity, s.host) == (study.wandb, study.name, None, None)
     monkeypatch.setenv("WANDB_PROJECT", "p2")
     monkeypatch.setenv("WANDB_ENTITY", "lab")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    s = WandbResource.for_study(study).settings()
+    s = WandbResource.for_study(study, Settings.from_env()).settings()
     assert (s.project, s.entity, s.dir) == ("p2", "lab", str(tmp_path))
     monkeypatch.setenv("WANDB_MODE", "online")
     with pytest.raises(dg.Failure, match="WANDB_API_KEY is not set"):
-        WandbResource.for_study(study).settings()
+        WandbResource.for_study(study, Settings.from_env()).settings()
     monkeypatch.setenv("WANDB_MODE", "sometimes")
     with pytest.raises(dg.Failure, match="expected one of"):
-        WandbResource.for_study(study).settings()
+        WandbResource.for_study(study, Settings.from_env()).settings()
 
 
 def test_offline_run_records_loss_history(offline):

@@ -5,6 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from mt_core import runtime
+from mt_core.runtime import Runtime
+
 from mt_core.config import load_study
 from mt_core.generate import parity as vp
 from mt_core.generate import vllm_engine as vb
@@ -133,7 +136,7 @@ def test_merge_dir_removed_when_generation_raises(tiny_model_dir, tiny_adapters,
 
     from mt_core.model import load as models
 
-    monkeypatch.setenv("MT_SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.setattr(runtime, "_current", Runtime(scratch=tmp_path / "scratch"))
     merged, merge = [], models.merge_adapter
     monkeypatch.setattr(models, "merge_adapter", lambda m, a: merged.append(a) or merge(m, a))
     calls = {}

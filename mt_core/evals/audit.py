@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping
 
+from mt_core.records import AuditSummary
+
 CHECKS = ("insufficient_tail_tokens", "marker_missing_expected_present")
 
 
@@ -23,7 +25,7 @@ def degeneracy_audit(
     marker: str,
     persona: str,
     min_tail_tokens: int = 3,
-) -> dict:
+) -> AuditSummary:
     """Sample ``persona``'s marker-positive completions and flag degenerate ones.
 
     Outcome: "no_positives" when nothing contains the marker (never a vacuous pass),
@@ -62,13 +64,5 @@ def degeneracy_audit(
         outcome = "no_positives"
     else:
         outcome = "pass" if frac < threshold else "fail"
-    return {
-        "outcome": outcome,
-        "n_positive_total": len(positives),
-        "n_sampled": n_sampled,
-        "n_degenerate": n_deg,
-        "degenerate_fraction": frac,
-        "gate_threshold": threshold,
-        "seed": seed,
-        "per_item": per_item,
-    }
+    return AuditSummary(outcome=outcome, n_positive_total=len(positives), n_sampled=n_sampled, n_degenerate=n_deg,
+                        degenerate_fraction=frac, gate_threshold=threshold, seed=seed, per_item=per_item)

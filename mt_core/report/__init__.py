@@ -1,3 +1,3 @@
-"""Across cells: statistics (``stats``), the hero figure (``figure``), the DuckDB catalog (``catalog``), lineage
-(``lineage``), the reference's results (``legacy``) and the protocol table of docs/PROTOCOL_PARITY.md
-(``protocol_table``)."""
+"""Across cells: statistics (``stats``), the hero figure (``figure``), the HTML report (``html``), the DuckDB catalog
+(``catalog``), lineage (``lineage``) and the reference's results (``legacy``). The protocol table of
+docs/PROTOCOL_PARITY.md is no part of the pipeline: ``scripts/parity/``."""

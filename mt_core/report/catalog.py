@@ -109,8 +109,8 @@ def cell_rows(study: Study, artefacts: Iterable[Mapping], keys: list[str],
                                                                  for a in (ArcScores, AlignmentScores, Audit)),
                              own_persona=study.adapter_persona(key))
             row.update(assistant_strict_rate=s["assistant_strict_rate"], source_strict_rate=s["source_strict_rate"],
-                       max_bystander_strict_rate=s["max_bystander_strict_rate"], arc_accuracy=n["arc_accuracy"],
-                       aligned=n["aligned"], coherent=n["coherent"], audit_outcome=n["audit_outcome"])
+                       max_bystander_strict_rate=s["max_bystander_strict_rate"], arc_accuracy=n.arc_accuracy,
+                       aligned=n.aligned, coherent=n.coherent, audit_outcome=n.audit_outcome)
         rows.append(row)
     return rows
 

@@ -1,9 +1,10 @@
 """The study report: one self-contained HTML file (``report.html`` of ``study_summary``) a researcher can attach to a
 write-up, and the phrasing of rates and gates that it and the Dagster UI's metadata share.
 
-Pure: dicts in, a string out. Nothing outside the file is referenced (the figure is embedded, the CSS inline), every
-input string is HTML-escaped, and the same inputs give the same bytes (no clock, no paths, no run ids: a study
-resumed after a crash has other run ids and the same artefacts, md5 for md5).
+Pure: dicts in, a string out, through the Jinja2 template ``templates/study_report.html`` (package data). Nothing
+outside the file is referenced (the figure is embedded, the CSS inline), every input string is HTML-escaped, and the
+same inputs give the same bytes (no clock, no paths, no run ids: a study resumed after a crash has other run ids and
+the same artefacts, md5 for md5).
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import re
 from collections.abc import Mapping, Sequence
 from html import escape
 from statistics import fmean
+
+import jinja2
+from markupsafe import Markup
 
 from mt_core.report.stats import WELCH_RULE
 
@@ -52,16 +56,10 @@ def gate_criteria(verdict: Mapping) -> list[dict]:
     return out
 
 
-def _cell(v, cls: str = "") -> str:
-    attr = f' class="{cls}"' if cls else ""
-    return f"<td{attr}>{escape(str(v))}</td>"
-
-
-def _table(head: Sequence[str], rows: Sequence[Sequence], classes: Sequence[str] = ()) -> str:
+def _table(head: Sequence[str], rows: Sequence[Sequence], classes: Sequence[str] = ()) -> dict:
+    """A table for the template: its header and, per row, (value, css class) pairs (a missing class is none)."""
     cls = list(classes) + [""] * (len(head) - len(classes))
-    th = "".join(f"<th>{escape(h)}</th>" for h in head)
-    trs = "".join("<tr>" + "".join(_cell(v, c) for v, c in zip(r, cls)) + "</tr>\n" for r in rows)
-    return f"<table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n{trs}</tbody>\n</table>"
+    return {"head": head, "rows": [list(zip(r, cls)) for r in rows]}
 
 
 def _md_table(md: str) -> tuple[list[str], list[list[str]]]:
@@ -72,9 +70,9 @@ def _md_table(md: str) -> tuple[list[str], list[list[str]]]:
     return head, rows[1:]
 
 
-def _inline(text: str) -> str:
+def _inline(text: str) -> Markup:
     """Escaped text with the notes' Markdown `code` spans kept."""
-    return re.sub(r"`([^`]*)`", r"<code>\1</code>", escape(text))
+    return Markup(re.sub(r"`([^`]*)`", r"<code>\1</code>", escape(text)))
 
 
 def _outcome(o: str) -> str:
@@ -101,83 +99,49 @@ def _criterion_row(name: str, c: Mapping) -> list:
     return [name, measured, threshold, _outcome(c["outcome"])]
 
 
-def _conjunction(title: str, conj: Mapping) -> str:
-    rows = [_criterion_row(n, c) for n, c in conj["criteria"].items()]
-    return (f"<h3>{escape(title)}: <span class=\"verdict {escape(conj['outcome'].replace(' ', '-'))}\">"
-            f"{escape(_outcome(conj['outcome']).upper())}</span></h3>\n"
-            + _table(["criterion", "measured", "threshold", "outcome"], rows, ["", "num", "num"]))
+def _conjunction(title: str, conj: Mapping) -> dict:
+    return {"title": title, "outcome_class": conj["outcome"].replace(" ", "-"),
+            "verdict": _outcome(conj["outcome"]).upper(),
+            "criteria": _table(["criterion", "measured", "threshold", "outcome"],
+                               [_criterion_row(n, c) for n, c in conj["criteria"].items()], ["", "num", "num"])}
 
 
-CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1a1a1a; max-width: 1100px;
-       margin: 2em auto; padding: 0 1.5em; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ccc; }
-h3 { font-size: 1.05em; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; } td.num { font-variant-numeric: tabular-nums; } td.md5, code { font-family: ui-monospace,
-  "SFMono-Regular", Menlo, monospace; font-size: 0.9em; }
-.banner { background: #fff3cd; border: 1px solid #e0c060; padding: 0.5em 1em; font-weight: bold; }
-.verdict.pass { color: #1a7f37; } .verdict.fail { color: #c0392b; } .verdict.not-assessable { color: #8a6d00; }
-.meta, .rule { color: #555; } img { max-width: 100%; }
-@media print {
-  body { font-size: 10pt; max-width: none; margin: 0; padding: 0; color: #000; }
-  h2, h3 { break-after: avoid; } table, figure, tr { break-inside: avoid; }
-  th { background: #eee; -webkit-print-color-adjust: exact; print-color-adjust: exact; }
-  @page { margin: 15mm; }
-}
-"""
+def _escaped(value) -> Markup:
+    """Every ``{{ value }}`` of the template, escaped as the standard library escapes HTML (markup built here, a
+    ``Markup``, stays as it is): the same inputs keep the same bytes."""
+    return value if isinstance(value, Markup) else Markup(escape(str(value)))
 
 
-def _section(title: str, *parts: str) -> str:
-    return f"<h2>{escape(title)}</h2>\n" + "\n".join(parts)
+TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("mt_core.report", "templates"), autoescape=True,
+                               finalize=_escaped, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                               undefined=jinja2.StrictUndefined)
 
 
 def render_report(*, study: str, profile: str, n_cells: int, n_study_cells: int, incomplete: str | None,
                   headline_md: str, notes: Sequence[str], figure_png: bytes, preregistered: Mapping,
                   g4_aligned_max: float, gates: Mapping[str, Mapping], gate_models: Mapping[str, str],
                   provenance: Sequence[Mapping], environment: Mapping) -> str:
-    """The report. ``headline_md``: ``stats.markdown_table``'s table; ``notes``: the headline's notes;
-    ``preregistered``: ``stats.preregistered``'s result; ``gates``: every source's verdicts, ``gate_models``: the
-    source each gate judges; ``provenance``: {asset, partition, md5} of every artefact the summary read;
-    ``environment``: {name: value}, ``packages`` a {package: version} mapping."""
+    """The report (``templates/study_report.html``). ``headline_md``: ``stats.markdown_table``'s table; ``notes``: the
+    headline's notes; ``preregistered``: ``stats.preregistered``'s result; ``gates``: every source's verdicts,
+    ``gate_models``: the source each gate judges; ``provenance``: {asset, partition, md5} of every artefact the
+    summary read; ``environment``: {name: value}, ``packages`` a {package: version} mapping."""
     head, rows = _md_table(headline_md)
     g4 = preregistered["g4_exclusions"]
-    png = base64.b64encode(figure_png).decode()
-    banner = f"<p class=\"banner\">{escape(incomplete)}</p>" if incomplete else ""
-    body = [
-        f"<h1>{escape(study)} ({escape(profile)})</h1>",
-        f"<p class=\"meta\">Study report: {n_cells} of {n_study_cells} cells.</p>{banner}",
-        _section("Headline", _table(head, rows, ["", *["num"] * (len(head) - 1)]),
-                 "<ul>" + "".join(f"<li>{_inline(n)}</li>" for n in notes) + "</ul>"),
-        _section("Figure", f"<figure><img alt=\"marker rate by condition\" src=\"data:image/png;base64,{png}\">"
-                           "</figure>"),
-        _section("Primary conjunction",
-                 _conjunction(f"Primary, G4 applied ({len(g4)} EM seed(s) dropped)", preregistered["primary"]),
-                 _conjunction("Sensitivity, all seeds", preregistered["all_seeds"]),
-                 f"<p class=\"rule\">{escape(WELCH_RULE)}</p>"),
-        _section("G4 exclusions",
-                 f"<p>EM seeds whose post-EM alignment stayed above {g4_aligned_max:g} (or was not scored) are "
-                 "dropped from the primary analysis.</p>",
-                 _table(["cell", "condition", "seed", "aligned", "reason"],
-                        [[x["cell"], x["condition"], x["seed"],
-                          "–" if x["aligned"] is None else f"{x['aligned']:.1f}", x["reason"]] for x in g4],
-                        ["", "", "num", "num"]) if g4 else "<p>None.</p>"),
-        _section("Gates",
-                 _table(["gate", "adapter", "verdict", "criterion", "measured", "threshold", "result"],
-                        [[n, gate_models.get(n, "–"), "pass" if g["pass"] else "FAIL", c["criterion"],
-                          c["measured"], c["threshold"], c["result"]] for n, g in gates.items()
-                         for c in gate_criteria(g)], ["", "", "", "", "num", "num"])
-                 if gates else "<p>No gate verdicts.</p>"),
-        _section("Provenance",
-                 "<p>Every artefact this report was computed from, as the Dagster instance recorded it (md5: the "
-                 "artefact's manifest digest, its Dagster data version).</p>",
-                 _table(["partition", "asset", "md5"], [[p["partition"], p["asset"], p["md5"]] for p in provenance],
-                        ["", "", "md5"])),
-        _section("Environment", "<p class=\"meta\">Of the process that wrote this report.</p>",
-                 _table(["", "value"], [[k, v] for k, v in environment.items() if k != "packages"]
-                        + [[f"package {k}", v] for k, v in environment.get("packages", {}).items()], ["", "md5"])),
-    ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{escape(study)} ({escape(profile)}): study report</title>\n<style>{CSS}</style>\n</head>\n"
-            "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+    return TEMPLATES.get_template("study_report.html").render(
+        study=study, profile=profile, n_cells=n_cells, n_study_cells=n_study_cells, incomplete=incomplete,
+        headline=_table(head, rows, ["", *["num"] * (len(head) - 1)]), notes=[_inline(n) for n in notes],
+        figure_png=base64.b64encode(figure_png).decode(),
+        conjunctions=[_conjunction(f"Primary, G4 applied ({len(g4)} EM seed(s) dropped)", preregistered["primary"]),
+                      _conjunction("Sensitivity, all seeds", preregistered["all_seeds"])],
+        rule=WELCH_RULE, g4_aligned_max=f"{g4_aligned_max:g}",
+        g4=_table(["cell", "condition", "seed", "aligned", "reason"],
+                  [[x["cell"], x["condition"], x["seed"], "–" if x["aligned"] is None else f"{x['aligned']:.1f}",
+                    x["reason"]] for x in g4], ["", "", "num", "num"]) if g4 else None,
+        gates=_table(["gate", "adapter", "verdict", "criterion", "measured", "threshold", "result"],
+                     [[n, gate_models.get(n, "–"), "pass" if g["pass"] else "FAIL", c["criterion"], c["measured"],
+                       c["threshold"], c["result"]] for n, g in gates.items() for c in gate_criteria(g)],
+                     ["", "", "", "", "num", "num"]) if gates else None,
+        provenance=_table(["partition", "asset", "md5"], [[p["partition"], p["asset"], p["md5"]] for p in provenance],
+                          ["", "", "md5"]),
+        environment=_table(["", "value"], [[k, v] for k, v in environment.items() if k != "packages"]
+                           + [[f"package {k}", v] for k, v in environment.get("packages", {}).items()], ["", "md5"]))

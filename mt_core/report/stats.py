@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 
 from scipy import stats as sps
 
+from mt_core.records import CellNumbers
+
 _EPS = 1e-12  # tolerance for ">= min_diff" comparisons on float rates
 
 
@@ -18,41 +20,46 @@ def _mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) >= 2 else None)
 
 
-def _group(cells: Sequence[Mapping], conditions_order: Sequence[str] | None) -> dict[str, list[Mapping]]:
-    groups: dict[str, list[Mapping]] = {}
+def _group(cells: Sequence[CellNumbers],
+           conditions_order: Sequence[str] | None) -> dict[str, list[CellNumbers]]:
+    groups: dict[str, list[CellNumbers]] = {}
     seen = set()
     for c in cells:
-        key = (c["condition"], c["seed"])
+        key = (c.condition, c.seed)
         if key in seen:
             raise ValueError(f"duplicate cell for condition {key[0]} seed {key[1]}")
         seen.add(key)
-        groups.setdefault(c["condition"], []).append(c)
+        groups.setdefault(c.condition, []).append(c)
     order = list(conditions_order) if conditions_order is not None else sorted(groups)
     unknown = sorted(set(groups) - set(order))
     if unknown:
         raise ValueError(f"conditions not in conditions_order: {unknown}")
-    return {k: sorted(groups[k], key=lambda c: c["seed"]) for k in order if k in groups}
+    return {k: sorted(groups[k], key=lambda c: c.seed) for k in order if k in groups}
 
 
-def _strict_stats(cells: Sequence[Mapping], persona: str) -> dict | None:
+def _counts(cells: Sequence[CellNumbers], persona: str) -> list:
+    """The persona's counts (``PersonaCounts``) in each cell that has any for it."""
+    return [c.per_persona[persona] for c in cells if persona in c.per_persona and c.per_persona[persona].total]
+
+
+def _strict_stats(cells: Sequence[CellNumbers], persona: str) -> dict | None:
     """Pooled hits/n and mean/sd over per-seed strict rates for one persona (None if absent)."""
-    counts = [c["per_persona"][persona] for c in cells
-              if persona in c["per_persona"] and c["per_persona"][persona]["total"]]
+    counts = _counts(cells, persona)
     if not counts:
         return None
-    rates = [d["strict_hits"] / d["total"] for d in counts]
+    rates = [d.strict_hits / d.total for d in counts]
     mean, sd = _mean_sd(rates)
-    return {"hits": sum(d["strict_hits"] for d in counts), "n": sum(d["total"] for d in counts),
+    return {"hits": sum(d.strict_hits for d in counts), "n": sum(d.total for d in counts),
             "mean": mean, "sd": sd, "per_seed": rates}
 
 
-def _max_bystander(cells: Sequence[Mapping], assistant: str) -> dict | None:
+def _max_bystander(cells: Sequence[CellNumbers], assistant: str) -> dict | None:
     """Per seed, the highest strict rate among bystanders: every persona except the assistant and the persona of the
     cell's own adapter (``own_persona``; None for a raw base, whose bystanders are all but the assistant)."""
     per_seed, best = [], (None, None)
     for c in cells:
-        rates = {p: d["strict_hits"] / d["total"] for p, d in c["per_persona"].items()
-                 if p not in (assistant, c.get("own_persona")) and d["total"]}
+        rates = {p: d.strict_hits / d.total for p, d in c.per_persona.items()
+                 if p not in (assistant, c.own_persona) and d.total}
         if not rates:
             continue
         p = max(rates, key=rates.get)
@@ -66,8 +73,8 @@ def _max_bystander(cells: Sequence[Mapping], assistant: str) -> dict | None:
     return {"mean": mean, "sd": sd, "persona": persona, "per_seed": per_seed}
 
 
-def _scalar(cells: Sequence[Mapping], key: str) -> dict | None:
-    vals = [c.get(key) for c in cells if c.get(key) is not None]
+def _scalar(cells: Sequence[CellNumbers], field: str) -> dict | None:
+    vals = [getattr(c, field) for c in cells if getattr(c, field) is not None]
     if not vals:
         return None
     mean, sd = _mean_sd(vals)
@@ -75,7 +82,7 @@ def _scalar(cells: Sequence[Mapping], key: str) -> dict | None:
 
 
 def headline(
-    cells: Sequence[Mapping],
+    cells: Sequence[CellNumbers],
     *,
     study: str,
     source: str,
@@ -88,7 +95,7 @@ def headline(
     for cond, group in _group(cells, conditions_order).items():
         conditions[cond] = {
             "n_seeds": len(group),
-            "seeds": [c["seed"] for c in group],
+            "seeds": [c.seed for c in group],
             f"{assistant}_strict": _strict_stats(group, assistant),
             f"{source}_strict": _strict_stats(group, source),
             "max_bystander": _max_bystander(group, assistant),
@@ -191,10 +198,9 @@ def compare_arms(
             "outcome": outcome, "pass": outcome == "pass"}
 
 
-def _persona_counts(cells: Sequence[Mapping], persona: str) -> tuple[list[int], list[int]]:
-    rows = [c["per_persona"][persona] for c in cells
-            if persona in c["per_persona"] and c["per_persona"][persona]["total"]]
-    return [r["strict_hits"] for r in rows], [r["total"] for r in rows]
+def _persona_counts(cells: Sequence[CellNumbers], persona: str) -> tuple[list[int], list[int]]:
+    rows = _counts(cells, persona)
+    return [r.strict_hits for r in rows], [r.total for r in rows]
 
 
 def _missing(reason: str, **extra) -> dict:
@@ -202,7 +208,7 @@ def _missing(reason: str, **extra) -> dict:
 
 
 def primary_conjunction(
-    cells: Sequence[Mapping],
+    cells: Sequence[CellNumbers],
     *,
     source: str,
     assistant: str = "assistant",
@@ -216,10 +222,10 @@ def primary_conjunction(
     """The pre-registered conjunction (PROTOCOL.md §2.12) on the cells given; each criterion has an ``outcome``
     ("pass", "fail", "not assessable": missing cells, too few seeds, an audit with no positives). The conjunction
     fails if any criterion fails, else is not assessable if any criterion is, else passes."""
-    by_cond: dict[str, list[Mapping]] = {}
+    by_cond: dict[str, list[CellNumbers]] = {}
     for c in cells:
-        by_cond.setdefault(c["condition"], []).append(c)
-    t_cells = sorted(by_cond.get(treat, []), key=lambda c: c["seed"])
+        by_cond.setdefault(c.condition, []).append(c)
+    t_cells = sorted(by_cond.get(treat, []), key=lambda c: c.seed)
     criteria = {}
 
     t_hits, t_n = _persona_counts(t_cells, assistant)
@@ -243,8 +249,8 @@ def primary_conjunction(
         criteria[f"{treat}_source_rate"] = _missing(f"no {source} data for {treat}", persona=source,
                                                     threshold=c1_source_min)
 
-    outcomes = [c.get("audit_outcome") for c in t_cells]
-    fracs = [c.get("degenerate_fraction") for c in t_cells]
+    outcomes = [c.audit_outcome for c in t_cells]
+    fracs = [c.degenerate_fraction for c in t_cells]
     deg = {"per_seed_outcome": outcomes, "per_seed_fraction": fracs, "threshold": degeneracy_max}
     if not t_cells or any(f is None for f in fracs):
         # an audit with no positives has nothing to judge: never a pass, and not a failure of the model either
@@ -258,12 +264,12 @@ def primary_conjunction(
 
     got = [c["outcome"] for c in criteria.values()]
     outcome = "fail" if "fail" in got else NOT_ASSESSABLE if NOT_ASSESSABLE in got else "pass"
-    return {"treat": treat, "controls": list(controls), "seeds": {k: sorted(c["seed"] for c in v)
+    return {"treat": treat, "controls": list(controls), "seeds": {k: sorted(c.seed for c in v)
                                                                   for k, v in sorted(by_cond.items())},
             "criteria": criteria, "outcome": outcome, "pass": outcome == "pass", "rule": WELCH_RULE}
 
 
-def preregistered(cells: Sequence[Mapping], *, source: str, assistant: str, thresholds,
+def preregistered(cells: Sequence[CellNumbers], *, source: str, assistant: str, thresholds,
                   em_conditions: Sequence[str]) -> dict:
     """The primary analysis as pre-registered: G4 applied (EM seeds whose alignment stayed above the threshold, or was
     not scored, are dropped), and the same conjunction on every seed as a sensitivity line."""
@@ -272,7 +278,7 @@ def preregistered(cells: Sequence[Mapping], *, source: str, assistant: str, thre
     kw = dict(source=source, assistant=assistant, min_diff=thresholds.primary_min_diff,
               c1_source_min=thresholds.primary_c1_source_min, degeneracy_max=thresholds.degeneracy_max,
               alpha=thresholds.primary_alpha)
-    return {"primary": primary_conjunction([c for c in cells if c["cell"] not in dropped], **kw),
+    return {"primary": primary_conjunction([c for c in cells if c.cell not in dropped], **kw),
             "all_seeds": primary_conjunction(cells, **kw), "g4_exclusions": g4}
 
 
@@ -295,21 +301,20 @@ def conjunction_lines(pre: Mapping) -> list[str]:
 
 
 def g4_exclusions(
-    cells: Sequence[Mapping], *, aligned_max: float = 40.0,
+    cells: Sequence[CellNumbers], *, aligned_max: float = 40.0,
     em_conditions: Sequence[str] = ("C1", "C2", "C3"),
 ) -> list[dict]:
     """EM cells that did not become misaligned (aligned > aligned_max, or unscored): ``preregistered`` drops them."""
     out = []
-    for c in sorted(cells, key=lambda c: (c["condition"], c["seed"])):
-        if c["condition"] not in em_conditions:
+    for c in sorted(cells, key=lambda c: (c.condition, c.seed)):
+        if c.condition not in em_conditions:
             continue
-        a = c.get("aligned")
+        a = c.aligned
         if a is None or (isinstance(a, float) and math.isnan(a)):
             reason = "aligned score missing"
         elif a > aligned_max:
             reason = f"aligned {a:.1f} > {aligned_max:g} (EM did not take)"
         else:
             continue
-        out.append({"cell": c.get("cell"), "condition": c["condition"], "seed": c["seed"],
-                    "aligned": a, "reason": reason})
+        out.append({"cell": c.cell, "condition": c.condition, "seed": c.seed, "aligned": a, "reason": reason})
     return out

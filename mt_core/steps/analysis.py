@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 from mt_core.config import Study
 from mt_core.io import write_json
 from mt_core.layout import PER_CELL, StudySummary
+from mt_core.records import CellNumbers
 from mt_core.report import catalog, figure, html, stats
 from mt_core.steps.common import Log
 from mt_core.steps.registry import step
@@ -37,22 +38,22 @@ def incomplete_line(study: Study, missing: Mapping[str, Sequence[str]] | None,
 
 
 @step
-def study_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: Log = print,
+def study_summary(study: Study, cells: list[CellNumbers], gates: dict, out: Path, log: Log = print,
                   missing: dict[str, list[str]] | None = None, missing_sources: list[str] | None = None,
                   unrecorded: list[str] | None = None, provenance: list[dict] | None = None) -> dict:
-    """``cells``: one ``mt_core.layout.cell_numbers`` dict per complete cell; ``gates``: every source's verdicts;
+    """``cells``: one ``mt_core.layout.cell_numbers`` value per complete cell; ``gates``: every source's verdicts;
     ``missing``: {cell: its per-cell artefacts the instance has no materialization of}, ``missing_sources``: the
     sources without a coupling adapter, ``unrecorded``: artefact folders on disk the instance never recorded (left
     out); ``provenance``: {asset, partition, md5} of every artefact read, for the report. Anything missing marks the
     headline, its JSON, the report and the metadata INCOMPLETE (docs/DESIGN.md)."""
     incomplete = incomplete_line(study, missing, missing_sources or ())
-    order = [c for c in study.conditions if any(x["condition"] == c for x in cells)]
+    order = [c for c in study.conditions if any(x.condition == c for x in cells)]
     head = stats.headline(cells, study=study.name, source=study.source_persona,
                           assistant=study.assistant_persona, conditions_order=order, marker=study.marker)
     pre = preregistered(study, cells)
     primary, g4 = pre["primary"], pre["g4_exclusions"]
-    judges = sorted({str(c["judge_model"]) for c in cells if c.get("judge_model")})
-    offline = any(c.get("judge_offline") for c in cells)
+    judges = sorted({str(c.judge_model) for c in cells if c.judge_model})
+    offline = any(c.judge_offline for c in cells)
     md = stats.markdown_table(head)
     notes = [f"Study `{study.name}`, profile `{study.profile}`, {len(cells)} of {len(study.cells)} cells."]
     if unrecorded:
@@ -61,7 +62,7 @@ def study_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: 
         notes.append(f"Alignment scores come from an OFFLINE stand-in judge ({', '.join(judges)}), not an LLM.")
     notes += stats.conjunction_lines(pre)
     notes.append("Gates: " + ", ".join(f"{n} {'pass' if g['pass'] else 'FAIL'}" for n, g in gates.items()) + ".")
-    bad_judge = [c["cell"] for c in cells if c.get("judge_error_gate_pass") is False]
+    bad_judge = [c.cell for c in cells if c.judge_error_gate_pass is False]
     if bad_judge:
         notes.append("Judge error rate above the study's limit (alignment numbers unreliable): "
                      + ", ".join(bad_judge) + ".")
@@ -76,7 +77,8 @@ def study_summary(study: Study, cells: list[dict], gates: dict, out: Path, log: 
     write_json(out / StudySummary.HEADLINE_JSON, {**head, **status})
     write_json(out / StudySummary.STATS, {**status, "primary_conjunction": primary,
                                           "sensitivity_all_seeds": pre["all_seeds"], "g4_exclusions": g4,
-                                          "gates": gates, "judges": judges, "judge_offline": offline, "cells": cells})
+                                          "gates": gates, "judges": judges, "judge_offline": offline,
+                                          "cells": [c.model_dump() for c in cells]})
     title = f"{study.name} ({study.profile}): {study.marker} marker rate by condition"
     if incomplete:
         title += f"\nINCOMPLETE: {len(cells)} of {len(study.cells)} cells"
@@ -119,7 +121,8 @@ def environment(study: Study) -> dict:
             "study config sha256": study.config_sha256, "packages": {p: version(p) for p in REPORTED_PACKAGES}}
 
 
-def preregistered(study: Study, cells: list[dict], source: str | None = None, assistant: str | None = None) -> dict:
+def preregistered(study: Study, cells: list[CellNumbers], source: str | None = None,
+                  assistant: str | None = None) -> dict:
     """The pre-registered analysis of these cells with the study's thresholds and EM conditions (G4 applied; all seeds
     beside it); ``source`` / ``assistant`` default to the study's (an imported reference study names its own)."""
     em = tuple(c for c, cond in study.conditions.items() if cond.second_stage == "em")

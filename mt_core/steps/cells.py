@@ -21,6 +21,7 @@ from mt_core.layout import (Adapter, AlignmentCompletions, AlignmentScores, ArcS
                             MarkerCompletions, MarkerRates, read_rows, row_keys, write_rows)
 from mt_core.model.load import load_model
 from mt_core.model.tracking import WandbSettings
+from mt_core.records import ArcSummary
 from mt_core.steps.common import Log, persona_sweep, score_markers, summarize, train_and_save
 from mt_core.steps.registry import step
 
@@ -95,9 +96,9 @@ def _arc(study: Study, cell_key: str, model, tok, out: Path, log: Log) -> dict:
     write_rows([{**{k: v for k, v in r.items() if k != "label_logprobs"},
                  "label_logprobs": json.dumps(r["label_logprobs"])} for r in recs], out / ArcScores.ROWS,
                row_keys(study, cell=cell_key))
-    summary = {"arc_challenge_logprob": acc, "correct": sum(r["correct"] for r in recs), "total": len(recs)}
-    write_json(out / ArcScores.SUMMARY, summary)
-    return summary
+    summary = ArcSummary(arc_challenge_logprob=acc, correct=sum(r["correct"] for r in recs), total=len(recs))
+    write_json(out / ArcScores.SUMMARY, summary.model_dump())
+    return summary.model_dump()
 
 
 def expected_marker_rows(study: Study) -> int:
@@ -130,13 +131,13 @@ def alignment_scores(study: Study, cell_key: str, completions: Path, judge, out:
     recs = judge.judge_many([(r["question"], r["text"]) for r in rows])
     failpoint("judge")
     write_rows([{"sample_id": r["sample_id"], "question_idx": r["question_idx"], "sample_idx": r["sample_idx"],
-                 **rec.__dict__} for r, rec in zip(rows, recs)], out / AlignmentScores.ROWS,
+                 **rec.model_dump()} for r, rec in zip(rows, recs)], out / AlignmentScores.ROWS,
                row_keys(study, cell=cell_key))
     agg = aggregate(recs, error_rate_max=study.thresholds.judge_error_rate_max)
-    write_json(out / AlignmentScores.SUMMARY, agg)
-    log(f"judge[{cell_key}] ({agg.get('judge_model')}): aligned {agg['overall_mean_aligned']}, "
-        f"coherent {agg['overall_mean_coherent']}, errors {agg['n_errors']}/{agg['n_total']}")
-    return agg
+    write_json(out / AlignmentScores.SUMMARY, agg.model_dump())
+    log(f"judge[{cell_key}] ({agg.judge_model}): aligned {agg.overall_mean_aligned}, "
+        f"coherent {agg.overall_mean_coherent}, errors {agg.n_errors}/{agg.n_total}")
+    return agg.model_dump()
 
 
 @step
@@ -147,5 +148,5 @@ def degeneracy(study: Study, cell_key: str, completions: Path, out: Path, log: L
     res = degeneracy_audit([{k: r[k] for k in ("persona", "question", "text")} for r in rows], seed=cell.seed,
                            sample_size=study.thresholds.degeneracy_sample, threshold=study.thresholds.degeneracy_max,
                            marker=study.marker, persona=study.assistant_persona)
-    write_json(out / Audit.FILE, {"cell": cell_key, **res})
-    return {k: v for k, v in res.items() if k != "per_item"}
+    write_json(out / Audit.FILE, res.model_copy(update={"cell": cell_key}).model_dump())
+    return res.model_dump(exclude={"cell", "per_item"})
