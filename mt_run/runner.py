@@ -24,7 +24,11 @@ flight are cancelled, and nothing partial is published: the next ``mt run`` resu
 from __future__ import annotations
 
 import contextlib
+import os
+import select
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -107,10 +111,16 @@ class Runner:
                                               else ", one run after another in this process"))
         with contextlib.ExitStack() as stack:
             self.stack = stack
-            if self.launch == "queued":
-                stack.enter_context(daemon(self.instance, self.settings, self.out))
-                self.queue = stack.enter_context(RunQueue(self.settings, self.out))
-            return self._stages()
+            try:
+                stack.enter_context(interrupts_that_stick())
+                if self.launch == "queued":
+                    stack.enter_context(daemon(self.instance, self.settings, self.out))
+                    self.queue = stack.enter_context(RunQueue(self.settings, self.out))
+                return self._stages()
+            except Interrupted:
+                raise
+            except KeyboardInterrupt:
+                raise Interrupted(self.current) from None
 
     def _stages(self) -> list[Item]:
         for job in self.stages:
@@ -213,6 +223,40 @@ class Runner:
                 print(trace, file=sys.stderr)  # a bug, not the input: its stack trace
             raise RunFailed(f"{item.label} FAILED after {dt:.0f}s (run {res.run_id}) in {why}", user)
         return dt
+
+
+@contextlib.contextmanager
+def interrupts_that_stick(every_s: float = 2.0):
+    """Dagster stops a step by raising from its SIGINT (and SIGTERM) handler; when the signal lands while the garbage
+    collector runs a callback, Python prints "Exception ignored in ..." and the step runs on, so one Ctrl-C can be
+    lost. Here every SIGINT or SIGTERM the process receives is also written to a wake-up pipe, and a thread sends
+    SIGINT again every ``every_s`` seconds until the block is left (the interruption took)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    left = threading.Event()
+
+    def watch():
+        while not left.is_set():
+            if not select.select([r], [], [], 0.5)[0]:
+                continue
+            if {signal.SIGINT, signal.SIGTERM} & set(os.read(r, 512)):
+                while not left.wait(every_s):
+                    os.kill(os.getpid(), signal.SIGINT)
+
+    t = threading.Thread(target=watch, name="mt-interrupts", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        left.set()
+        signal.set_wakeup_fd(old)
+        t.join()
+        os.close(r)
+        os.close(w)
 
 
 @dataclass

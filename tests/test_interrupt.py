@@ -20,7 +20,8 @@ def test_an_interrupted_mt_run_says_so_in_one_line_and_publishes_nothing(tmp_pat
     import dagster as dg
 
     home, art = tmp_path / "home", tmp_path / "art"
-    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled")
+    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled",
+               PYTHONUNBUFFERED="1")  # its progress lines as they are printed
     for k in ("MT_STUDY", "MT_STUDIES", "MT_FAILPOINT", "MT_DEBUG"):
         env.pop(k, None)
     proc = subprocess.Popen([sys.executable, "-m", "mt_cli", "run", "--until", "inputs"], cwd=ROOT, env=env,
@@ -34,7 +35,12 @@ def test_an_interrupted_mt_run_says_so_in_one_line_and_publishes_nothing(tmp_pat
         pytest.fail("mt run never started its inputs run:\n" + "".join(seen) + proc.stderr.read())
     time.sleep(4)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=180)
+    try:
+        out, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"mt run did not stop within 180 s of {sig.name}:\n{out[-3000:]}\n{err[-3000:]}")
     lines = [x for x in err.splitlines() if x.strip()]
     assert proc.returncode == 130, (out, err)
     assert len(lines) == 1, err
