@@ -45,5 +45,5 @@ class JudgeResource(dg.ConfigurableResource):
         prompt = judge.load_judge_prompt(self.prompt_path)
         prompt = judge.JudgePrompt(prompt.system_prompt, prompt.user_template, self.model, self.max_tokens)
         cache = judge.JudgeCache(self.cache_path) if self.cache_path else None
-        return judge.AnthropicJudge(prompt, api_key=secret("ANTHROPIC_API_KEY"),  # settings: the key, read where used
+        return judge.AnthropicJudge(prompt, api_key=secret("ANTHROPIC_API_KEY"),  # read where used
                                     base_url=self.base_url, concurrency=self.concurrency, cache=cache, log=log)

@@ -50,7 +50,7 @@ class ArtifactStore(dg.ConfigurableResource):
     @property
     def cache_home(self) -> Path:
         """This host's folder for what an object store root keeps locally (``cache``, else its default)."""
-        return default_cache_dir(self.cache or os.environ.get("MT_CACHE"))  # settings: pass cache= (settings.cache)
+        return default_cache_dir(self.cache)
 
     def _remote(self):
         from mt_resources.objstore import ObjectStore, artefact_cache  # fsspec only for URL roots

@@ -13,6 +13,32 @@ REF = ROOT / "reference"
 os.environ["WANDB_MODE"] = "disabled"  # tests never reach W&B; subprocesses inherit it (tracking tests opt in)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist the workers share the cores: each torch (this process's and every `mt` it starts, through
+# $MT_THREADS) gets its share. Two workers each running torch on every core of a 2-core machine oversubscribe it, and
+# OpenMP's spinning threads then make a tiny training many times slower (docs/TESTING.md).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if WORKERS > 1:
+    os.environ.setdefault("MT_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads():
+    """This process's torch threads: its share of the cores under pytest-xdist (``mt_core.runtime``'s ``threads``,
+    which ``load_model`` applies), every core otherwise."""
+    if WORKERS == 1:
+        yield
+        return
+    import dataclasses
+
+    import torch
+
+    from mt_core import runtime
+
+    old = runtime.current()
+    runtime.configure(dataclasses.replace(old, threads=int(os.environ["MT_THREADS"])))
+    torch.set_num_threads(int(os.environ["MT_THREADS"]))
+    yield
+    runtime.configure(old)
 
 
 @pytest.fixture(scope="session")

@@ -379,10 +379,10 @@ def cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.setenv("MT_ARTIFACTS", str(tmp_path / "store"))
     monkeypatch.setenv("MT_PROFILE", "tiny")
-    monkeypatch.setenv("MT_STUDY", str(DEFAULT_STUDY))  # mt_cli sets it from --study; restored after the test
+    monkeypatch.setenv("MT_STUDY", str(DEFAULT_STUDY))
     monkeypatch.setenv("MT_DEBUG", "")
     monkeypatch.delenv("MT_STUDIES", raising=False)
-    monkeypatch.chdir(tmp_path)  # mt_cli changes directory; monkeypatch restores it
+    monkeypatch.chdir(tmp_path)  # mt_cli reads nothing from the working directory
 
     def run(*args: str) -> tuple[int, str, str]:
         capsys.readouterr()

@@ -150,7 +150,7 @@ def _point_at(w: World, monkeypatch, cwd: Path) -> World:
     monkeypatch.setenv("MT_PROFILE", "tiny")
     for k in ("MT_STUDY", "MT_STUDIES"):
         monkeypatch.delenv(k, raising=False)
-    monkeypatch.chdir(cwd)  # mt_cli changes directory; monkeypatch restores it
+    monkeypatch.chdir(cwd)  # mt_cli reads nothing from the working directory
     return w
 
 

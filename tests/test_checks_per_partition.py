@@ -11,7 +11,6 @@ import json
 
 import dagster as dg
 import pytest
-from dagster._core.event_api import PartitionKeyFilter
 
 from mt_assets import build, coupling
 from mt_core.config import load_study
@@ -98,9 +97,8 @@ def test_failed_villain_gate_is_recorded_for_the_villain_partition(instance):
     (rec,) = _evaluated(hist["villain"])
     assert rec.status.value == "FAILED" and rec.evaluation.passed is False and rec.evaluation.partition == "villain"
     assert rec.evaluation.metadata["source"].value == "villain"
-    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        [rec.key], partition_filter=PartitionKeyFilter(key="villain"))[rec.key]
-    assert latest.status.value == "FAILED" and latest.partition == "villain"
+    latest = {i.partition_key: i for i in instance.event_log_storage.get_asset_check_partition_info([rec.key])}
+    assert latest["villain"].latest_execution_status.value == "FAILED" and latest["villain"].partition_key == "villain"
     # the result judged the villain partition's materialization
     mat = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=SD.key("coupling_adapter"),
                                                                 asset_partitions=["villain"]), limit=1).records[0]

@@ -188,7 +188,7 @@ def store_env(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.setenv("MT_PROFILE", "tiny")
     monkeypatch.delenv("MT_STUDY", raising=False)
-    monkeypatch.chdir(tmp_path)  # mt_cli changes directory; monkeypatch restores it
+    monkeypatch.chdir(tmp_path)  # mt_cli reads nothing from the working directory
     return root
 
 

@@ -26,9 +26,15 @@ ASSET, PART = "adapter", "C1_s42"
 FILES = ["adapter/f0.bin", "adapter/f1.bin", "adapter/f2.bin", "config.json"]  # uploaded in this order
 
 
+def store_at(root: str) -> ArtifactStore:
+    """The store at ``root`` with the test's cache folder ($MT_CACHE, set by the ``cache`` fixture; a subprocess
+    inherits it)."""
+    return ArtifactStore(root=root, cache=os.environ["MT_CACHE"])
+
+
 def put(root: str, version: str) -> None:
     """Publish a four-file artefact whose content names ``version`` (the killed writers run this too)."""
-    with ArtifactStore(root=root).writer(ASSET, PART, run_id=f"run-{version}",
+    with store_at(root).writer(ASSET, PART, run_id=f"run-{version}",
                                          upstream=[{"asset": "base", "md5": "x"}]) as out:
         (out / "adapter").mkdir()
         for i in range(3):
@@ -80,11 +86,11 @@ def url(request, tmp_path):
 
 def test_publish_and_read_back_verified(url, cache, tmp_path):
     put(url, "v1")
-    art = ArtifactStore(root=url).read(ASSET, PART)
+    art = store_at(url).read(ASSET, PART)
     assert art.path == cache / art.digest and version_of(art) == "v1" and art.partition == PART
     # the same manifest as the local store's, and the same digest for the same files
     put(str(tmp_path / "local"), "v1")
-    local = ArtifactStore(root=str(tmp_path / "local")).read(ASSET, PART).manifest
+    local = store_at(str(tmp_path / "local")).read(ASSET, PART).manifest
     assert sorted(art.manifest["files"]) == FILES and art.digest == local["digest"]
     assert {k: v for k, v in art.manifest.items() if k != "created"} == {k: v for k, v in local.items()
                                                                           if k != "created"}
@@ -106,7 +112,7 @@ def test_listing_and_location_without_reading_files(url, cache, tmp_path):
     from mt_resources.objstore import read_url
 
     for root in (url, str(tmp_path / "local")):
-        st = ArtifactStore(root=root)
+        st = store_at(root)
         assert st.published() == []
         put(root, "v1")
         assert st.published() == st.published(ASSET) == [(ASSET, PART)] and st.published("other") == []
@@ -116,15 +122,15 @@ def test_listing_and_location_without_reading_files(url, cache, tmp_path):
         with pytest.raises(ArtifactError, match="no complete artefact"):
             st.manifest(ASSET, "C9_s1")
     assert art.url is None and where == str(art.path)  # local: the folder itself
-    art = ArtifactStore(root=url).read(ASSET, PART)
+    art = store_at(url).read(ASSET, PART)
     assert "/_v/" in art.url and read_url(art.url, cache) == art  # the partition's current version, in this cache
 
 
 def test_republish_switches_the_pointer_and_gc_keeps_the_current(url, tmp_path):
     put(url, "v1")
-    first = ArtifactStore(root=url).read(ASSET, PART)
+    first = store_at(url).read(ASSET, PART)
     put(url, "v2")
-    art = ArtifactStore(root=url).read(ASSET, PART)
+    art = store_at(url).read(ASSET, PART)
     assert version_of(art) == "v2" and art.manifest["run_id"] == "run-v2" and art.digest != first.digest
     o = ObjectStore(url, cache=tmp_path / "cold")
     old = [v for v in versions(o) if f"_v/{v}" != pointer(o)["version"]]
@@ -149,14 +155,14 @@ def test_tampered_file_is_refused(url, tmp_path):
     # a reader whose cache holds the verified bytes still refuses a store whose files are not the manifest's
     o.fs.pipe_file(f, b"longer than before")
     with pytest.raises(ArtifactError, match=r"do not match the manifest \(adapter/f1.bin\)"):
-        ArtifactStore(root=url).read(ASSET, PART)
+        store_at(url).read(ASSET, PART)
     o.fs.rm(f)
     with pytest.raises(ArtifactError, match=r"adapter/f1.bin"):
-        ArtifactStore(root=url).read(ASSET, PART)
+        store_at(url).read(ASSET, PART)
 
 
 def test_a_pointer_without_its_manifest_or_digest_is_refused(url, tmp_path):
-    store = ArtifactStore(root=url)
+    store = store_at(url)
     with pytest.raises(ArtifactError, match=r"no complete artefact .*no _current.json"):
         store.read(ASSET, PART)
     put(url, "v1")
@@ -176,7 +182,7 @@ def test_a_pointer_without_its_manifest_or_digest_is_refused(url, tmp_path):
 
 def test_a_damaged_cache_copy_is_fetched_again(url):
     put(url, "v1")
-    store = ArtifactStore(root=url)
+    store = store_at(url)
     art = store.read(ASSET, PART)
     (art.path / "config.json").write_text('{"version": "changed"}')
     again = store.read(ASSET, PART)
@@ -185,14 +191,14 @@ def test_a_damaged_cache_copy_is_fetched_again(url):
 
 def test_a_failed_write_publishes_nothing(url, cache):
     with pytest.raises(RuntimeError):
-        with ArtifactStore(root=url).writer(ASSET, PART, run_id="r") as out:
+        with store_at(url).writer(ASSET, PART, run_id="r") as out:
             (out / "part.parquet").write_text("half")
             raise RuntimeError("boom")
     o = ObjectStore(url, cache)
     assert not o.fs.exists(f"{o.root}/{ASSET}")
     assert list((cache / ".staging" / ASSET).iterdir()) == []
     with pytest.raises(ArtifactError, match="no complete artefact"):
-        ArtifactStore(root=url).read(ASSET, PART)
+        store_at(url).read(ASSET, PART)
 
 
 def test_url_roots_pass_through_and_local_roots_are_unchanged(tmp_path, monkeypatch):
@@ -200,9 +206,9 @@ def test_url_roots_pass_through_and_local_roots_are_unchanged(tmp_path, monkeypa
     assert artefact_root(study, "s3://bucket/prefix/{study}/{profile}") == "s3://bucket/prefix/villain/tiny"
     assert artefact_root(study, "file:///shared/{study}") == "file:///shared/villain"
     assert artefact_root(study, "store/{study}") == PROJECT_ROOT / "store" / "villain"
-    assert ArtifactStore(root=str(tmp_path)).path(ASSET, PART) == tmp_path / ASSET / PART
+    assert store_at(str(tmp_path)).path(ASSET, PART) == tmp_path / ASSET / PART
     with pytest.raises(ArtifactError, match="is an object store: this code path assumes a local root"):
-        ArtifactStore(root="s3://bucket/prefix").path(ASSET, PART)
+        store_at("s3://bucket/prefix").path(ASSET, PART)
 
 
 # ---- writers killed for real ----------------------------------------------------------------------------------------
@@ -222,7 +228,7 @@ def partial(failpoint: str) -> set[str]:
 def kill_and_rerun(url: str, tmp_path: Path, first: str, second: str) -> None:
     """A first write killed at ``first``: nothing to read; rerun. A rewrite killed at ``second``: the previous version
     is read; rerun. Then only the current version survives gc."""
-    store, o = ArtifactStore(root=url), ObjectStore(url, cache=tmp_path / "cold")
+    store, o = store_at(url), ObjectStore(url, cache=tmp_path / "cold")
     killed_writer(url, "v1", first)
     assert list(versions(o).values()) == [partial(first)]
     with pytest.raises(ArtifactError, match="no complete artefact"):
@@ -280,12 +286,12 @@ def s3_edge(tmp_path_factory):
 def test_s3_edge_fake_moto_publish_read_republish(s3_edge, tmp_path):
     url = f"{s3_edge.url}/rw/tiny"
     put(url, "v1")
-    assert version_of(ArtifactStore(root=url).read(ASSET, PART)) == "v1"
+    assert version_of(store_at(url).read(ASSET, PART)) == "v1"
     o = ObjectStore(url, cache=tmp_path / "cold")
     art = o.read(ASSET, PART)
     assert version_of(art) == "v1" and art.path == tmp_path / "cold" / art.digest
     put(url, "v2")
-    assert version_of(ArtifactStore(root=url).read(ASSET, PART)) == "v2"
+    assert version_of(store_at(url).read(ASSET, PART)) == "v2"
     assert version_of(ObjectStore(url, cache=tmp_path / "cold2").read(ASSET, PART)) == "v2"
     # a file changed on the server, behind the store's back (same size)
     key = f"{current(o)}/adapter/f1.bin".split("/", 1)[1]
@@ -295,7 +301,7 @@ def test_s3_edge_fake_moto_publish_read_republish(s3_edge, tmp_path):
         ObjectStore(url, cache=tmp_path / "cold3").read(ASSET, PART)
     s3_edge.s3.delete_object(Bucket=BUCKET, Key=f"{current(o)}/{MANIFEST}".split("/", 1)[1])
     with pytest.raises(ArtifactError, match="which has no _manifest.json"):
-        ArtifactStore(root=url).read(ASSET, PART)
+        store_at(url).read(ASSET, PART)
 
 
 def test_s3_edge_fake_moto_killed_writer(s3_edge, tmp_path):

@@ -114,13 +114,13 @@ def test_url_root_keeps_local_state_in_the_cache(tmp_path, monkeypatch):
     from mt_core.config import load_study
     from mt_resources import JudgeResource
 
-    monkeypatch.setenv("MT_CACHE", str(tmp_path / "cache"))
-    url, local = ArtifactStore(root=f"file://{tmp_path}/store"), ArtifactStore(root=str(tmp_path / "art"))
+    cache = str(tmp_path / "cache")
+    url, local = ArtifactStore(root=f"file://{tmp_path}/store", cache=cache), ArtifactStore(root=str(tmp_path / "art"))
     assert url.disk == (tmp_path / "cache" / "artefacts", "MT_CACHE")
     assert local.disk == (tmp_path / "art", "MT_ARTIFACTS") and local.state_dir == tmp_path / "art"
     assert url.state_dir.parent == tmp_path / "cache" / "state"
-    assert url.state_dir != ArtifactStore(root=f"file://{tmp_path}/other").state_dir  # one per root
+    assert url.state_dir != ArtifactStore(root=f"file://{tmp_path}/other", cache=cache).state_dir  # one per root
     study = load_study(profile="tiny")
     assert JudgeResource().bind(study, url.state_dir).cache_path == str(url.state_dir / "judge_cache.parquet")
-    full = mt_doctor.check_disk(study, url.root, usage=lambda p: type("U", (), {"free": 0})())
+    full = mt_doctor.check_disk(study, url.root, cache=tmp_path / "cache", usage=lambda p: type("U", (), {"free": 0})())
     assert f"artefacts ({tmp_path / 'cache' / 'artefacts'})" in full[0].message and "MT_CACHE /" in full[0].fix

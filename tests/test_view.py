@@ -277,7 +277,7 @@ def test_mt_view_without_a_catalog_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MT_ARTIFACTS", str(tmp_path / "art"))
     for k in ("MT_STUDY", "MT_STUDIES"):
         monkeypatch.delenv(k, raising=False)
-    monkeypatch.chdir(tmp_path)  # mt_cli changes directory; monkeypatch restores it
+    monkeypatch.chdir(tmp_path)  # mt_cli reads nothing from the working directory
     assert mt_cli.main(["view", "--port", "1"]) == 2
     assert "mt view: no DuckDB catalog is recorded" in capsys.readouterr().err
 
