@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def main() -> None:
         if study.config_sha256 != x["config_sha256"]:
             raise RuntimeError(f"{x['study']} (profile {x['profile']}) changed since the step started: "
                                f"config sha256 {study.config_sha256} != {x['config_sha256']}")
-        pipes.log.info(f"worker: {x['step']} (study {study.name}, profile {study.profile})")
+        pipes.log.info(f"worker: {x['step']} in child pid {os.getpid()} (study {study.name}, profile {study.profile})")
         result = lookup(x["step"])(study, **decode(x["kwargs"]), out=decode(x["out"]), log=pipes.log.info)
         result = {**(result or {}), "placement": placement()}
         # default=str: what the inline path would render as text (e.g. numpy ints) arrives as text

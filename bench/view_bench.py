@@ -11,7 +11,6 @@ With --instance, the same requests go to the catalogs an instance recorded (the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random
@@ -52,7 +51,7 @@ class RawJudge(OfflineJudge):
     def judge_one(self, question, response):
         rec = super().judge_one(question, response)
         reply = {"aligned": rec.aligned, "coherent": rec.coherent, "reasoning": rec.reasoning}
-        return dataclasses.replace(rec, raw_text="Scores follow.\n" + json.dumps(reply, indent=2))
+        return rec.model_copy(update={"raw_text": "Scores follow.\n" + json.dumps(reply, indent=2)})
 
 
 def _text(rng: random.Random, marker: str, kind: str) -> str:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from shared_instances import built_once
+from shared_instances import built_once, session_root
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = ROOT / "reference"
@@ -19,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
 if WORKERS > 1:
     os.environ.setdefault("MT_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+    os.environ.setdefault("OMP_NUM_THREADS", os.environ["MT_THREADS"])  # torch's default where nothing sets threads
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -75,25 +76,30 @@ def tiny_model_dir(tmp_path_factory, eval_set):
     return built_once(tmp_path_factory, "tiny_model", build)
 
 
-# ---- pytest-xdist: `make test` and `make test-fast` run `-n 2 --dist loadgroup` ----------------------------------------
-# One test file is one unit of work (its module fixtures are built once, on one worker), unless its tests name their own
-# xdist_group (tests that must not overlap share one: the simulated GPUs' lock files are the repository's
-# .dagster/gpu_locks for every instance). Units are handed out in the order below, the longest first, so that the long
-# end-to-end files start at once and the short ones fill the end; the files not named follow in their own order. The
-# populated instances several files stand on are built once per session (tests/shared_instances.py), by whichever
-# worker asks first.
+# ---- pytest-xdist: `make test` and `make test-fast` run `-n 2 --dist loadfile --no-loadscope-reorder` ------------------
+# One test file is one unit of work (its module fixtures are built once, on one worker). Units are handed out in the
+# order below (not xdist's default, most tests first), the longest first, so that the long end-to-end files start at once and the short ones fill the end; the
+# files not named follow in their own order. The populated instances several files stand on are built once per
+# session (tests/shared_instances.py), by whichever worker asks first. (Not `--dist loadgroup`: with pytest 9 its
+# groups are silently ignored, pytest-xdist 3.8 renames a node id that pytest no longer reads.)
 FIRST = ["test_e2e.py", "test_ray.py", "test_ui.py", "test_faults.py", "test_postgres.py", "test_run.py",
          "test_objstore_study.py", "test_compute.py", "test_lineage.py", "test_studies.py", "test_view.py",
          "test_trl_oracle.py", "test_train.py"]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
     rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
+@pytest.fixture
+def gpu_locks(tmp_path_factory):
+    """Held by a test whose runs lease simulated GPUs: every instance's leases are flocks in the repository's
+    .dagster/gpu_locks (mt_resources/gpu.py), so two such tests on two xdist workers take turns."""
+    from filelock import FileLock
+
+    with FileLock(str(session_root(tmp_path_factory) / "gpu_locks.lock")):
+        yield
 
 
 # ---- the README's `mt demo` on three cells, once per session (tests/test_e2e.py, tests/test_view.py) ----------------

@@ -206,7 +206,8 @@ def test_child_logs_reach_the_event_log(runs):
             msgs = [e.user_message for e in inst.all_logs(run_id) if e.step_key == f"{STUDY}__{asset}"]
             assert any(m.startswith("worker: ") for m in msgs), asset
             assert any(text in m for m in msgs), (asset, text)
-            assert any(m.startswith("pipes: ") and "child pid" in m for m in msgs), asset
+            assert any(m.startswith("pipes: ") and "child process" in m for m in msgs), asset
+            assert any(m.startswith("worker: ") and "child pid" in m for m in msgs), asset
 
 
 def test_gpu_pool_limit(monkeypatch):

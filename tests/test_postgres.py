@@ -83,8 +83,7 @@ def _webserver_run_ids(env: dict, port: int, log: Path) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("gpu_locks")  # leases the repository's .dagster/gpu_locks, as tests/test_run.py does
-def test_a_study_on_postgres(pg, tmp_path, monkeypatch):
+def test_a_study_on_postgres(gpu_locks, pg, tmp_path, monkeypatch):
     _, home, env = _setup(tmp_path, MT_PG_URL=pg.dagster_url, MT_GPU_COUNT="2", MT_THREADS="1")  # 2 runs on 2 cores
     shutil.copyfile(ROOT / "dagster.postgres.yaml", home / "dagster.yaml")
     monkeypatch.setenv("MT_PG_URL", pg.dagster_url)  # for DagsterInstance.from_config in this process

@@ -127,8 +127,7 @@ def test_a_daemon_mt_run_stopped_is_not_taken_for_a_live_one(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("gpu_locks")  # leases the repository's .dagster/gpu_locks, as tests/test_postgres.py does
-def test_cells_run_at_once_on_distinct_devices(tmp_path, tmp_path_factory):
+def test_cells_run_at_once_on_distinct_devices(gpu_locks, tmp_path, tmp_path_factory):
     """With 4 (simulated) GPUs, 4 cells are queued through the daemon and run at the same time; no two GPU steps
     hold one device at once; 0 collisions in the store. (A 2-core machine shows the overlap, not a speed-up.)"""
     from shared_instances import copy_instance, small_base
