@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from shared_instances import built_once, session_root
+from shared_instances import built_once, copy_instance, session_root
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = ROOT / "reference"
@@ -113,21 +113,47 @@ def demo_env(home: Path, art: Path, **extra) -> dict:
     return env
 
 
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory):
-    """(home, art, stdout, reads) of the demo, built once per session and shared by every xdist worker (read only:
-    tests/shared_instances.py's copy_instance makes a copy to change)."""
-    def build(folder: Path) -> None:
-        home, art = folder / "home", folder / "art"
-        home.mkdir()
-        from config_reads import subprocess_env  # the study fields the run reads (tests/test_config_reads.py)
+def _demo_run(folder: Path, *args: str, **extra) -> str:
+    """`mt demo --cells <DEMO_CELLS> <args>` on the instance in ``folder`` (home, art), recording the study fields it
+    reads in ``folder/config_reads.json``; its stdout."""
+    from config_reads import subprocess_env  # the study fields the run reads (tests/test_config_reads.py)
 
+    home, art, reads = folder / "home", folder / "art", folder / "config_reads.json"
+    out = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", ",".join(DEMO_CELLS), "--log-level",
+                          "WARNING", *args], cwd=ROOT, env=demo_env(home, art, **subprocess_env(reads), **extra),
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """The demo's first stages, `mt demo --cells <DEMO_CELLS> --until coupling` (the inputs and both coupling adapters
+    of the tiny profile), built once per session with planted credentials in its environment (tests/test_faults.py's
+    SECRETS, which tests/test_ui.py looks for in every file); the folder holds ``home`` and ``art`` (read only: copy
+    it with shared_instances.copy_instance)."""
+    def build(folder: Path) -> None:
+        from test_faults import SECRETS
+
+        (folder / "home").mkdir()
+        _demo_run(folder, "--until", "coupling", **SECRETS)
+    return built_once(tmp_path_factory, "tiny_base", build)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, tiny_base):
+    """(home, art, stdout, reads) of the README's `mt demo` on DEMO_CELLS, built once per session and shared by every
+    xdist worker (read only: tests/shared_instances.py's copy_instance makes a copy to change). It resumes a copy of
+    ``tiny_base`` (its first stages, also the start of tests/test_ui.py); ``stdout`` is the resuming run's, and
+    ``reads`` the study fields the two runs read together."""
+    def build(folder: Path) -> None:
+        copy_instance(tiny_base, folder / "home", folder / "art")
+        stdout = _demo_run(folder)
+        assert "coupling: up to date" in stdout, stdout[-3000:]  # it resumed where tiny_base stopped
+        (folder / "stdout.txt").write_text(stdout)
         reads = folder / "config_reads.json"
-        out = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", ",".join(DEMO_CELLS), "--log-level",
-                              "WARNING"], cwd=ROOT, env=demo_env(home, art, **subprocess_env(reads)),
-                             capture_output=True, text=True, timeout=1200)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        (folder / "stdout.txt").write_text(out.stdout)
+        both = set(json.loads(reads.read_text())) | set(json.loads((tiny_base / "config_reads.json").read_text()))
+        reads.write_text(json.dumps(sorted(both)))
 
     folder = built_once(tmp_path_factory, "demo", build)
     return folder / "home", folder / "art", (folder / "stdout.txt").read_text(), folder / "config_reads.json"

@@ -8,7 +8,8 @@ session, under a file lock, so that pytest-xdist workers share them (the first w
   villain coupling adapter, exactly what tests/test_faults.py's chain used to build first;
 * ``small_cells``: ``small_base`` plus the cells C1_s42, C4_s42, C5_s42, C1_s137 (`mt run --cells ...`): the local
   reference of tests/test_ray.py and the inline run of tests/test_compute.py, read only;
-* ``demo`` (tests/conftest.py): the README's `mt demo` on three cells of the tiny profile.
+* ``tiny_base`` and ``demo`` (tests/conftest.py): the first stages of the README's `mt demo` on three cells of the tiny
+  profile (inputs and both coupling adapters), and the demo resuming a copy of them.
 
 A test that changes an instance works on a copy (``copy_instance``). The instance's SQLite storage and the artefact
 manifests record absolute paths (every materialization's ``path`` and ``upstream`` paths); the copy rewrites them
@@ -105,9 +106,10 @@ def small_env(home: Path, art: Path, study: Path, **extra) -> dict:
     return env
 
 
-def _mt(env: dict, *args: str) -> str:
+def mt(env: dict, *args: str, timeout: float = 1200) -> str:
+    """`mt <args>` in its own process, as a researcher runs it; its stdout (it must succeed)."""
     p = subprocess.run([sys.executable, "-m", "mt_cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=1200)
+                       timeout=timeout)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p.stdout
 
@@ -127,7 +129,7 @@ def small_base(tmp_path_factory) -> Path:
     def build(folder: Path) -> None:
         study = _small_study(folder / "small.yaml")
         home, art = _new_instance(folder)
-        _mt(small_env(home, art, study), "run", "--cells", "C1_s42", "--launch", "inline", "--until", "coupling")
+        mt(small_env(home, art, study), "run", "--cells", "C1_s42", "--launch", "inline", "--until", "coupling")
     return built_once(tmp_path_factory, "small_base", build)
 
 
@@ -140,5 +142,5 @@ def small_cells(tmp_path_factory) -> Path:
         home, art = folder / "home", folder / "art"
         shutil.copyfile(base / "small.yaml", folder / "small.yaml")
         copy_instance(base, home, art)
-        _mt(small_env(home, art, folder / "small.yaml"), "run", "--cells", ",".join(SMALL_CELLS))
+        mt(small_env(home, art, folder / "small.yaml"), "run", "--cells", ",".join(SMALL_CELLS))
     return built_once(tmp_path_factory, "small_cells", build)

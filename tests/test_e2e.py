@@ -1,4 +1,5 @@
-"""End to end through Dagster: the README's `mt demo` on three cells (C4, C1, C3) in a temporary DAGSTER_HOME.
+"""End to end through Dagster: the README's `mt demo` on three cells (C4, C1, C3) in a temporary DAGSTER_HOME (once per
+test session, tests/conftest.py's ``demo``: `mt demo --until coupling`, then `mt demo` resuming it).
 
 Checks what a researcher relies on afterwards: partitions recorded as materialized, checks recorded, explicit
 provenance naming the coupling adapter's partition/run/md5, the DuckDB views, and that a fresh instance refuses to

@@ -5,7 +5,8 @@ One small study (tests/test_compute.py ``_small_study``), one cell with every st
 `mt run` in its own process exactly as a researcher runs it. Each fault is a real SIGKILL: ``MT_FAILPOINT`` makes the
 process kill itself at a named place (mt_core/faults.py), the step process for inline runs, the Pipes child when the
 work runs there. The chain goes stage by stage in one instance: each rerun resumes what the kill before it left and
-is killed one stage further on.
+is killed one stage further on. It starts where `mt run --until coupling` leaves the study, from a copy of the session's
+``small_base`` (tests/shared_instances.py); the uninterrupted reference is built from nothing.
 """
 import os
 import signal

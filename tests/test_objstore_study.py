@@ -9,8 +9,6 @@ the URL root through the store and answer what they answer for the local one.
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +17,7 @@ import yaml
 
 from mt_core.layout import partition_or_none
 from mt_resources.store import ArtifactStore, latest_metadata
+from shared_instances import mt
 from test_compute import _small_study
 from test_objstore import s3_edge  # noqa: F401 - the fixture
 
@@ -38,10 +37,7 @@ def _one_cell_study(path: Path) -> Path:
 
 
 def _mt(env: dict, *args: str) -> str:
-    p = subprocess.run([sys.executable, "-m", "mt_cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=900)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return p.stdout
+    return mt(env, *args, timeout=900)
 
 
 def _study(tmp: Path, root: str, study: Path) -> dict:

@@ -1,7 +1,8 @@
 """The web UI, driven by a real browser: launch one cell from `dagster dev` and see its partitions turn materialized.
 
-Inputs and the villain coupling adapter are materialized first (through Dagster, in a subprocess); then `dagster dev`
-(webserver + daemon, the instance's queued run coordinator) serves a temporary DAGSTER_HOME. Playwright drives
+It starts from a copy of the session's first stages of the demo (tests/conftest.py's ``tiny_base``: the inputs and both
+coupling adapters, materialized through Dagster with the same planted credentials); then `dagster dev` (webserver +
+daemon, the instance's queued run coordinator) serves that temporary DAGSTER_HOME. Playwright drives
 Debian's chromium: on cell_job's page, "Materialize all…", pick partition C4_s42, "Launch 1 run"; the test waits for
 the run, checks every cell asset's C4_s42 partition in the instance, and saves docs/ui_cell_materialized.png. Then it
 reads the metadata a researcher reads (per-persona rates, gate results with their thresholds, provenance with links,
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from shared_instances import copy_instance
 from test_faults import SECRETS
 
 from mt_assets.common import VIEW_URL  # where a cell's metadata links to
@@ -72,21 +74,15 @@ def _wait(what: str, fn, timeout: float, log: Path, every: float = 1.0):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_base):
     tmp = tmp_path_factory.mktemp("ui")
     home, art, log = tmp / "home", tmp / "art", tmp / "dagster_dev.log"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled",
                **SECRETS)  # planted credentials: no page, no file of the instance or the store may show them
     env.pop("MT_STUDY", None)
     env.pop("MT_VIEW_URL", None)
-    code = ("import dagster as dg, definitions as d; i = dg.DagsterInstance.get(); "
-            f"assert d.defs.resolve_job_def('{STUDY}__inputs_job').execute_in_process(instance=i).success; "
-            f"assert d.defs.resolve_job_def('{STUDY}__coupling_job').execute_in_process(partition_key='villain', "
-            "instance=i).success")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # the inputs and the coupling adapters, built with the same planted credentials: the session's (tests/conftest.py)
+    copy_instance(tiny_base, home, art)
 
     port = _free_port()
     with open(log, "w") as fh:
