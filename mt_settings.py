@@ -171,8 +171,7 @@ class Settings:
             env["MT_STUDY"] = str(self.study)
         if self.debug:
             env["MT_DEBUG"] = "1"
-        path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), path) if p)  # the project importable
+        env["PYTHONPATH"] = _importable(env.get("PYTHONPATH"))
         return env
 
     # ---- this process ----------------------------------------------------------------------------------------------
@@ -197,15 +196,20 @@ def inherited_env(**extra: str) -> dict[str, str]:
     """This process's environment plus ``extra``: what a child process that reads its own settings inherits (a Pipes
     worker, a local Ray node), with the project importable."""
     env = {**LIBRARY_DEFAULTS, **os.environ, **extra}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = _importable(os.environ.get("PYTHONPATH"))
     return env
+
+
+def _importable(pythonpath: str | None) -> str:
+    """``pythonpath`` with the project first, so a child process imports it from any working directory."""
+    return os.pathsep.join(p for p in (str(PROJECT_ROOT), pythonpath) if p)
 
 
 def ray_job_env() -> dict[str, str]:
     """What a Ray job may inherit: the project's settings, never a credential (Ray shows it in its dashboard)."""
-    env = {k: v for k, v in inherited_env().items() if FORWARD.match(k) and not SECRET.search(k)}
-    env["PYTHONPATH"] = inherited_env()["PYTHONPATH"]
-    return env
+    env = inherited_env()
+    forwarded = {k: v for k, v in env.items() if FORWARD.match(k) and not SECRET.search(k)}
+    return {**forwarded, "PYTHONPATH": env["PYTHONPATH"]}
 
 
 def without_ray_env() -> dict[str, str]:

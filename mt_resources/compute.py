@@ -58,10 +58,8 @@ class Compute(dg.ConfigurableResource):
 
     def runtime(self) -> runtime.Runtime:
         """The process's runtime (its failpoints among them) with this resource's folders and threads."""
-        from pathlib import Path as P
-
-        return dataclasses.replace(runtime.current(), models=P(self.models), threads=self.threads,
-                                   scratch=P(self.scratch) if self.scratch else None, artifacts=self.artifacts)
+        return dataclasses.replace(runtime.current(), models=Path(self.models), threads=self.threads,
+                                   scratch=Path(self.scratch) if self.scratch else None, artifacts=self.artifacts)
 
     def run(self, context, study: Study, fn: Step, kwargs: dict, out: Path | dict[str, Path], log=print) -> dict:
         """The step ``fn(study, **kwargs, out=out, log=log)``, here or in a Pipes child; its metadata."""
