@@ -97,6 +97,7 @@ class RunQueue:
                     _stop(self.proc)
                     raise RuntimeError(f"the Dagster webserver did not come up (exit {self.proc.poll()}); see {log}")
                 time.sleep(1)
+        self.url = f"http://127.0.0.1:{port}"
         self.client = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=120)
         self.out(f"webserver: started pid {self.proc.pid} on 127.0.0.1:{port} to submit runs (log {log})")
         return self

@@ -2,8 +2,8 @@
 
 The integration test takes a copy of the session's tiny demo (tests/conftest.py: C4_s42, C1_s42 and C3_s42) in a
 temporary DAGSTER_HOME, then re-materializes the villain coupling adapter: the adapters of C4_s42 and C1_s42 are then
-stale, for `mt lineage`, the DuckDB `lineage` view and Dagster's own stale-status resolver (what the UI shows as
-"Upstream data changed")."""
+stale, for `mt lineage`, the DuckDB `lineage` view and the Dagster webserver's GraphQL ``staleStatus`` (what the UI
+shows as "Upstream data changed")."""
 import json
 import os
 import subprocess
@@ -18,6 +18,8 @@ import pytest
 from mt_core.report.catalog import SQL_DIR, lineage_rows
 from mt_core.report.lineage import cell_lineage, render
 from mt_resources.store import ArtifactStore
+from mt_run.queue import RunQueue
+from mt_settings import Settings
 from shared_instances import copy_instance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,26 +139,31 @@ def _lineage(cell: str, env: dict) -> dict:
     return json.loads(_run(["-m", "mt_cli", "lineage", cell, "--json"], env))
 
 
-def _dagster_stale(home: Path, asset: str, partition: str) -> str:
-    """Dagster's own verdict (the UI's stale badge), from the data versions that publish() records."""
-    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._time import get_current_datetime
+STALE_QUERY = """query Stale($key: AssetKeyInput!, $partition: String) {
+  assetNodeOrError(assetKey: $key) { ... on AssetNode { staleStatus(partition: $partition) } }
+}"""
 
-    import definitions
 
-    graph = definitions.defs.resolve_asset_graph()
-    with dg.DagsterInstance.from_config(str(home)) as inst:
-        view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-                              instance=inst, asset_graph=graph)
-        return CachingStaleStatusResolver(inst, graph, view).get_status(dg.AssetKey([STUDY, asset]), partition).value
+def _dagster_stale(ui_url: str, asset: str, partition: str) -> str:
+    """Dagster's own verdict, as the UI shows it (its stale badge): the webserver's GraphQL ``staleStatus``."""
+    import urllib.request
+
+    body = json.dumps({"query": STALE_QUERY, "variables": {"key": {"path": [STUDY, asset]}, "partition": partition}})
+    req = urllib.request.Request(f"{ui_url}/graphql", body.encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        answer = json.load(r)
+    assert "errors" not in answer, answer
+    return answer["data"]["assetNodeOrError"]["staleStatus"]
 
 
 @pytest.mark.slow
-def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(demo, tmp_path):
+def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(demo, tmp_path, request):
     home, art = tmp_path / "home", tmp_path / "art"
     copy_instance(demo[0].parent, home, art)  # the session's `mt demo` of C4_s42, C1_s42 (and C3_s42), to change
     env = _env(home, art)
+    ui = RunQueue(Settings.from_env(env), out=lambda line: None)  # a webserver on this instance, for the UI's view
+    ui.__enter__()
+    request.addfinalizer(lambda: ui.__exit__(None, None, None))
 
     with dg.DagsterInstance.from_config(str(home)) as inst:
         rec = inst.fetch_materializations(dg.AssetRecordsFilter(
@@ -166,7 +173,7 @@ def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(demo, t
     coup = _nodes(before["C1_s42"])["coupling_adapter"]
     assert (coup["label"], coup["run_id"], coup["md5"]) == ("coupling_adapter[villain]", old_run, old_md5)
     assert not any(lin["stale"] for lin in before.values())
-    assert _dagster_stale(home, "cell_adapter", "C1_s42") == "FRESH"
+    assert _dagster_stale(ui.url, "cell_adapter", "C1_s42") == "FRESH"
 
     # the villain adapter again, trained with another seed (the same training would give the same md5: nothing stale)
     variant = tmp_path / "variant.yaml"
@@ -184,7 +191,7 @@ def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(demo, t
         assert lin["stale"] and n["stale"] == [
             f"cell_adapter[{cell}] was built from coupling_adapter[villain] md5 {old_md5} (run {old_run}), "
             f"latest is md5 {new['md5']} (run {new['run_id']})"]
-        assert _dagster_stale(home, "cell_adapter", cell) == "STALE"
+        assert _dagster_stale(ui.url, "cell_adapter", cell) == "STALE"
     text = _run(["-m", "mt_cli", "lineage", "C1_s42"], env)
     assert "STALE" in text and f"coupling_adapter[villain] md5 {old_md5}" in text
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import polars as pl
 
 from mt_core.records import AlignmentSummary, JudgeRecord, QuestionScores
@@ -258,6 +257,8 @@ class AnthropicJudge:
         self.concurrency, self.max_retries = max(1, concurrency), max(0, max_retries)
         self.cache, self.log = cache, log
         self._attempts = threading.local()  # this thread's call: the attempts the SDK made so far
+        import anthropic  # here, not at the top: the SDK costs every `mt` process 2 s of imports, and most never judge
+
         self._client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=self.max_retries,
                                            timeout=timeout_s, middleware=[self._count_attempt])
 
@@ -274,6 +275,8 @@ class AnthropicJudge:
 
     def judge_one(self, question: str, response: str) -> JudgeRecord:
         """Judge one pair (no cache lookup), the SDK retrying transient failures; never raises for API errors."""
+        import anthropic  # loaded by __init__ already
+
         key = cache_key(self.model, self.prompt.sha256, question, response)
         self._attempts.n = 0
         try:

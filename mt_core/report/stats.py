@@ -6,8 +6,6 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
-from scipy import stats as sps
-
 from mt_core.records import CellNumbers
 
 _EPS = 1e-12  # tolerance for ">= min_diff" comparisons on float rates
@@ -171,6 +169,8 @@ def compare_arms(
 ) -> dict:
     """One-sided test that arm A's marker rate exceeds arm B's: Welch decides (``WELCH_RULE``), the pooled exact test
     is reported beside it. ``outcome`` is "pass", "fail" or "not assessable"; ``pass`` is outcome == "pass"."""
+    from scipy import stats as sps  # here, not at the top: scipy.stats costs every `mt` process 1 s of imports
+
     a_rates, b_rates = _rates(a_hits, a_n, "A"), _rates(b_hits, b_n, "B")
     diff = statistics.fmean(a_rates) - statistics.fmean(b_rates)
 
