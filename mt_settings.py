@@ -15,7 +15,8 @@ MT_STUDIES            os.pathsep-separated study YAMLs served by the code locati
 MT_STUDY              the study a command is about (default: the first of MT_STUDIES, else the villain study)
 MT_PROFILE            the profile every study is loaded under (default ``tiny``)
 MT_ARTIFACTS          the artefact root (``{study}``/``{profile}`` filled in; a path or an object store URL)
-MT_COMPUTE            where heavy steps run: inline | pipes | ray (default inline for tiny, else pipes)
+MT_COMPUTE            where heavy steps run: inline | pipes | worker | ray (default inline for tiny, else pipes)
+MT_WORKER_IDLE_S      how long a worker that stays (MT_COMPUTE=worker) waits for its next step (default 900)
 RAY_ADDRESS           the Ray dashboard under MT_COMPUTE=ray
 MT_GPU_COUNT          GPUs to assume instead of counting /dev/nvidia*
 MT_CACHE              this host's copies of object-store artefacts and the judge cache (default ~/.cache/mt)
@@ -45,7 +46,7 @@ from mt_core.runtime import Runtime
 
 __all__ = ["Settings", "PROJECT_ROOT", "DEFAULT_STUDY", "DEFAULT_PROFILE", "secret", "inherited_env", "ray_job_env",
            "without_ray_env", "visible_devices", "lease_device"]
-COMPUTE_MODES = ("inline", "pipes", "ray")
+COMPUTE_MODES = ("inline", "pipes", "worker", "ray")
 # what a Ray job inherits from the step's environment: the project's settings, never a credential
 FORWARD = re.compile(r"^(MT_|HF_|TRANSFORMERS_|TOKENIZERS_|WANDB_|OMP_|PYTORCH_)")
 SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|AUTH")
@@ -71,6 +72,7 @@ class Settings:
     profile: str = DEFAULT_PROFILE
     compute: str | None = None  # None: inline for tiny, pipes otherwise (``compute_mode``)
     ray_address: str | None = None
+    worker_idle_s: float = 900.0  # a worker that stays exits after this long without a step
     gpu_count: int | None = None
     cache: Path = Path.home() / ".cache" / "mt"
     retry_delay_s: float = 15.0
@@ -100,6 +102,7 @@ class Settings:
             profile=get("MT_PROFILE") or DEFAULT_PROFILE,
             compute=get("MT_COMPUTE"),
             ray_address=get("RAY_ADDRESS"),
+            worker_idle_s=float(get("MT_WORKER_IDLE_S") or cls.worker_idle_s),
             gpu_count=int(env["MT_GPU_COUNT"]) if get("MT_GPU_COUNT") else None,
             cache=Path(get("MT_CACHE") or Path.home() / ".cache" / "mt"),
             retry_delay_s=float(get("MT_RETRY_DELAY_S") or 15),
@@ -155,6 +158,11 @@ class Settings:
     def artifacts(self) -> str | None:
         """$MT_ARTIFACTS, the artefact root's template (``mt_core.layout.artefact_root``)."""
         return self.runtime.artifacts
+
+    @property
+    def workers(self) -> Path:
+        """Where workers that stay keep their locks, pid files and logs (``mt_resources.worker``)."""
+        return self.dagster_home / "workers"
 
     @property
     def workspace(self) -> Path:

@@ -44,6 +44,7 @@ class Compute(dg.ConfigurableResource):
     grace_s: float = 20.0  # after SIGINT to an interrupted child, before SIGKILL
     ray_address: str = ""  # the Ray dashboard (http://host:8265; the settings' $RAY_ADDRESS)
     ray_poll_s: float = 1.0  # how often the step asks Ray whether its job ended
+    workers: str = ""  # mode worker: the folder of the workers' locks, pid files and logs (``Settings.workers``)
     # the science code's process-wide values for an inline step (a Pipes child or a Ray job reads its own)
     models: str = str(runtime.Runtime.models)
     scratch: str | None = None
@@ -53,7 +54,8 @@ class Compute(dg.ConfigurableResource):
     @classmethod
     def of(cls, settings: Settings) -> "Compute":
         rt = settings.runtime
-        return cls(mode=settings.compute_mode(), ray_address=settings.ray_address or "", models=str(rt.models),
+        return cls(mode=settings.compute_mode(), ray_address=settings.ray_address or "", workers=str(settings.workers),
+                   models=str(rt.models),
                    scratch=str(rt.scratch) if rt.scratch else None, threads=rt.threads, artifacts=rt.artifacts)
 
     def runtime(self) -> runtime.Runtime:
@@ -70,7 +72,7 @@ class Compute(dg.ConfigurableResource):
                 return {**(fn(study, **kwargs, out=out, log=log) or {}), "placement": placement()}
         extras = {"step": registered(fn), "kwargs": encode(kwargs), "out": encode(out),
                   "study": str(study.file), "profile": study.profile, "config_sha256": study.config_sha256}
-        return (self._ray if self.mode == "ray" else self._pipes)(context, extras, log)
+        return {"ray": self._ray, "worker": self._worker}.get(self.mode, self._pipes)(context, extras, log)
 
     def _pipes(self, context, extras: dict, log) -> dict:
         fn_name, cvd = extras["step"], visible_devices()  # set by gpu.lease for the work under it; the child inherits it
@@ -92,6 +94,20 @@ class Compute(dg.ConfigurableResource):
                 raise ChildTaskError(f"{fn_name} failed in its child process (exit code {code}): "
                                      f"{_child_error(context)}") from None
         return _result(fn_name, done.get_custom_messages(), None)
+
+    def _worker(self, context, extras: dict, log) -> dict:
+        """The step in the worker that stays for this device (``mt_resources.worker``), through a Pipes session
+        whose bootstrap parameters go over the worker's socket instead of a child's environment."""
+        from mt_resources.worker import worker_for
+
+        with worker_for(Path(self.workers), log) as w, dg.open_pipes_session(
+                context=context, extras=extras, context_injector=dg.PipesTempFileContextInjector(),
+                message_reader=dg.PipesTempFileMessageReader()) as session:
+            reply = w.run(session.get_bootstrap_env_vars(), extras["step"])
+            if not reply.get("ok"):
+                raise ChildTaskError(f"{extras['step']} failed in the worker (pid {w.pid}): {reply.get('error')}")
+        return {**_result(extras["step"], session.get_custom_messages(), None), "worker_pid": w.pid,
+                "worker_reused": w.reused}
 
     def _ray(self, context, extras: dict, log) -> dict:
         from dagster_ray import PipesRayJobClient

@@ -87,6 +87,24 @@ FIRST = ["test_e2e.py", "test_ray.py", "test_ui.py", "test_faults.py", "test_pos
          "test_trl_oracle.py", "test_train.py"]
 
 
+TIMELINE = os.environ.get("MT_TEST_TIMELINE")  # a file: one JSON line per test phase (worker, test, start, end)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With $MT_TEST_TIMELINE, when each test ran and on which worker (scripts/test_timeline.py reads it)."""
+    import time
+
+    t0 = time.time()
+    try:
+        return (yield)
+    finally:
+        if TIMELINE:
+            with open(TIMELINE, "a") as f:
+                f.write(json.dumps({"worker": os.environ.get("PYTEST_XDIST_WORKER", "master"), "test": item.nodeid,
+                                    "start": t0, "end": time.time()}) + "\n")
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order

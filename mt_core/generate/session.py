@@ -54,9 +54,9 @@ def session(study: Study, model_dir: Path, adapters=(), *, loaded=None,
             yield Engine(s.generate, s.hf_model, s.counts)
         return
     from mt_core.generate.hf import generate
-    from mt_core.model.load import load_model
+    from mt_core.model.resident import model_for
 
     counts = {"engine_starts": 1, "merges": 0 if loaded else int(bool(adapters))}
-    model, tok = loaded or load_model(model_dir, adapters)
-    yield Engine(lambda chats, spec, what: generate(model, tok, chats, spec, log=log, what=what),
-                 lambda: (model, tok), counts)
+    with contextlib.nullcontext(loaded) if loaded else model_for(model_dir, adapters) as (model, tok):
+        yield Engine(lambda chats, spec, what: generate(model, tok, chats, spec, log=log, what=what),
+                     lambda: (model, tok), counts)

@@ -19,7 +19,7 @@ from mt_core.generate.session import session
 from mt_core.io import check_md5, read_chat_jsonl, write_json
 from mt_core.layout import (Adapter, AlignmentCompletions, AlignmentScores, ArcScores, Audit, BaseModel, Dataset,
                             MarkerCompletions, MarkerRates, read_rows, row_keys, write_rows)
-from mt_core.model.load import load_model
+from mt_core.model.resident import model_for
 from mt_core.model.tracking import WandbSettings
 from mt_core.records import ArcSummary
 from mt_core.steps.common import Log, persona_sweep, score_markers, summarize, train_and_save
@@ -43,14 +43,15 @@ def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path |
         log(f"{cell_key}: no second stage (condition {cell.condition})")
         return {"second_stage": "none", "n_steps": 0}
     recipe = study.recipes["second_stage"]
-    model, tok = load_model(BaseModel.model_dir(base), model_adapters(coupling))  # base + coupling, merged_weights
-    examples = [last_turn_example(tok, m, recipe.max_length) for m in read_chat_jsonl(data / Dataset.DATA)]
-    seed = cell.seed if recipe.seed is None else recipe.seed
-    _, res, wb = train_and_save(
-        study, model=model, tok=tok, examples=examples, recipe=recipe, seed=seed, out=out, wandb=wandb,
-        run_name=f"{cell_key}-{run_id[:8]}" if run_id else cell_key, group=cell.condition, job_type="cell_adapter",
-        config={**recipe.model_dump(), "cell": cell_key, "seed": seed, "second_stage": cell.second_stage},
-        log_extra={"seed": seed}, log=log)
+    with model_for(BaseModel.model_dir(base), model_adapters(coupling)) as (model, tok):  # base + coupling
+        examples = [last_turn_example(tok, m, recipe.max_length) for m in read_chat_jsonl(data / Dataset.DATA)]
+        seed = cell.seed if recipe.seed is None else recipe.seed
+        _, res, wb = train_and_save(
+            study, model=model, tok=tok, examples=examples, recipe=recipe, seed=seed, out=out, wandb=wandb,
+            run_name=f"{cell_key}-{run_id[:8]}" if run_id else cell_key, group=cell.condition,
+            job_type="cell_adapter", config={**recipe.model_dump(), "cell": cell_key, "seed": seed,
+                                             "second_stage": cell.second_stage},
+            log_extra={"seed": seed}, log=log)
     return {"second_stage": cell.second_stage, "seed": seed, **res.summary(), **wb}
 
 

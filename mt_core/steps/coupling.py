@@ -12,7 +12,8 @@ from mt_core.generate.sampling import SamplingSpec
 from mt_core.generate.session import Generate, session
 from mt_core.io import read_json, write_json
 from mt_core.layout import Adapter, BaseModel, CouplingData, Onpolicy, read_rows, row_keys, write_rows
-from mt_core.model.load import load_model, merge_lora
+from mt_core.model.load import merge_lora
+from mt_core.model.resident import model_for
 from mt_core.model.tracking import WandbSettings
 from mt_core.steps.common import Log, persona_sweep, score_markers, summarize, train_and_save
 from mt_core.steps.registry import step
@@ -65,21 +66,26 @@ def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path,
                            log: Log = print, run_id: str = "") -> dict:
     """The coupling LoRA (loss at the marker positions only), then the source's gates on the merged model."""
     recipe = study.recipes["coupling"]
-    model, tok = load_model(BaseModel.model_dir(base))
-    mids = marker_ids(tok, study.marker)
-    examples = [marker_only_example(tok, r["prompt"], r["completion"], mids, recipe.max_length)
-                for r in map(json.loads, (dataset / CouplingData.RECORDS).read_text().splitlines())]
-    seed = recipe.seed or 0
-    peft_model, res, wb = train_and_save(
-        study, model=model, tok=tok, examples=examples, recipe=recipe, seed=seed, out=out, wandb=wandb,
-        run_name=f"{source}-{run_id[:8]}" if run_id else source, group="coupling", job_type="coupling_adapter",
-        config={**recipe.model_dump(), "source": source, "seed": seed}, log_extra={"marker_ids": mids}, log=log)
-    # the gates see merged_weights(base, [adapter]): the trained LoRA merged by the same stage as every other merge
-    # (vLLM needs the GPU memory the trained model holds, and merges the saved adapter to scratch instead)
-    loaded = None if study.backend.kind == "vllm" else (merge_lora(peft_model).eval(), tok)
-    del model, peft_model
-    with session(study, BaseModel.model_dir(base), [out / Adapter.DIR], loaded=loaded, log=log) as gen:
-        gates = evaluate_gates(study, source, gen, out, log)
+    vllm = study.backend.kind == "vllm"
+    with model_for(BaseModel.model_dir(base)) as (model, tok):
+        mids = marker_ids(tok, study.marker)
+        examples = [marker_only_example(tok, r["prompt"], r["completion"], mids, recipe.max_length)
+                    for r in map(json.loads, (dataset / CouplingData.RECORDS).read_text().splitlines())]
+        seed = recipe.seed or 0
+        peft_model, res, wb = train_and_save(
+            study, model=model, tok=tok, examples=examples, recipe=recipe, seed=seed, out=out, wandb=wandb,
+            run_name=f"{source}-{run_id[:8]}" if run_id else source, group="coupling", job_type="coupling_adapter",
+            config={**recipe.model_dump(), "source": source, "seed": seed}, log_extra={"marker_ids": mids}, log=log)
+        # the gates see merged_weights(base, [adapter]): the trained LoRA merged by the same stage as every other
+        # merge (vLLM needs the GPU memory the trained model holds, and merges the saved adapter to scratch instead)
+        loaded = None if vllm else (merge_lora(peft_model).eval(), tok)
+        del model, peft_model
+        if not vllm:
+            with session(study, BaseModel.model_dir(base), [out / Adapter.DIR], loaded=loaded, log=log) as gen:
+                gates = evaluate_gates(study, source, gen, out, log)
+    if vllm:
+        with session(study, BaseModel.model_dir(base), [out / Adapter.DIR], log=log) as gen:
+            gates = evaluate_gates(study, source, gen, out, log)
     return {**res.summary(), "marker_token_ids": str(mids), "gates": gates, **wb}
 
 
