@@ -2,11 +2,13 @@
 "pipes")``, launched through Pipes); ``python -m mt_worker serve <socket>`` is a worker that stays and runs one step
 after another with the base model held in memory (``mode="worker"``, started by ``mt_resources.worker``).
 
-It reloads the study, looks up the registered step it was named (``mt_core.steps.registry``), runs it into the staging
-directory the parent opened, sends the step's log lines to Dagster's event log and its returned metadata back as a
-Pipes custom message (``{"result": ...}``); an error is reported to the step as the pipes close (its class, message
-and traceback), and the process exits non-zero. torch, CUDA and the model live and die with this process. No Dagster import here: only ``dagster_pipes``. ``encode``/``decode`` are the wire
-format of the step's keyword arguments (JSON, with Paths and settings values tagged).
+Either way it reloads the study, looks up the registered step it was named (``mt_core.steps.registry``), runs it into
+the staging directory the parent opened, sends the step's log lines to Dagster's event log and its returned metadata
+back as a Pipes custom message (``{"result": ...}``); an error is reported to the step as the pipes close (its class,
+message and traceback). A fresh child then exits non-zero, and torch, CUDA and the model die with it; a worker that
+stays answers the step that it failed and waits for the next. No Dagster import here: only ``dagster_pipes``.
+``encode``/``decode`` are the wire format of the step's keyword arguments (JSON, with Paths and settings values
+tagged).
 """
 from __future__ import annotations
 

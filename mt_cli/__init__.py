@@ -10,6 +10,7 @@
     mt report --study NAME  the headline table (or --json) of the current study or an imported one
     mt lineage CELL         what a cell was built from (partition, run id, md5 per artefact) and what is stale
     mt pool [--gpus N]      set the instance's `gpu` pool limit to N (default: the GPUs found, at least 1)
+    mt workers [--stop]     the workers that stay (MT_COMPUTE=worker): pid, idle or busy, what each holds
 
 Several studies live side by side in one instance: `--study PATH` picks one (default: $MT_STUDY, else the first of
 $MT_STUDIES, else studies/marker_transfer_villain.yaml); its assets are the keys `<study name>/<asset>`.
@@ -23,7 +24,7 @@ import sys
 from mt_cli.inspect import cmd_lineage, cmd_status
 from mt_cli.query import cmd_sql, cmd_view
 from mt_cli.results import cmd_import_legacy, cmd_report
-from mt_cli.run import cmd_demo, cmd_doctor, cmd_pool, cmd_run, set_gpu_pool
+from mt_cli.run import cmd_demo, cmd_doctor, cmd_pool, cmd_run, cmd_workers, set_gpu_pool
 
 __all__ = ["main", "user_error", "set_gpu_pool"]
 
@@ -70,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     po = sub.add_parser("pool", help="set the instance's gpu pool limit (concurrent GPU steps)")
     po.add_argument("--gpus", type=int, help="the limit (default: the number of GPUs found, at least 1)")
     po.set_defaults(fn=cmd_pool)
+
+    wk = sub.add_parser("workers", parents=[common], help="the workers that stay (MT_COMPUTE=worker): what each holds",
+                        description="List the workers that stay (one per GPU and settings, MT_COMPUTE=worker) that "
+                        "this instance started: pid, idle or busy, steps run, the base model held, the log. --stop "
+                        "ends them (a step in progress fails and publishes nothing; the next step starts a new one).")
+    wk.add_argument("--stop", action="store_true", help="stop every live worker")
+    wk.set_defaults(fn=cmd_workers)
 
     q = sub.add_parser("sql", parents=[common], help="read-only SQL over the DuckDB catalogs of every study in the "
                                                      "instance (--study: that study's only)")

@@ -26,6 +26,23 @@ def cmd_pool(args) -> int:
     return 0
 
 
+def cmd_workers(args) -> int:
+    from mt_resources.worker import stop_workers, workers
+
+    s = settings_of(args)
+    if args.stop:
+        pids = stop_workers(s.workers)
+        print(f"stopped {len(pids)} worker(s){': pids ' + ', '.join(map(str, pids)) if pids else ''}")
+        return 0
+    rows = workers(s.workers)
+    if not rows:
+        print(f"no worker on record in {s.workers} (MT_COMPUTE=worker starts one per GPU on first use)")
+    for w in rows:
+        held = f", {w['steps']} step(s), up {w['up_s']:.0f}s, holding {w['base'] or 'no base'}" if "steps" in w else ""
+        print(f"{w['key']}  pid {w['pid']:<7} {w['state']}{held}  (log {w['log']})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     args.profile = "tiny"
     return cmd_run(args)

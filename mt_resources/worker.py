@@ -151,3 +151,27 @@ def worker_for(folder: Path, log: Callable[[str], None] = print) -> Iterator[Wor
         log(f"worker: started pid {proc.pid} (key {key}, devices {env.get('CUDA_VISIBLE_DEVICES', 'none')}, "
             f"log {logfile})")
         yield Worker(address, proc.pid, logfile, False, info)
+
+
+def workers(folder: Path) -> list[dict]:
+    """Every worker on record in ``folder``: its key, pid, state (``idle`` with what it holds, ``busy`` while a step
+    runs, ``gone``) and log."""
+    out = []
+    for pidfile in sorted(folder.glob("*.pid")):
+        key, pid = pidfile.stem, int(pidfile.read_text() or 0)
+        info = _ask(_address(key), {"op": "ping"}, timeout=2) if _alive(pid) else None
+        state = "gone" if not _alive(pid) else ("busy" if info is None else "idle")
+        out.append({"key": key, "pid": pid, "state": state, **(info or {}), "log": str(folder / f"{key}.log")})
+    return out
+
+
+def stop_workers(folder: Path) -> list[int]:
+    """Stop every live worker on record (SIGTERM; a step in progress fails, publishing nothing); their pids."""
+    stopped = []
+    for w in workers(folder):
+        if w["state"] != "gone":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w["pid"], signal.SIGTERM)
+                stopped.append(w["pid"])
+        (folder / f"{w['key']}.pid").unlink(missing_ok=True)
+    return stopped

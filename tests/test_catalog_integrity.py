@@ -335,15 +335,17 @@ def test_mt_sql_refuses_a_file_changed_after_the_catalog_was_built(env, capsys):
 def test_mt_sql_never_errors_while_the_catalog_is_rebuilt(cataloged, capsys, monkeypatch):
     """`mt sql` in a loop while a thread rebuilds the catalog. The two moments a reader can meet are widened: the
     catalog folder is briefly absent (between the store's two renames), and the new file is in place before the
-    instance records it (publish re-reads it first). Every query answers, from one consistent catalog, and the loop
-    runs until some query overlapped such a moment."""
+    instance records it (publish re-reads it first): each is held open until a query has started inside it. Every
+    query answers, from one consistent catalog, and the loop runs until some query overlapped such a moment."""
     import mt_resources.store as store_mod
 
     windows: list[tuple[float, float]] = []
 
-    def pause():
+    def pause():  # the moment held open until a query has started inside it (5 s at most), and 0.3 s more
         t = time.monotonic()
-        time.sleep(0.5)
+        while time.monotonic() - t < 5 and not any(q0 >= t for q0 in started):
+            time.sleep(0.02)
+        time.sleep(0.3)
         windows.append((t, time.monotonic()))
 
     class SlowRename:  # os, with a pause while the old catalog folder is moved aside and the new one not yet in place
@@ -366,7 +368,7 @@ def test_mt_sql_never_errors_while_the_catalog_is_rebuilt(cataloged, capsys, mon
 
     monkeypatch.setattr(store_mod, "os", SlowRename())
     monkeypatch.setattr(ArtifactStore, "read", slow_read)
-    stop, errors, rebuilt, queries, results = threading.Event(), [], [], [], []
+    stop, errors, rebuilt, queries, results, started = threading.Event(), [], [], [], [], []
 
     def rebuild():
         try:
@@ -385,6 +387,7 @@ def test_mt_sql_never_errors_while_the_catalog_is_rebuilt(cataloged, capsys, mon
         t0 = time.monotonic()
         while not overlapped() and time.monotonic() - t0 < 150 and not errors:  # the rebuild under way ends at join
             q0 = time.monotonic()
+            started.append(q0)
             results.append(mt(capsys, "sql", "SELECT count(*) AS n FROM completions", "--format", "json"))
             queries.append((q0, time.monotonic()))
             if results[-1][0] != 0:

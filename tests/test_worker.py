@@ -174,3 +174,14 @@ def test_cells_in_one_worker_match_fresh_loads_and_a_killed_worker_publishes_not
     key = next(f.stem for f in (home / "workers").glob("*.pid") if f.read_text() == str(pid))
     held = Worker.at(key, home / "workers").checksum()
     assert held == resident_checksum_of_fresh_load(BaseModel.model_dir(artefact_dir(art, "base_model", None)))
+
+    # `mt workers` lists it (idle, what it holds), and --stop ends it
+    env = _env(home, art, study)
+    listed = subprocess.run([sys.executable, "-m", "mt_cli", "workers"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0 and f"pid {pid}" in listed.stdout, listed.stdout + listed.stderr
+    line = next(x for x in listed.stdout.splitlines() if f"pid {pid}" in x)
+    assert " idle, " in line and "step(s)" in line and "base_model" in line, line
+    stop = subprocess.run([sys.executable, "-m", "mt_cli", "workers", "--stop"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0 and f"pids {pid}" in stop.stdout.replace(",", ""), stop.stdout + stop.stderr

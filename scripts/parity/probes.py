@@ -124,7 +124,7 @@ def _merge_wiring(s: Study) -> dict:
             parts[part] = tmp / part
         adapters = cells.model_adapters(parts["coupling"], parts["cell"])
         rt = runtime.Runtime(artifacts=str(tmp / "art"), scratch=tmp / "scratch")  # $MT_ARTIFACTS, $MT_SCRATCH
-        with runtime.using(rt), mock.patch.object(cells, "load_model", train_load), \
+        with runtime.using(rt), mock.patch.object(cells, "model_for", train_load), \
                 mock.patch.object(vllm_engine, "require_vllm", lambda: api), \
                 mock.patch.object(vllm_engine, "merge_to_dir", merge_to_dir), \
                 mock.patch.object(vllm_engine, "free_cuda", lambda: None), \
