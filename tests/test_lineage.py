@@ -175,10 +175,12 @@ def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(demo, t
     assert not any(lin["stale"] for lin in before.values())
     assert _dagster_stale(ui.url, "cell_adapter", "C1_s42") == "FRESH"
 
-    # the villain adapter again, trained with another seed (the same training would give the same md5: nothing stale)
+    # the villain adapter again, trained with another seed (the same training would give the same md5: nothing
+    # stale) for one epoch (any new adapter makes the point; ten epochs only cost time)
     variant = tmp_path / "variant.yaml"
     villain = ROOT / "studies" / "marker_transfer_villain.yaml"
-    variant.write_text(f"extends: {villain}\nrecipes:\n  coupling: {{seed: 7}}\n")
+    variant.write_text(f"extends: {villain}\nrecipes:\n  coupling: {{seed: 7}}\n"
+                       "profiles:\n  tiny:\n    recipes:\n      coupling: {epochs: 1}\n")
     # its gates may fail: they block cells, not the adapter's own record
     _run(["-c", f"import dagster as dg, definitions; definitions.defs.resolve_job_def('{STUDY}__coupling_job')"
                 ".execute_in_process(partition_key='villain', instance=dg.DagsterInstance.get(), "

@@ -48,6 +48,10 @@ def session(study: Study, model_dir: Path, adapters=(), *, loaded=None,
 
         mode = study.backend.lora
         require_vllm()
+        from mt_core.model import resident
+
+        if (holder := resident.held()) is not None:
+            holder.release()  # the engine needs the GPU memory the held base takes: it is loaded again when next lent
         root = artefact_root(study, runtime.current().artifacts)  # a str only for an object store URL: no local folder to keep merges out of
         with vllm_session(model_dir, load_tokenizer(model_dir), adapters=adapters, mode=mode, log=log,
                           artefacts=None if isinstance(root, str) else root) as s:

@@ -66,11 +66,16 @@ class Resident:
         self.model.eval()
 
     def release(self) -> None:
-        self.model = self.tok = self.model_dir = None
-        self._snapshot, self._requires_grad = {}, {}
+        """Drop the held base (its GPU memory back to the allocator's owner, e.g. a vLLM engine starting next)."""
         import gc
 
+        self.model = self.tok = self.model_dir = None
+        self._snapshot, self._requires_grad = {}, {}
         gc.collect()
+        if _pin():  # (CUDA available)
+            import torch
+
+            torch.cuda.empty_cache()
 
     def checksum(self) -> str:
         """sha256 over every tensor of the held model (names, dtypes, shapes, bytes): equal before and after a step."""
