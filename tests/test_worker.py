@@ -151,20 +151,20 @@ def test_cells_in_one_worker_match_fresh_loads_and_a_killed_worker_publishes_not
         assert not (artefact_dir(art, unpublished, "C5_s42") / MANIFEST).exists(), point
     assert (artefact_dir(art, "cell_adapter", "C5_s42") / MANIFEST).exists()  # trained by the second worker
 
-    # the rest in one new worker: C5_s42 resumes, then C4_s42 and C1_s42 (trained after other cells' steps)
-    p = _mt(_env(home, art, study), "C5_s42,C4_s42,C1_s42")
+    # the rest in one new worker: C5_s42 resumes, then C1_s42 (trained after another cell's steps)
+    p = _mt(_env(home, art, study), "C5_s42,C1_s42")
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     ran, ref = _latest(home), _latest(oracle / "home")
-    cells = {"C5_s42", "C4_s42", "C1_s42"}
+    cells = {"C5_s42", "C1_s42"}
     # one entry per step that ran in a worker (cell_generations also made the alignment completions and ARC scores)
     steps = {k: m for k, m in ran.items() if k[1] in cells and k[0] in ("cell_adapter", "marker_completions")}
-    assert len(steps) == 6 and all("worker_pid" in m for m in steps.values()), steps
+    assert len(steps) == 4 and all("worker_pid" in m for m in steps.values()), steps
     assert len({m["worker_pid"] for k, m in steps.items() if k != ("cell_adapter", "C5_s42")}) == 1, steps
     assert sum(not m["worker_reused"] for m in steps.values()) == 2  # the second kill's worker, and this run's
 
     # the same artefacts as the inline run's, md5 for md5
     mine = {k: m["md5"] for k, m in ran.items() if k[1] in cells}
-    assert len(mine) >= 3 * 6 and {k: ref[k]["md5"] for k in mine} == mine
+    assert len(mine) >= 2 * 7 and {k: ref[k]["md5"] for k in mine} == mine
 
     # and the base the worker holds is the loaded one, bit for bit
     from mt_core.layout import BaseModel
