@@ -2,6 +2,7 @@
 `python scripts/test_timeline.py /tmp/t.jsonl`. Prints each worker's files in order (start, seconds) and its idle
 time (between its tests, and from its last test to the end of the run)."""
 import json
+import signal
 import sys
 from collections import defaultdict
 
@@ -26,4 +27,5 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the output quietly
     main(sys.argv[1])
