@@ -109,7 +109,6 @@ def serve(address: str) -> None:
     without a request, or when putting the base back after a failed step fails."""
     import sys
     import time
-
     import traceback
 
     from dagster_pipes import (PipesContext, PipesDefaultContextLoader, PipesDefaultMessageWriter,

@@ -55,8 +55,8 @@ class Compute(dg.ConfigurableResource):
     def of(cls, settings: Settings) -> "Compute":
         rt = settings.runtime
         return cls(mode=settings.compute_mode(), ray_address=settings.ray_address or "", workers=str(settings.workers),
-                   models=str(rt.models),
-                   scratch=str(rt.scratch) if rt.scratch else None, threads=rt.threads, artifacts=rt.artifacts)
+                   models=str(rt.models), scratch=str(rt.scratch) if rt.scratch else None, threads=rt.threads,
+                   artifacts=rt.artifacts)
 
     def runtime(self) -> runtime.Runtime:
         """The process's runtime (its failpoints among them) with this resource's folders and threads."""

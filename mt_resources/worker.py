@@ -89,8 +89,8 @@ def _address(key: str) -> str:
 class Worker:
     """A running worker: ``run(pipes_env)`` runs one step in it."""
 
-    def __init__(self, address: str, pid: int, log: Path, reused: bool, info: dict):
-        self.address, self.pid, self.log, self.reused, self.info = address, pid, log, reused, info
+    def __init__(self, address: str, pid: int, log: Path, reused: bool):
+        self.address, self.pid, self.log, self.reused = address, pid, log, reused
 
     def run(self, pipes_env: dict[str, str], step: str) -> dict:
         """The step whose Pipes session ``pipes_env`` bootstraps; the worker's reply (``ok``, ``error``)."""
@@ -109,7 +109,7 @@ class Worker:
     def at(cls, key: str, folder: Path) -> "Worker":
         """The worker of ``key`` as its files say (for inspection: no lock taken)."""
         pid = int((folder / f"{key}.pid").read_text())
-        return cls(_address(key), pid, folder / f"{key}.log", True, {})
+        return cls(_address(key), pid, folder / f"{key}.log", True)
 
     def checksum(self) -> str | None:
         return (_ask(self.address, {"op": "checksum"}, timeout=None) or {}).get("checksum")
@@ -130,7 +130,7 @@ def worker_for(folder: Path, log: Callable[[str], None] = print) -> Iterator[Wor
         info = _ask(address, {"op": "ping"}, timeout=PING_S) if _alive(pid) else None
         if info is not None and info.get("pid") == pid:
             log(f"worker: pid {pid} (key {key}), {info['steps']} step(s) so far, holding {info['base'] or 'no base'}")
-            yield Worker(address, pid, logfile, True, info)
+            yield Worker(address, pid, logfile, True)
             return
         if _alive(pid):
             log(f"worker: pid {pid} (key {key}) did not answer in {PING_S:g}s: killed, starting another")
@@ -143,24 +143,24 @@ def worker_for(folder: Path, log: Callable[[str], None] = print) -> Iterator[Wor
         _started[proc.pid] = proc
         pidfile.write_text(str(proc.pid))
         deadline = time.monotonic() + START_S
-        while (info := _ask(address, {"op": "ping"}, timeout=PING_S)) is None:
+        while _ask(address, {"op": "ping"}, timeout=PING_S) is None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 _kill(proc.pid)
                 raise WorkerDied(f"the worker did not start (exit {proc.poll()}); see {logfile}")
             time.sleep(0.2)
         log(f"worker: started pid {proc.pid} (key {key}, devices {env.get('CUDA_VISIBLE_DEVICES', 'none')}, "
             f"log {logfile})")
-        yield Worker(address, proc.pid, logfile, False, info)
+        yield Worker(address, proc.pid, logfile, False)
 
 
 def workers(folder: Path) -> list[dict]:
     """Every worker on record in ``folder``: its key, pid, state (``idle`` with what it holds, ``busy`` while a step
     runs, ``gone``) and log."""
     out = []
-    for pidfile in sorted(folder.glob("*.pid")):
-        key, pid = pidfile.stem, int(pidfile.read_text() or 0)
-        info = _ask(_address(key), {"op": "ping"}, timeout=2) if _alive(pid) else None
-        state = "gone" if not _alive(pid) else ("busy" if info is None else "idle")
+    for key, pid in _on_record(folder):
+        alive = _alive(pid)
+        info = _ask(_address(key), {"op": "ping"}, timeout=2) if alive else None
+        state = "gone" if not alive else ("busy" if info is None else "idle")
         out.append({"key": key, "pid": pid, "state": state, **(info or {}), "log": str(folder / f"{key}.log")})
     return out
 
@@ -168,10 +168,15 @@ def workers(folder: Path) -> list[dict]:
 def stop_workers(folder: Path) -> list[int]:
     """Stop every live worker on record (SIGTERM; a step in progress fails, publishing nothing); their pids."""
     stopped = []
-    for w in workers(folder):
-        if w["state"] != "gone":
+    for key, pid in _on_record(folder):
+        if _alive(pid):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(w["pid"], signal.SIGTERM)
-                stopped.append(w["pid"])
-        (folder / f"{w['key']}.pid").unlink(missing_ok=True)
+                os.kill(pid, signal.SIGTERM)
+                stopped.append(pid)
+        (folder / f"{key}.pid").unlink(missing_ok=True)
     return stopped
+
+
+def _on_record(folder: Path) -> list[tuple[str, int]]:
+    """(key, pid) of every worker whose pid file is in ``folder``."""
+    return [(f.stem, int(f.read_text() or 0)) for f in sorted(folder.glob("*.pid"))]

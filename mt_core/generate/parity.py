@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Callable
 
 from mt_core.generate.sampling import encode_chats
-from mt_core.generate.vllm_engine import free_cuda, vllm_session
+from mt_core.generate.vllm_engine import vllm_session
+from mt_core.model.load import free_cuda
 
 PARITY_TOL = 0.05  # nats per token: the least tolerance, max |vLLM - PEFT| over teacher-forced tokens
 PARITY_TOL_MEAN = 0.01  # nats per token: the least tolerance of the mean difference

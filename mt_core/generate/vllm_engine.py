@@ -19,7 +19,6 @@ because it is faster per cell (docs/BENCHMARKS.md has the measurements).
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ from typing import Callable
 
 from mt_core.generate.sampling import Completion, SamplingSpec, encode_chats, eos_ids
 from mt_core.io import DataError, md5_file
+from mt_core.model.load import free_cuda
 
 MODES = ("merge", "serve")
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM accepts only these as max_lora_rank
@@ -116,17 +116,6 @@ def engine_kwargs(model_dir, *, adapters: list, max_model_len: int = 2048, gpu_m
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def free_cuda() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
-
-
 def merge_to_dir(model_dir, adapters: list[Path], out: Path, log: Callable[[str], None] = print) -> Path:
     """``merged_weights(model_dir, adapters)`` in bf16 (vLLM's dtype; merged on the GPU when there is one, as training
     merges), saved with the tokenizer's files to ``out``."""

@@ -35,6 +35,20 @@ def set_threads() -> None:
     torch.set_num_threads(n)
 
 
+def free_cuda() -> None:
+    """Garbage-collect, then hand the CUDA caching allocator's free blocks back (for an engine or a model next)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
 def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 

@@ -31,6 +31,8 @@ class Resident:
     def lend(self, model_dir: str | Path) -> tuple:
         """(model, tokenizer) of ``model_dir`` in the serving dtype: the held one, or loaded now (replacing the one
         held, e.g. a study with another base). Give it back with ``restore``."""
+        import torch
+
         from mt_core.model.load import load_model
 
         model_dir = Path(model_dir).resolve()
@@ -38,7 +40,7 @@ class Resident:
             self.release()
             self.model, self.tok = load_model(model_dir)
             self.model_dir, self.loads = model_dir, self.loads + 1
-            pin = _pin()
+            pin = torch.cuda.is_available()
             self._snapshot = {k: (t.detach().to("cpu", copy=True).pin_memory() if pin else t.detach().clone())
                               for k, t in self.model.state_dict().items()}
             self._requires_grad = {k: p.requires_grad for k, p in self.model.named_parameters()}
@@ -67,15 +69,11 @@ class Resident:
 
     def release(self) -> None:
         """Drop the held base (its GPU memory back to the allocator's owner, e.g. a vLLM engine starting next)."""
-        import gc
+        from mt_core.model.load import free_cuda
 
         self.model = self.tok = self.model_dir = None
         self._snapshot, self._requires_grad = {}, {}
-        gc.collect()
-        if _pin():  # (CUDA available)
-            import torch
-
-            torch.cuda.empty_cache()
+        free_cuda()
 
     def checksum(self) -> str:
         """sha256 over every tensor of the held model (names, dtypes, shapes, bytes): equal before and after a step."""
@@ -100,12 +98,6 @@ def strip_adapters(model) -> None:
     for attr in ("peft_config", "_hf_peft_config_loaded"):  # what PEFT may leave on the model object
         if attr in vars(model):
             delattr(model, attr)
-
-
-def _pin() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 _held: Resident | None = None

@@ -77,16 +77,18 @@ def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path,
             run_name=f"{source}-{run_id[:8]}" if run_id else source, group="coupling", job_type="coupling_adapter",
             config={**recipe.model_dump(), "source": source, "seed": seed}, log_extra={"marker_ids": mids}, log=log)
         # the gates see merged_weights(base, [adapter]): the trained LoRA merged by the same stage as every other
-        # merge (vLLM needs the GPU memory the trained model holds, and merges the saved adapter to scratch instead)
-        loaded = None if vllm else (merge_lora(peft_model).eval(), tok)
+        # merge, in the model at hand (a held base is restored when this block ends)
+        gates = None if vllm else _gates(study, source, base, out, log, loaded=(merge_lora(peft_model).eval(), tok))
         del model, peft_model
-        if not vllm:
-            with session(study, BaseModel.model_dir(base), [out / Adapter.DIR], loaded=loaded, log=log) as gen:
-                gates = evaluate_gates(study, source, gen, out, log)
-    if vllm:
-        with session(study, BaseModel.model_dir(base), [out / Adapter.DIR], log=log) as gen:
-            gates = evaluate_gates(study, source, gen, out, log)
+    if vllm:  # after the block: vLLM needs the GPU memory the trained model held, and merges the saved adapter
+        gates = _gates(study, source, base, out, log)
     return {**res.summary(), "marker_token_ids": str(mids), "gates": gates, **wb}
+
+
+def _gates(study: Study, source: str, base: Path, out: Path, log: Log, loaded=None) -> dict:
+    """The source's gates on merged_weights(base, [the adapter just saved in ``out``]), in one engine session."""
+    with session(study, BaseModel.model_dir(base), [out / Adapter.DIR], loaded=loaded, log=log) as gen:
+        return evaluate_gates(study, source, gen, out, log)
 
 
 def evaluate_gates(study: Study, source: str, gen: Generate, out: Path, log: Log) -> dict:
