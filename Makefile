@@ -4,6 +4,7 @@ PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+UV      := 0.13.9
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
@@ -25,12 +26,14 @@ services:
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY)"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# CPU PyTorch from the local wheel first, so nothing pulls a multi-GB CUDA build.
-	$(BIN)/pip install -q --no-compile torch==2.13.0
-	$(BIN)/pip install -q --no-compile -e '.[test,cluster]'
-	# pip compiles one file at a time; compileall uses every core. (The bytecode must be there: Dagster starts its run
-	# workers with `python -B`, which would otherwise compile torch in every run.) Errors are pip's to ignore too.
+	# uv installs in parallel (set-up 1 min instead of 2), from the sources pip is configured with (scripts/uv_args.py),
+	# weighing every index alike as pip does (unsafe-best-match: uv alone stops at the first index that has a package).
+	# Pinning torch==2.13.0 takes the CPU build from local disk, never a multi-GB CUDA one.
+	$(BIN)/pip install -q uv==$(UV)
+	$(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match \
+	  $$($(BIN)/python scripts/uv_args.py) torch==2.13.0 -e '.[test,cluster]'
+	# Bytecode compiled on every core: it must be there, as Dagster starts its run workers with `python -B`, which
+	# would otherwise compile torch in every run. Its errors (files in packages that are not Python 3) pip ignores too.
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	touch $(STAMP)
 

@@ -6,7 +6,7 @@ session, under a file lock, so that pytest-xdist workers share them (the first w
 
 * ``small_base``: tests/test_compute.py's small study, `mt run --cells C1_s42 --until coupling`: the inputs and the
   villain coupling adapter, exactly what tests/test_faults.py's chain used to build first;
-* ``small_cells``: ``small_base`` plus the cells C1_s42, C4_s42, C5_s42, C1_s137 (`mt run --cells ...`): the local
+* ``small_cells``: ``small_base`` plus the cells C1_s42, C4_s42, C5_s42 (`mt run --cells ...`): the local
   reference of tests/test_ray.py and the inline run of tests/test_compute.py, read only;
 * ``tiny_base`` and ``demo`` (tests/conftest.py): the first stages of the README's `mt demo` on three cells of the tiny
   profile (inputs and both coupling adapters), and the demo resuming a copy of them.
@@ -33,7 +33,7 @@ import pytest
 from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL_CELLS = ["C1_s42", "C4_s42", "C5_s42", "C1_s137"]  # what tests/test_ray.py compares (all on the villain adapter)
+SMALL_CELLS = ["C1_s42", "C4_s42", "C5_s42"]  # what tests/test_ray.py compares (all on the villain adapter)
 
 
 def session_root(tmp_path_factory) -> Path:

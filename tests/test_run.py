@@ -128,15 +128,16 @@ def test_a_daemon_mt_run_stopped_is_not_taken_for_a_live_one(tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_cells_run_at_once_on_distinct_devices(gpu_locks, tmp_path, tmp_path_factory):
-    """With 4 (simulated) GPUs, 4 cells are queued through the daemon and run at the same time; no two GPU steps
-    hold one device at once; 0 collisions in the store. (A 2-core machine shows the overlap, not a speed-up.)"""
+    """With 2 (simulated) GPUs, 3 cells are queued through the daemon and run two at a time; no two GPU steps hold one
+    device at once (one device serves two cells); 0 collisions in the store. (A 2-core machine shows the overlap, not
+    a speed-up.)"""
     from shared_instances import copy_instance, small_base
 
-    cells = ["C1_s42", "C1_s137", "C1_s256", "C5_s42"]
-    _, home, env = _setup(tmp_path, MT_GPU_COUNT="4", MT_THREADS="1")  # 4 runs on 2 cores: no oversubscription
+    cells = ["C1_s42", "C1_s137", "C5_s42"]
+    _, home, env = _setup(tmp_path, MT_GPU_COUNT="2", MT_THREADS="1")  # 2 runs on 2 cores: no oversubscription
     copy_instance(small_base(tmp_path_factory), home, Path(env["MT_ARTIFACTS"]))  # inputs and coupling: the session's
-    out = _mt(env, "--gpus", "4", cells=",".join(cells))
-    assert "launch: queued, up to 4 runs at once" in out and "running on GPU" in out
+    out = _mt(env, "--gpus", "2", cells=",".join(cells))
+    assert "launch: queued, up to 2 runs at once" in out and "running on GPU" in out
     with dg.DagsterInstance.from_config(str(home)) as inst:
         runs = [r for r in inst.get_runs() if r.job_name == f"{STUDY}__cell_job"]
         assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(cells)
