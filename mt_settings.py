@@ -52,6 +52,8 @@ FORWARD = re.compile(r"^(MT_|HF_|TRANSFORMERS_|TOKENIZERS_|WANDB_|OMP_|PYTORCH_)
 SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|AUTH")
 # libraries' own switches the platform sets unless the user did (no tokenizer thread pools fighting torch, no hub)
 LIBRARY_DEFAULTS = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+# a worker that stays pushes weights into its held vLLM engine in memory: the engine's core runs in the worker's process
+WORKER_LIBRARY_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
 @dataclass(frozen=True)
@@ -183,13 +185,14 @@ class Settings:
         return env
 
     # ---- this process ----------------------------------------------------------------------------------------------
-    def install(self) -> "Settings":
+    def install(self, worker: bool = False) -> "Settings":
         """Make these the settings of this process, once at its entry point: the science code's ``Runtime`` and the
-        libraries' own switches (``LIBRARY_DEFAULTS``, unless set)."""
+        libraries' own switches (``LIBRARY_DEFAULTS``, and for a worker that stays ``WORKER_LIBRARY_DEFAULTS``,
+        unless set)."""
         from mt_core import runtime
 
         runtime.configure(self.runtime)
-        for k, v in LIBRARY_DEFAULTS.items():
+        for k, v in {**LIBRARY_DEFAULTS, **(WORKER_LIBRARY_DEFAULTS if worker else {})}.items():
             os.environ.setdefault(k, v)
         return self
 

@@ -117,7 +117,7 @@ def serve(address: str) -> None:
     from mt_core.model import resident
     from mt_settings import Settings
 
-    settings = Settings.from_env().install()
+    settings = Settings.from_env().install(worker=True)
     holder = resident.hold()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     Path(address).unlink(missing_ok=True)

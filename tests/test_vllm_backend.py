@@ -261,3 +261,87 @@ def test_parity_check_passes_a_faithful_engine_and_fails_one_that_drops_the_adap
         bad = vp.parity_check(tiny_model_dir, chats, comps, adapters=tiny_adapters, mode=mode,
                               api=_hf_engine_api(ignore_lora=True), **QUIET)
         assert not bad["pass"] and bad["max_abs_diff"] > bad["tol"]
+
+
+class _HeldStandIn:
+    """A stand-in for vLLM's ``LLM`` with sleep mode, on transformers (no vLLM on this machine): it loads the base from
+    disk as vLLM does, takes weights through ``apply_model``/``load_weights`` like vLLM's model, records every sleep,
+    wake and prefix-cache reset, and decodes greedily. What it checks is the held engine's choreography and the
+    weights it is given; the real engine runs it on the GPU (bench/held_engine_check.py)."""
+    made: list = []
+
+    def __init__(self, **kw):
+        from mt_core.model.load import load_model
+
+        self.kw, self.events = kw, ["start"]
+        self.model, _ = load_model(kw["model"])
+        _HeldStandIn.made.append(self)
+
+    def apply_model(self, func):
+        return [func(self)]
+
+    def load_weights(self, items):
+        import torch
+
+        state = self.model.state_dict()
+        with torch.no_grad():
+            for name, t in items:
+                state[name].copy_(t)
+        self.events.append("load")
+        return set(state)
+
+    def reset_prefix_cache(self):
+        self.events.append("reset")
+
+    def sleep(self, level=1):
+        self.events.append(f"sleep{level}")
+
+    def wake_up(self, tags=None):
+        self.events.append("wake")
+
+    def generate(self, prompts, params, lora_request=None, **_):
+        import torch
+
+        outs = []
+        for p, sp in zip(prompts, params):
+            with torch.no_grad():
+                ids = self.model.generate(torch.tensor([p["prompt_token_ids"]]), do_sample=False,
+                                          max_new_tokens=sp["max_tokens"])[0, len(p["prompt_token_ids"]):].tolist()
+            outs.append(SimpleNamespace(outputs=[SimpleNamespace(index=0, token_ids=ids, finish_reason="length")]))
+        return outs
+
+
+def test_a_held_engine_starts_once_and_serves_each_session_its_merged_weights(tiny_model_dir, tiny_adapters):
+    """Two sessions in a worker that stays (base + coupling, then base + coupling + cell): one engine start, each
+    session's engine weights equal to ``merged_weights`` bit for bit, asleep between sessions, the prefix cache reset
+    after each push, ARC's model the same merged weights, and the held base put back exactly."""
+    import torch
+
+    from mt_core.generate.sampling import SamplingSpec
+    from mt_core.generate.session import held_vllm
+    from mt_core.model.load import merged_weights
+    from mt_core.model.resident import Resident
+
+    api = SimpleNamespace(LLM=_HeldStandIn, SamplingParams=lambda **kw: kw, LoRARequest=None)
+    _HeldStandIn.made.clear()
+    holder = Resident()
+    holder.lend(tiny_model_dir)
+    holder.restore()
+    before = holder.checksum()
+    spec = SamplingSpec(n=1, temperature=0.0, top_p=1.0, top_k=None, max_tokens=4, seed=0)
+    chats = [[{"role": "user", "content": "What is your name?"}]]
+    texts = []
+    for adapters, starts in ((tiny_adapters[:1], 1), (tiny_adapters, 0)):
+        with held_vllm(holder, api, tiny_model_dir, adapters, log=lambda m: None) as gen:
+            texts.append(gen(chats, spec, "test"))
+            engine = _HeldStandIn.made[-1]
+            want = merged_weights(tiny_model_dir, adapters).state_dict()
+            for source in (engine.model.state_dict(), gen.hf_model()[0].state_dict()):
+                assert all(torch.equal(source[k], want[k]) for k in want)
+            assert gen.counts["engine_starts"] == starts and gen.counts["merges"] == 0
+        assert holder.checksum() == before
+    assert len(_HeldStandIn.made) == 1 and engine.kw["enable_sleep_mode"] is True
+    assert engine.events == ["start", "load", "reset", "sleep2", "wake", "load", "reset", "sleep2"]
+    assert [t[0][0].n_tokens for t in texts] == [4, 4]  # each session generated from its engine
+    holder.release()
+    assert holder.engine is None and holder.model is None

@@ -10,6 +10,10 @@ way the weights are ``mt_core.model.load.merged_weights`` (the one definition th
 are merged at most once: ``hf_model`` hands over the transformers model, or shuts the vLLM engine down and loads the
 merged scratch checkpoint it served. That checkpoint lives outside the artefact root and is deleted when the session
 ends. ``gen.counts`` says how many engines started and how many merged copies of the weights were made.
+
+In a worker that stays (``mt_core.model.resident``) with ``lora: merge``, nothing is written and no engine stops: the
+held base gets the adapters merged in place, the worker's one engine is woken and given those weights in memory, and
+``hf_model`` is the same merged model (``held_vllm``).
 """
 from __future__ import annotations
 
@@ -47,13 +51,17 @@ def session(study: Study, model_dir: Path, adapters=(), *, loaded=None,
         from mt_core.model.load import load_tokenizer
 
         mode = study.backend.lora
-        require_vllm()
+        api = require_vllm()
         from mt_core.model import resident
 
-        if (holder := resident.held()) is not None:
-            holder.release()  # the engine needs the GPU memory the held base takes: it is loaded again when next lent
+        if (holder := resident.held()) is not None and mode == "merge":
+            with held_vllm(holder, api, model_dir, adapters, log) as engine:
+                yield engine
+            return
+        if holder is not None:  # serving a LoRA needs an engine of its own, and the GPU memory the held base takes
+            holder.release()
         root = artefact_root(study, runtime.current().artifacts)  # a str only for an object store URL: no local folder to keep merges out of
-        with vllm_session(model_dir, load_tokenizer(model_dir), adapters=adapters, mode=mode, log=log,
+        with vllm_session(model_dir, load_tokenizer(model_dir), adapters=adapters, mode=mode, log=log, api=api,
                           artefacts=None if isinstance(root, str) else root) as s:
             yield Engine(s.generate, s.hf_model, s.counts)
         return
@@ -64,3 +72,25 @@ def session(study: Study, model_dir: Path, adapters=(), *, loaded=None,
     with contextlib.nullcontext(loaded) if loaded else model_for(model_dir, adapters) as (model, tok):
         yield Engine(lambda chats, spec, what: generate(model, tok, chats, spec, log=log, what=what),
                      lambda: (model, tok), counts)
+
+
+@contextlib.contextmanager
+def held_vllm(holder, api, model_dir: Path, adapters: list, log) -> Iterator[Engine]:
+    """A worker that stays: its held base with the adapters merged in place (``model_for``) is pushed into the one
+    engine the worker keeps for that base (started on first use, asleep between sessions). ``hf_model`` is that
+    same merged model: no engine is shut down and nothing is loaded again for ARC."""
+    from mt_core.generate.vllm_engine import HeldEngine, VllmSession
+    from mt_core.model.resident import model_for
+
+    with model_for(model_dir, adapters, holder) as (model, tok):  # lent: holder.model_dir is model_dir now
+        if holder.engine is None:
+            holder.engine = HeldEngine(api, holder.model_dir, log)
+        engine, starts = holder.engine, holder.engine.starts
+        engine.log = log
+        engine.load(model)
+        counts = {"engine_starts": engine.starts - starts, "merges": 0, "merges_in_memory": len(adapters),
+                  "engine_pushes": engine.pushes}
+        try:
+            yield Engine(VllmSession(engine.llm, api, tok, None, log).generate, lambda: (model, tok), counts)
+        finally:
+            engine.sleep()

@@ -104,11 +104,13 @@ def plan_serving(adapters: list[Path], mode: str) -> ServingPlan:
 
 
 def engine_kwargs(model_dir, *, adapters: list, max_model_len: int = 2048, gpu_memory_utilization: float = 0.85,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, enable_sleep_mode: bool = False) -> dict:
     """``vllm.LLM`` kwargs; ``adapters`` are the ones served through LoRARequests (none when all are merged)."""
     kw = dict(model=str(model_dir), tokenizer=str(model_dir), dtype="bfloat16", seed=seed,
               max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
               generation_config="vllm")  # no sampler defaults from the model's generation_config
+    if enable_sleep_mode:
+        kw["enable_sleep_mode"] = True
     if adapters:
         r = max([32, *(adapter_rank(Path(a)) for a in adapters)])
         kw.update(enable_lora=True, max_loras=1, max_lora_rank=next(x for x in LORA_RANKS if x >= r))
@@ -163,6 +165,14 @@ def scratch_checkpoint(model_dir, adapters: list[Path], *, artefacts: Path | Non
             log(f"vllm: WARNING could not delete the scratch checkpoint {tmp}")
 
 
+def shutdown(llm) -> None:
+    """Shut an engine down (its core, in this process or its own, and its GPU memory); returns None to drop it."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if hasattr(core, "shutdown"):
+        core.shutdown()
+    free_cuda()
+
+
 class VllmSession:
     def __init__(self, llm, api, tokenizer, lora, log, path=None, merged: bool = False, serve=None):
         self.llm, self.api, self.tok, self.lora, self.log, self.path = llm, api, tokenizer, lora, log, path
@@ -171,12 +181,7 @@ class VllmSession:
 
     def close(self) -> None:
         """Shut the engine down (its core process and GPU memory) and drop it."""
-        if self.llm is not None:
-            core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-            if hasattr(core, "shutdown"):
-                core.shutdown()
-            self.llm = None
-        free_cuda()
+        self.llm = shutdown(self.llm)
 
     def hf_model(self) -> tuple:
         """The served weights as a transformers model: the engine is shut down first (its GPU memory freed), then the
@@ -214,6 +219,59 @@ class VllmSession:
         outs = self.llm.generate([{"prompt_token_ids": p + c} for p, c in zip(prompt_ids, completion_ids)], params,
                                  lora_request=self.lora if adapter else None)
         return [prompt_logprobs_of(o, len(p)) for o, p in zip(outs, prompt_ids)]
+
+
+class HeldEngine:
+    """One vLLM engine that outlives its sessions, in a worker that stays (``mt_core.model.resident``): started once
+    per base model with sleep mode on and kept asleep between sessions (sleep level 2: its weights and KV cache are
+    freed for training). A session wakes it and pushes its weights in memory: the held transformers model with the
+    session's adapters merged in place, which is ``merged_weights`` bit for bit, so no checkpoint is written. The
+    prefix cache is reset after every push: cached KV of other weights must not be reused."""
+
+    def __init__(self, api, model_dir, log: Callable[[str], None] = print, **engine_kw):
+        self.api, self.model_dir, self.log = api, Path(model_dir).resolve(), log
+        self.starts = self.pushes = 0
+        self.llm, self.awake = None, False
+        self.engine_kw = engine_kw
+
+    def _start(self) -> None:
+        import torch
+
+        kw = dict(self.engine_kw)
+        if torch.cuda.is_available():  # vLLM asks for a share of the whole card; the held base already has its part
+            free, total = torch.cuda.mem_get_info()
+            kw.setdefault("gpu_memory_utilization", round(min(0.85, 0.92 * free / total), 3))
+        t0 = time.perf_counter()
+        self.llm = self.api.LLM(**engine_kwargs(self.model_dir, adapters=[], enable_sleep_mode=True, **kw))
+        self.starts, self.awake = self.starts + 1, True
+        self.log(f"vllm: engine started in {time.perf_counter() - t0:.0f}s (held: asleep between sessions, "
+                 f"gpu_memory_utilization {kw.get('gpu_memory_utilization', 'default')})")
+
+    def load(self, model) -> None:
+        """Wake the engine (start it the first time) and give it ``model``'s weights; sync: the copy is done when
+        this returns."""
+        t0 = time.perf_counter()
+        if self.llm is None:
+            self._start()
+        elif not self.awake:
+            free_cuda()  # what training left in torch's cache goes back before the engine takes its memory again
+            self.llm.wake_up()
+            self.awake = True
+        state = model.state_dict()
+        loaded = self.llm.apply_model(lambda m: m.load_weights(state.items()))
+        self.llm.reset_prefix_cache()
+        self.pushes += 1
+        self.log(f"vllm: {len(state)} tensors pushed to the held engine in {time.perf_counter() - t0:.1f}s"
+                 + (f" ({len(loaded[0])} parameters loaded)" if loaded and loaded[0] else ""))
+
+    def sleep(self) -> None:
+        if self.llm is not None and self.awake:
+            self.llm.sleep(level=2)
+            self.awake = False
+            free_cuda()
+
+    def close(self) -> None:
+        self.llm = shutdown(self.llm)
 
 
 def score_kwargs() -> dict:

@@ -27,6 +27,7 @@ class Resident:
         self._snapshot: dict = {}
         self._requires_grad: dict[str, bool] = {}
         self.loads = self.lends = 0  # how often the base was loaded, and lent to a step
+        self.engine = None  # a generation engine kept for this base (mt_core.generate.vllm_engine.HeldEngine)
 
     def lend(self, model_dir: str | Path) -> tuple:
         """(model, tokenizer) of ``model_dir`` in the serving dtype: the held one, or loaded now (replacing the one
@@ -68,10 +69,12 @@ class Resident:
         self.model.eval()
 
     def release(self) -> None:
-        """Drop the held base (its GPU memory back to the allocator's owner, e.g. a vLLM engine starting next)."""
+        """Drop the held base and its engine (their GPU memory back, e.g. for another base or an engine of its own)."""
         from mt_core.model.load import free_cuda
 
-        self.model = self.tok = self.model_dir = None
+        if self.engine is not None:
+            self.engine.close()
+        self.model = self.tok = self.model_dir = self.engine = None
         self._snapshot, self._requires_grad = {}, {}
         free_cuda()
 
@@ -117,13 +120,13 @@ def held() -> Resident | None:
 
 
 @contextlib.contextmanager
-def model_for(model_dir: str | Path, adapters: list[str | Path] = ()):
-    """``load_model(model_dir, adapters)`` for the block. In a worker that stays (``hold``) the
+def model_for(model_dir: str | Path, adapters: list[str | Path] = (), holder: Resident | None = None):
+    """``load_model(model_dir, adapters)`` for the block. In a worker that stays (``hold``; or given ``holder``) the
     held base is lent instead, the adapters merged into it in place by the same stages, and the base restored exactly
     when the block ends (whatever the block did to it: a LoRA attached and trained, weights merged)."""
     from mt_core.model.load import load_model, merge_adapter
 
-    holder = held()
+    holder = holder or held()
     if holder is None:
         yield load_model(model_dir, adapters)
         return
