@@ -31,6 +31,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 N_PROMPTS, N, NEW_TOKENS = 64, 4, 128
+N_PARITY, PARITY_PROMPT, PARITY_COMPLETION = 16, 48, 64
+
+
+def _parity_set() -> tuple[list[list[int]], list[list[int]]]:
+    """Fixed token sequences whose teacher-forced log-probs each engine reports (vocabulary of the 7B shape)."""
+    import random
+
+    rng = random.Random(7)
+    draw = lambda k: [rng.randrange(10, 150_000) for _ in range(k)]  # noqa: E731
+    return [draw(PARITY_PROMPT) for _ in range(N_PARITY)], [draw(PARITY_COMPLETION) for _ in range(N_PARITY)]
 
 
 def _chats() -> list[list[dict]]:
@@ -94,7 +104,8 @@ def fresh(work: Path) -> dict:
             t1 = time.perf_counter()
             texts = _tokens(s.generate(_chats(), _spec(), f"fresh {name}"))
             gen_s = time.perf_counter() - t1
-        out[name] = {"texts": texts, "session_s": time.perf_counter() - t0, "generate_s": gen_s}
+            lps = s.score(*_parity_set())
+        out[name] = {"texts": texts, "session_s": time.perf_counter() - t0, "generate_s": gen_s, "logprobs": lps}
         print(f"fresh {name}: session {out[name]['session_s']:.0f}s (generate {gen_s:.1f}s)", flush=True)
     return out
 
@@ -105,8 +116,11 @@ def held(work: Path) -> dict:
     import torch
 
     from gpu_bench import recipe, sft_examples, time_training
+    import threading
+
+    from mt_core.generate.parity import peft_token_logprobs
     from mt_core.generate.session import held_vllm
-    from mt_core.generate.vllm_engine import require_vllm
+    from mt_core.generate.vllm_engine import VllmSession, require_vllm
     from mt_core.model.resident import Resident, model_for
 
     api, holder, out, lines = require_vllm(), Resident(), {"sessions": []}, []
@@ -130,34 +144,73 @@ def held(work: Path) -> dict:
             texts = _tokens(gen(_chats(), _spec(), f"held {name}"))
             gen_s = time.perf_counter() - t1
             counts = dict(gen.counts)
-        rec = {"name": name, "adapters": adapters, "ready_s": ready, "generate_s": gen_s,
+            lps = VllmSession(holder.engine.llm, api, None, None, log).score(*_parity_set())
+            hf_lps = peft_token_logprobs(gen.hf_model()[0], None, *_parity_set())  # the merged model ARC reads
+            pushed[name] = {k: t.detach().to("cpu", copy=True) for k, t in gen.hf_model()[0].state_dict().items()}
+        rec = {"name": name, "adapters": adapters, "ready_s": ready, "generate_s": gen_s, "logprobs": lps,
+               "hf_logprobs": hf_lps,
                "session_s": time.perf_counter() - t0, "gpu_used_awake_gb": used, "gpu_used_asleep_gb": _gpu_used_gb(),
                "counts": counts, "texts": texts}
         out["sessions"].append(rec)
         log(f"held {name}: ready in {ready:.1f}s (start or wake + push), generate {gen_s:.1f}s, GPU {used:.1f} GB "
             f"awake, {rec['gpu_used_asleep_gb']:.1f} GB asleep")
 
+    pushed: dict[str, dict] = {}  # each session's weights as pushed, to compare with merged_weights at the end
     session("A", ["a1"])
     # a cell's training on the held base + a1 beside the sleeping engine (the platform's loop and speed options)
-    torch.cuda.reset_peak_memory_stats()
+    # the device's memory in use, sampled: torch's peak counters also count the engine's sleep-mode pool
+    peak, done = [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            peak[0] = max(peak[0], _gpu_used_gb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     with model_for(work / "base", [work / "a1"], holder) as (model, _):
         rng = random.Random(0)
-        tr = time_training(model, sft_examples(16 * 7, model.config.vocab_size, 600.0, rng), recipe(), steps=5,
+        tr = time_training(model, sft_examples(16 * 5, model.config.vocab_size, 600.0, rng), recipe(), steps=3,
                            warmup=2)
-    out["training"] = {"tok_s": tr["tok_s"], "peak_allocated_gb": tr["peak_gb"], "s_per_step": tr["s_per_step"],
+    done.set()
+    sampler.join()
+    out["training"] = {"tok_s": tr["tok_s"], "peak_gpu_used_gb": peak[0], "s_per_step": tr["s_per_step"],
                        "gpu_used_after_gb": _gpu_used_gb()}
-    log(f"training beside the asleep engine: {tr['tok_s']:.0f} tok/s, peak allocated {tr['peak_gb']:.1f} GB")
+    log(f"training beside the asleep engine: {tr['tok_s']:.0f} tok/s, device memory in use at most {peak[0]:.1f} GB")
     session("B", ["a1", "a2"])
     session("A again", ["a1"])
     out["checksum_equal"] = holder.checksum() == before
+    # the pushed weights against THE definition, computed here afresh (the engine is asleep: room for a second copy)
+    from mt_core.model.load import merged_weights
+
+    out["pushed_vs_merged_weights"] = {}
+    for name, adapters in (("A", ["a1"]), ("B", ["a1", "a2"])):
+        want = merged_weights(work / "base", [work / a for a in adapters]).state_dict()
+        diff = {k: (want[k].float().cpu() - t.float()).abs().max().item() for k, t in pushed[name].items()
+                if not torch.equal(want[k].cpu(), t)}
+        worst = sorted(diff.items(), key=lambda x: -x[1])[:5]
+        out["pushed_vs_merged_weights"][name] = {"tensors": len(want), "differ": len(diff), "worst": worst}
+        log(f"pushed {name} vs merged_weights: {len(diff)} of {len(want)} tensors differ {worst[:2]}")
+        del want
+    out["fp32_precision"] = str(getattr(torch.backends.cuda.matmul, "fp32_precision", None))
     out["engine_starts"], out["engine_pushes"] = holder.engine.starts, holder.engine.pushes
     out["log"] = lines
     return out
 
 
 def _agree(a: list[list[str]], b: list[list[str]]) -> float:
+    """The share of samples that are the same text (random weights: a near-flat distribution, so any bf16
+    difference in a logit can change a sampled token and everything after it)."""
     pairs = [(x, y) for xs, ys in zip(a, b) for x, y in zip(xs, ys)]
     return sum(x == y for x, y in pairs) / len(pairs)
+
+
+def _diff(a: list[list[float]], b: list[list[float]]) -> dict:
+    d = [abs(x - y) for xs, ys in zip(a, b) for x, y in zip(xs, ys)]
+    return {"max": max(d), "mean": sum(d) / len(d), "n": len(d)}
+
+
+def _fmt(d: dict) -> str:
+    return f"max {d['max']:.4f} / mean {d['mean']:.5f}"
 
 
 def report(work: Path, out_dir: Path) -> dict:
@@ -170,6 +223,10 @@ def report(work: Path, out_dir: Path) -> dict:
     card = torch.cuda.get_device_name(0)
     res = {"card": card, "vllm": vllm.__version__, "torch": torch.__version__, "n_params": pr["n_params"],
            "prompts": N_PROMPTS, "n": N, "max_tokens": NEW_TOKENS,
+           "logprobs_held_vs_fresh_engine": {k: _diff(sess[k]["logprobs"], fr[k]["logprobs"]) for k in ("A", "B")},
+           "logprobs_held_engine_vs_hf": {k: _diff(sess[k]["logprobs"], sess[k]["hf_logprobs"]) for k in ("A", "B")},
+           "logprobs_fresh_engine_vs_hf": {k: _diff(fr[k]["logprobs"], sess[k]["hf_logprobs"]) for k in ("A", "B")},
+           "logprobs_A_vs_B_held": _diff(sess["A"]["logprobs"], sess["B"]["logprobs"]),
            "agree_A_held_vs_fresh": _agree(sess["A"]["texts"], fr["A"]["texts"]),
            "agree_B_held_vs_fresh": _agree(sess["B"]["texts"], fr["B"]["texts"]),
            "agree_A_held_twice": _agree(sess["A"]["texts"], sess["A again"]["texts"]),
@@ -177,7 +234,8 @@ def report(work: Path, out_dir: Path) -> dict:
            "held_session": {k: {x: v[x] for x in ("ready_s", "generate_s", "session_s", "gpu_used_awake_gb",
                                                   "gpu_used_asleep_gb", "counts")} for k, v in sess.items()},
            "held_base_load_s": hd["base_load_s"], "training": hd["training"], "checksum_equal": hd["checksum_equal"],
-           "engine_starts": hd["engine_starts"], "engine_pushes": hd["engine_pushes"], "held_log": hd["log"]}
+           "engine_starts": hd["engine_starts"], "engine_pushes": hd["engine_pushes"],
+           "pushed_vs_merged_weights": hd.get("pushed_vs_merged_weights"), "held_log": hd["log"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{dt.date.today()}_{card.replace(' ', '_')}_held_engine.json"
     path.write_text(json.dumps(res, indent=1) + "\n")
@@ -191,8 +249,13 @@ def report(work: Path, out_dir: Path) -> dict:
     print(f"agreement held vs fresh: A {res['agree_A_held_vs_fresh']:.3f}, B {res['agree_B_held_vs_fresh']:.3f}; "
           f"A twice {res['agree_A_held_twice']:.3f}; engine starts {res['engine_starts']}, pushes "
           f"{res['engine_pushes']}; base restored exactly: {res['checksum_equal']}")
-    print(f"training beside the asleep engine: {hd['training']['tok_s']:.0f} tok/s, peak allocated "
-          f"{hd['training']['peak_allocated_gb']:.1f} GB\nwrote {path}")
+    for k in ("A", "B"):
+        print(f"|d log p| session {k}: held vs fresh engine {_fmt(res['logprobs_held_vs_fresh_engine'][k])}; "
+              f"held engine vs transformers {_fmt(res['logprobs_held_engine_vs_hf'][k])}; fresh engine vs "
+              f"transformers {_fmt(res['logprobs_fresh_engine_vs_hf'][k])}")
+    print(f"|d log p| A vs B (what the second adapter moves): {_fmt(res['logprobs_A_vs_B_held'])}")
+    print(f"training beside the asleep engine: {hd['training']['tok_s']:.0f} tok/s, device memory in use at most "
+          f"{hd['training']['peak_gpu_used_gb']:.1f} GB\nwrote {path}")
     return res
 
 

@@ -6,7 +6,7 @@ One small study (tests/test_compute.py ``_small_study``), one cell with every st
 process kill itself at a named place (mt_core/faults.py), the step process for inline runs, the Pipes child when the
 work runs there. The chain goes stage by stage in one instance: each rerun resumes what the kill before it left and
 is killed one stage further on. It starts where `mt run --until coupling` leaves the study, from a copy of the session's
-``small_base`` (tests/shared_instances.py); the uninterrupted reference is built from nothing.
+``small_base`` (tests/shared_instances.py), and so does the uninterrupted reference, in an instance of its own.
 """
 import os
 import signal
@@ -103,10 +103,12 @@ def _published(art: Path, asset: str) -> bool:
 def test_killed_at_each_stage_then_resumed_gives_the_uninterrupted_result(tmp_path, tmp_path_factory):
     study = _small_study(tmp_path / "small.yaml")
 
-    # the reference: the same cell, never interrupted; with planted credentials and W&B writing offline runs, none
-    # of which may reach an artefact, a manifest, a Parquet row, the instance (event log, run config) or W&B's files
+    # the reference: the same cell, never interrupted, from where the chain starts too (a copy of the session's
+    # small_base: `mt run --until coupling`); with planted credentials and W&B writing offline runs, none of which
+    # may reach an artefact, a manifest, a Parquet row, the instance (event log, run config) or W&B's files
     wandb_dir = tmp_path / "wandb"
     ref_env, ref_home, ref_art = _env(tmp_path, "ref", study, WANDB_DIR=str(wandb_dir), **SECRETS)
+    copy_instance(small_base(tmp_path_factory), ref_home, ref_art)
     p = _mt(ref_env, WANDB_MODE="offline")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     reference = _md5s(ref_home)

@@ -1,6 +1,7 @@
 """GPU steps on a real Ray cluster on this machine (mt_services.ray): a head with no GPUs and two worker nodes w1, w2
-with 1 logical GPU each. The small study's three cells run with MT_COMPUTE=ray through the daemon; their steps land
-on both workers, never two on one GPU at a time (three cells on two GPUs: a GPU is used twice), and every weight and row is the same as the local run's. Killing a worker
+with 1 logical GPU each. The small study's three cells run with MT_COMPUTE=ray through the daemon (on the session's
+inputs and coupling adapter); their steps land on both workers, never two on one GPU at a time (three cells on two
+GPUs: a GPU is used twice), and every weight and row is the same as the local run's. Killing a worker
 node mid-step fails the step, publishes nothing, and a rerun completes on the node that is left."""
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ pytest.importorskip("ray")
 pytest.importorskip("dagster_ray")
 
 CELLS = ["C1_s42", "C4_s42", "C5_s42"]
-GPU_STEPS = ("base_model", "onpolicy_completions", "coupling_adapter", "cell_adapter", "marker_completions")
+GPU_STEPS = ("cell_adapter", "marker_completions")  # a cell's steps that lease a GPU (marker_completions: its generations)
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +55,14 @@ def _data_md5s(meta: dict) -> dict[str, str]:
 def test_study_on_ray_lands_on_both_workers_and_matches_local(tmp_path, tmp_path_factory, cluster):
     from ray.job_submission import JobSubmissionClient
 
-    # the local run: `mt run --cells <CELLS>` of the same small study, built once per session (read only)
+    # the local run: `mt run --cells <CELLS>` of the same small study, built once per session (read only); the Ray run
+    # starts from the same inputs and coupling adapter (a copy of the session's small_base) and runs the cells on Ray
     assert shared_instances.SMALL_CELLS == CELLS
     home_local = shared_instances.small_cells(tmp_path_factory) / "home"
     _, home, env = _setup(tmp_path, **cluster.env())
+    shared_instances.copy_instance(shared_instances.small_base(tmp_path_factory), home, Path(env["MT_ARTIFACTS"]))
+    with dg.DagsterInstance.from_config(str(home)) as inst:  # the copy's gpu pool is small_base's (1): `mt run` sizes
+        inst.event_log_storage.delete_concurrency_limit("gpu")  # a new one from the cluster, as on a new instance
     t0 = time.time()
     out = _mt(env, cells=",".join(CELLS))
     print(f"ray run: {time.time() - t0:.0f}s")
@@ -67,16 +72,16 @@ def test_study_on_ray_lands_on_both_workers_and_matches_local(tmp_path, tmp_path
     assert set(local) == set(ray)
     for (asset, part), meta in ray.items():
         assert _data_md5s(meta) == _data_md5s(local[(asset, part)]), (asset, part)
-    # every GPU step ran as a Ray job on a worker node, and the work was spread over both
+    # every GPU step of the cells ran as a Ray job on a worker node, and the work was spread over both
     placed = {(a, p): m["placement"] for (a, p), m in ray.items() if a in GPU_STEPS}
-    assert placed and all(m["ray_job_id"].startswith("pipes-") for (a, _), m in ray.items() if a in GPU_STEPS)
+    assert set(placed) == {(a, c) for a in GPU_STEPS for c in CELLS}, sorted(placed)
+    assert all(ray[k]["ray_job_id"].startswith("pipes-") for k in placed)
     assert {p["node"] for p in placed.values()} == {"w1", "w2"}, placed
     assert {p["node"] for p in (m["placement"] for m in local.values() if "placement" in m)} != {"w1", "w2"}
 
     # at most one step per logical GPU at a time, from Ray's own record of each job
     client = JobSubmissionClient(cluster.dashboard)
-    jobs = {m["ray_job_id"]: (m["placement"]["node"], m["placement"]["cuda_visible_devices"])
-            for (a, _), m in ray.items() if a in GPU_STEPS}
+    jobs = {ray[k]["ray_job_id"]: (p["node"], p["cuda_visible_devices"]) for k, p in placed.items()}
     spans = []
     for job in client.list_jobs():
         if job.submission_id in jobs:

@@ -36,6 +36,7 @@ from mt_core.model.load import free_cuda
 
 MODES = ("merge", "serve")
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM accepts only these as max_lora_rank
+HELD_CARD_SHARE = 0.90  # a held engine sizes itself so that, with the held base, this share of the card is in use
 
 
 class VllmMissing(ImportError):
@@ -238,9 +239,9 @@ class HeldEngine:
         import torch
 
         kw = dict(self.engine_kw)
-        if torch.cuda.is_available():  # vLLM asks for a share of the whole card; the held base already has its part
+        if torch.cuda.is_available():  # vLLM's share is of the whole card: with the held base, 90 % of it in use
             free, total = torch.cuda.mem_get_info()
-            kw.setdefault("gpu_memory_utilization", round(min(0.85, 0.92 * free / total), 3))
+            kw.setdefault("gpu_memory_utilization", round(min(0.85, HELD_CARD_SHARE - (total - free) / total), 3))
         t0 = time.perf_counter()
         self.llm = self.api.LLM(**engine_kwargs(self.model_dir, adapters=[], enable_sleep_mode=True, **kw))
         self.starts, self.awake = self.starts + 1, True
