@@ -92,11 +92,26 @@ def _tokens(completions) -> list[list[str]]:
     return [[c.text for c in cs] for cs in completions]
 
 
+def tensor_hashes(state: dict) -> dict[str, str]:
+    """sha256 of each tensor's bytes: the weights of two processes compared without moving 15 GB between them."""
+    import hashlib
+
+    import torch
+
+    return {k: hashlib.sha256(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+            for k, t in state.items()}
+
+
 def fresh(work: Path) -> dict:
     from mt_core.generate.vllm_engine import require_vllm, vllm_session
-    from mt_core.model.load import load_tokenizer
+    from mt_core.model.load import free_cuda, load_tokenizer, merged_weights
 
     api, tok, out = require_vllm(), load_tokenizer(work / "base"), {}
+    for name, adapters in (("A", ["a1"]), ("B", ["a1", "a2"])):  # THE weights, merged in a process without vLLM
+        model = merged_weights(work / "base", [work / a for a in adapters])
+        out[f"merged_sha_{name}"] = tensor_hashes(model.state_dict())
+        del model
+        free_cuda()
     for name, adapters in (("A", ["a1"]), ("B", ["a1", "a2"])):
         t0 = time.perf_counter()
         with vllm_session(work / "base", tok, adapters=[work / a for a in adapters], mode="merge", api=api,
@@ -146,9 +161,12 @@ def held(work: Path) -> dict:
             counts = dict(gen.counts)
             lps = VllmSession(holder.engine.llm, api, None, None, log).score(*_parity_set())
             hf_lps = peft_token_logprobs(gen.hf_model()[0], None, *_parity_set())  # the merged model ARC reads
-            pushed[name] = {k: t.detach().to("cpu", copy=True) for k, t in gen.hf_model()[0].state_dict().items()}
+            state = {k: t.detach().to("cpu", copy=True) for k, t in gen.hf_model()[0].state_dict().items()}
+            rec_sha = tensor_hashes(state)
+            if name in ("A", "B"):
+                pushed[name] = state
         rec = {"name": name, "adapters": adapters, "ready_s": ready, "generate_s": gen_s, "logprobs": lps,
-               "hf_logprobs": hf_lps,
+               "hf_logprobs": hf_lps, "pushed_sha": rec_sha,
                "session_s": time.perf_counter() - t0, "gpu_used_awake_gb": used, "gpu_used_asleep_gb": _gpu_used_gb(),
                "counts": counts, "texts": texts}
         out["sessions"].append(rec)
@@ -235,7 +253,10 @@ def report(work: Path, out_dir: Path) -> dict:
                                                   "gpu_used_asleep_gb", "counts")} for k, v in sess.items()},
            "held_base_load_s": hd["base_load_s"], "training": hd["training"], "checksum_equal": hd["checksum_equal"],
            "engine_starts": hd["engine_starts"], "engine_pushes": hd["engine_pushes"],
-           "pushed_vs_merged_weights": hd.get("pushed_vs_merged_weights"), "held_log": hd["log"]}
+           "pushed_vs_merged_weights": hd.get("pushed_vs_merged_weights"),
+           "pushed_vs_fresh_process_merge": {k: sum(sess[k]["pushed_sha"][t] != h for t, h in
+                                                     fr[f"merged_sha_{k}"].items()) for k in ("A", "B")},
+           "held_log": hd["log"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{dt.date.today()}_{card.replace(' ', '_')}_held_engine.json"
     path.write_text(json.dumps(res, indent=1) + "\n")
@@ -254,6 +275,8 @@ def report(work: Path, out_dir: Path) -> dict:
               f"held engine vs transformers {_fmt(res['logprobs_held_engine_vs_hf'][k])}; fresh engine vs "
               f"transformers {_fmt(res['logprobs_fresh_engine_vs_hf'][k])}")
     print(f"|d log p| A vs B (what the second adapter moves): {_fmt(res['logprobs_A_vs_B_held'])}")
+    print(f"tensors pushed that differ from a merge in a process without vLLM: {res['pushed_vs_fresh_process_merge']}"
+          f"; from merged_weights in the held process: {res['pushed_vs_merged_weights']}")
     print(f"training beside the asleep engine: {hd['training']['tok_s']:.0f} tok/s, device memory in use at most "
           f"{hd['training']['peak_gpu_used_gb']:.1f} GB\nwrote {path}")
     return res
