@@ -17,11 +17,9 @@ Stages, each its own process so that the GPU is empty between them (``all`` runs
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -283,26 +281,14 @@ def report(work: Path, out_dir: Path) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["prep", "fresh", "held", "report", "all"])
-    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "mt_held")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    a = ap.parse_args()
-    a.work.mkdir(parents=True, exist_ok=True)
-    if a.stage == "all":
-        for s in ("prep", "fresh", "held", "report"):
-            cmd = [sys.executable, __file__, s, "--work", str(a.work), "--out", str(a.out)]
-            if subprocess.run(cmd).returncode:
-                return 1
-        return 0
-    if a.stage == "report":
-        report(a.work, a.out)
-        return 0
+    from stages import dispatch, parser
+
+    a = parser(__doc__, ["prep", "fresh", "held"], "mt_held", "where the checkpoints (about 16 GB) and stage results go"
+               ).parse_args()
     if a.stage == "held":
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as mt_worker serve sets it (mt_settings)
-    res = {"prep": prep, "fresh": fresh, "held": held}[a.stage](a.work)
-    (a.work / f"{a.stage}.json").write_text(json.dumps(res))
-    return 0
+    return dispatch(a, __file__, ["prep", "fresh", "held"], report,
+                    lambda stage: {"prep": prep, "fresh": fresh, "held": held}[stage](a.work), tag="held_")
 
 
 if __name__ == "__main__":

@@ -18,14 +18,11 @@ Stages, each its own process so the GPU is empty between engines (``all`` runs t
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -225,34 +222,16 @@ def report(work: Path, out_dir: Path) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["all", "prep", "serve", "merge", "report"])
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "mt_vllm"),
-                    help="where checkpoints (about 45 GB) and stage results go")
-    ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "bench" / "results")))
+    from stages import dispatch, parser
+
+    ap = parser(__doc__, ["prep", "serve", "merge"], "mt_vllm", "where checkpoints (about 45 GB) and stage results go")
     ap.add_argument("--tiny", action="store_true", help="prep only: a CPU smoke run with a 2-layer model")
     ap.add_argument("--score-only", action="store_true", help="serve/merge: parity only, no throughput run")
     args = ap.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    if args.stage == "all":
-        rc = 0
-        for stage in ("prep", "serve", "merge"):
-            r = subprocess.run([sys.executable, __file__, stage, "--work", str(work), "--out", args.out,
-                                *(["--score-only"] if args.score_only and stage != "prep" else [])])
-            rc = rc or r.returncode
-            if stage == "prep" and r.returncode:
-                return r.returncode
-        report(work, Path(args.out))
-        return rc
-    if args.stage == "report":
-        report(work, Path(args.out))
-        return 0
-    result = prep(work, args.tiny) if args.stage == "prep" else engine(work, args.stage, args.score_only)
-    (work / f"{args.stage}.json").write_text(json.dumps(result) + "\n")
-    if os.environ.get("OUT"):  # stage results come back even if a later stage runs out of time
-        (Path(os.environ["OUT"]) / f"vllm_{args.stage}.json").write_text(json.dumps(result) + "\n")
-    return 0
+    return dispatch(args, __file__, ["prep", "serve", "merge"], report,
+                    lambda stage: prep(args.work, args.tiny) if stage == "prep" else engine(args.work, stage,
+                                                                                           args.score_only),
+                    extra=lambda stage: ["--score-only"] if args.score_only and stage != "prep" else [], tag="vllm_")
 
 
 if __name__ == "__main__":
