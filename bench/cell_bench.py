@@ -3,6 +3,7 @@ from the instance's event log. Writes bench/results/<date>_<card>_cell.json (or 
 it (..._cell_events.txt: where the time went inside each step), and prints a table.
 
     MT_MODELS=/big/disk python bench/cell_bench.py                    # gpu_smoke profile, cell C1_s42
+    MT_MODELS=/big/disk python bench/cell_bench.py --cells C1_s42,C5_s42 --compute worker   # issue 23's measurement
     python bench/cell_bench.py --report                               # read an instance that already ran, only
 
 The runs are whatever `mt run --profile P --cells C` materializes: inputs, the cell's coupling adapter (on-policy
@@ -64,9 +65,10 @@ def read_run(instance, run) -> tuple[dict, list[str]]:
     return {"run_id": run.run_id, "wall_s": round((last or 0) - (first or 0), 1), "steps": steps}, lines
 
 
-def report(instance, profile: str, cell_key: str, source: str | None, mt_run: dict, study: str | None = None) -> dict:
+def report(instance, profile: str, cells: list[str], source: str | None, mt_run: dict, study: str | None = None) -> dict:
     """The runs of ``study`` (default: the current study's name) in the instance; its jobs are ``<study>__<stage>``
-    and its steps ``<study>__<asset>``, reported by the asset's bare name."""
+    and its steps ``<study>__<asset>``, reported by the asset's bare name (``<stage>/<asset>``; a cell's stage is its
+    key)."""
     import dagster as dg
 
     from mt_core.config import load_study
@@ -75,64 +77,108 @@ def report(instance, profile: str, cell_key: str, source: str | None, mt_run: di
     study = study or load_study(profile=profile).name
     runs = {"inputs": latest_run(instance, f"{study}__inputs_job", None),
             "coupling": latest_run(instance, f"{study}__coupling_job", source) if source else None,
-            "cell": latest_run(instance, f"{study}__cell_job", cell_key)}
+            **{c: latest_run(instance, f"{study}__cell_job", c) for c in cells}}
     timing, messages = {}, []
     for k, r in runs.items():
         if r is not None:
             timing[k], lines = read_run(instance, r)
             messages += [f"== {k} run {r.run_id}", *lines]
-    gen = latest_metadata(instance, dg.AssetKey([study, "marker_completions"]), cell_key) or {}
+    meta = {(a, c): latest_metadata(instance, dg.AssetKey([study, a]), c) or {}
+            for a in ("marker_completions", "cell_adapter") for c in cells}
+    coupling = latest_metadata(instance, dg.AssetKey([study, "coupling_adapter"]), source) or {} if source else {}
     steps = {f"{stage}/{step.removeprefix(study + '__')}": s for stage, t in timing.items()
              for step, s in t["steps"].items()}
+    gen = [meta[("marker_completions", c)] for c in cells]
     return {
         "messages": messages,
-        "card": card(), "date": dt.date.today().isoformat(), "study": study, "profile": profile, "cell": cell_key,
+        "card": card(), "date": dt.date.today().isoformat(), "study": study, "profile": profile, "cells": cells,
         "coupling_source": source, "run_ids": {k: t["run_id"] for k, t in timing.items()},
         "inputs_wall_s": timing.get("inputs", {}).get("wall_s"),
         "coupling_wall_s": timing.get("coupling", {}).get("wall_s"),
-        "cell_wall_s": timing.get("cell", {}).get("wall_s"),
+        "cell_walls_s": [timing.get(c, {}).get("wall_s") for c in cells],
         "steps": steps,
-        "engine_starts_per_cell": gen.get("engine_starts"), "merges_per_cell": gen.get("merges"),
-        "backend": gen.get("backend"), "marker_mean_tokens": gen.get("mean_tokens"),
-        "n_marker_completions": gen.get("n_completions"),
+        "engine_starts_per_cell": [g.get("engine_starts") for g in gen],
+        # the generation session's count: with vLLM, merged checkpoints written (0 for a worker's held engine); with
+        # transformers, merges done in memory
+        "merges_per_cell": [g.get("merges") for g in gen],
+        "worker_reused_per_cell": [g.get("worker_reused") for g in gen],
+        "train_tok_s": {"coupling": coupling.get("tokens_per_s"),
+                        **{c: meta[("cell_adapter", c)].get("tokens_per_s") for c in cells}},
+        "backend": gen[0].get("backend") if gen else None,
+        "marker_mean_tokens": [g.get("mean_tokens") for g in gen],
         "mt_run": mt_run,
     }
+
+
+def gpu_memory_sampler():
+    """(stop, peak) : nvidia-smi's memory.used of the first GPU, sampled every second in a thread until stop() (GB;
+    None without nvidia-smi). Read from outside: this process never touches CUDA."""
+    import shutil
+    import threading
+
+    peak, done = [None], threading.Event()
+
+    def sample() -> None:
+        while shutil.which("nvidia-smi") and not done.wait(1.0):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                                 capture_output=True, text=True).stdout.strip()
+            if out:
+                peak[0] = max(peak[0] or 0.0, float(out) * 1.048576 / 1000)  # MiB -> GB
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+
+    def stop():
+        done.set()
+        t.join()
+        return peak[0]
+    return stop
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="gpu_smoke")
-    ap.add_argument("--cell", default="C1_s42")
+    ap.add_argument("--cells", "--cell", default="C1_s42", help="comma-separated, run one after another")
+    ap.add_argument("--compute", choices=["pipes", "worker"], default=None,
+                    help="MT_COMPUTE for the run (worker: a worker that stays; the result is then ..._worker.json)")
     ap.add_argument("--report", action="store_true", help="only read the instance, run nothing")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
+    cells = args.cells.split(",")
     os.environ["MT_PROFILE"] = args.profile
     os.environ.setdefault("DAGSTER_HOME", str(ROOT / ".dagster"))
+    if args.compute:
+        os.environ["MT_COMPUTE"] = args.compute
     mt_run = {}
     if not args.report:
+        cmd = ["mt", "run", "--profile", args.profile, "--cells", args.cells, "--until", "cells"]
+        stop = gpu_memory_sampler()
         t0 = time.perf_counter()
-        rc = subprocess.call([sys.executable, "-m", "mt_cli", "run", "--profile", args.profile,
-                              "--cells", args.cell, "--until", "cells"], cwd=ROOT)
-        mt_run = {"returncode": rc, "wall_s": round(time.perf_counter() - t0, 1),
-                  "command": f"mt run --profile {args.profile} --cells {args.cell} --until cells"}
+        rc = subprocess.call([sys.executable, "-m", "mt_cli", *cmd[1:]], cwd=ROOT)
+        mt_run = {"returncode": rc, "wall_s": round(time.perf_counter() - t0, 1), "peak_gpu_gb": stop(),
+                  "command": " ".join(cmd), "MT_COMPUTE": os.environ.get("MT_COMPUTE")}
     import dagster as dg
 
     from mt_core.config import load_study
 
     study = load_study(profile=args.profile)
-    base = study.cell(args.cell).base
+    sources = {study.cell(c).base for c in cells} - {"raw"}
+    if len(sources) > 1:
+        raise SystemExit(f"--cells {args.cells}: cells on one coupling adapter only (got {sorted(sources)})")
     with dg.DagsterInstance.get() as instance:
-        res = report(instance, args.profile, args.cell, None if base == "raw" else base, mt_run)
+        res = report(instance, args.profile, cells, next(iter(sources), None), mt_run)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{res['date']}_{res['card']}_cell.json"
-    (out / f"{res['date']}_{res['card']}_cell_events.txt").write_text("\n".join(res.pop("messages")) + "\n")
-    path.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"\n{res['card']}, profile {args.profile}: coupling {res['coupling_wall_s']} s, cell {res['cell_wall_s']} s, "
-          f"engine starts {res['engine_starts_per_cell']}, merges {res['merges_per_cell']}")
+    name = f"{res['date']}_{res['card']}_{'worker' if args.compute == 'worker' else 'cell'}"
+    (out / f"{name}_events.txt").write_text("\n".join(res.pop("messages")) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(f"\n{res['card']}, profile {args.profile}, compute {os.environ.get('MT_COMPUTE', 'default')}: coupling "
+          f"{res['coupling_wall_s']} s, cells {res['cell_walls_s']} s, engine starts {res['engine_starts_per_cell']}, "
+          f"merges {res['merges_per_cell']}, peak GPU {mt_run.get('peak_gpu_gb')} GB, training tok/s "
+          f"{res['train_tok_s']}")
     for k, s in sorted(res["steps"].items(), key=lambda kv: -kv[1]):
         print(f"  {k:45s} {s:8.1f} s")
-    print(f"wrote {path}")
+    print(f"wrote {out / (name + '.json')}")
     return 0 if mt_run.get("returncode", 0) == 0 else 1
 
 
