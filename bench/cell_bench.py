@@ -85,7 +85,7 @@ def report(instance, profile: str, cells: list[str], source: str | None, mt_run:
             messages += [f"== {k} run {r.run_id}", *lines]
     meta = {(a, c): latest_metadata(instance, dg.AssetKey([study, a]), c) or {}
             for a in ("marker_completions", "cell_adapter") for c in cells}
-    coupling = latest_metadata(instance, dg.AssetKey([study, "coupling_adapter"]), source) or {} if source else {}
+    coupling = (latest_metadata(instance, dg.AssetKey([study, "coupling_adapter"]), source) or {}) if source else {}
     steps = {f"{stage}/{step.removeprefix(study + '__')}": s for stage, t in timing.items()
              for step, s in t["steps"].items()}
     gen = [meta[("marker_completions", c)] for c in cells]
@@ -111,15 +111,15 @@ def report(instance, profile: str, cells: list[str], source: str | None, mt_run:
 
 
 def gpu_memory_sampler():
-    """(stop, peak) : nvidia-smi's memory.used of the first GPU, sampled every second in a thread until stop() (GB;
-    None without nvidia-smi). Read from outside: this process never touches CUDA."""
+    """Samples nvidia-smi's memory.used of the first GPU every second in a thread; returns ``stop``, which ends the
+    sampling and gives the peak in GB (None without nvidia-smi). Read from outside: this process never touches CUDA."""
     import shutil
     import threading
 
-    peak, done = [None], threading.Event()
+    peak, done, smi = [None], threading.Event(), shutil.which("nvidia-smi")
 
     def sample() -> None:
-        while shutil.which("nvidia-smi") and not done.wait(1.0):
+        while smi and not done.wait(1.0):
             out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
                                  capture_output=True, text=True).stdout.strip()
             if out:

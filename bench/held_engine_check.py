@@ -29,16 +29,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 N_PROMPTS, N, NEW_TOKENS = 64, 4, 128
-N_PARITY, PARITY_PROMPT, PARITY_COMPLETION = 16, 48, 64
 
 
 def _parity_set() -> tuple[list[list[int]], list[list[int]]]:
-    """Fixed token sequences whose teacher-forced log-probs each engine reports (vocabulary of the 7B shape)."""
-    import random
+    """bench/vllm_bench.py's parity sequences, in the vocabulary of the 7B shape."""
+    from gpu_bench import QWEN7B
+    from vllm_bench import parity_set
 
-    rng = random.Random(7)
-    draw = lambda k: [rng.randrange(10, 150_000) for _ in range(k)]  # noqa: E731
-    return [draw(PARITY_PROMPT) for _ in range(N_PARITY)], [draw(PARITY_COMPLETION) for _ in range(N_PARITY)]
+    return parity_set(QWEN7B["vocab_size"])
 
 
 def _chats() -> list[list[dict]]:
@@ -94,10 +92,9 @@ def tensor_hashes(state: dict) -> dict[str, str]:
     """sha256 of each tensor's bytes: the weights of two processes compared without moving 15 GB between them."""
     import hashlib
 
-    import torch
+    from mt_core.model.resident import tensor_bytes
 
-    return {k: hashlib.sha256(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
-            for k, t in state.items()}
+    return {k: hashlib.sha256(tensor_bytes(t)).hexdigest() for k, t in state.items()}
 
 
 def fresh(work: Path) -> dict:
@@ -125,12 +122,11 @@ def fresh(work: Path) -> dict:
 
 def held(work: Path) -> dict:
     import random
+    import threading
 
     import torch
 
     from gpu_bench import recipe, sft_examples, time_training
-    import threading
-
     from mt_core.generate.parity import peft_token_logprobs
     from mt_core.generate.session import held_vllm
     from mt_core.generate.vllm_engine import VllmSession, require_vllm

@@ -40,7 +40,9 @@ def _card() -> str:
     return torch.cuda.get_device_name(0).replace(" ", "_")
 
 
-def _parity_set(vocab: int) -> tuple[list[list[int]], list[list[int]]]:
+def parity_set(vocab: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Fixed token sequences (prompt, completion) drawn from the model's vocabulary, whose teacher-forced
+    log-probs each engine reports."""
     rng = random.Random(7)
     prompts = [[rng.randrange(10, vocab) for _ in range(PARITY_PROMPT)] for _ in range(N_PARITY)]
     completions = [[rng.randrange(10, vocab) for _ in range(PARITY_COMPLETION)] for _ in range(N_PARITY)]
@@ -78,7 +80,7 @@ def prep(work: Path, tiny_model: bool = False) -> dict:
     peft_model.save_pretrained(str(adapter))
     peft_model.eval()
     model_vocab = model.config.vocab_size
-    prompts, completions = _parity_set(model_vocab)
+    prompts, completions = parity_set(model_vocab)
     lp_peft = peft_token_logprobs(peft_model, None, prompts, completions)
     with peft_model.disable_adapter():
         lp_base = peft_token_logprobs(peft_model, None, prompts, completions)
@@ -163,7 +165,7 @@ def _score(llm, api, lora, prep_out: dict, mode: str, vocab: int) -> dict:
     from mt_core.generate.parity import judge_parity, logprob_parity
     from mt_core.generate.vllm_engine import prompt_logprobs_of, score_kwargs
 
-    pp, cc = _parity_set(vocab)
+    pp, cc = parity_set(vocab)
     sp = api.SamplingParams(**score_kwargs())
 
     def lps(lora_request):

@@ -167,7 +167,7 @@ def scratch_checkpoint(model_dir, adapters: list[Path], *, artefacts: Path | Non
 
 
 def shutdown(llm) -> None:
-    """Shut an engine down (its core, in this process or its own, and its GPU memory); returns None to drop it."""
+    """Shut an engine down (its core, in this process or its own, and its GPU memory)."""
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if hasattr(core, "shutdown"):
         core.shutdown()
@@ -182,7 +182,8 @@ class VllmSession:
 
     def close(self) -> None:
         """Shut the engine down (its core process and GPU memory) and drop it."""
-        self.llm = shutdown(self.llm)
+        shutdown(self.llm)
+        self.llm = None
 
     def hf_model(self) -> tuple:
         """The served weights as a transformers model: the engine is shut down first (its GPU memory freed), then the
@@ -229,19 +230,18 @@ class HeldEngine:
     session's adapters merged in place, which is ``merged_weights`` bit for bit, so no checkpoint is written. The
     prefix cache is reset after every push: cached KV of other weights must not be reused."""
 
-    def __init__(self, api, model_dir, log: Callable[[str], None] = print, **engine_kw):
+    def __init__(self, api, model_dir, log: Callable[[str], None] = print):
         self.api, self.model_dir, self.log = api, Path(model_dir).resolve(), log
         self.starts = self.pushes = 0
         self.llm, self.awake = None, False
-        self.engine_kw = engine_kw
 
     def _start(self) -> None:
         import torch
 
-        kw = dict(self.engine_kw)
+        kw = {}
         if torch.cuda.is_available():  # vLLM's share is of the whole card: with the held base, 90 % of it in use
             free, total = torch.cuda.mem_get_info()
-            kw.setdefault("gpu_memory_utilization", round(min(0.85, HELD_CARD_SHARE - (total - free) / total), 3))
+            kw["gpu_memory_utilization"] = round(min(0.85, HELD_CARD_SHARE - (total - free) / total), 3)
         t0 = time.perf_counter()
         self.llm = self.api.LLM(**engine_kwargs(self.model_dir, adapters=[], enable_sleep_mode=True, **kw))
         self.starts, self.awake = self.starts + 1, True
@@ -272,7 +272,8 @@ class HeldEngine:
             free_cuda()
 
     def close(self) -> None:
-        self.llm = shutdown(self.llm)
+        shutdown(self.llm)
+        self.llm = None
 
 
 def score_kwargs() -> dict:

@@ -80,13 +80,18 @@ class Resident:
 
     def checksum(self) -> str:
         """sha256 over every tensor of the held model (names, dtypes, shapes, bytes): equal before and after a step."""
-        import torch
-
         h = hashlib.sha256()
         for k, t in sorted(self.model.state_dict().items()):
             h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(tensor_bytes(t))
         return h.hexdigest()
+
+
+def tensor_bytes(t) -> bytes:
+    """A tensor's raw bytes on the host, whatever its dtype (bf16 has no numpy dtype: read as bytes)."""
+    import torch
+
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def strip_adapters(model) -> None:
