@@ -57,10 +57,10 @@ def test_resume_and_redo_only_what_a_change_affects(tmp_path):
     import cell_bench
 
     with dg.DagsterInstance.from_config(str(home)) as inst:
-        res = cell_bench.report(inst, "tiny", CELL, "villain", {})
-    assert res["engine_starts_per_cell"] == 1 and res["merges_per_cell"] == 1  # C4: the coupling adapter, merged once
-    assert {"cell/cell_adapter", "cell/cell_generations", "coupling/coupling_adapter"} <= set(res["steps"])
-    assert 0 < res["steps"]["cell/cell_generations"] <= res["cell_wall_s"]
+        res = cell_bench.report(inst, "tiny", [CELL], "villain", {})
+    assert res["engine_starts_per_cell"] == [1] and res["merges_per_cell"] == [1]  # the coupling adapter, merged once
+    assert {f"{CELL}/cell_adapter", f"{CELL}/cell_generations", "coupling/coupling_adapter"} <= set(res["steps"])
+    assert 0 < res["steps"][f"{CELL}/cell_generations"] <= res["cell_walls_s"][0]
     assert any("published marker_completions" in m for m in res["messages"])
 
     # a second run finds everything current and starts no run
