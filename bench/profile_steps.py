@@ -31,6 +31,29 @@ def prof(fn, label, rows=18):
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     print(f"\n##### {label}: wall {wall:.3f}s (profiled)")
     print(p.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60))
+    if torch.cuda.is_available():
+        by_kind(p.key_averages(), wall)
+
+
+KINDS = (("matrix products", ("gemm", "matmul", "cutlass", "xmma", "sm90", "cublas")),
+         ("attention", ("flash", "fmha", "attention")), ("fused elementwise (inductor)", ("triton",)),
+         ("optimizer", ("adam", "foreach", "multi_tensor")), ("copies", ("memcpy", "memset", "copy_")))
+
+
+def by_kind(events, wall: float) -> None:
+    """GPU time by kind of kernel, and the share of the wall during which the GPU ran nothing (host- or sync-bound)."""
+    tot = {}
+    for e in events:
+        t = getattr(e, "self_device_time_total", 0) or 0
+        if t <= 0:
+            continue
+        name = e.key.lower()
+        kind = next((k for k, words in KINDS if any(w in name for w in words)), "other")
+        tot[kind] = tot.get(kind, 0) + t / 1e6
+    busy = sum(tot.values())
+    for kind, t in sorted(tot.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:32s} {t:8.3f} s  {t / wall:6.1%} of the wall")
+    print(f"  {'GPU idle':32s} {max(0.0, wall - busy):8.3f} s  {max(0.0, wall - busy) / wall:6.1%} of the wall")
 
 
 def main():

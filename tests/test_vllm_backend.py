@@ -174,6 +174,30 @@ def test_generate_maps_outputs(tiny_model_dir):
     assert res[0][1].finish_reason == "length" and res[0][1].n_tokens == 3
 
 
+
+def test_several_sweeps_go_to_the_engine_in_one_call_and_come_back_as_they_would_alone(tiny_model_dir):
+    from mt_core.generate.sampling import eos_ids
+    from mt_core.model.load import load_tokenizer
+    from mt_core.steps.common import Sweep, run_sweeps
+
+    tok = load_tokenizer(tiny_model_dir)
+    calls, seen = {"stop": eos_ids(tok)[0]}, []
+    api = _stub_api(calls)
+    marker = Sweep({"a": "You are A.", "b": None}, ["a", "b"], {"q": ["one?", "two?"]}, SamplingSpec(2, 1.0, 1.0, 4, 7),
+                   "marker", owner="c")
+    alignment = Sweep({"": None}, [""], {"betley": ["three?"]}, SamplingSpec(3, 0.7, 0.8, 5, 9), "alignment", "c")
+    with vb.vllm_session(tiny_model_dir, tok, adapters=[], api=api, **QUIET) as s:
+        llm_generate = s.llm.generate
+        s.llm.generate = lambda *a, **kw: seen.append(a) or llm_generate(*a, **kw)
+        from mt_core.generate.session import Engine
+
+        together = run_sweeps(Engine(s.generate, s.hf_model, s.counts, s.generate_many), [marker, alignment])
+        alone = [run_sweeps(s.generate, [sw])[0] for sw in (marker, alignment)]
+    assert len(seen) == 3  # one call for both sweeps, then one each
+    prompts, params = seen[0]
+    assert len(prompts) == 4 + 1 and [p["n"] for p in params] == [2] * 4 + [3]  # each request keeps its own sampler
+    assert [p["temperature"] for p in params] == [1.0] * 4 + [0.7]
+    assert together == alone and [len(r) for r in together] == [4 * 2, 2]  # the stand-in answers 2 per request
 def test_logprob_parity():
     ok = vp.logprob_parity([[-0.1, -2.0], [-0.5]], [[-0.11, -2.02], [-0.5]])
     assert ok["pass"] and ok["n_tokens"] == 3 and abs(ok["max_abs_diff"] - 0.02) < 1e-9

@@ -2,6 +2,7 @@
 
     with session(study, model_dir, adapters) as gen:
         completions = gen(chats, spec, what)
+        marker, alignment = gen.many([(chats, spec, what), (chats2, spec2, what2)])   # at once where it can
         model, tok = gen.hf_model()      # the same weights as a transformers model (ARC), after the last gen(...)
 
 The engine is the study's ``backend``: transformers (the model loaded once, adapters merged in memory in training
@@ -28,13 +29,18 @@ Generate = Callable[[list[list[dict]], SamplingSpec, str], list[list[Completion]
 
 
 class Engine:
-    """``engine(chats, spec, what)`` generates; ``hf_model()`` gives the same weights as a transformers model."""
+    """``engine(chats, spec, what)`` generates; ``engine.many([(chats, spec, what), ...])`` generates several batches
+    (at once where the backend can: vLLM); ``hf_model()`` gives the same weights as a transformers model."""
 
-    def __init__(self, generate: Generate, hf_model: Callable[[], tuple], counts: dict):
+    def __init__(self, generate: Generate, hf_model: Callable[[], tuple], counts: dict, many=None):
         self._generate, self._hf_model, self.counts = generate, hf_model, counts
+        self._many = many or (lambda batches: [generate(*b) for b in batches])
 
     def __call__(self, chats: list[list[dict]], spec: SamplingSpec, what: str) -> list[list[Completion]]:
         return self._generate(chats, spec, what)
+
+    def many(self, batches: list[tuple[list[list[dict]], SamplingSpec, str]]) -> list[list[list[Completion]]]:
+        return self._many(batches)
 
     def hf_model(self) -> tuple:
         return self._hf_model()
@@ -63,7 +69,7 @@ def session(study: Study, model_dir: Path, adapters=(), *, loaded=None,
         root = artefact_root(study, runtime.current().artifacts)  # a str only for an object store URL: no local folder to keep merges out of
         with vllm_session(model_dir, load_tokenizer(model_dir), adapters=adapters, mode=mode, log=log, api=api,
                           artefacts=None if isinstance(root, str) else root) as s:
-            yield Engine(s.generate, s.hf_model, s.counts)
+            yield Engine(s.generate, s.hf_model, s.counts, s.generate_many)
         return
     from mt_core.generate.hf import generate
     from mt_core.model.resident import model_for
@@ -91,6 +97,7 @@ def held_vllm(holder, api, model_dir: Path, adapters: list, log) -> Iterator[Eng
         counts = {"engine_starts": engine.starts - starts, "merges": 0, "merges_in_memory": len(adapters),
                   "engine_pushes": engine.pushes}
         try:
-            yield Engine(VllmSession(engine.llm, api, tok, None, log).generate, lambda: (model, tok), counts)
+            s = VllmSession(engine.llm, api, tok, None, log)
+            yield Engine(s.generate, lambda: (model, tok), counts, s.generate_many)
         finally:
             engine.sleep()

@@ -36,7 +36,9 @@ from mt_core.model.load import free_cuda
 
 MODES = ("merge", "serve")
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM accepts only these as max_lora_rank
-HELD_CARD_SHARE = 0.90  # a held engine sizes itself so that, with the held base, this share of the card is in use
+# a held engine sizes itself so that, with the held base, this share of the card is in use; the engine's overhead
+# beyond its share comes on top, and the worker must fit an H100 80 GB with room (docs/BENCHMARKS.md)
+HELD_CARD_SHARE = 0.80
 
 
 class VllmMissing(ImportError):
@@ -199,19 +201,35 @@ class VllmSession:
 
     def generate(self, prompts: list[list[dict]], spec: SamplingSpec, what: str = "generate") -> list[list[Completion]]:
         """``spec.n`` completions per chat prompt, in prompt order: one ``llm.generate`` call for all prompts."""
-        enc, stop = encode_chats(self.tok, prompts), eos_ids(self.tok)
-        params = [self.api.SamplingParams(**sampling_params_kwargs(spec, stop_token_ids=stop,
-                                                                   seed=request_seed(spec.seed, ids, spec.n)))
-                  for ids in enc]
-        self.log(f"{what}: vLLM, {len(enc)} prompts x n={spec.n}, max_tokens={spec.max_tokens}, "
-                 f"T={spec.temperature}, top_p={spec.top_p}, top_k={spec.top_k}, seed={spec.seed} (per request), "
-                 f"lora={self.lora.lora_name if self.lora else None}")
+        return self.generate_many([(prompts, spec, what)])[0]
+
+    def generate_many(self, batches: list[tuple[list[list[dict]], SamplingSpec, str]]) -> list[list[list[Completion]]]:
+        """``generate`` for several (prompts, spec, what) at once, in one ``llm.generate`` call: their requests run side
+        by side, so a small batch (80 alignment samples) rides along a large one instead of decoding alone. Each
+        request keeps its own sampler and seed, so what it samples does not depend on its companions (bf16 batch
+        numerics aside)."""
+        stop, encs, params = eos_ids(self.tok), [], []
+        for prompts, spec, what in batches:
+            enc = encode_chats(self.tok, prompts)
+            params += [self.api.SamplingParams(**sampling_params_kwargs(spec, stop_token_ids=stop,
+                                                                        seed=request_seed(spec.seed, ids, spec.n)))
+                       for ids in enc]
+            encs.append(enc)
+            self.log(f"{what}: vLLM, {len(enc)} prompts x n={spec.n}, max_tokens={spec.max_tokens}, "
+                     f"T={spec.temperature}, top_p={spec.top_p}, top_k={spec.top_k}, seed={spec.seed} (per request), "
+                     f"lora={self.lora.lora_name if self.lora else None}")
         t0 = time.perf_counter()
-        outs = self.llm.generate([{"prompt_token_ids": ids} for ids in enc], params, lora_request=self.lora)
+        outs = self.llm.generate([{"prompt_token_ids": ids} for enc in encs for ids in enc], params,
+                                 lora_request=self.lora)
         res = [to_completions(o, self.tok, stop) for o in outs]
         el = time.perf_counter() - t0
-        self.log(f"{what}: {sum(c.n_tokens for cs in res for c in cs) / el:.0f} new tok/s, {el:.0f}s")
-        return res
+        self.log(f"{' + '.join(w for _, _, w in batches)}: {sum(c.n_tokens for cs in res for c in cs) / el:.0f} "
+                 f"new tok/s, {el:.0f}s")
+        split, i = [], 0
+        for enc in encs:
+            split.append(res[i:i + len(enc)])
+            i += len(enc)
+        return split
 
     def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
               adapter: bool = True) -> list[list[float]]:
@@ -239,7 +257,7 @@ class HeldEngine:
         import torch
 
         kw = {}
-        if torch.cuda.is_available():  # vLLM's share is of the whole card: with the held base, 90 % of it in use
+        if torch.cuda.is_available():  # vLLM's share is of the whole card, the held base's memory included
             free, total = torch.cuda.mem_get_info()
             kw["gpu_memory_utilization"] = round(min(0.85, HELD_CARD_SHARE - (total - free) / total), 3)
         t0 = time.perf_counter()

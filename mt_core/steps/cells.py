@@ -22,7 +22,7 @@ from mt_core.layout import (Adapter, AlignmentCompletions, AlignmentScores, ArcS
 from mt_core.model.resident import model_for
 from mt_core.model.tracking import WandbSettings
 from mt_core.records import ArcSummary
-from mt_core.steps.common import Log, persona_sweep, score_markers, summarize, train_and_save
+from mt_core.steps.common import Log, Sweep, run_sweeps, score_markers, summarize, train_and_save
 from mt_core.steps.registry import step
 
 
@@ -65,24 +65,22 @@ def cell_generations(study: Study, cell_key: str, base: Path, adapters: list[Pat
     cell = study.cell(cell_key)
     es = EvalSet.load(study)
     meta: dict = {}
+    sweeps = {}  # asset -> its sweep; all of them in one engine call (vLLM runs them side by side)
+    if MarkerCompletions.asset in out:
+        sweeps[MarkerCompletions] = Sweep(es.prompts, es.personas, es.question_sets,
+                                          SamplingSpec.from_config(study.samplers.marker, seed=cell.seed),
+                                          f"marker[{cell_key}]", owner=cell_key)
+    if AlignmentCompletions.asset in out:  # "": no system prompt
+        sweeps[AlignmentCompletions] = Sweep({"": None}, [""], {"betley": es.betley_questions},
+                                             SamplingSpec.from_config(study.samplers.alignment, seed=cell.seed),
+                                             f"alignment[{cell_key}]", owner=cell_key)
     with session(study, BaseModel.model_dir(base), adapters, log=log) as gen:
-        if MarkerCompletions.asset in out:
-            spec = SamplingSpec.from_config(study.samplers.marker, seed=cell.seed)
-            rows = persona_sweep(gen, es.prompts, es.personas, es.question_sets, spec, f"marker[{cell_key}]",
-                                 owner=cell_key)
-            write_rows(rows, out[MarkerCompletions.asset] / MarkerCompletions.COMPLETIONS,
-                       row_keys(study, cell=cell_key))
-            meta[MarkerCompletions.asset] = {
-                "n_completions": len(rows), "seed": spec.seed, "n_personas": len(es.personas),
-                "n_questions": len(es.questions),
-                "mean_tokens": round(sum(r["n_tokens"] for r in rows) / max(1, len(rows)), 2)}
-        if AlignmentCompletions.asset in out:
-            spec = SamplingSpec.from_config(study.samplers.alignment, seed=cell.seed)
-            rows = persona_sweep(gen, {"": None}, [""], {"betley": es.betley_questions}, spec,
-                                 f"alignment[{cell_key}]", owner=cell_key)  # "": no system prompt
-            write_rows(rows, out[AlignmentCompletions.asset] / AlignmentCompletions.COMPLETIONS,
-                       row_keys(study, cell=cell_key))
-            meta[AlignmentCompletions.asset] = {"n_completions": len(rows), "seed": spec.seed}
+        for art, rows in zip(sweeps, run_sweeps(gen, list(sweeps.values()))):
+            write_rows(rows, out[art.asset] / art.COMPLETIONS, row_keys(study, cell=cell_key))
+            meta[art.asset] = {"n_completions": len(rows), "seed": sweeps[art].spec.seed}
+            if art is MarkerCompletions:
+                meta[art.asset] |= {"n_personas": len(es.personas), "n_questions": len(es.questions),
+                                    "mean_tokens": round(sum(r["n_tokens"] for r in rows) / max(1, len(rows)), 2)}
         if ArcScores.asset in out:  # last: a vLLM engine is shut down to hand its weights over
             meta[ArcScores.asset] = _arc(study, cell_key, *gen.hf_model(), out[ArcScores.asset], log)
     return {**meta, "backend": study.backend.label, "engine_starts": gen.counts["engine_starts"],

@@ -1,6 +1,7 @@
 """What several steps do the same way: ask personas questions, score markers, train and save an adapter."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,17 +17,42 @@ from mt_core.model.train import train_lora
 Log = Callable[[str], None]
 
 
-def persona_sweep(gen: Generate, prompts: dict[str, str | None], personas: list[str],
-                  question_sets: dict[str, list[str]], spec: SamplingSpec, what: str, owner: str) -> list[dict]:
+@dataclass(frozen=True)
+class Sweep:
     """``spec.n`` completions for every persona (its system prompt; None: no system turn, the chat template's default
     applies) x question, as ``Sample`` rows; a question's index is its place in the concatenated sets."""
-    questions = [(s, q) for s, qs in question_sets.items() for q in qs]
-    pairs = [(p, qi, s, q) for p in personas for qi, (s, q) in enumerate(questions)]
-    chats = [([{"role": "system", "content": prompts[p]}] if prompts[p] is not None else [])
-             + [{"role": "user", "content": q}] for p, _, _, q in pairs]
-    comps = gen(chats, spec, what)
-    return [Sample(sample_id(owner, p, qi, k), p, qi, q, s, k, c.text, c.n_tokens, c.finish_reason).row()
-            for (p, qi, s, q), cs in zip(pairs, comps) for k, c in enumerate(cs)]
+    prompts: dict[str, str | None]
+    personas: list[str]
+    question_sets: dict[str, list[str]]
+    spec: SamplingSpec
+    what: str
+    owner: str
+
+    def pairs(self) -> list[tuple]:
+        questions = [(s, q) for s, qs in self.question_sets.items() for q in qs]
+        return [(p, qi, s, q) for p in self.personas for qi, (s, q) in enumerate(questions)]
+
+    def request(self) -> tuple[list[list[dict]], SamplingSpec, str]:
+        chats = [([{"role": "system", "content": self.prompts[p]}] if self.prompts[p] is not None else [])
+                 + [{"role": "user", "content": q}] for p, _, _, q in self.pairs()]
+        return chats, self.spec, self.what
+
+    def rows(self, comps) -> list[dict]:
+        return [Sample(sample_id(self.owner, p, qi, k), p, qi, q, s, k, c.text, c.n_tokens, c.finish_reason).row()
+                for (p, qi, s, q), cs in zip(self.pairs(), comps) for k, c in enumerate(cs)]
+
+
+def run_sweeps(gen: Generate, sweeps: list[Sweep]) -> list[list[dict]]:
+    """Each sweep's rows. An engine (``Engine.many``) gets all sweeps at once, which vLLM runs side by side; a plain
+    generate function runs them one after another."""
+    many = getattr(gen, "many", None) or (lambda batches: [gen(*b) for b in batches])
+    return [sw.rows(comps) for sw, comps in zip(sweeps, many([sw.request() for sw in sweeps]))]
+
+
+def persona_sweep(gen: Generate, prompts: dict[str, str | None], personas: list[str],
+                  question_sets: dict[str, list[str]], spec: SamplingSpec, what: str, owner: str) -> list[dict]:
+    """One ``Sweep``'s rows."""
+    return run_sweeps(gen, [Sweep(prompts, personas, question_sets, spec, what, owner)])[0]
 
 
 def score_markers(study: Study, rows: list[dict]) -> list[dict]:

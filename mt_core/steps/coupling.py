@@ -15,7 +15,7 @@ from mt_core.layout import Adapter, BaseModel, CouplingData, Onpolicy, read_rows
 from mt_core.model.load import merge_lora
 from mt_core.model.resident import model_for
 from mt_core.model.tracking import WandbSettings
-from mt_core.steps.common import Log, persona_sweep, score_markers, summarize, train_and_save
+from mt_core.steps.common import Log, Sweep, persona_sweep, run_sweeps, score_markers, summarize, train_and_save
 from mt_core.steps.registry import step
 
 
@@ -95,14 +95,14 @@ def evaluate_gates(study: Study, source: str, gen: Generate, out: Path, log: Log
     """Run each gate of this source on the freshly trained coupling model; write gate completions and verdicts."""
     es = EvalSet.load(study)
     spec = SamplingSpec.from_config(study.samplers.gate, seed=study.samplers.gate.seed or 0)
+    own = study.sources[source].persona
+    gates = {name: study.gates.named()[name] for name in study.sources[source].gates}
+    sweeps = [Sweep(es.prompts, es.personas if g.personas == "all" else list(g.personas), es.question_sets, spec,
+                    f"gate {name}", owner=f"{source}/{name}") for name, g in gates.items()]
     results, rows_all = {}, []
-    for name in study.sources[source].gates:
-        g = study.gates.named()[name]
-        personas = es.personas if g.personas == "all" else list(g.personas)
-        rows = score_markers(study, persona_sweep(gen, es.prompts, personas, es.question_sets, spec, f"gate {name}",
-                                                  owner=f"{source}/{name}"))
-        own = study.sources[source].persona
-        results[name] = {**gate_verdict(g, summarize(study, rows, personas, es.questions, own)["summary"]),
+    for (name, g), sw, rows in zip(gates.items(), sweeps, run_sweeps(gen, sweeps)):  # one engine call for all gates
+        rows = score_markers(study, rows)
+        results[name] = {**gate_verdict(g, summarize(study, rows, sw.personas, es.questions, own)["summary"]),
                          "seed": spec.seed, "bystanders_exclude": [study.assistant_persona, own]}
         rows_all += [{**r, "gate": name} for r in rows]
         log(f"gate {name}: {'PASS' if results[name]['pass'] else 'FAIL'} {results[name]}")

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU machine's side of bench/cell_bench.py (docs/BENCHMARKS.md): that machine has torch, transformers and peft but
+# no vLLM or Dagster and no internet, so both travel (vLLM as bench/vllm_bundle's two parts, Dagster and polars as
+# wheels in .whl/dg), one device call each, and the measurement runs detached so that it can outlast a call.
+#   bash bench/on_device.sh stash PART    # each transfer call: keep the carried part (a carried path is replaced)
+#   bash bench/on_device.sh start ARGS    # install both, then `python bench/cell_bench.py ARGS` in the background
+#   bash bench/on_device.sh poll          # progress; when it has ended, its results and logs into $OUT
+set -euo pipefail
+run=/tmp/mt-bench   # models, scratch, the Dagster instance and the results: outside the copied tree
+env_() {
+  export PYTHONPATH="$PWD:$PWD/.vbundle/site:$run/dgsite" VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 \
+         MT_MODELS="$run/models" MT_SCRATCH="$run/scratch" DAGSTER_HOME="$run/dagster"
+}
+case "${1:-}" in
+  stash) mkdir -p .vbundle/stash && mv "$2" .vbundle/stash/ ;;
+  start)
+    shift
+    [ -d .vbundle/site ] || bash bench/vllm_install.sh .vbundle/stash .vbundle/site
+    mkdir -p "$run/dagster" "$run/results"
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$run/dgsite" .whl/dg/*.whl
+    env_
+    python3 -c "import dagster, dagster_pipes, polars, vllm, definitions; print('imports ok: dagster', dagster.__version__, 'vllm', vllm.__version__)"
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    setsid nohup python3 bench/cell_bench.py --out "$run/results" "$@" > "$run/results/bench.log" 2>&1 < /dev/null &
+    echo "started: $run/results/bench.log" ;;
+  poll)
+    env_
+    tail -n 4 "$run/results/bench.log" | cut -c1-300
+    grep -h -E "done in|engine started|pushed|tok/s" "$run/dagster"/workers/*.log 2>/dev/null | tail -n 6 | cut -c1-200 || true
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader
+    if ! pgrep -f bench/cell_bench.py > /dev/null; then
+      cp "$run"/results/* "$OUT"/ 2>/dev/null || true
+      for f in "$run"/dagster/workers/*.log; do [ -f "$f" ] && cp "$f" "$OUT/worker_$(basename "$f")"; done
+      echo "ENDED"
+    fi ;;
+  *) sed -n 2,7p "$0"; exit 2 ;;
+esac
