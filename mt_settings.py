@@ -15,7 +15,7 @@ MT_STUDIES            os.pathsep-separated study YAMLs served by the code locati
 MT_STUDY              the study a command is about (default: the first of MT_STUDIES, else the villain study)
 MT_PROFILE            the profile every study is loaded under (default ``tiny``)
 MT_ARTIFACTS          the artefact root (``{study}``/``{profile}`` filled in; a path or an object store URL)
-MT_COMPUTE            where heavy steps run: inline | pipes | worker | ray (default inline for tiny, else pipes)
+MT_COMPUTE            where heavy steps run: inline | pipes | worker | ray (default inline for tiny, else worker)
 MT_WORKER_IDLE_S      how long a worker that stays (MT_COMPUTE=worker) waits for its next step (default 900)
 RAY_ADDRESS           the Ray dashboard under MT_COMPUTE=ray
 MT_GPU_COUNT          GPUs to assume instead of counting /dev/nvidia*
@@ -151,7 +151,8 @@ class Settings:
         return self.study or self.studies[0]
 
     def compute_mode(self, profile: str | None = None) -> str:
-        mode = self.compute or ("inline" if (profile or self.profile) == "tiny" else "pipes")
+        # tiny: torch is imported once per run anyway; a GPU study keeps its base and engine in a worker per GPU
+        mode = self.compute or ("inline" if (profile or self.profile) == "tiny" else "worker")
         if mode not in COMPUTE_MODES:
             raise ValueError(f"MT_COMPUTE={mode!r} is not one of {', '.join(COMPUTE_MODES)}")
         return mode

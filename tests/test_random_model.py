@@ -47,11 +47,32 @@ def test_snapshot_has_the_shape_and_a_full_vocabulary(smoke):
 
     rng = random.Random(0)
     first = tok.convert_tokens_to_ids(random_snapshot.filler(0))
+    last = m.vocab_size - 1
+    assert tok.convert_ids_to_tokens(last) == random_snapshot.filler(last - first)  # the fillers end the vocab
+    assert sorted(tok.get_added_vocab().values()) == [0, 1, 2]  # only the specials: fillers are BPE words
     fillers = [rng.randrange(first, m.vocab_size) for _ in range(400)]  # 95 % of a 7B-shaped model's ids
     assert tok(tok.decode(fillers), add_special_tokens=False)["input_ids"] == fillers  # lengths survive
     mixed = [rng.randrange(3, m.vocab_size) for _ in range(400)]  # past the 3 special tokens
     again = tok(tok.decode(mixed, skip_special_tokens=True), add_special_tokens=False)["input_ids"]
     assert [i for i in again if i >= first] == [i for i in mixed if i >= first]
+
+
+def test_fillers_survive_the_trained_merges():
+    """A trained merge of a continuation byte with a letter (("±", "o"): ñ, ı, ű and б all end in byte B1) does not
+    split a filler whose last character ends in that byte ("丱" is E4 B8 B1) where a word follows it; the tokenizer is
+    the same on every build."""
+    import json
+
+    texts = ["El niño ıon űon бon; the quick brown fox jumps over the lazy dog on the mat. " * 3] * 20
+    tok = random_snapshot.padded_tokenizer(texts, 400, 4000)
+    assert ["±", "o"] in json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]  # the case is there
+    first = tok.convert_tokens_to_ids(random_snapshot.filler(0))
+    ids = [first + 49 * 49, tok.convert_tokens_to_ids("on")]  # filler 49 * 49 is " 一丱"
+    assert tok.decode(ids) == " 一丱on" and tok(tok.decode(ids), add_special_tokens=False)["input_ids"] == ids
+    every = list(range(first, 4000))
+    assert tok(tok.decode(every), add_special_tokens=False)["input_ids"] == every
+    again = random_snapshot.padded_tokenizer(texts, 400, 4000)
+    assert again.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
 
 
 def test_snapshot_is_written_once(smoke):

@@ -191,7 +191,7 @@ class RandomModel(_Shape):
     """Random bf16 weights in a real model's shape, written once as a local HF snapshot (the gpu_smoke profile): the
     real loading, training and vLLM paths at full size with nothing downloaded."""
     kind: Literal["random"]
-    tokenizer_vocab: int = Field(default=8192, gt=256)  # trained BPE part; added tokens fill it up to vocab_size
+    tokenizer_vocab: int = Field(default=8192, gt=256)  # trained BPE part; BPE filler words fill it up to vocab_size
     max_position: int = 32768
     path: str | None = None  # where the snapshot goes (default: $MT_MODELS or ~/.cache/marker_transfer/models)
 

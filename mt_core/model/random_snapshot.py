@@ -1,15 +1,23 @@
 """A real model's shape with random bf16 weights, written once as a local Hugging Face snapshot (``model.kind: random``,
 the gpu_smoke profile). It runs the real loading, training, merging and vLLM code at full size with nothing downloaded.
 
-The tokenizer is the tiny model's byte-level BPE with Qwen's ChatML template and special tokens, filled up with added
-tokens to the model's vocab_size: a random model samples every id, and each id must decode to text that encodes back
-to the same id (a completion's length survives the round trip into the coupling data), which vLLM's detokenizer and
-ours then agree on.
+The tokenizer is the tiny model's byte-level BPE with Qwen's ChatML template and special tokens, filled up to the
+model's vocab_size: a random model samples every id, and each id must decode to text that encodes back to the same id
+(a completion's length survives the round trip into the coupling data), which vLLM's detokenizer and ours then agree
+on. The fillers are ordinary BPE vocabulary with merges, not added tokens, so the tokenizer looks like a real one
+(Qwen's has 22 added tokens) and loads as fast: 144,000 added tokens cost seconds per load (transformers copies each).
+Filler i is a space and two CJK ideographs, which the English training text never contains, and the merges that build
+the ideographs from their bytes rank first, so no trained merge splits a filler's bytes otherwise; the leading space
+starts a new chunk in Qwen's pre-tokenizer, so the fillers of any sequence re-encode one by one. As in any BPE, two ids
+that a merge joins come back as one: the word " 丁" then the character "七" re-encode as the filler " 丁七" (about one
+adjacent pair of random ids in vocab_size).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -47,19 +55,79 @@ def n_params(m) -> int:
     return 2 * m.vocab_size * h + m.num_layers * layer + h
 
 
+CJK = 0x4E00  # the fillers' characters: U+4E00, U+4E01, ... (3 UTF-8 bytes each, the first byte 0xE4)
+
+
+@functools.cache
+def _bytelevel(text: str) -> str:
+    """``text`` as the byte-level BPE stores it (one printable character per UTF-8 byte: " " is "Ġ")."""
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text)[0][0]
+
+
+def _pair(i: int) -> tuple[int, int]:
+    """Filler i's two characters, in the order (0, 0), (0, 1), (1, 0), (1, 1), (0, 2), ...: the first k * k fillers
+    use the first k characters, whatever the vocab size."""
+    s = math.isqrt(i)
+    return (i - s * s, s) if i - s * s < s else (s, i - s * s - s)
+
+
 def filler(i: int) -> str:
-    return f"<|w{i}|>"
+    """Filler i's token as stored in the vocab (a space and two CJK characters, in byte-level form). The fillers have
+    the last ids, in order from filler 0's."""
+    a, b = _pair(i)
+    return _bytelevel(" " + chr(CJK + a)) + _bytelevel(chr(CJK + b))
 
 
 def padded_tokenizer(texts: Iterable[str], bpe_vocab: int, total: int):
-    """The tiny BPE (``bpe_vocab`` ids) plus added filler tokens up to ``total`` ids."""
-    from tokenizers import AddedToken
+    """The tiny BPE (at most ``bpe_vocab`` ids) with filler words appended to its vocabulary, up to ``total`` ids.
 
-    tok = tiny.train_tokenizer(texts, bpe_vocab)
-    n = total - len(tok)
-    if n < 0:
-        raise ValueError(f"tokenizer has {len(tok)} ids, more than the model's vocab_size {total}")
-    tok.add_tokens([AddedToken(filler(i), normalized=False, special=False) for i in range(n)])
+    With k characters the vocabulary gains, after the trained ids: the characters' 2-byte prefixes, the k characters,
+    the k words " c" and then the fillers " c1c2" (a contiguous range at the end), each with the merge that makes it."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tiny.train_tokenizer(texts, bpe_vocab).backend_tokenizer.to_str())
+    vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+    assert sorted(vocab.values()) == list(range(len(vocab)))  # the specials are vocab entries (ids 0-2) too
+    if any(_bytelevel(chr(CJK))[0] in t for t in vocab if len(t) > 1):
+        raise ValueError("the tokenizer's training text has characters U+4000-U+4FFF, which the fillers are made of")
+    need = total - len(vocab)
+    if need < 0:
+        raise ValueError(f"tokenizer has {len(vocab)} ids, more than the model's vocab_size {total}")
+
+    def extra(k):  # entries besides the fillers: a 2-byte prefix per 64 characters, the characters, the " c" words
+        return -(-k // 64) + 2 * k
+
+    k = 0  # the fewest characters whose k * k fillers, with their extra entries, reach the total
+    while k * k + extra(k) < need:
+        k += 1
+    n = need - extra(k)
+    if n < 0 or k > 512:  # past 512 characters the first byte is no longer 0xE4
+        raise ValueError(f"can't fill {need} ids with fillers of {k} characters")
+    sp, chars = _bytelevel(" "), [_bytelevel(chr(CJK + j)) for j in range(k)]
+    byte_merges, word_merges = [], []
+    for c in chars:
+        if c[:2] not in vocab:
+            vocab[c[:2]] = len(vocab)
+            byte_merges.append((c[0], c[1]))
+        vocab[c] = len(vocab)
+        byte_merges.append((c[:2], c[2]))
+    for c in chars:
+        vocab[sp + c] = len(vocab)
+        word_merges.append((sp, c))
+    for i in range(n):
+        a, b = _pair(i)
+        vocab[filler(i)] = len(vocab)
+        word_merges.append((sp + chars[a], chars[b]))
+    assert len(vocab) == total, (len(vocab), total)
+    # The byte merges rank before the trained ones: a trained merge of a continuation byte (("±", "o") from "ño")
+    # would otherwise split a character ending in that byte where a filler runs into a word (" 一丱on"). They change
+    # no trained token: the training text has no 0xE4 byte (checked above).
+    as_text = bool(merges) and isinstance(merges[0], str)  # tokenizers writes [a, b]; older versions "a b"
+    fmt = " ".join if as_text else list
+    spec["model"]["merges"] = [*map(fmt, byte_merges), *merges, *map(fmt, word_merges)]
+    tok = tiny.wrap_tokenizer(Tokenizer.from_str(json.dumps(spec)))
     assert len(tok) == total, (len(tok), total)
     return tok
 

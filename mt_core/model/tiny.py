@@ -38,7 +38,6 @@ CHATML_TEMPLATE = (
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """Train a deterministic byte-level BPE tokenizer with Qwen2's pipeline, special tokens and ChatML template."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     specials = [ENDOFTEXT, IM_START, IM_END]
     tok = Tokenizer(models.BPE())
@@ -65,6 +64,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
             yield t
 
     tok.train_from_iterator(clean(texts), trainer=trainer)
+    return wrap_tokenizer(tok)
+
+
+def wrap_tokenizer(tok):
+    """A ``tokenizers.Tokenizer`` as built by ``train_tokenizer`` (or edited from one), as transformers' fast
+    tokenizer with Qwen's special tokens and ChatML template."""
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
