@@ -1,6 +1,6 @@
 """Where a training step and a decode step spend their time on the GPU (torch.profiler), for tuning the fast paths.
 
-    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python bench/profile_steps.py
+    python bench/profile_steps.py [--train-only] [--mean-tokens 300] [--tiny]
 """
 import random
 import sys
@@ -18,7 +18,7 @@ from mt_core.generate.hf import generate_ids  # noqa: E402
 from mt_core.model.train import train_lora  # noqa: E402
 
 
-def prof(fn, label, rows=18):
+def prof(fn, label, rows=18, tokens: int | None = None):
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -32,28 +32,45 @@ def prof(fn, label, rows=18):
     print(f"\n##### {label}: wall {wall:.3f}s (profiled)")
     print(p.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60))
     if torch.cuda.is_available():
-        by_kind(p.key_averages(), wall)
+        steady_state(p.events(), tokens)
 
 
-KINDS = (("matrix products", ("gemm", "matmul", "cutlass", "xmma", "sm90", "cublas")),
-         ("attention", ("flash", "fmha", "attention")), ("fused elementwise (inductor)", ("triton",)),
-         ("optimizer", ("adam", "foreach", "multi_tensor")), ("copies", ("memcpy", "memset", "copy_")))
+KINDS = (("matrix products", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
+         ("attention", ("flash", "fmha")), ("optimizer", ("adam", "multi_tensor")),
+         ("copies", ("memcpy", "memset")), ("fused elementwise (inductor)", ("triton",)))
 
 
-def by_kind(events, wall: float) -> None:
-    """GPU time by kind of kernel, and the share of the wall during which the GPU ran nothing (host- or sync-bound)."""
-    tot = {}
-    for e in events:
-        t = getattr(e, "self_device_time_total", 0) or 0
-        if t <= 0:
+def steady_state(events, tokens: int | None) -> None:
+    """The optimizer steps after the first one, read from the GPU's kernel timestamps: the wall between the first and
+    the last AdamW kernel, the GPU time by kind of kernel in it, and the part of it when no kernel ran (the GPU waited
+    for the host: launches, Python, syncs)."""
+    kernels = sorted((e for e in events if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
+    adam = [e for e in kernels if "adam" in e.name.lower()]
+    if len(adam) < 2:
+        print("  (fewer than two optimizer steps profiled: no steady state)")
+        return
+    lo, hi = adam[0].time_range.end, adam[-1].time_range.end
+    steps = sum(1 for e in events if e.name.startswith("Optimizer.step#")) - 1  # the window holds all but the first
+    tot, busy, cur = {}, 0.0, lo
+    for e in kernels:
+        a, b = max(e.time_range.start, lo), min(e.time_range.end, hi)
+        if b <= a:
             continue
-        name = e.key.lower()
-        kind = next((k for k, words in KINDS if any(w in name for w in words)), "other")
-        tot[kind] = tot.get(kind, 0) + t / 1e6
-    busy = sum(tot.values())
+        kind = next((k for k, words in KINDS if any(w in e.name.lower() for w in words)), "other")
+        tot[kind] = tot.get(kind, 0.0) + (b - a) / 1e6
+        busy += max(0.0, b - max(a, cur)) / 1e6
+        cur = max(cur, b)
+    wall = (hi - lo) / 1e6
+    print(f"  steady state: {steps} optimizer steps in {wall:.3f} s"
+          + (f" ({tokens * steps / wall:.0f} tok/s; {tokens * steps / busy:.0f} if the GPU never waited)"
+             if tokens else ""))
     for kind, t in sorted(tot.items(), key=lambda kv: -kv[1]):
-        print(f"  {kind:32s} {t:8.3f} s  {t / wall:6.1%} of the wall")
-    print(f"  {'GPU idle':32s} {max(0.0, wall - busy):8.3f} s  {max(0.0, wall - busy) / wall:6.1%} of the wall")
+        print(f"  {kind:32s} {t:8.3f} s  {t / wall:6.1%}")
+    print(f"  {'GPU idle':32s} {wall - busy:8.3f} s  {(wall - busy) / wall:6.1%}")
+
+
+def arg(name: str, default):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
 
 
 def main():
@@ -61,12 +78,13 @@ def main():
     dev = "cpu" if tiny or not torch.cuda.is_available() else "cuda"
     model, n = build_model(TINY if tiny else QWEN7B, dev)
     rng = random.Random(0)
-    ex = sft_examples(16 * 6, model.config.vocab_size, 300.0, rng)
+    ex = sft_examples(16 * 8, model.config.vocab_size, float(arg('--mean-tokens', 300)), rng)
     rc = with_speed(recipe(), **OURS)
     pm, res = train_lora(model, ex[:32], rc, seed=1, pad_id=0, log=lambda *_: None)
     model = pm.unload()
-    prof(lambda: train_lora(model, ex[64:80], rc, seed=1, pad_id=0, log=lambda *_: None)[0].unload(),
-         "one packed training step", rows=25)
+    steady = ex[32:32 + 16 * 6]  # six optimizer steps: the last five are the steady state
+    prof(lambda: train_lora(model, steady, rc, seed=1, pad_id=0, log=lambda *_: None)[0].unload(),
+         "six packed training steps", rows=25, tokens=sum(len(e.input_ids) for e in steady) // 6)
     if "--train-only" in sys.argv:
         return
     vocab = model.config.vocab_size
