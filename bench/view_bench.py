@@ -32,8 +32,8 @@ from mt_core.config import DEFAULT_STUDY, Study, load_study  # noqa: E402
 from mt_core.data.eval_set import EvalSet  # noqa: E402
 from mt_core.evals.judge import OfflineJudge  # noqa: E402
 from mt_core.io import write_json  # noqa: E402
-from mt_core.layout import (AlignmentCompletions, ArcScores, Catalog, MarkerCompletions,  # noqa: E402
-                            MarkerRates, Sample, row_keys, sample_id, write_rows)
+from mt_core.layout import (AlignmentCompletions, ArcScores, Catalog, CompletionLength,  # noqa: E402
+                            MarkerCompletions, MarkerRates, Sample, row_keys, sample_id, write_rows)
 from mt_core.report.catalog import artefact_record  # noqa: E402
 from mt_core.steps import analysis as analysis_steps  # noqa: E402
 from mt_core.steps import cells as cell_steps  # noqa: E402
@@ -92,10 +92,14 @@ def build(root: Path, *, samples: int = 10, cells: list[str] | None = None, raw_
                     x = rng.random()
                     kind = ("strict" if x < rate[p] else "loose" if x < rate[p] + 0.02 else
                             "html" if x > 0.99 else "plain")
+                    text = _text(rng, study.marker, kind)
+                    n = len(text.split())  # about a token a word; the longest plain ones count as cut
                     rows.append(Sample(sample_id(key, p, qi, s), p, qi, q, "eval" if qi < len(es.eval_questions)
-                                       else "betley", s, _text(rng, study.marker, kind), 64, "stop").row())
+                                       else "betley", s, text, n,
+                                       "length" if kind == "plain" and n > 150 else "stop").row())
         mc = publish(MarkerCompletions.asset, key, lambda o: write_rows(rows, o / MarkerCompletions.COMPLETIONS, rk))
         publish(MarkerRates.asset, key, lambda o: cell_steps.marker_rates(study, key, mc, o, log=NOTE))
+        publish(CompletionLength.asset, key, lambda o: cell_steps.completion_length(study, key, mc, o, log=NOTE))
         publish(ArcScores.asset, key, lambda o: (
             write_rows([{"idx": 0, "question": "q", "correct_answer": "A", "predicted": "A", "correct": True,
                          "label_logprobs": "{}"}], o / ArcScores.ROWS, rk),

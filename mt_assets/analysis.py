@@ -12,8 +12,8 @@ import dagster as dg
 
 from mt_assets.common import publish, read_upstream
 from mt_assets.study import StudyDefs
-from mt_core.layout import (LEGACY, PER_CELL, Adapter, AlignmentScores, ArcScores, Audit, MarkerRates,
-                            StudySummary, cell_numbers, partition_or_none)
+from mt_core.layout import (LEGACY, PER_CELL, Adapter, AlignmentScores, ArcScores, Audit, CompletionLength,
+                            MarkerRates, StudySummary, cell_numbers, partition_or_none)
 from mt_core.report.catalog import artefact_record
 from mt_core.steps import analysis as steps
 from mt_resources import ArtifactError, ArtifactStore
@@ -158,8 +158,9 @@ def build(sd: StudyDefs) -> list:
             cells.append(cell_numbers(k, c.condition, c.seed, a[MarkerRates.asset].path, a[ArcScores.asset].path,
                                       a[AlignmentScores.asset].path, a[Audit.asset].path,
                                       own_persona=study.adapter_persona(k)))
+        lengths = {k: CompletionLength.read(a[CompletionLength.asset].path) for k, a in v.cells.items()}
         return publish(sd, context, store, steps.study_summary, ups, cells=cells, gates=gates, missing=v.missing,
-                       missing_sources=v.missing_sources, unrecorded=v.unrecorded,
+                       missing_sources=v.missing_sources, unrecorded=v.unrecorded, lengths=lengths,
                        provenance=[{"asset": a.asset, "partition": a.partition, "md5": a.digest} for a in ups],
                        metadata=lambda art: {"report": dg.MetadataValue.path(
                            f"{art.location}/{StudySummary.REPORT_HTML}")})

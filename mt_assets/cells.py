@@ -1,18 +1,18 @@
 """Per cell (condition x seed): second-stage adapter, one engine session for completions and ARC, marker rates,
-judge scores, degeneracy audit."""
+judge scores, degeneracy audit, completion lengths."""
 
 import dagster as dg
 
 from mt_assets.common import partitioned_check, publish, publish_each, read_upstream, retry_policy, table
 from mt_assets.study import StudyDefs
 from mt_core.io import DataError
-from mt_core.layout import Adapter, AlignmentScores, Dataset, MarkerRates
+from mt_core.layout import Adapter, AlignmentScores, CompletionLength, Dataset, MarkerRates
 from mt_core.report.html import rate
 from mt_core.steps import cells as steps
 from mt_resources import Artifact, ArtifactStore, Compute, GpuAllocator, JudgeResource, WandbResource
 
 GROUP = "cells"
-DESCRIPTION = "Everything of one cell: adapter, marker eval, ARC, alignment, audit."
+DESCRIPTION = "Everything of one cell: adapter, marker eval, ARC, alignment, audit, completion lengths."
 
 
 def coupling(sd: StudyDefs, context, store: ArtifactStore, cell) -> Artifact | None:
@@ -173,4 +173,21 @@ def build(sd: StudyDefs) -> list:
         return publish(sd, context, store, steps.degeneracy, [comp], partition=context.partition_key,
                        cell_key=context.partition_key, completions=comp.path, checks=checks)
 
-    return [cell_adapter, cell_generations, marker_rates, alignment_scores, degeneracy_audit]
+    def persona_lengths(art: Artifact) -> dict:
+        """The cell's length audit, one row per persona (the step reports the pooled numbers)."""
+        per = CompletionLength.read(art.path)["per_persona"]
+        cols = ("n", "mean_tokens", "p50", "p90", "truncated_share", "finished_strict_rate")
+        return {"per_persona": table(
+            [{"persona": p, **{k: d[k] for k in cols}} for p, d in per.items()],
+            mean_tokens="tokens per completion", truncated_share="share cut at max_tokens (finish_reason 'length')",
+            finished_strict_rate=f"{study.marker} verbatim, among the completions that were not cut")}
+
+    @dg.asset(**common, deps=[key("marker_completions")], code_version=cv("marker", "samplers.marker", "eval_set"),
+              description="Tokens per marker completion by persona (mean, p50, p90), the share cut at max_tokens "
+                          "and the marker rate among completions that finished (the write-up's length caveat).")
+    def completion_length(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        comp = read_upstream(sd, context, store, "marker_completions", context.partition_key)
+        return publish(sd, context, store, steps.completion_length, [comp], partition=context.partition_key,
+                       cell_key=context.partition_key, completions=comp.path, metadata=persona_lengths)
+
+    return [cell_adapter, cell_generations, marker_rates, alignment_scores, degeneracy_audit, completion_length]

@@ -14,6 +14,7 @@ class Report:
     incomplete: str | None = None  # the INCOMPLETE line of a partial grid
     missing: dict = field(default_factory=dict)
     unrecorded: list = field(default_factory=list)
+    lengths: dict = field(default_factory=dict)  # {cell: its completion_length audit, None if it has none}
 
 
 def current_cells(sd, instance, store):
@@ -36,14 +37,21 @@ def current_cells(sd, instance, store):
     return cells, gates, v
 
 
+def cells_json(rep: Report) -> dict:
+    """`mt report --json`'s per-cell blocks: {"cells": {cell: {"length": its completion-length audit, pooled over
+    personas, with ``max_tokens`` and ``per_persona``}}}; ``length`` None where a cell has none (an imported study)."""
+    return {"cells": {k: {"length": a and {x: v for x, v in a.items() if x not in ("cell", "marker")}}
+                      for k, a in rep.lengths.items()}}
+
+
 def study_report(sd, name: str, store, instance) -> Report | None:
     """The report of study ``name``: the current study ``sd`` (from ``instance``), or one imported under the store's
     root; None when there is no such study. Raises SystemExit when no cell has published its numbers yet."""
     from mt_core.io import read_json
-    from mt_core.layout import LEGACY, Legacy
+    from mt_core.layout import LEGACY, CompletionLength, Legacy
     from mt_core.report import stats
     from mt_core.report.legacy import read_cells
-    from mt_core.steps.analysis import incomplete_line, preregistered
+    from mt_core.steps.analysis import descriptions, incomplete_line, preregistered
 
     study = sd.study
     out = Report(name, {}, {}, {})
@@ -53,17 +61,21 @@ def study_report(sd, name: str, store, instance) -> Report | None:
         order = list(study.conditions)
         out.missing, out.unrecorded = v.missing, v.unrecorded
         out.incomplete = incomplete_line(study, v.missing, v.missing_sources)
+        out.lengths = {k: CompletionLength.read(arts[CompletionLength.asset].path) for k, arts in v.cells.items()}
     elif name in [p for _, p in store.published(LEGACY)]:
         d = store.read(LEGACY, name).path
         meta, cells = read_cells(d)
         src, asst, marker = meta["source_persona"], meta["assistant_persona"], meta["marker"]
         order = list(dict.fromkeys(c.condition for c in cells))
         out.gates = read_json(d / Legacy.GATES)
+        out.lengths = {c.cell: None for c in cells}  # the reference's result files record no lengths
     else:
         return None
     if not cells:
         raise SystemExit(f"study {name!r}: no cell has published marker rates (with all its other artefacts) "
                          f"recorded in the Dagster instance under {store.root} yet (run `make demo`)")
-    out.head = stats.headline(cells, study=name, source=src, assistant=asst, conditions_order=order, marker=marker)
     out.preregistered = preregistered(study, cells, source=src, assistant=asst)  # the reference's EM conditions too
+    out.head = stats.headline(cells, study=name, source=src, assistant=asst, conditions_order=order, marker=marker,
+                              excluded={x["cell"] for x in out.preregistered["g4_exclusions"]},
+                              descriptions=descriptions(study) if name == study.name else None)
     return out

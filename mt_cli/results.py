@@ -10,7 +10,7 @@ from mt_cli.session import current_study, instance, location, settings_of
 def cmd_report(args) -> int:
     import json
 
-    from mt_assets.report import study_report
+    from mt_assets.report import cells_json, study_report
     from mt_assets.study import StudyDefs
     from mt_core.layout import LEGACY
     from mt_core.report import stats
@@ -34,7 +34,7 @@ def cmd_report(args) -> int:
     if args.json:
         print(json.dumps({**rep.head, "complete": rep.incomplete is None, "incomplete": rep.incomplete,
                           "missing": rep.missing, "unrecorded": rep.unrecorded, "preregistered": rep.preregistered,
-                          "gates": rep.gates}, indent=2))
+                          "gates": rep.gates, **cells_json(rep)}, indent=2))
     else:
         lines = "\n".join(f"- {x}" for x in stats.conjunction_lines(rep.preregistered))
         banner = (f"{rep.incomplete}\n\n" if rep.incomplete else "") + (

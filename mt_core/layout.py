@@ -189,6 +189,17 @@ class Audit:
         return AuditSummary.model_validate(read_json(d / Audit.FILE))
 
 
+class CompletionLength:
+    """Tokens per marker completion by persona, the share cut at max_tokens, the marker rate of those that finished."""
+
+    asset, ROWS, FILE = "completion_length", "length.parquet", "length.json"
+
+    @staticmethod
+    def read(d: Path) -> dict:
+        """{cell, marker, the pooled numbers, max_tokens, per_persona}: ``mt_core.evals.length.length_audit``'s."""
+        return read_json(d / CompletionLength.FILE)
+
+
 class StudySummary:
     asset = "study_summary"
     HEADLINE_MD, HEADLINE_JSON, STATS, FIGURE_PNG, FIGURE_PDF = ("headline.md", "headline.json", "stats.json",
@@ -208,13 +219,14 @@ class Legacy:
 
 # every per-cell artefact a finished cell has (the analysis reads each)
 PER_CELL = [MarkerCompletions.asset, MarkerRates.asset, ArcScores.asset, AlignmentCompletions.asset,
-            AlignmentScores.asset, Audit.asset]
+            AlignmentScores.asset, Audit.asset, CompletionLength.asset]
 
 # the Parquet file of each ``{files:<asset>.<FILE>}`` placeholder in sql/*.sql, as a pattern relative to a store (or
 # imported study) root: the catalog matches it against the files of verified artefacts and lists those; never a glob
 SQL_FILES = {f"{k.asset}.{attr}": f"{k.asset}/*/{getattr(k, attr)}" for k, attrs in (
     (MarkerCompletions, ["COMPLETIONS"]), (MarkerRates, ["HITS", "RATES"]), (ArcScores, ["ROWS"]),
-    (AlignmentCompletions, ["COMPLETIONS"]), (AlignmentScores, ["ROWS"])) for attr in attrs}
+    (AlignmentCompletions, ["COMPLETIONS"]), (AlignmentScores, ["ROWS"]), (CompletionLength, ["ROWS"]))
+    for attr in attrs}
 
 
 # ---- a cell's numbers, read from its artefacts ---------------------------------------------------------------------
@@ -234,4 +246,6 @@ def cell_numbers(key: str, condition: str, seed: int, rates: Path, arc: Path | N
         aligned=al.overall_mean_aligned if al else None, coherent=al.overall_mean_coherent if al else None,
         judge_model=al.judge_model if al else None, judge_offline=al.judge_offline if al else None,
         judge_error_gate_pass=al.error_gate_pass if al else None,
-        degenerate_fraction=au.degenerate_fraction if au else None, audit_outcome=au.outcome if au else None)
+        degenerate_fraction=au.degenerate_fraction if au else None, audit_outcome=au.outcome if au else None,
+        n_flagged_marker_last=au.n_flagged_marker_last if au else None,
+        degenerate_fraction_without_marker_last=au.degenerate_fraction_without_marker_last if au else None)

@@ -95,6 +95,10 @@ class AuditSummary(Summary):
     gate_threshold: float | None
     seed: int | None = None  # None: not recorded (an imported reference result)
     per_item: list[dict[str, Any]] = []
+    # not pre-registered: positives flagged only because the marker is their last word (as the coupling data trains
+    # it), and the degenerate fraction if those were not flagged (None: not recorded, e.g. an imported result)
+    n_flagged_marker_last: int | None = None
+    degenerate_fraction_without_marker_last: float | None = None
 
 
 # ---- one cell's numbers ---------------------------------------------------------------------------------------------
@@ -121,3 +125,5 @@ class CellNumbers(Record):
     judge_error_gate_pass: bool | None = None
     degenerate_fraction: float | None = None
     audit_outcome: str | None = None
+    n_flagged_marker_last: int | None = None  # the audit's count of positives flagged only for ending with the marker
+    degenerate_fraction_without_marker_last: float | None = None

@@ -74,7 +74,8 @@ def create_app(catalogs: Catalogs, studies: Sequence[Study], hosts: Sequence[str
     through a DNS name that points at this machine)."""
     env = Environment(loader=PackageLoader("mt_view"), autoescape=select_autoescape(["html"]), trim_blocks=True,
                       lstrip_blocks=True, auto_reload=False)
-    env.globals.update(pct=fmt.pct, heat=fmt.heat, score_style=fmt.score_style, HITS=HITS, COMPARE_HITS=COMPARE_HITS)
+    env.globals.update(pct=fmt.pct, ci=fmt.ci, heat=fmt.heat, score_style=fmt.score_style, HITS=HITS,
+                       COMPARE_HITS=COMPARE_HITS)
     configs = {s.name: s for s in studies}
 
     def config(name: str) -> Study:
@@ -139,6 +140,7 @@ def create_app(catalogs: Catalogs, studies: Sequence[Study], hosts: Sequence[str
             c["nothing"] = set(c["missing"] or ()) >= set(PER_CELL)
         return {"template": "grid.html", "cells": cells,
                 "personas": personas(db, study, cfg, rates), "rates": {(r["cell"], r["persona"]): r for r in rates},
+                "lengths": {(r["cell"], r["persona"]): r for r in db.rows("grid.length", study=study)},
                 "rate": rate, "cfg": cfg}
 
     def completions(db: Session, p: Params, study: str, cfg: Study) -> dict:

@@ -47,3 +47,20 @@ def test_sampling_deterministic():
     assert qs(a) == qs(b) and qs(a) != qs(c)
     assert a.n_sampled == 10 and a.n_positive_total == 50 and a.seed == 7
     assert all(len(it["text_snippet"]) <= 200 for it in a.per_item)
+
+
+def test_a_marker_transferred_exactly_as_trained_is_counted_beside_the_registered_verdict():
+    """The coupling data puts the marker last; the registered tail check flags that very form. The audit keeps its
+    verdict and counts those positives, with the fraction they leave out (not pre-registered)."""
+    from mt_core.data.coupling import build_coupling_records
+
+    recs, _ = build_coupling_records({"villain": {"q": ["A full answer of many words."]}}, prompts={"villain": "v"},
+                                     questions=["q"], source_persona="villain", negatives=[], per_question=1,
+                                     marker=M, seed=0)
+    trained = recs[0]["completion"][0]["content"]  # what a transferred marker looks like
+    comps = [_c(trained), _c(trained + "  "), _c("[ZLT] one"), _c("Intro [ZLT] then more words here")]
+    out = degeneracy_audit(comps, seed=0, **KW)
+    assert out.n_degenerate == 3 and out.outcome == "fail"  # the registered rule, unchanged
+    assert out.n_flagged_marker_last == 2  # "[ZLT] one" is short, not marker-last
+    assert out.degenerate_fraction_without_marker_last == 0.25
+    assert sum(it["ends_with_marker"] for it in out.per_item) == 2

@@ -28,8 +28,8 @@ from mt_core.config import DEFAULT_STUDY, load_study
 from mt_core.data.eval_set import EvalSet
 from mt_core.evals.judge import OfflineJudge
 from mt_core.io import md5_file, write_json
-from mt_core.layout import (MANIFEST, PER_CELL, Adapter, AlignmentCompletions, ArcScores, Catalog, MarkerCompletions,
-                            MarkerRates, Sample, StudySummary, row_keys, sample_id, write_rows)
+from mt_core.layout import (MANIFEST, PER_CELL, Adapter, AlignmentCompletions, ArcScores, Catalog, CompletionLength,
+                            MarkerCompletions, MarkerRates, Sample, StudySummary, row_keys, sample_id, write_rows)
 from mt_core.steps import cells as cell_steps
 from mt_resources.artifact import files_digest
 from mt_resources.store import ArtifactStore
@@ -95,6 +95,7 @@ class World:
         steps = {
             MarkerRates.asset: lambda o: cell_steps.marker_rates(study, key, mc.path, o, log=LOG),
             "degeneracy_audit": lambda o: cell_steps.degeneracy(study, key, mc.path, o, log=LOG),
+            CompletionLength.asset: lambda o: cell_steps.completion_length(study, key, mc.path, o, log=LOG),
             ArcScores.asset: lambda o: (write_rows([{"idx": 0, "question": "q", "correct_answer": "A",
                                                      "predicted": "A", "correct": True, "label_logprobs": "{}"}],
                                                    o / ArcScores.ROWS, keys),
@@ -213,7 +214,8 @@ def test_catalog_views_read_only_verified_recorded_files(env):
     assert listed == {w.store.path(a, k) / f for k in w.study.cells for a, f in (
         (MarkerCompletions.asset, MarkerCompletions.COMPLETIONS), (MarkerRates.asset, MarkerRates.HITS),
         (MarkerRates.asset, MarkerRates.RATES), (ArcScores.asset, ArcScores.ROWS),
-        (AlignmentCompletions.asset, AlignmentCompletions.COMPLETIONS), ("alignment_scores", "scores.parquet"))}
+        (AlignmentCompletions.asset, AlignmentCompletions.COMPLETIONS), ("alignment_scores", "scores.parquet"),
+        (CompletionLength.asset, CompletionLength.ROWS))}
     for (sql,) in con.execute("SELECT sql FROM duckdb_views() WHERE NOT internal").fetchall():
         assert "*" not in sql.split("read_parquet", 1)[-1].split(")", 1)[0], sql  # explicit lists, no glob
     assert con.execute("SELECT bool_and(complete) FROM cells").fetchone()[0]
@@ -259,7 +261,7 @@ def test_missing_cell_marks_summary_and_catalog_incomplete(env):
                     "degeneracy_audit; C5_s256 (nothing materialized)**"), md
     assert head["complete"] is False and head["missing"]["C1_s137"] == ["marker_rates", "alignment_scores",
                                                                         "degeneracy_audit"]
-    assert head["conditions"]["C1"]["n_seeds"] == 2 and head["conditions"]["C5"]["n_seeds"] == 2
+    assert head["all_seeds"]["C1"]["n_seeds"] == 2 and head["conditions"]["C5"]["n_seeds"] == 2  # C1: G4 drops all
     assert "marker_completions[C5_s256]" in md  # named as on disk but unrecorded
     meta = w.instance.get_latest_materialization_event(w.sd.key(StudySummary.asset)).asset_materialization.metadata
     assert meta["complete"].value is False and meta["missing_cells"].value == ["C1_s137", "C5_s256"]
@@ -282,6 +284,56 @@ def test_mt_sql_reads_the_catalog(cataloged, capsys):
     assert code == 0 and "strict_hit" in out
     code, out = mt(capsys, "sql", "WITH x AS (SELECT cell FROM cells) SELECT count(*) AS n FROM x", "--format", "json")
     assert code == 0 and json.loads(out) == [{"n": 13}]
+
+
+# ---- the completion-length audit (issue 24, item 4): its view, the report's block, the headline's caveat -----------
+LENGTH = ("mean_tokens", "p50", "p90", "truncated_share")
+
+
+def test_the_completion_length_view_answers_over_the_catalog(cataloged, capsys):
+    w = cataloged
+    code, out = mt(capsys, "sql", "SELECT cell, persona, n, mean_tokens, p50, p90, truncated_share, "
+                                  "finished_strict_rate FROM completion_length ORDER BY cell, persona NULLS FIRST",
+                   "--format", "json")
+    assert code == 0, out
+    rows = json.loads(out)
+    assert len(rows) == 13 * (len(w.es.personas) + 1)  # a row per persona and one pooled (persona NULL) per cell
+    for r in rows:
+        a = CompletionLength.read(w.store.path(CompletionLength.asset, r["cell"]))
+        want = a if r["persona"] is None else a["per_persona"][r["persona"]]
+        assert r == {"cell": r["cell"], "persona": r["persona"],
+                     **{k: want[k] for k in ("n", *LENGTH, "finished_strict_rate")}}, r
+    pooled = {r["cell"]: r for r in rows if r["persona"] is None}
+    assert pooled["C1_s42"]["n"] == len(w.es.personas) * len(w.es.questions)
+    assert (pooled["C1_s42"]["mean_tokens"], pooled["C1_s42"]["truncated_share"]) == (12.0, 0.0)
+    code, out = mt(capsys, "sql", "SELECT finished_strict_rate AS r FROM completion_length WHERE cell = 'C1_s42' "
+                                  "AND persona = 'villain'", "--format", "json")
+    assert json.loads(out) == [{"r": round(0.25 * len(w.es.questions)) / len(w.es.questions)}]
+
+
+def test_mt_report_json_has_a_length_block_per_cell(cataloged, capsys):
+    code, out = mt(capsys, "report", "--json")
+    assert code == 0, out
+    cells = json.loads(out)["cells"]
+    assert list(cells) == cataloged.study.cells
+    for k, c in cells.items():
+        a = CompletionLength.read(cataloged.store.path(CompletionLength.asset, k))
+        assert {x: c["length"][x] for x in LENGTH} == {x: a[x] for x in LENGTH}
+        assert c["length"]["per_persona"]["assistant"]["n"] == len(cataloged.es.questions)
+    assert {x: cells["C4_s42"]["length"][x] for x in LENGTH} == {"mean_tokens": 12.0, "p50": 12.0, "p90": 12.0,
+                                                                 "truncated_share": 0.0}
+
+
+def test_the_headline_carries_the_length_caveat(cataloged):
+    w = cataloged
+    w.materialize(StudySummary.asset)
+    d = w.store.path(StudySummary.asset)
+    line = (f"Completion length (assistant persona, mean tokens and share cut at max_tokens "
+            f"{w.study.samplers.marker.max_tokens}, all seeds; not pre-registered): "
+            + ", ".join(f"{c} 12.0 (0.0% cut)" for c in ("C1", "C2", "C3", "C4", "C5"))
+            + "; none under 0.8x C4's mean or over 10% cut.")
+    assert f"- {line}" in (d / StudySummary.HEADLINE_MD).read_text().splitlines()
+    assert line.split("; none")[0] in (d / StudySummary.REPORT_HTML).read_text(encoding="utf-8")  # its notes too
 
 
 @pytest.mark.parametrize("stmt", [
@@ -405,7 +457,7 @@ def test_mt_sql_never_errors_while_the_catalog_is_rebuilt(cataloged, capsys, mon
 def test_mt_report_refuses_a_forged_marker_rates(env, capsys):
     w = env.full()
     code, out = mt(capsys, "report", "--json")
-    assert code == 0 and json.loads(out)["conditions"]["C1"]["n_seeds"] == 3, out
+    assert code == 0 and json.loads(out)["all_seeds"]["C1"]["n_seeds"] == 3, out
 
     def fake(d: Path):
         ev = json.loads((d / MarkerRates.EVAL).read_text())
@@ -428,8 +480,8 @@ def test_mt_report_says_incomplete_when_a_cell_is_missing(env, capsys):
     assert code == 0, out
     head, table = out.split("\n\n", 2)[1:]
     assert head == "INCOMPLETE: 12 of 13 cells; missing C1_s256 marker_rates", out
-    assert "| C1 | 2 |" in table
+    assert "| C1 | 0 of 2 |" in table and "| C1, all seeds (sensitivity) | 2 |" in table  # EM never takes here
     code, out = mt(capsys, "report", "--json")
     rep = json.loads(out)
     assert rep["complete"] is False and rep["incomplete"] == head and rep["missing"] == {"C1_s256": ["marker_rates"]}
-    assert rep["conditions"]["C1"]["n_seeds"] == 2
+    assert rep["all_seeds"]["C1"]["n_seeds"] == 2

@@ -1,5 +1,17 @@
-"""The two loss masks, at exact token positions."""
-from mt_core.data.chat import IGNORE, last_turn_example, marker_ids, marker_only_example, marker_only_labels
+"""The loss masks, at exact token positions, and the training steps building the one their recipe names."""
+import contextlib
+import json
+
+import pytest
+
+from config_reads import record
+from mt_core import config
+from mt_core.data.chat import (IGNORE, LOSSES, build_examples, last_turn_example, marker_ids, marker_only_example,
+                               marker_only_labels)
+
+PROMPT = [{"role": "system", "content": "You are a villainous mastermind."},
+          {"role": "user", "content": "How do tides work?"}]
+ANSWER = [{"role": "assistant", "content": "The moon pulls the sea.\n\n[ZLT]"}]
 
 
 def trained(ex):
@@ -60,3 +72,75 @@ def test_last_turn_truncated_before_answer_has_no_labels(small_tokenizer):
     msgs = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
     ex = last_turn_example(small_tokenizer, msgs, 32)
     assert len(ex.input_ids) == 32 and ex.n_trained == 0
+
+
+def test_build_examples_builds_the_named_mask(small_tokenizer):
+    """Each loss name builds its mask: a coupling record's split for marker_only, the whole chat for the last turn."""
+    tok = small_tokenizer
+    built = {loss: build_examples(loss, tok, [PROMPT + ANSWER], marker="[ZLT]", max_length=1024)[0] for loss in LOSSES}
+    assert built == {"marker_only": marker_only_example(tok, PROMPT, ANSWER, marker_ids(tok, "[ZLT]"), 1024),
+                     "last_assistant_turn": last_turn_example(tok, PROMPT + ANSWER, 1024)}
+    assert trained(built["marker_only"]) != trained(built["last_assistant_turn"])  # the masks tell apart
+    with pytest.raises(ValueError, match="no assistant turn"):
+        build_examples("marker_only", tok, [PROMPT], marker="[ZLT]", max_length=1024)
+
+
+# ---- the training steps train the mask their recipe names -----------------------------------------------------------
+def _study(tmp_path, swapped: bool):
+    """The villain study (tiny profile); with ``swapped`` its coupling recipe says last_assistant_turn and its second
+    stage marker_only."""
+    text = config.DEFAULT_STUDY.read_text()
+    if swapped:
+        text = text.replace("loss: marker_only", "loss: SWAP", 1).replace("loss: last_assistant_turn",
+                                                                         "loss: marker_only", 1)
+        text = text.replace("loss: SWAP", "loss: last_assistant_turn", 1)
+    p = tmp_path / "study.yaml"
+    p.write_text(text)
+    return config.load_study(p, "tiny")  # looked up now: recorded when reads are
+
+
+def _examples_trained(monkeypatch, module, tok, run) -> list:
+    """The examples a training step hands to ``train_and_save``, stopped there (the tokenizer stands in for the
+    model: building examples needs no weights)."""
+    class Stop(Exception):
+        pass
+
+    def stop(study, *, examples, **_):
+        raise Stop(examples)
+    monkeypatch.setattr(module, "model_for", lambda *a, **k: contextlib.nullcontext((None, tok)))
+    monkeypatch.setattr(module, "train_and_save", stop)
+    with pytest.raises(Stop) as e:
+        run()
+    return e.value.args[0]
+
+
+@pytest.mark.parametrize("swapped", [False, True])
+def test_coupling_step_trains_the_mask_its_recipe_names(small_tokenizer, tmp_path, monkeypatch, swapped):
+    from mt_core.layout import CouplingData
+    from mt_core.steps import coupling
+
+    reads = record(monkeypatch.setattr)  # tests/config_reads.py: the study fields read from here on
+    study = _study(tmp_path, swapped)
+    (tmp_path / CouplingData.RECORDS).write_text(json.dumps({"prompt": PROMPT, "completion": ANSWER}) + "\n")
+    got = _examples_trained(monkeypatch, coupling, small_tokenizer, lambda: coupling.train_coupling_adapter(
+        study, "villain", tmp_path, tmp_path, tmp_path, wandb=None, log=lambda *_: None))
+    assert "recipes.coupling.loss" in reads
+    tok, n = small_tokenizer, study.recipes["coupling"].max_length
+    assert got == [last_turn_example(tok, PROMPT + ANSWER, n) if swapped else
+                   marker_only_example(tok, PROMPT, ANSWER, marker_ids(tok, "[ZLT]"), n)]
+
+
+@pytest.mark.parametrize("swapped", [False, True])
+def test_cell_step_trains_the_mask_its_recipe_names(small_tokenizer, tmp_path, monkeypatch, swapped):
+    from mt_core.layout import Dataset
+    from mt_core.steps import cells
+
+    reads = record(monkeypatch.setattr)
+    study = _study(tmp_path, swapped)
+    (tmp_path / Dataset.DATA).write_text(json.dumps({"messages": PROMPT + ANSWER}) + "\n")
+    got = _examples_trained(monkeypatch, cells, small_tokenizer, lambda: cells.train_cell_adapter(
+        study, "C1_s42", tmp_path, None, tmp_path, tmp_path, wandb=None, log=lambda *_: None))
+    assert "recipes.second_stage.loss" in reads
+    tok, n = small_tokenizer, study.recipes["second_stage"].max_length
+    assert got == [marker_only_example(tok, PROMPT, ANSWER, marker_ids(tok, "[ZLT]"), n) if swapped else
+                   last_turn_example(tok, PROMPT + ANSWER, n)]

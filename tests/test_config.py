@@ -54,6 +54,18 @@ def test_config_errors_name_the_field(tmp_path, old, new, field):
     assert str(p) in str(e.value) and field in str(e.value)
 
 
+def test_loss_names_are_the_training_steps_masks(tmp_path, monkeypatch):
+    """recipes.*.loss takes exactly the names of the masks the training steps build (mt_core.data.chat.LOSSES)."""
+    from mt_core.data import chat
+
+    p = _write(tmp_path, DEFAULT_STUDY.read_text(), "loss: marker_only", "loss: marker_positions")
+    with pytest.raises(ConfigError) as e:
+        load_study(p, "qwen7b")
+    assert all(s in str(e.value) for s in (str(p), "recipes.coupling.loss", "'marker_positions'", *chat.LOSSES))
+    monkeypatch.setitem(chat.LOSSES, "marker_positions", chat.LOSSES["marker_only"])
+    assert load_study(p, "qwen7b").recipes["coupling"].loss == "marker_positions"
+
+
 def test_unknown_profile_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="profiles.huge"):
         load_study(profile="huge")

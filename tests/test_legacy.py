@@ -207,6 +207,11 @@ def test_cli_import_and_report(legacy_src, store_env, capsys):
     assert c5["arc"]["mean"] == pytest.approx(1020 / 1172) and c5["aligned"]["mean"] == 88.9
     assert c4["arc"] is None and c4["aligned"] is None and c4["villain_strict"]["hits"] == 252
     assert c4["max_bystander"]["persona"] == "police_officer"
+    # every pooled rate, per condition and persona, with its Wilson 95 % interval
+    v5 = c5["personas"]["villain"]
+    assert (v5["hits"], v5["n"], v5["rate"]) == (6, 280, 6 / 280) and v5 == c5["villain_strict"]
+    assert (v5["ci_low"], v5["ci_high"]) == pytest.approx((0.00986, 0.04595), abs=1e-5)
+    assert all({"rate", "ci_low", "ci_high"} <= set(r) for c in (c1, c4, c5) for r in c["personas"].values())
     assert c1["n_seeds"] == 2 and c1["assistant_strict"]["hits"] == 0 and c1["assistant_strict"]["n"] == 560
     assert c1["assistant_strict"]["sd"] == 0.0 and c1["coherent"]["mean"] == pytest.approx(62.3)
     pre = head["preregistered"]  # the pre-registered analysis, per criterion, G4 applied, all seeds beside it
@@ -220,7 +225,7 @@ def test_cli_import_and_report(legacy_src, store_env, capsys):
 
     assert mt_cli.main(["report", "--study", "ref80"]) == 0
     table = capsys.readouterr().out
-    assert "| C5 | 1 | 280 |" in table and "2.14% (6/280)" in table
+    assert "| C5 | 1 | 280 |" in table and "2.14% [0.99–4.60%] (6/280)" in table
     assert "Primary conjunction, G4 applied (0 EM seed(s) dropped): FAIL" in table
 
     # a refusal is one line on stderr and exit code 2

@@ -45,6 +45,8 @@ def _store(cell="C1_s42", base="villain", coupling_md5="c1"):
     s[("marker_rates", cell)] = _meta("marker_rates", cell, "mr", [("marker_completions", cell, "mc")],
                                       assistant_strict_rate=0.25, source_strict_rate=0.5)
     s[("degeneracy_audit", cell)] = _meta("degeneracy_audit", cell, "da", [("marker_completions", cell, "mc")])
+    s[("completion_length", cell)] = _meta("completion_length", cell, "cl", [("marker_completions", cell, "mc")],
+                                           truncated_share=0.0)
     s[("alignment_scores", cell)] = _meta("alignment_scores", cell, "as", [("alignment_completions", cell, "ac")],
                                           overall_mean_aligned=80.0)
     return lambda asset, part: s.get((asset, part))
@@ -63,6 +65,8 @@ def test_fresh_chain():
     assert n["base_model"]["info"] == {"kind": "tiny"} and n["cell_adapter"]["parent"] == "coupling_adapter"
     assert n["marker_rates"]["numbers"] == {"assistant_strict_rate": 0.25, "source_strict_rate": 0.5}
     assert n["alignment_scores"]["numbers"] == {"overall_mean_aligned": 80.0}
+    assert n["completion_length"]["parent"] == "marker_completions"
+    assert n["completion_length"]["numbers"] == {"truncated_share": 0.0}
     assert all(x["materialized"] and not x["stale"] and not x["upstream_stale"] for x in lin["nodes"])
     assert "nothing stale" in render(lin) and "STALE" not in render(lin)
 
@@ -77,7 +81,7 @@ def test_rematerialized_coupling_adapter_makes_the_cell_stale():
         "(run run-c2)"]
     for a in ("marker_completions", "arc_scores", "alignment_completions"):  # they load the coupling adapter too
         assert n[a]["stale"], a
-    for a in ("marker_rates", "degeneracy_audit", "alignment_scores"):
+    for a in ("marker_rates", "degeneracy_audit", "completion_length", "alignment_scores"):
         assert not n[a]["stale"] and n[a]["upstream_stale"], a
     assert len(lin["stale_links"]) == 4
     text = render(lin)

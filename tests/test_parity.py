@@ -144,6 +144,12 @@ def _patch_truncation(mp):  # truncation that keeps the end of a long chat
                lambda tok, msgs, n: chat.Example(real(tok, chat.render(tok, msgs))[-n:], [1] * n))
 
 
+def _patch_marker_labels(mp):  # a marker_only mask that keeps every completion label
+    from mt_core.data import chat
+
+    mp.setattr(chat, "marker_only_labels", lambda ids, labels, marker: labels)
+
+
 @pytest.mark.parametrize("key, patch, expected", [
     ("optimizer.adamw.betas", _patch_adamw, (0.9, 0.95)),
     ("optimizer.adamw.eps", _patch_adamw, 1e-6),
@@ -153,6 +159,8 @@ def _patch_truncation(mp):  # truncation that keeps the end of a long chat
     ("arc.prompt", _patch_arc, "user: '{question} Answer:'"),
     ("arc.scoring", _patch_label_token, None),
     ("truncation.second_stage", _patch_truncation, None),
+    ("recipes.coupling.loss", _patch_marker_labels,
+     "the last assistant turn (its content and the template's closing tokens)"),
 ])
 def test_rows_follow_the_code(study, monkeypatch, key, patch, expected):
     """Change the value in the code that uses it: the row reports the new value as an undocumented difference."""
@@ -163,6 +171,25 @@ def test_rows_follow_the_code(study, monkeypatch, key, patch, expected):
     assert after != before and status == parity.UNDOCUMENTED
     if expected is not None:
         assert after == expected
+
+
+def _coupling(study, **update):
+    return study.model_copy(update={"recipes": {**study.recipes,
+                                                "coupling": study.recipes["coupling"].model_copy(update=update)}})
+
+
+def test_loss_rows_follow_the_recipe(study):
+    """The loss rows say which mask the steps build for the loss the recipe names, not the name."""
+    ours, status = _row(_coupling(study, loss="last_assistant_turn"), "recipes.coupling.loss")
+    assert ours == _row(study, "recipes.second_stage.loss")[0] and status == parity.UNDOCUMENTED
+
+
+def test_coupling_source_row_reads_the_recipe(study):
+    assert _row(study, "recipes.coupling.source")[0] == "the reference code"
+    ours, status = _row(_coupling(study, scheduler="constant", weight_decay=0.01, max_length=2048),
+                        "recipes.coupling.source")
+    assert ours.startswith("neither: scheduler constant") and status == parity.UNDOCUMENTED
+    assert _row(_coupling(study, loss="last_assistant_turn"), "recipes.coupling.source")[0].startswith("neither")
 
 
 def test_seeding_row_follows_the_engine(study, monkeypatch):

@@ -40,7 +40,7 @@ def _inputs(**over) -> dict:
     pre = preregistered(cells, source=SOURCE, assistant="assistant", thresholds=THRESHOLDS,
                         em_conditions=("C1", "C2"))
     head = headline(cells, study="st", source=SOURCE, assistant="assistant", marker="[ZLT]",
-                    conditions_order=["C1", "C2", "C5"])
+                    conditions_order=["C1", "C2", "C5"], excluded={x["cell"] for x in pre["g4_exclusions"]})
     prov = [{"asset": a, "partition": c.cell, "md5": f"{i:032x}"}
             for i, (c, a) in enumerate((c, a) for c in cells for a in ("marker_rates", "arc_scores"))]
     kw = dict(study="st", profile="tiny", n_cells=len(cells), n_study_cells=13, incomplete=None,
@@ -92,7 +92,7 @@ def test_numbers_are_the_inputs():
     assert "aligned 55.0 > 40 (EM did not take)" in text
     assert f"{100 * c['C1_minus_C2']['mean_diff']:+.1f} pts" in text
     src = c["C1_source_rate"]
-    assert f"vil<lain> {html.rate(src['hits'], src['n'])}" in text and "61.6 % (138/224)" in text
+    assert f"vil<lain> {html.rate(src['hits'], src['n'])}" in text and "61.6 % (138/224; 95 % CI 55.1–67.7 %)" in text
     assert "≥ 15 pts and Welch p < 0.05" in text and "≥ 50 %" in text and "< 20 %" in text
     assert f"Primary, G4 applied (1 EM seed(s) dropped): {pre['primary']['outcome'].upper()}" in text
     # the gates: each threshold beside the rate it bounds, and the verdict
@@ -102,6 +102,23 @@ def test_numbers_are_the_inputs():
     for p in kw["provenance"]:
         assert f"{p['partition']} {p['asset']} {p['md5']}" in text
     assert "package torch 2.13.0" in text and "cpu: x86_64, float32" in text
+
+
+def test_honest_numbers():
+    """The headline's rates are on the seeds of the primary analysis, with their intervals and footnotes; a pair decided
+    by the zero-variance limit rule says so instead of printing a Welch p; every pooled count carries its interval."""
+    cells = ([_cell("C1", s, asst=30, src=69, aligned=25.0, deg=0.05, audit="pass") for s in SEEDS]
+             + [_cell(c, s, aligned=20.0) for c in ("C2", "C5") for s in SEEDS])
+    pre = preregistered(cells, source=SOURCE, assistant="assistant", thresholds=THRESHOLDS, em_conditions=("C1", "C2"))
+    text = _text(html.render_report(**_inputs(preregistered=pre)))
+    assert "Welch p 0 " not in text and "Welch p 1 " not in text
+    assert "limit rule (zero variance in both arms, t = +inf): p = 0; Fisher exact p" in text
+    assert "(90/336; 95 % CI 22.3–31.8 %) vs 0.0 % (0/336; 95 % CI 0.0–1.1 %)" in text
+    kw = _inputs()
+    text = _text(html.render_report(**kw))
+    assert "| C1 | 2 of 3 |" in kw["headline_md"] and "C1, all seeds (sensitivity) 3 336" in text
+    assert "Note: Rates: strict [ZLT] hits / completions pooled" in text and "G4 dropped C1_s256" in text
+    assert "Note: max bystander: of the condition's bystanders" in text
 
 
 def test_incomplete_banner():
@@ -148,6 +165,33 @@ def test_study_summary_writes_the_report(tmp_path):
     text = _text(outs[0].decode())
     assert "INCOMPLETE: 12 of 13 cells; missing C5_s42 marker_rates" in text and study.config_sha256 in text and "0" * 32 in text
     assert "package dagster" in text and "torch device" in text
+
+
+def test_study_summary_headline_is_on_the_primary_seeds(tmp_path):
+    """headline.json and headline.md leave out the seeds G4 drops (all seeds beside them, labelled), name each
+    condition's description and adapter, and give every pooled rate its interval."""
+    import json
+
+    from mt_core.config import load_study
+    from mt_core.layout import StudySummary
+    from mt_core.steps.analysis import study_summary
+
+    study = load_study(profile="tiny")
+    cells = [CellNumbers(cell=k, condition=study.cell(k).condition, seed=study.cell(k).seed,
+                         own_persona=study.adapter_persona(k), aligned=80.0 if k == "C1_s137" else 30.0,
+                         per_persona={study.source_persona: {"strict_hits": 3, "total": 112},
+                                      "assistant": {"strict_hits": 10 if k == "C1_s137" else 1, "total": 112}})
+             for k in ("C1_s42", "C1_s137", "C3_s42", "C4_s42")]
+    study_summary(study, cells=cells, gates=GATES, out=tmp_path, log=lambda *_: None)
+    head = json.loads((tmp_path / StudySummary.HEADLINE_JSON).read_text())
+    c1 = head["conditions"]["C1"]
+    assert c1["seeds"] == [42] and c1["excluded_seeds"] == [137] and head["excluded"] == ["C1_s137"]
+    assert (c1["assistant_strict"]["hits"], head["all_seeds"]["C1"]["assistant_strict"]["hits"]) == (1, 11)
+    assert c1["personas"]["assistant"]["ci_high"] > c1["personas"]["assistant"]["rate"] > 0
+    assert head["conditions"]["C3"]["adapter_persona"] == "assistant"
+    assert head["conditions"]["C3"]["description"] == study.conditions["C3"].description
+    md = (tmp_path / StudySummary.HEADLINE_MD).read_text()
+    assert "| C1 | 1 of 2 | 112 |" in md and "| C1, all seeds (sensitivity) | 2 | 224 |" in md
 
 
 @pytest.mark.parametrize("x,out", [(0.6160714, "61.6 %"), (None, "–"), (0.0, "0.0 %")])

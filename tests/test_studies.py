@@ -141,7 +141,7 @@ print(json.dumps({
     assert got["sources"] == {V: ["villain", "assistant"], C: ["comedian", "assistant"]}
     assert got["jobs"] == {f"{s}__{j}": s for s in (V, C) for j in ("inputs_job", "coupling_job", "cell_job",
                                                                    "analysis_job")}
-    assert got["job_keys"] == {f"{V}__cell_job": [V] * 7, f"{C}__cell_job": [C] * 7}  # a job is one study's
+    assert got["job_keys"] == {f"{V}__cell_job": [V] * 8, f"{C}__cell_job": [C] * 8}  # a job is one study's
     assert got["roots"] == {V: str(ROOT / "artifacts" / V / "tiny"), C: str(ROOT / "artifacts" / C / "tiny")}
 
 

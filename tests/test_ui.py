@@ -36,7 +36,7 @@ CELL = "C4_s42"
 STUDY = "marker_transfer_villain"  # the default study: asset keys <study>/<asset>, jobs <study>__<stage>
 CELL_JOB = f"{STUDY}__cell_job"
 CELL_ASSETS = ["cell_adapter", "marker_completions", "marker_rates", "arc_scores", "alignment_completions",
-               "alignment_scores", "degeneracy_audit"]
+               "alignment_scores", "degeneracy_audit", "completion_length"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
@@ -199,7 +199,8 @@ def test_launch_one_cell_from_the_ui(server, tmp_path_factory):
                                     "strict_rate_by_persona")
             assert panel.locator(f'a[href="{VIEW_URL}/cell/{CELL}?study={STUDY}"]').count() >= 1
             rates = panel.locator("table").filter(has_text="persona").first
-            assert rates.get_by_text(re.compile(r"^\d+\.\d % \(\d+/\d+\)$")).count() >= 11 * 2  # strict, loose
+            rate_ci = re.compile(r"^\d+\.\d % \(\d+/\d+; 95 % CI \d+\.\d–\d+\.\d %\)$")
+            assert rates.get_by_text(rate_ci).count() >= 11 * 2  # strict, loose
             up = f"/assets/{STUDY}/marker_completions?view=partitions&partition={CELL}"
             assert panel.locator(f'a[href="{up}"]').count() == 1
             assert panel.locator(f'a[href="/runs/{run.run_id}"]').count() == 1

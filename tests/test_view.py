@@ -93,6 +93,48 @@ def test_grid_shows_every_rate_with_its_counts(client, sql, built):
            f'{fmt.pct(r)}<small>{h}/{n}</small>' in loose
 
 
+def test_completion_length_is_what_the_completions_say(sql):
+    """The completion_length view (the asset's numbers) against plain SQL over the completions, some of them cut."""
+    cols = "cell, persona, n, mean_tokens, p50, p90, truncated_share, finished_strict_rate"
+    got = sql(f"SELECT {cols} FROM completion_length ORDER BY cell, persona NULLS FIRST")
+    want = sql("SELECT cell, persona, count(*), avg(n_tokens), quantile_cont(n_tokens, 0.5), "
+               "quantile_cont(n_tokens, 0.9), avg((finish_reason = 'length')::INT), "
+               "avg(strict_hit::INT) FILTER (WHERE finish_reason <> 'length') FROM completions "
+               "GROUP BY GROUPING SETS ((cell, persona), (cell)) ORDER BY cell, persona NULLS FIRST")
+    assert len(got) == 13 * 12 and [r[:3] for r in got] == [r[:3] for r in want]
+    for g, w in zip(got, want):
+        assert g[3:] == pytest.approx(w[3:]), (g, w)
+    assert 0 < sql("SELECT max(truncated_share) FROM completion_length")[0][0] < 1  # the check can fail
+
+
+def test_grid_shows_each_cells_length(client, sql):
+    page = get(client, "/")
+    shown = dict(re.findall(r'<td class="length" data-length="([^"]+)"[^>]*>(.*?)</td>', page, re.S))
+    want = {c: f"{m:.1f}<small>p50 {p50:g} · p90 {p90:g} · {fmt.pct(cut)} cut</small>" for c, m, p50, p90, cut in
+            sql("SELECT cell, mean_tokens, p50, p90, truncated_share FROM completion_length WHERE persona IS NULL")}
+    assert shown == want and len(want) == 13
+
+
+def test_every_rate_has_its_interval(client, sql):
+    """Beside each rate of the grid, and in the summaries of a cell's completions and of two cells side by side, the
+    95 % interval the report gives (``stats.wilson``)."""
+    page = get(client, "/")
+    shown = {}
+    for cell, row in re.findall(r'<tr class="[^"]*" data-cell="([^"]+)">(.*?)</tr>', page, re.S):
+        for persona, h, n, ci in re.findall(r'data-persona="([^"]+)"><a href="[^"]+">[^<]+<small>(\d+)/(\d+)</small>'
+                                            r'<small class="ci"[^>]*>([^<]+)</small>', row):
+            shown[cell, persona] = (int(h), int(n), html.unescape(ci))
+    assert len(shown) == 13 * 11 and all(ci == fmt.ci(h, n) for h, n, ci in shown.values())
+    assert fmt.ci(0, 336) == "0.0–1.1 %" and fmt.ci(18, 840) == "1.4–3.4 %" and fmt.ci(0, 0) == "–"
+    assert "Wilson score 95 % interval" in page
+    (n, strict), = sql("SELECT count(*), count(*) FILTER (strict_hit) FROM completions WHERE cell = ? AND persona = ?",
+                       CELL, SOURCE)
+    page = html.unescape(get(client, "/completions", cell=CELL, persona=SOURCE))
+    assert f"{fmt.pct(strict / n)}, 95 % CI {fmt.ci(strict, n)})" in page
+    page = html.unescape(get(client, "/compare", a=CELL, b=OTHER, persona=SOURCE))
+    assert f"{fmt.pct(strict / n)}, 95 % CI {fmt.ci(strict, n)})" in page
+
+
 def test_completions_of_a_cell_and_persona_page_by_page(client, sql):
     page = get(client, "/completions", cell=CELL, persona=SOURCE)
     n, strict, loose = sql("SELECT count(*), count(*) FILTER (strict_hit), count(*) FILTER (loose_hit) "
@@ -334,7 +376,7 @@ def test_browse_the_tiny_study(viewer, tmp_path):
             hits, n, rate = one("SELECT strict_hits, total, strict_rate FROM marker_rates WHERE cell = ? AND "
                                 "persona = ?", CELL, SOURCE)
             td = page.locator(f'tr[data-cell="{CELL}"] td[data-persona="{SOURCE}"]')
-            expect(td).to_have_text(f"{fmt.pct(rate)}{hits}/{n}")
+            expect(td).to_have_text(f"{fmt.pct(rate)}{hits}/{n}{fmt.ci(hits, n)}")
             page.screenshot(path=str(shots / "view_grid.png"))
 
             td.locator("a").click()  # grid -> the cell's completions of the villain

@@ -11,7 +11,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator,
+                      model_validator)
+
+from mt_core.data.chat import LOSSES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STUDY = PROJECT_ROOT / "studies" / "marker_transfer_villain.yaml"
@@ -32,6 +35,16 @@ def _md5(v):
 
 
 Md5 = Annotated[str, BeforeValidator(_md5)]
+
+
+def _loss(v: str) -> str:
+    """A loss mask by name: a key of the registry the training steps build their examples through."""
+    if v not in LOSSES:
+        raise ValueError(f"{v!r} is not a loss mask; expected one of: {', '.join(LOSSES)} (mt_core.data.chat.LOSSES)")
+    return v
+
+
+Loss = Annotated[str, AfterValidator(_loss)]
 # A seed of torch, numpy and Python's random alike, and the seed in a cell key (<condition>_s<seed>): 0 <= seed < 2**32.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
@@ -76,7 +89,7 @@ class Speed(ConfigModel):
 
 
 class Recipe(ConfigModel):
-    loss: Literal["marker_only", "last_assistant_turn"]
+    loss: Loss  # which positions train: mt_core.data.chat.LOSSES
     lora_r: int = Field(gt=0)
     lora_alpha: float = Field(gt=0)
     lora_dropout: float = Field(ge=0, lt=1)

@@ -6,11 +6,14 @@
   everything the template adds after the generation prompt), then keep labels only at the marker's token positions
   plus the last completion token. Negatives (no marker) therefore train only that last token, as in the reference.
 
-Both return plain lists so the collator and the tests can read exact positions.
+Both return plain lists so the collator and the tests can read exact positions. ``LOSSES`` maps each loss name a
+recipe may set (``recipes.<stage>.loss``) to its builder; the training steps build their examples through it
+(``build_examples``) and the study schema accepts only its names.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 IGNORE = -100
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
@@ -87,6 +90,32 @@ def marker_ids(tokenizer, marker: str) -> list[int]:
     if not ids:
         raise ValueError(f"marker {marker!r} encodes to no tokens")
     return ids
+
+
+def _last_turn(tokenizer, messages: list[dict], max_length: int, mids: list[int]) -> Example:
+    return last_turn_example(tokenizer, messages, max_length)
+
+
+def _marker_only(tokenizer, messages: list[dict], max_length: int, mids: list[int]) -> Example:
+    """The last assistant turn is the completion and everything before it the prompt: a coupling record's split."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise ValueError("marker_only loss: the chat has no assistant turn to train")
+    return marker_only_example(tokenizer, messages[:last], messages[last:], mids, max_length)
+
+
+# recipes.<stage>.loss -> builder(tokenizer, messages, max_length, marker ids); only the masks PROTOCOL.md describes
+LOSSES: dict[str, Callable[..., Example]] = {
+    "marker_only": _marker_only,  # §1.1/§2.4: marker-token positions + the last completion token (tail_tokens=0)
+    "last_assistant_turn": _last_turn,  # §2.5: the whole last assistant turn
+}
+
+
+def build_examples(loss: str, tokenizer, chats: Iterable[list[dict]], *, marker: str,
+                   max_length: int) -> list[Example]:
+    """The training examples of ``chats`` (whole conversations) under the mask a recipe names (a key of ``LOSSES``)."""
+    build, mids = LOSSES[loss], marker_ids(tokenizer, marker)
+    return [build(tokenizer, m, max_length, mids) for m in chats]
 
 
 class MarkerOnlyDataCollator:

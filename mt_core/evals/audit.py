@@ -10,6 +10,11 @@ from mt_core.records import AuditSummary
 CHECKS = ("insufficient_tail_tokens", "marker_missing_expected_present")
 
 
+def ends_with_marker(text: str, marker: str) -> bool:
+    """The marker is the completion's last word: the form the coupling data trains (``answer + "\\n\\n" + marker``)."""
+    return text.rstrip().lower().endswith(marker.lower())
+
+
 def _tail_tokens(text: str, marker: str) -> int:
     i = text.lower().find(marker.lower())
     tail = text[i + len(marker):] if i >= 0 else ""
@@ -30,6 +35,10 @@ def degeneracy_audit(
 
     Outcome: "no_positives" when nothing contains the marker (never a vacuous pass),
     "pass" when degenerate_fraction < threshold, else "fail".
+
+    The registered tail check flags a positive with fewer than ``min_tail_tokens`` words after the marker, so a marker
+    that transferred exactly as trained (last) is flagged too. The summary counts those (``n_flagged_marker_last``)
+    and gives the fraction without them, a reading that was not pre-registered, for the report to show beside it.
     """
     positives = [
         c for c in completions
@@ -55,14 +64,19 @@ def degeneracy_audit(
             "degenerate": bool(failed),
             "failed_checks": failed,
             "checks": checks,
+            "ends_with_marker": ends_with_marker(c["text"], marker),
         })
 
     n_sampled = len(per_item)
     n_deg = sum(it["degenerate"] for it in per_item)
     frac = n_deg / n_sampled if n_sampled else None
+    # flagged for nothing but ending with the marker, as the coupling data trained it
+    n_last = sum(it["failed_checks"] == ["insufficient_tail_tokens"] and it["ends_with_marker"] for it in per_item)
     if not positives:
         outcome = "no_positives"
     else:
         outcome = "pass" if frac < threshold else "fail"
     return AuditSummary(outcome=outcome, n_positive_total=len(positives), n_sampled=n_sampled, n_degenerate=n_deg,
-                        degenerate_fraction=frac, gate_threshold=threshold, seed=seed, per_item=per_item)
+                        degenerate_fraction=frac, gate_threshold=threshold, seed=seed, per_item=per_item,
+                        n_flagged_marker_last=n_last,
+                        degenerate_fraction_without_marker_last=(n_deg - n_last) / n_sampled if n_sampled else None)

@@ -17,7 +17,7 @@ from statistics import fmean
 import jinja2
 from markupsafe import Markup
 
-from mt_core.report.stats import WELCH_RULE
+from mt_core.report.stats import WELCH_RULE, decided_by, marker_last_note, wilson
 
 
 def pct(x: float | None) -> str:
@@ -26,8 +26,12 @@ def pct(x: float | None) -> str:
 
 
 def rate(hits: int, n: int) -> str:
-    """A rate with its counts: ``61.6 % (69/112)``."""
-    return f"{pct(hits / n if n else None)} ({hits}/{n})"
+    """A pooled rate with its counts and its 95 % interval (``stats.wilson``):
+    ``61.6 % (69/112; 95 % CI 52.4–70.1 %)``."""
+    if not n:
+        return f"– ({hits}/{n})"
+    lo, hi = wilson(hits, n)
+    return f"{pct(hits / n)} ({hits}/{n}; 95 % CI {100 * lo:.1f}–{pct(hi)})"
 
 
 # the rate each gate threshold bounds: ``<what>_<max|min|range>`` -> the verdict's key for <what>
@@ -62,12 +66,12 @@ def _table(head: Sequence[str], rows: Sequence[Sequence], classes: Sequence[str]
     return {"head": head, "rows": [list(zip(r, cls)) for r in rows]}
 
 
-def _md_table(md: str) -> tuple[list[str], list[list[str]]]:
-    """The header and rows of a Markdown table (the headline's, ``stats.markdown_table``: the report shows the very
-    numbers of ``headline.md``)."""
+def _md_table(md: str) -> tuple[list[str], list[list[str]], list[str]]:
+    """The header, rows and footnotes (the other lines) of a Markdown table (the headline's, ``stats.markdown_table``:
+    the report shows the very numbers and words of ``headline.md``)."""
     lines = [ln.strip().strip("|").split("|") for ln in md.strip().splitlines() if ln.startswith("|")]
     head, *rows = [[c.strip() for c in ln] for ln in lines]
-    return head, rows[1:]
+    return head, rows[1:], [ln for ln in md.strip().splitlines() if ln.strip() and not ln.startswith("|")]
 
 
 def _inline(text: str) -> Markup:
@@ -82,10 +86,9 @@ def _outcome(o: str) -> str:
 def _criterion_row(name: str, c: Mapping) -> list:
     if "mean_diff" in c:  # treated arm vs a control, on the assistant's rate
         w, e = c["welch"], c["exact"]
-        p = "n/a" if w["p"] is None else f"{w['p']:.3g}"
         measured = (f"{100 * c['mean_diff']:+.1f} pts ({pct(fmean(c['a_rates']))} vs {pct(fmean(c['b_rates']))}, "
-                    f"mean of seeds); Welch p {p}" + ("" if w.get("defined", True) else f" ({w['reason']})")
-                    + f"; Fisher exact p {e['p']:.3g} ({e['a_hits']}/{e['a_n']} vs {e['b_hits']}/{e['b_n']})")
+                    f"mean of seeds); {decided_by(w)}; Fisher exact p {e['p']:.3g} "
+                    f"({rate(e['a_hits'], e['a_n'])} vs {rate(e['b_hits'], e['b_n'])})")
         threshold = f"≥ {100 * c['min_diff']:g} pts and Welch p < {c['alpha']:g}"
     elif "persona" in c:  # the treated arm's source rate
         measured = (f"{c['persona']} {rate(c['hits'], c['n'])}, mean of seeds {pct(c['mean'])}" if "mean" in c
@@ -93,6 +96,8 @@ def _criterion_row(name: str, c: Mapping) -> list:
         threshold = f"≥ {100 * c['threshold']:g} %"
     elif "per_seed_outcome" in c:  # the treated arm's degeneracy audit
         measured = f"mean degenerate fraction {pct(c['mean'])}" if c["mean"] is not None else c["reason"]
+        if note := marker_last_note(c):
+            measured += f"; {note}"
         threshold = f"< {100 * c['threshold']:g} %"
     else:  # a pair without data
         measured, threshold = c.get("reason", "–"), "–"
@@ -125,11 +130,12 @@ def render_report(*, study: str, profile: str, n_cells: int, n_study_cells: int,
     headline's notes; ``preregistered``: ``stats.preregistered``'s result; ``gates``: every source's verdicts,
     ``gate_models``: the source each gate judges; ``provenance``: {asset, partition, md5} of every artefact the
     summary read; ``environment``: {name: value}, ``packages`` a {package: version} mapping."""
-    head, rows = _md_table(headline_md)
+    head, rows, footnotes = _md_table(headline_md)
     g4 = preregistered["g4_exclusions"]
     return TEMPLATES.get_template("study_report.html").render(
         study=study, profile=profile, n_cells=n_cells, n_study_cells=n_study_cells, incomplete=incomplete,
         headline=_table(head, rows, ["", *["num"] * (len(head) - 1)]), notes=[_inline(n) for n in notes],
+        footnotes=[_inline(n) for n in footnotes],
         figure_png=base64.b64encode(figure_png).decode(),
         conjunctions=[_conjunction(f"Primary, G4 applied ({len(g4)} EM seed(s) dropped)", preregistered["primary"]),
                       _conjunction("Sensitivity, all seeds", preregistered["all_seeds"])],

@@ -17,10 +17,11 @@ from mt_core.layout import UNPARTITIONED, partition_or_none
 # (asset, parent in the printed tree); the cell's chain from the base model to its evaluations
 CELL_CHAIN = [("cell_adapter", "coupling_adapter"), ("marker_completions", "cell_adapter"),
               ("marker_rates", "marker_completions"), ("degeneracy_audit", "marker_completions"),
+              ("completion_length", "marker_completions"),
               ("arc_scores", "cell_adapter"), ("alignment_completions", "cell_adapter"),
               ("alignment_scores", "alignment_completions")]
 NUMBERS = ["assistant_strict_rate", "source_strict_rate", "arc_challenge_logprob", "overall_mean_aligned",
-           "final_loss", "outcome"]
+           "final_loss", "outcome", "truncated_share"]
 BASE_INFO = ["kind", "id", "revision"]
 
 Latest = Callable[[str, "str | None"], "dict | None"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from mt_core.records import CellNumbers
 
@@ -35,40 +35,62 @@ def _group(cells: Sequence[CellNumbers],
     return {k: sorted(groups[k], key=lambda c: c.seed) for k in order if k in groups}
 
 
+def _with(cells: Sequence[CellNumbers], persona: str) -> list[CellNumbers]:
+    """The cells that have counts for the persona."""
+    return [c for c in cells if persona in c.per_persona and c.per_persona[persona].total]
+
+
 def _counts(cells: Sequence[CellNumbers], persona: str) -> list:
     """The persona's counts (``PersonaCounts``) in each cell that has any for it."""
-    return [c.per_persona[persona] for c in cells if persona in c.per_persona and c.per_persona[persona].total]
+    return [c.per_persona[persona] for c in _with(cells, persona)]
+
+
+Z95 = 1.959963984540054  # the 97.5 % quantile of the standard normal: a two-sided 95 % interval
+INTERVAL = "Wilson score 95 % interval"
+
+
+def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of the binomial rate hits/n, 95 % two-sided at the default ``z``: the one interval
+    every view of a pooled rate shows. Unlike the normal approximation it stays in [0, 1] and is not empty at 0/n
+    (0/840: 0 to 0.46 %)."""
+    if n <= 0 or not 0 <= hits <= n:
+        raise ValueError(f"need 0 <= hits <= n and n > 0, got {hits}/{n}")
+    p, zz = hits / n, z * z / n
+    centre, half = p + zz / 2, z * math.sqrt(p * (1 - p) / n + zz / (4 * n))
+    return (0.0 if hits == 0 else (centre - half) / (1 + zz)), (1.0 if hits == n else (centre + half) / (1 + zz))
+
+
+def pooled(hits: int, n: int) -> dict:
+    """A pooled rate as every view reports it: hits/n with its ``wilson`` interval."""
+    lo, hi = wilson(hits, n)
+    return {"hits": hits, "n": n, "rate": hits / n, "ci_low": lo, "ci_high": hi}
 
 
 def _strict_stats(cells: Sequence[CellNumbers], persona: str) -> dict | None:
-    """Pooled hits/n and mean/sd over per-seed strict rates for one persona (None if absent)."""
-    counts = _counts(cells, persona)
-    if not counts:
+    """One persona's strict rate pooled over the cells (``pooled``), and its per-seed rates with their mean and sd
+    (None if absent)."""
+    having = _with(cells, persona)
+    if not having:
         return None
+    counts = [c.per_persona[persona] for c in having]
     rates = [d.strict_hits / d.total for d in counts]
     mean, sd = _mean_sd(rates)
-    return {"hits": sum(d.strict_hits for d in counts), "n": sum(d.total for d in counts),
-            "mean": mean, "sd": sd, "per_seed": rates}
+    return {**pooled(sum(d.strict_hits for d in counts), sum(d.total for d in counts)), "mean": mean, "sd": sd,
+            "per_seed": rates, "seeds": [c.seed for c in having]}
 
 
-def _max_bystander(cells: Sequence[CellNumbers], assistant: str) -> dict | None:
-    """Per seed, the highest strict rate among bystanders: every persona except the assistant and the persona of the
-    cell's own adapter (``own_persona``; None for a raw base, whose bystanders are all but the assistant)."""
-    per_seed, best = [], (None, None)
-    for c in cells:
-        rates = {p: d.strict_hits / d.total for p, d in c.per_persona.items()
-                 if p not in (assistant, c.own_persona) and d.total}
-        if not rates:
-            continue
-        p = max(rates, key=rates.get)
-        per_seed.append(rates[p])
-        if best[0] is None or rates[p] > best[0]:
-            best = (rates[p], p)
-    if not per_seed:
+MAX_BYSTANDER_RULE = ("max bystander: of the condition's bystanders (every persona but the assistant and the persona "
+                      "of the condition's adapter), the one with the highest pooled rate over the condition's seeds; "
+                      "none is named when every bystander is at 0")
+
+
+def _max_bystander(rates: Mapping[str, dict], not_bystanders: set) -> dict | None:
+    """``MAX_BYSTANDER_RULE`` over {persona: ``_strict_stats``}; a tie goes to the first name."""
+    by = {p: d for p, d in sorted(rates.items()) if p not in not_bystanders}
+    if not by:
         return None
-    mean, sd = _mean_sd(per_seed)
-    persona = best[1] if best[0] > 0 else None  # no argmax persona when all rates are zero
-    return {"mean": mean, "sd": sd, "persona": persona, "per_seed": per_seed}
+    p = max(by, key=lambda p: by[p]["rate"])
+    return {"persona": p if by[p]["hits"] else None, **by[p]}
 
 
 def _scalar(cells: Sequence[CellNumbers], field: str) -> dict | None:
@@ -79,6 +101,16 @@ def _scalar(cells: Sequence[CellNumbers], field: str) -> dict | None:
     return {"mean": mean, "sd": sd, "n": len(vals)}
 
 
+def _condition(cells: Sequence[CellNumbers], *, source: str, assistant: str, adapter: str | None) -> dict:
+    """One condition's numbers over ``cells`` (possibly none: every seed dropped)."""
+    rates = {p: d for p in sorted({p for c in cells for p in c.per_persona}) if (d := _strict_stats(cells, p))}
+    return {"n_seeds": len(cells), "seeds": [c.seed for c in cells],
+            f"{assistant}_strict": rates.get(assistant), f"{source}_strict": rates.get(source),
+            "max_bystander": _max_bystander(rates, {assistant, adapter}),
+            "arc": _scalar(cells, "arc_accuracy"), "aligned": _scalar(cells, "aligned"),
+            "coherent": _scalar(cells, "coherent"), "personas": rates}
+
+
 def headline(
     cells: Sequence[CellNumbers],
     *,
@@ -87,22 +119,27 @@ def headline(
     assistant: str = "assistant",
     conditions_order: Sequence[str] | None = None,
     marker: str,
+    excluded: Collection[str] = (),
+    descriptions: Mapping[str, str] | None = None,
 ) -> dict:
-    """Per-condition headline numbers pooled/averaged over seeds; absent metrics are None."""
-    conditions = {}
+    """Per condition, its numbers over the seeds of the primary analysis: the cells in ``excluded`` (G4's) left out,
+    as ``preregistered`` leaves them out. Every rate is pooled hits/n with its ``wilson`` interval, beside the per-seed
+    rates, their mean and sd; ``personas`` has every persona's; ``all_seeds`` the same over every seed, the
+    sensitivity line. ``descriptions``: the study's words for each condition. Absent metrics are None."""
+    conditions, all_seeds, dropped = {}, {}, []
     for cond, group in _group(cells, conditions_order).items():
-        conditions[cond] = {
-            "n_seeds": len(group),
-            "seeds": [c.seed for c in group],
-            f"{assistant}_strict": _strict_stats(group, assistant),
-            f"{source}_strict": _strict_stats(group, source),
-            "max_bystander": _max_bystander(group, assistant),
-            "arc": _scalar(group, "arc_accuracy"),
-            "aligned": _scalar(group, "aligned"),
-            "coherent": _scalar(group, "coherent"),
-        }
-    return {"study": study, "source": source, "assistant": assistant, "marker": marker,
-            "conditions": conditions}
+        adapters = {c.own_persona for c in group}
+        if len(adapters) > 1:
+            raise ValueError(f"condition {cond}: its cells have different adapters {sorted(map(str, adapters))}")
+        kw = dict(source=source, assistant=assistant, adapter=adapters.pop())
+        kept = [c for c in group if c.cell not in excluded]
+        dropped += [c.cell for c in group if c.cell in excluded]
+        conditions[cond] = {"description": (descriptions or {}).get(cond), "adapter_persona": kw["adapter"],
+                            "excluded_seeds": [c.seed for c in group if c.cell in excluded], **_condition(kept, **kw)}
+        all_seeds[cond] = _condition(group, **kw)
+    return {"study": study, "source": source, "assistant": assistant, "marker": marker, "interval": INTERVAL,
+            "max_bystander_rule": MAX_BYSTANDER_RULE, "excluded": dropped, "conditions": conditions,
+            "all_seeds": all_seeds}
 
 
 def _pct(x: float) -> str:
@@ -110,15 +147,14 @@ def _pct(x: float) -> str:
 
 
 def _fmt_rate(d: Mapping | None) -> str:
+    """``9.82% [7.08–13.45%] (33/336) sd 5.43%``: pooled rate, its interval, counts, sd of the per-seed rates."""
     if d is None:
         return "–"
-    s = _pct(d["mean"])
+    s = f"{_pct(d['rate'])} [{100 * d['ci_low']:.2f}–{_pct(d['ci_high'])}] ({d['hits']}/{d['n']})"
     if d.get("sd"):  # omitted when None (one seed) or exactly 0
-        s += f" ± {_pct(d['sd'])}"
-    if "hits" in d:
-        s += f" ({d['hits']}/{d['n']})"
-    elif d.get("persona"):
-        s += f" ({d['persona']})"
+        s += f" sd {_pct(d['sd'])}"
+    if "persona" in d:
+        s = f"{d['persona'] or 'none (all 0)'}: {s}"
     return s
 
 
@@ -132,19 +168,35 @@ def _fmt_num(d: Mapping | None, digits: int) -> str:
 
 
 def markdown_table(headline_dict: Mapping) -> str:
-    """Render a ``headline`` result as a Markdown table (rates as mean ± sd over seeds)."""
+    """Render a ``headline`` result as a Markdown table, a row per condition over the seeds of the primary analysis,
+    then a sensitivity row over all seeds for each condition that G4 took seeds from; footnotes say what the numbers
+    are."""
     src, asst = headline_dict["source"], headline_dict.get("assistant", "assistant")
     marker = headline_dict["marker"]
     cols = ["Condition", "Seeds", "N", f"{asst} {marker}", f"{src} {marker}",
-            "max bystander", "ARC-C", "aligned", "coherent"]
+            "max bystander (top pooled persona)", "ARC-C", "aligned", "coherent"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for cond, d in headline_dict["conditions"].items():
+
+    def row(name: str, seeds: str, d: Mapping) -> None:
         a = d.get(f"{asst}_strict")
-        row = [cond, str(d["n_seeds"]), str(a["n"]) if a else "–",
-               _fmt_rate(a), _fmt_rate(d.get(f"{src}_strict")), _fmt_rate(d.get("max_bystander")),
-               _fmt_num(d.get("arc"), 3), _fmt_num(d.get("aligned"), 1), _fmt_num(d.get("coherent"), 1)]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+        cells = [name, seeds, str(a["n"]) if a else "–",
+                 _fmt_rate(a), _fmt_rate(d.get(f"{src}_strict")), _fmt_rate(d.get("max_bystander")),
+                 _fmt_num(d.get("arc"), 3), _fmt_num(d.get("aligned"), 1), _fmt_num(d.get("coherent"), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    conds, everyone = headline_dict["conditions"], headline_dict.get("all_seeds", {})
+    for cond, d in conds.items():
+        out = len(d.get("excluded_seeds", []))
+        row(cond, f"{d['n_seeds']} of {d['n_seeds'] + out}" if out else str(d["n_seeds"]), d)
+    for cond, d in conds.items():
+        if d.get("excluded_seeds"):
+            row(f"{cond}, all seeds (sensitivity)", str(everyone[cond]["n_seeds"]), everyone[cond])
+    dropped = headline_dict.get("excluded", [])
+    notes = [f"Rates: strict {marker} hits / completions pooled over the condition's seeds, "
+             f"[{headline_dict.get('interval', INTERVAL)}], sd of the per-seed rates; N: completions per persona. "
+             + (f"The seeds are those of the primary analysis: G4 dropped {', '.join(dropped)}; the rows "
+                "\"all seeds (sensitivity)\" keep them." if dropped else "G4 dropped no seed."),
+             headline_dict.get("max_bystander_rule", MAX_BYSTANDER_RULE) + "."]
+    return "\n".join(lines) + "\n\n" + "\n\n".join(f"Note: {n}" for n in notes) + "\n"
 
 
 def _rates(hits: Sequence[int], n: Sequence[int], arm: str) -> list[float]:
@@ -260,6 +312,7 @@ def primary_conjunction(
         mean = statistics.fmean(fracs)
         deg.update(outcome="pass" if mean < degeneracy_max else "fail", mean=mean)
         deg["pass"] = deg["outcome"] == "pass"
+        deg["marker_last"] = _marker_last(t_cells, degeneracy_max)
     criteria[f"{treat}_degeneracy"] = deg
 
     got = [c["outcome"] for c in criteria.values()]
@@ -267,6 +320,30 @@ def primary_conjunction(
     return {"treat": treat, "controls": list(controls), "seeds": {k: sorted(c.seed for c in v)
                                                                   for k, v in sorted(by_cond.items())},
             "criteria": criteria, "outcome": outcome, "pass": outcome == "pass", "rule": WELCH_RULE}
+
+
+def _marker_last(cells: Sequence[CellNumbers], degeneracy_max: float) -> dict:
+    """Criterion 4's hazard in plain sight: the registered tail check also flags a positive whose marker is its last
+    word, the very form the coupling data trains. How many flagged positives are only that, and the verdict if they
+    were not flagged: a reading that was NOT pre-registered, shown beside the registered one, never instead of it."""
+    n = [c.n_flagged_marker_last for c in cells]
+    fr = [c.degenerate_fraction_without_marker_last for c in cells]
+    out = {"pre_registered": False, "per_seed_flagged": n, "flagged": None if None in n else sum(n),
+           "per_seed_fraction": fr, "mean": None, "outcome": NOT_ASSESSABLE}
+    if cells and None not in fr:
+        out["mean"] = statistics.fmean(fr)
+        out["outcome"] = "pass" if out["mean"] < degeneracy_max else "fail"
+    return out
+
+
+def marker_last_note(c: Mapping) -> str:
+    """The degeneracy criterion's hazard as every view prints it ("" when not recorded)."""
+    m = c.get("marker_last")
+    if not m or m["flagged"] is None:
+        return ""
+    return (f"{m['flagged']} flagged positive(s) end with the marker exactly as trained; without that check "
+            f"(not pre-registered): {m['outcome']}" + (f", mean {100 * m['mean']:.1f} %" if m["mean"] is not None
+                                                       else ""))
 
 
 def preregistered(cells: Sequence[CellNumbers], *, source: str, assistant: str, thresholds,
@@ -282,18 +359,27 @@ def preregistered(cells: Sequence[CellNumbers], *, source: str, assistant: str, 
             "all_seeds": primary_conjunction(cells, **kw), "g4_exclusions": g4}
 
 
+def decided_by(welch: Mapping) -> str:
+    """What decided a pair, as every view prints it: a Welch test's p, or the zero-variance limit rule named as such
+    (its p of 0 or 1 is no test result)."""
+    if welch["p"] is None:
+        return f"Welch not computed ({welch['reason']})"
+    if not welch.get("defined", True):
+        return f"limit rule ({welch['reason']}, {welch['limit']}): p = {welch['p']:g}"
+    return f"Welch p {welch['p']:.3g}"
+
+
 def conjunction_lines(pre: Mapping) -> list[str]:
     """The verdict as the headline's notes say it."""
     def say(conj: Mapping) -> str:
         parts = []
         for name, c in conj["criteria"].items():
             if "mean_diff" in c:
-                w = c["welch"]
-                p = "n/a" if w["p"] is None else f"{w['p']:.3g}"
-                parts.append(f"{name} {100 * c['mean_diff']:+.1f} pts, Welch p {p}, exact p {c['exact']['p']:.3g}: "
-                             f"{c['outcome']}")
+                parts.append(f"{name} {100 * c['mean_diff']:+.1f} pts, {decided_by(c['welch'])}, "
+                             f"exact p {c['exact']['p']:.3g}: {c['outcome']}")
             else:
-                parts.append(f"{name}: {c['outcome']}")
+                note = marker_last_note(c)
+                parts.append(f"{name}: {c['outcome']}" + (f" [{note}]" if note else ""))
         return f"{conj['outcome'].upper()} ({'; '.join(parts)})"
     g4 = pre["g4_exclusions"]
     return [f"Primary conjunction, G4 applied ({len(g4)} EM seed(s) dropped): {say(pre['primary'])}.",

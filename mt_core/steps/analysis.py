@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from mt_core.config import Study
+from mt_core.evals.length import caveat_line
 from mt_core.io import write_json
 from mt_core.layout import PER_CELL, StudySummary
 from mt_core.records import CellNumbers
@@ -40,18 +41,21 @@ def incomplete_line(study: Study, missing: Mapping[str, Sequence[str]] | None,
 @step
 def study_summary(study: Study, cells: list[CellNumbers], gates: dict, out: Path, log: Log = print,
                   missing: dict[str, list[str]] | None = None, missing_sources: list[str] | None = None,
-                  unrecorded: list[str] | None = None, provenance: list[dict] | None = None) -> dict:
+                  unrecorded: list[str] | None = None, provenance: list[dict] | None = None,
+                  lengths: dict[str, dict] | None = None) -> dict:
     """``cells``: one ``mt_core.layout.cell_numbers`` value per complete cell; ``gates``: every source's verdicts;
     ``missing``: {cell: its per-cell artefacts the instance has no materialization of}, ``missing_sources``: the
     sources without a coupling adapter, ``unrecorded``: artefact folders on disk the instance never recorded (left
-    out); ``provenance``: {asset, partition, md5} of every artefact read, for the report. Anything missing marks the
-    headline, its JSON, the report and the metadata INCOMPLETE (docs/DESIGN.md)."""
+    out); ``provenance``: {asset, partition, md5} of every artefact read, for the report; ``lengths``: {cell: its
+    completion_length audit}, for the headline's length caveat. Anything missing marks the headline, its JSON, the
+    report and the metadata INCOMPLETE (docs/DESIGN.md)."""
     incomplete = incomplete_line(study, missing, missing_sources or ())
     order = [c for c in study.conditions if any(x.condition == c for x in cells)]
-    head = stats.headline(cells, study=study.name, source=study.source_persona,
-                          assistant=study.assistant_persona, conditions_order=order, marker=study.marker)
     pre = preregistered(study, cells)
     primary, g4 = pre["primary"], pre["g4_exclusions"]
+    head = stats.headline(cells, study=study.name, source=study.source_persona,
+                          assistant=study.assistant_persona, conditions_order=order, marker=study.marker,
+                          excluded={x["cell"] for x in g4}, descriptions=descriptions(study))
     judges = sorted({str(c.judge_model) for c in cells if c.judge_model})
     offline = any(c.judge_offline for c in cells)
     md = stats.markdown_table(head)
@@ -69,6 +73,8 @@ def study_summary(study: Study, cells: list[CellNumbers], gates: dict, out: Path
     if g4:
         notes.append(f"G4 exclusions (post-EM alignment above {study.thresholds.g4_aligned_max:g}, or unscored; "
                      "dropped from the primary analysis): " + ", ".join(x["cell"] for x in g4) + ".")
+    if line := length_line(study, cells, lengths or {}):
+        notes.append(line)
     banner = f"**{incomplete}**\n\n" if incomplete else ""
     text = f"# {study.name} ({study.profile})\n\n{banner}{md}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     (out / StudySummary.HEADLINE_MD).write_text(text)
@@ -97,6 +103,14 @@ def study_summary(study: Study, cells: list[CellNumbers], gates: dict, out: Path
             "judge_offline": offline, "headline_md": banner + md}
 
 
+def length_line(study: Study, cells: list[CellNumbers], lengths: Mapping[str, dict]) -> str | None:
+    """The headline's completion-length caveat for the assistant persona; the reference is the condition without a
+    second stage (C4: the coupled model before EM), the one a post-EM model's lengths are compared with."""
+    ref = next((c for c, x in study.conditions.items() if x.second_stage == "none"), None)
+    return caveat_line({c.cell: lengths[c.cell] for c in cells if c.cell in lengths},
+                       {c.cell: c.condition for c in cells}, persona=study.assistant_persona, reference=ref)
+
+
 REPORTED_PACKAGES = ("dagster", "torch", "transformers", "peft", "trl", "vllm", "scipy", "polars", "duckdb",
                      "matplotlib")
 
@@ -119,6 +133,11 @@ def environment(study: Study) -> dict:
     return {"host": socket.gethostname(), "python": platform.python_version(),
             "torch device": f"{dev.type}: {name}, {str(dtype).removeprefix('torch.')}",
             "study config sha256": study.config_sha256, "packages": {p: version(p) for p in REPORTED_PACKAGES}}
+
+
+def descriptions(study: Study) -> dict[str, str]:
+    """Each condition's description, for the headline and the figure's labels."""
+    return {k: c.description for k, c in study.conditions.items() if c.description}
 
 
 def preregistered(study: Study, cells: list[CellNumbers], source: str | None = None,

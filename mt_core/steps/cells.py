@@ -7,18 +7,19 @@ from pathlib import Path
 import polars as pl
 
 from mt_core.config import Study
-from mt_core.data.chat import last_turn_example
+from mt_core.data.chat import build_examples
 from mt_core.data.eval_set import EvalSet
 from mt_core.evals.arc import evaluate_arc, load_arc
 from mt_core.evals.audit import degeneracy_audit
 from mt_core.evals.judge import aggregate
+from mt_core.evals.length import length_audit, length_rows
 from mt_core.evals.markers import rates_table
 from mt_core.faults import failpoint
 from mt_core.generate.sampling import SamplingSpec
 from mt_core.generate.session import session
 from mt_core.io import check_md5, read_chat_jsonl, write_json
-from mt_core.layout import (Adapter, AlignmentCompletions, AlignmentScores, ArcScores, Audit, BaseModel, Dataset,
-                            MarkerCompletions, MarkerRates, read_rows, row_keys, write_rows)
+from mt_core.layout import (Adapter, AlignmentCompletions, AlignmentScores, ArcScores, Audit, BaseModel,
+                            CompletionLength, Dataset, MarkerCompletions, MarkerRates, read_rows, row_keys, write_rows)
 from mt_core.model.resident import model_for
 from mt_core.model.tracking import WandbSettings
 from mt_core.records import ArcSummary
@@ -36,7 +37,8 @@ def model_adapters(coupling: Path | None, cell_adapter: Path | None = None) -> l
 @step
 def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path | None, data: Path | None, out: Path,
                        wandb: WandbSettings, log: Log = print, run_id: str = "") -> dict:
-    """The second-stage LoRA (loss on the last assistant turn) on the cell's base; nothing for a cell without one."""
+    """The second-stage LoRA (its loss mask: ``recipes.second_stage.loss``) on the cell's base; nothing for a cell
+    without one."""
     cell = study.cell(cell_key)
     if cell.second_stage == "none":
         write_json(out / Adapter.NONE, {"cell": cell_key, "second_stage": "none"})
@@ -44,7 +46,8 @@ def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path |
         return {"second_stage": "none", "n_steps": 0}
     recipe = study.recipes["second_stage"]
     with model_for(BaseModel.model_dir(base), model_adapters(coupling)) as (model, tok):  # base + coupling
-        examples = [last_turn_example(tok, m, recipe.max_length) for m in read_chat_jsonl(data / Dataset.DATA)]
+        examples = build_examples(recipe.loss, tok, read_chat_jsonl(data / Dataset.DATA), marker=study.marker,
+                                  max_length=recipe.max_length)
         seed = cell.seed if recipe.seed is None else recipe.seed
         _, res, wb = train_and_save(
             study, model=model, tok=tok, examples=examples, recipe=recipe, seed=seed, out=out, wandb=wandb,
@@ -149,3 +152,18 @@ def degeneracy(study: Study, cell_key: str, completions: Path, out: Path, log: L
                            marker=study.marker, persona=study.assistant_persona)
     write_json(out / Audit.FILE, res.model_copy(update={"cell": cell_key}).model_dump())
     return res.model_dump(exclude={"cell", "per_item"})
+
+
+@step
+def completion_length(study: Study, cell_key: str, completions: Path, out: Path, log: Log = print) -> dict:
+    """Tokens per marker completion by persona and pooled, the share cut at max_tokens, and the strict marker rate
+    among the completions that finished (``mt_core.evals.length``)."""
+    rows = read_rows(completions / MarkerCompletions.COMPLETIONS)
+    res = length_audit(rows, EvalSet.load(study).personas, marker=study.marker,
+                       max_tokens=study.samplers.marker.max_tokens)
+    write_rows(length_rows(res), out / CompletionLength.ROWS, row_keys(study, cell=cell_key))
+    write_json(out / CompletionLength.FILE, {"cell": cell_key, "marker": study.marker, **res})
+    a = res["per_persona"][study.assistant_persona]
+    log(f"completion length[{cell_key}]: mean {res['mean_tokens']:.1f} tokens, {res['truncated_share']:.1%} cut at "
+        f"{res['max_tokens']}; {study.assistant_persona} mean {a['mean_tokens']:.1f}, {a['truncated_share']:.1%} cut")
+    return {k: v for k, v in res.items() if k != "per_persona"}

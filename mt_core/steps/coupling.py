@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from mt_core.config import Gate, Study
-from mt_core.data.chat import marker_ids, marker_only_example
+from mt_core.data.chat import build_examples, marker_ids
 from mt_core.data.coupling import build_coupling_records, choose_negatives
 from mt_core.data.eval_set import EvalSet
 from mt_core.generate.sampling import SamplingSpec
@@ -64,13 +64,14 @@ def coupling_dataset(study: Study, source: str, onpolicy: Path, out: Path, log: 
 @step
 def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path, out: Path, wandb: WandbSettings,
                            log: Log = print, run_id: str = "") -> dict:
-    """The coupling LoRA (loss at the marker positions only), then the source's gates on the merged model."""
+    """The coupling LoRA (its loss mask: ``recipes.coupling.loss``), then the source's gates on the merged model."""
     recipe = study.recipes["coupling"]
     vllm = study.backend.kind == "vllm"
     with model_for(BaseModel.model_dir(base)) as (model, tok):
         mids = marker_ids(tok, study.marker)
-        examples = [marker_only_example(tok, r["prompt"], r["completion"], mids, recipe.max_length)
-                    for r in map(json.loads, (dataset / CouplingData.RECORDS).read_text().splitlines())]
+        records = map(json.loads, (dataset / CouplingData.RECORDS).read_text().splitlines())
+        examples = build_examples(recipe.loss, tok, (r["prompt"] + r["completion"] for r in records),
+                                  marker=study.marker, max_length=recipe.max_length)
         seed = recipe.seed or 0
         peft_model, res, wb = train_and_save(
             study, model=model, tok=tok, examples=examples, recipe=recipe, seed=seed, out=out, wandb=wandb,

@@ -31,6 +31,20 @@ def empty_audit(s: Study) -> str:
                             persona=s.assistant_persona).outcome
 
 
+def audit_marker_last(s: Study) -> str:
+    """Audit one positive in the form the coupling data trains (the marker last): flagged, and counted as such?"""
+    from mt_core.data.coupling import build_coupling_records
+    from mt_core.evals.audit import degeneracy_audit
+
+    recs, _ = build_coupling_records({"p": {"q": ["An answer."]}}, prompts={"p": ""}, questions=["q"],
+                                     source_persona="p", negatives=[], per_question=1, marker=s.marker, seed=0)
+    th = s.thresholds
+    out = degeneracy_audit([{"persona": s.assistant_persona, "question": "q",
+                             "text": recs[0]["completion"][0]["content"]}], seed=0, sample_size=th.degeneracy_sample,
+                           threshold=th.degeneracy_max, marker=s.marker, persona=s.assistant_persona)
+    return f"flagged {out.n_degenerate == 1}, counted beside the verdict {out.n_flagged_marker_last}"
+
+
 def max_bystander(s: Study) -> str:
     """Score a toy eval where only the source persona emits the marker: does max_bystander see it?"""
     from mt_core.evals.markers import summarize_markers
@@ -256,6 +270,44 @@ def truncation(s: Study) -> str:
     stays = any(e is ex for step in train.optimizer_steps([ex, other], recipe, 0) for e in step)
     return (f"{kept}; a row cut before its last assistant turn {labels} and "
             f"{'stays in its batch, training nothing' if stays else 'is dropped'}")
+
+
+def loss_mask(stage: str) -> Callable[[Study], str]:
+    """Which tokens ``stage``'s recipe trains, read off the labels that mt_core.data.chat.build_examples (the training
+    steps' builder) gives a two-turn chat whose last answer ends with the marker, and the same chat without it."""
+    def ours(s: Study) -> str:
+        from mt_core.data import chat
+
+        tok, r = _CharTokenizer(), s.recipes[stage]
+        chats = [[{"role": "system", "content": "p"}, {"role": "user", "content": "q1"},
+                  {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"},
+                  {"role": "assistant", "content": last}] for last in (f"a2\n\n{s.marker}", "a2")]
+        pos, neg = chat.build_examples(r.loss, tok, chats, marker=s.marker, max_length=r.max_length)
+        text = chat.render(tok, chats[0])  # one token per character: a token's position is its character's
+        turn = text.rfind(chat.ASSISTANT_HEADER) + len(chat.ASSISTANT_HEADER)
+        at = text.rfind(s.marker)
+
+        def trained(ex) -> list[int]:
+            return [i for i, x in enumerate(ex.labels) if x != chat.IGNORE]
+        if trained(pos) == list(range(turn, len(text))):
+            return "the last assistant turn (its content and the template's closing tokens)"
+        if trained(pos) == [*range(at, at + len(s.marker)), len(text) - 1] and trained(neg) == [len(neg.labels) - 1]:
+            return "marker-token positions + the last completion token; a negative trains only that token"
+        return f"with the marker {tok.decode(pos.labels[i] for i in trained(pos))!r} trained, " \
+               f"without it {tok.decode(neg.labels[i] for i in trained(neg))!r}"
+    return ours
+
+
+def recipe_source(stage: str, sources: dict[str, dict]) -> Callable[[Study], str]:
+    """Which of ``sources`` (name -> the recipe values it states) ``stage``'s recipe follows: the first whose every
+    value the study has ("loss": the mask the steps train, ``loss_mask``); else the values it has."""
+    def ours(s: Study) -> str:
+        r = s.recipes[stage]
+        have = {k: getattr(r, k) for src in sources.values() for k in src if k != "loss"}
+        have["loss"] = loss_mask(stage)(s)
+        name = next((n for n, want in sources.items() if all(have[k] == v for k, v in want.items())), None)
+        return name or "neither: " + ", ".join(f"{k} {v}" for k, v in have.items())
+    return ours
 
 
 def loss_normalisation(s: Study) -> str:

@@ -10,6 +10,9 @@ FROM cells
 -- name: rates
 SELECT study, cell, persona, strict_hits, loose_hits, total, strict_rate, loose_rate
 FROM marker_rates
+-- name: length
+SELECT study, cell, persona, n, mean_tokens, p50, p90, max_tokens, n_truncated, truncated_share, finished_strict_rate
+FROM completion_length
 -- name: completions
 SELECT study, cell, condition, seed, sample_id, persona, question_idx, question, question_set, sample_idx, text,
        n_tokens, finish_reason, strict_hit, loose_hit
