@@ -119,14 +119,6 @@ def build(sd: StudyDefs) -> list:
                        "bystander: neither the assistant nor coupled (max bystander is over these)",
             strict=f"{study.marker} verbatim: rate (hits/completions)", loose="the reference's loose scorer")}
 
-    @dg.asset(**common, deps=[key("marker_completions")],
-              description="Strict and loose marker rates per persona and question.",
-              code_version=cv("marker", "source_persona", "assistant_persona", "eval_set", "sources", "conditions"))
-    def marker_rates(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-        comp = read_upstream(sd, context, store, "marker_completions", context.partition_key)
-        return publish(sd, context, store, steps.marker_rates, [comp], partition=context.partition_key,
-                       cell_key=context.partition_key, completions=comp.path, metadata=persona_rates)
-
     @dg.asset(**common, deps=[key("alignment_completions")], pool="judge", retry_policy=retry_policy(sd),
               code_version=cv("judge", "thresholds.judge_error_rate_max", files=(study.judge_prompt,)),
               check_specs=[partitioned_check("judge_error_rate", key("alignment_scores"), sd.cells_partitions,
@@ -182,12 +174,24 @@ def build(sd: StudyDefs) -> list:
             mean_tokens="tokens per completion", truncated_share="share cut at max_tokens (finish_reason 'length')",
             finished_strict_rate=f"{study.marker} verbatim, among the completions that were not cut")}
 
-    @dg.asset(**common, deps=[key("marker_completions")], code_version=cv("marker", "samplers.marker", "eval_set"),
-              description="Tokens per marker completion by persona (mean, p50, p90), the share cut at max_tokens "
-                          "and the marker rate among completions that finished (the write-up's length caveat).")
-    def completion_length(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+    @dg.multi_asset(
+        name=sd.op("marker_rates"), **cell_part, can_subset=True,
+        specs=[dg.AssetSpec(key("marker_rates"), deps=[key("marker_completions")], skippable=True,
+                            code_version=cv("marker", "source_persona", "assistant_persona", "eval_set", "sources",
+                                            "conditions"),
+                            description="Strict and loose marker rates per persona and question."),
+               dg.AssetSpec(key("completion_length"), deps=[key("marker_completions")], skippable=True,
+                            code_version=cv("marker", "samplers.marker", "eval_set"),
+                            description="Tokens per marker completion by persona (mean, p50, p90), the share cut at "
+                                        "max_tokens and the marker rate among completions that finished (the "
+                                        "write-up's length caveat).")])
+    def marker_rates(context: dg.AssetExecutionContext, store: ArtifactStore):
+        """Two summaries of the cell's marker completions, one step: its rates and its length audit."""
         comp = read_upstream(sd, context, store, "marker_completions", context.partition_key)
-        return publish(sd, context, store, steps.completion_length, [comp], partition=context.partition_key,
-                       cell_key=context.partition_key, completions=comp.path, metadata=persona_lengths)
+        wanted = sorted(k.path[-1] for k in context.selected_asset_keys)
+        tables = {"marker_rates": persona_rates, "completion_length": persona_lengths}
+        yield from publish_each(sd, context, store, steps.marker_stats, [comp], wanted, partition=context.partition_key,
+                                cell_key=context.partition_key, completions=comp.path,
+                                metadata=lambda art: tables[art.asset](art))
 
-    return [cell_adapter, cell_generations, marker_rates, alignment_scores, degeneracy_audit, completion_length]
+    return [cell_adapter, cell_generations, marker_rates, alignment_scores, degeneracy_audit]

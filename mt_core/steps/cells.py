@@ -167,3 +167,11 @@ def completion_length(study: Study, cell_key: str, completions: Path, out: Path,
     log(f"completion length[{cell_key}]: mean {res['mean_tokens']:.1f} tokens, {res['truncated_share']:.1%} cut at "
         f"{res['max_tokens']}; {study.assistant_persona} mean {a['mean_tokens']:.1f}, {a['truncated_share']:.1%} cut")
     return {k: v for k, v in res.items() if k != "per_persona"}
+
+
+@step
+def marker_stats(study: Study, cell_key: str, completions: Path, out: dict[str, Path], log: Log = print) -> dict:
+    """The cell's marker rates and its completion-length audit (the two artefacts ``out`` asks for): both summarize the
+    same marker completions, so one step writes them."""
+    fns = {MarkerRates.asset: marker_rates, CompletionLength.asset: completion_length}
+    return {a: fns[a](study, cell_key, completions, d, log=log) for a, d in out.items()}
