@@ -312,7 +312,7 @@ def primary_conjunction(
         mean = statistics.fmean(fracs)
         deg.update(outcome="pass" if mean < degeneracy_max else "fail", mean=mean)
         deg["pass"] = deg["outcome"] == "pass"
-        deg["marker_last"] = _marker_last(t_cells, degeneracy_max)
+    deg["marker_last"] = _marker_last(t_cells, degeneracy_max)
     criteria[f"{treat}_degeneracy"] = deg
 
     got = [c["outcome"] for c in criteria.values()]
