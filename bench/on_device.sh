@@ -6,7 +6,7 @@
 #   bash bench/on_device.sh start ARGS    # install both, then `python bench/cell_bench.py ARGS` in the background
 #   bash bench/on_device.sh poll          # progress; when it has ended, its results and logs into $OUT
 set -euo pipefail
-run=/tmp/mt-bench   # models, scratch, the Dagster instance and the results: outside the copied tree
+run="${TMPDIR:-/tmp}/mt-bench"   # models, scratch, the Dagster instance and the results: outside the copied tree
 env_() {
   export PYTHONPATH="$PWD:$PWD/.vbundle/site:$run/dgsite" VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 \
          MT_MODELS="$run/models" MT_SCRATCH="$run/scratch" DAGSTER_HOME="$run/dagster"
