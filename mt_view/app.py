@@ -21,6 +21,7 @@ from starlette.routing import Route
 from mt_core.config import Study
 from mt_core.layout import PER_CELL
 from mt_core.report.catalog import CatalogError
+from mt_core.report.html import ci
 from mt_view import format as fmt
 from mt_view.db import Catalogs, Session
 
@@ -74,7 +75,7 @@ def create_app(catalogs: Catalogs, studies: Sequence[Study], hosts: Sequence[str
     through a DNS name that points at this machine)."""
     env = Environment(loader=PackageLoader("mt_view"), autoescape=select_autoescape(["html"]), trim_blocks=True,
                       lstrip_blocks=True, auto_reload=False)
-    env.globals.update(pct=fmt.pct, ci=fmt.ci, heat=fmt.heat, score_style=fmt.score_style, HITS=HITS,
+    env.globals.update(pct=fmt.pct, ci=ci, heat=fmt.heat, score_style=fmt.score_style, HITS=HITS,
                        COMPARE_HITS=COMPARE_HITS)
     configs = {s.name: s for s in studies}
 

@@ -8,7 +8,6 @@ import math
 from markupsafe import Markup, escape
 
 from mt_core.evals.markers import loose_matches
-from mt_core.report.stats import wilson
 
 # ColorBrewer's YlOrBr: light for no marker, dark brown for every completion
 _HEAT = ((255, 255, 229), (254, 227, 145), (254, 153, 41), (204, 76, 2), (102, 37, 6))
@@ -16,14 +15,6 @@ _HEAT = ((255, 255, 229), (254, 227, 145), (254, 153, 41), (204, 76, 2), (102, 3
 
 def pct(rate: float | None, digits: int = 1) -> str:
     return "–" if rate is None else f"{100 * rate:.{digits}f} %"
-
-
-def ci(hits: int | None, n: int | None) -> str:
-    """The 95 % interval of hits/n as the report gives it (``stats.wilson``): ``4.2–26.8 %``."""
-    if not n:
-        return "–"
-    lo, hi = wilson(hits, n)
-    return f"{100 * lo:.1f}–{pct(hi)}"
 
 
 def heat(rate: float | None) -> str:

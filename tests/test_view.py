@@ -28,6 +28,7 @@ import mt_cli
 from mt_core.evals.markers import loose_hit, strict_hit
 from mt_core.layout import Catalog, MarkerCompletions, artefact_dir
 from mt_core.report.catalog import CatalogError
+from mt_core.report.html import ci as report_ci
 from mt_view import format as fmt
 from mt_view.app import create_app
 from mt_view.db import Catalogs, load_queries
@@ -124,15 +125,15 @@ def test_every_rate_has_its_interval(client, sql):
         for persona, h, n, ci in re.findall(r'data-persona="([^"]+)"><a href="[^"]+">[^<]+<small>(\d+)/(\d+)</small>'
                                             r'<small class="ci"[^>]*>([^<]+)</small>', row):
             shown[cell, persona] = (int(h), int(n), html.unescape(ci))
-    assert len(shown) == 13 * 11 and all(ci == fmt.ci(h, n) for h, n, ci in shown.values())
-    assert fmt.ci(0, 336) == "0.0–1.1 %" and fmt.ci(18, 840) == "1.4–3.4 %" and fmt.ci(0, 0) == "–"
+    assert len(shown) == 13 * 11 and all(ci == report_ci(h, n) for h, n, ci in shown.values())
+    assert report_ci(0, 336) == "0.0–1.1 %" and report_ci(18, 840) == "1.4–3.4 %" and report_ci(0, 0) == "–"
     assert "Wilson score 95 % interval" in page
     (n, strict), = sql("SELECT count(*), count(*) FILTER (strict_hit) FROM completions WHERE cell = ? AND persona = ?",
                        CELL, SOURCE)
     page = html.unescape(get(client, "/completions", cell=CELL, persona=SOURCE))
-    assert f"{fmt.pct(strict / n)}, 95 % CI {fmt.ci(strict, n)})" in page
+    assert f"{fmt.pct(strict / n)}, 95 % CI {report_ci(strict, n)})" in page
     page = html.unescape(get(client, "/compare", a=CELL, b=OTHER, persona=SOURCE))
-    assert f"{fmt.pct(strict / n)}, 95 % CI {fmt.ci(strict, n)})" in page
+    assert f"{fmt.pct(strict / n)}, 95 % CI {report_ci(strict, n)})" in page
 
 
 def test_completions_of_a_cell_and_persona_page_by_page(client, sql):
@@ -376,7 +377,7 @@ def test_browse_the_tiny_study(viewer, tmp_path):
             hits, n, rate = one("SELECT strict_hits, total, strict_rate FROM marker_rates WHERE cell = ? AND "
                                 "persona = ?", CELL, SOURCE)
             td = page.locator(f'tr[data-cell="{CELL}"] td[data-persona="{SOURCE}"]')
-            expect(td).to_have_text(f"{fmt.pct(rate)}{hits}/{n}{fmt.ci(hits, n)}")
+            expect(td).to_have_text(f"{fmt.pct(rate)}{hits}/{n}{report_ci(hits, n)}")
             page.screenshot(path=str(shots / "view_grid.png"))
 
             td.locator("a").click()  # grid -> the cell's completions of the villain

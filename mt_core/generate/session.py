@@ -28,13 +28,18 @@ from mt_core.generate.sampling import Completion, SamplingSpec
 Generate = Callable[[list[list[dict]], SamplingSpec, str], list[list[Completion]]]
 
 
+def one_by_one(generate: Generate):
+    """``many`` for a backend that generates one batch at a time."""
+    return lambda batches: [generate(*b) for b in batches]
+
+
 class Engine:
     """``engine(chats, spec, what)`` generates; ``engine.many([(chats, spec, what), ...])`` generates several batches
     (at once where the backend can: vLLM); ``hf_model()`` gives the same weights as a transformers model."""
 
     def __init__(self, generate: Generate, hf_model: Callable[[], tuple], counts: dict, many=None):
         self._generate, self._hf_model, self.counts = generate, hf_model, counts
-        self._many = many or (lambda batches: [generate(*b) for b in batches])
+        self._many = many or one_by_one(generate)
 
     def __call__(self, chats: list[list[dict]], spec: SamplingSpec, what: str) -> list[list[Completion]]:
         return self._generate(chats, spec, what)

@@ -25,13 +25,19 @@ def pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
+def ci(hits: int | None, n: int | None) -> str:
+    """The 95 % interval of hits/n (``stats.wilson``) as every view writes it: ``52.4–70.1 %``."""
+    if not n:
+        return "–"
+    lo, hi = wilson(hits, n)
+    return f"{100 * lo:.1f}–{pct(hi)}"
+
+
 def rate(hits: int, n: int) -> str:
-    """A pooled rate with its counts and its 95 % interval (``stats.wilson``):
-    ``61.6 % (69/112; 95 % CI 52.4–70.1 %)``."""
+    """A pooled rate with its counts and its 95 % interval: ``61.6 % (69/112; 95 % CI 52.4–70.1 %)``."""
     if not n:
         return f"– ({hits}/{n})"
-    lo, hi = wilson(hits, n)
-    return f"{pct(hits / n)} ({hits}/{n}; 95 % CI {100 * lo:.1f}–{pct(hi)})"
+    return f"{pct(hits / n)} ({hits}/{n}; 95 % CI {ci(hits, n)})"
 
 
 # the rate each gate threshold bounds: ``<what>_<max|min|range>`` -> the verdict's key for <what>

@@ -304,14 +304,13 @@ def primary_conjunction(
     outcomes = [c.audit_outcome for c in t_cells]
     fracs = [c.degenerate_fraction for c in t_cells]
     deg = {"per_seed_outcome": outcomes, "per_seed_fraction": fracs, "threshold": degeneracy_max}
-    if not t_cells or any(f is None for f in fracs):
+    mean, verdict = _below(fracs, degeneracy_max)
+    if verdict == NOT_ASSESSABLE:
         # an audit with no positives has nothing to judge: never a pass, and not a failure of the model either
         why = "an audit had no marker-bearing assistant completion" if "no_positives" in outcomes else "audit missing"
         deg = _missing(why, **deg, mean=None)
     else:
-        mean = statistics.fmean(fracs)
-        deg.update(outcome="pass" if mean < degeneracy_max else "fail", mean=mean)
-        deg["pass"] = deg["outcome"] == "pass"
+        deg.update(outcome=verdict, mean=mean, **{"pass": verdict == "pass"})
     deg["marker_last"] = _marker_last(t_cells, degeneracy_max)
     criteria[f"{treat}_degeneracy"] = deg
 
@@ -328,12 +327,18 @@ def _marker_last(cells: Sequence[CellNumbers], degeneracy_max: float) -> dict:
     were not flagged: a reading that was NOT pre-registered, shown beside the registered one, never instead of it."""
     n = [c.n_flagged_marker_last for c in cells]
     fr = [c.degenerate_fraction_without_marker_last for c in cells]
-    out = {"pre_registered": False, "per_seed_flagged": n, "flagged": None if None in n else sum(n),
-           "per_seed_fraction": fr, "mean": None, "outcome": NOT_ASSESSABLE}
-    if cells and None not in fr:
-        out["mean"] = statistics.fmean(fr)
-        out["outcome"] = "pass" if out["mean"] < degeneracy_max else "fail"
-    return out
+    mean, verdict = _below(fr, degeneracy_max)
+    return {"pre_registered": False, "per_seed_flagged": n, "flagged": None if None in n else sum(n),
+            "per_seed_fraction": fr, "mean": mean, "outcome": verdict}
+
+
+def _below(fractions: Sequence[float | None], limit: float) -> tuple[float | None, str]:
+    """Criterion 4's rule: the mean of the seeds' degenerate fractions, "pass" below ``limit``, else "fail"; not
+    assessable without every seed's fraction."""
+    if not fractions or None in fractions:
+        return None, NOT_ASSESSABLE
+    mean = statistics.fmean(fractions)
+    return mean, "pass" if mean < limit else "fail"
 
 
 def marker_last_note(c: Mapping) -> str:

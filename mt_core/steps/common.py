@@ -8,7 +8,7 @@ from typing import Callable
 from mt_core.config import Recipe, Study
 from mt_core.evals.markers import loose_hit, strict_hit, summarize_markers
 from mt_core.generate.sampling import SamplingSpec
-from mt_core.generate.session import Generate
+from mt_core.generate.session import Generate, one_by_one
 from mt_core.io import read_json, write_json
 from mt_core.layout import Adapter, Sample, sample_id
 from mt_core.model.tracking import WandbSettings, wandb_run
@@ -45,7 +45,7 @@ class Sweep:
 def run_sweeps(gen: Generate, sweeps: list[Sweep]) -> list[list[dict]]:
     """Each sweep's rows. An engine (``Engine.many``) gets all sweeps at once, which vLLM runs side by side; a plain
     generate function runs them one after another."""
-    many = getattr(gen, "many", None) or (lambda batches: [gen(*b) for b in batches])
+    many = getattr(gen, "many", None) or one_by_one(gen)
     return [sw.rows(comps) for sw, comps in zip(sweeps, many([sw.request() for sw in sweeps]))]
 
 
