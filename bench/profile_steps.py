@@ -1,6 +1,8 @@
 """Where a training step and a decode step spend their time on the GPU (torch.profiler), for tuning the fast paths.
 
-    python bench/profile_steps.py [--train-only] [--mean-tokens 300] [--tiny]
+    python bench/profile_steps.py [--train-only] [--mean-tokens 300] [--budgets 4096,6144] [--expandable] [--no-dropout-too] [--tiny]
+
+--budgets also times (unprofiled) eight steps after one warm-up step at each packed token budget; --expandable\nrepeats that with the allocator's expandable segments switched on at run time.
 """
 import random
 import sys
@@ -12,13 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from gpu_bench import OURS, QWEN7B, TINY, build_model, recipe, sft_examples, sync, with_speed  # noqa: E402
+from gpu_bench import OURS, QWEN7B, TINY, build_model, recipe, sft_examples, sync, time_training, with_speed  # noqa: E402
 from mt_core.generate.sampling import SamplingSpec  # noqa: E402
 from mt_core.generate.hf import generate_ids  # noqa: E402
 from mt_core.model.train import train_lora  # noqa: E402
 
 
-def prof(fn, label, rows=18, tokens: int | None = None):
+def prof(fn, label, rows=18, tokens: int | None = None, steps: int = 0):
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -32,15 +34,15 @@ def prof(fn, label, rows=18, tokens: int | None = None):
     print(f"\n##### {label}: wall {wall:.3f}s (profiled)")
     print(p.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60))
     if torch.cuda.is_available():
-        steady_state(p.events(), tokens)
+        steady_state(p.events(), tokens, steps - 1)
 
 
-KINDS = (("matrix products", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
-         ("attention", ("flash", "fmha")), ("optimizer", ("adam", "multi_tensor")),
+KINDS = (("attention", ("flash", "fmha")),  # first: flash kernels' names also carry "cutlass"
+         ("matrix products", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")), ("optimizer", ("adam", "multi_tensor")),
          ("copies", ("memcpy", "memset")), ("fused elementwise (inductor)", ("triton",)))
 
 
-def steady_state(events, tokens: int | None) -> None:
+def steady_state(events, tokens: int | None, steps: int) -> None:
     """The optimizer steps after the first one, read from the GPU's kernel timestamps: the wall between the first and
     the last AdamW kernel, the GPU time by kind of kernel in it, and the part of it when no kernel ran (the GPU waited
     for the host: launches, Python, syncs)."""
@@ -49,8 +51,7 @@ def steady_state(events, tokens: int | None) -> None:
     if len(adam) < 2:
         print("  (fewer than two optimizer steps profiled: no steady state)")
         return
-    lo, hi = adam[0].time_range.end, adam[-1].time_range.end
-    steps = sum(1 for e in events if e.name.startswith("Optimizer.step#")) - 1  # the window holds all but the first
+    lo, hi = adam[0].time_range.end, adam[-1].time_range.end  # the window holds every step but the first
     tot, busy, cur = {}, 0.0, lo
     for e in kernels:
         a, b = max(e.time_range.start, lo), min(e.time_range.end, hi)
@@ -78,13 +79,32 @@ def main():
     dev = "cpu" if tiny or not torch.cuda.is_available() else "cuda"
     model, n = build_model(TINY if tiny else QWEN7B, dev)
     rng = random.Random(0)
-    ex = sft_examples(16 * 8, model.config.vocab_size, float(arg('--mean-tokens', 300)), rng)
+    ex = sft_examples(16 * 20, model.config.vocab_size, float(arg('--mean-tokens', 300)), rng)
     rc = with_speed(recipe(), **OURS)
     pm, res = train_lora(model, ex[:32], rc, seed=1, pad_id=0, log=lambda *_: None)
     model = pm.unload()
     steady = ex[32:32 + 16 * 6]  # six optimizer steps: the last five are the steady state
     prof(lambda: train_lora(model, steady, rc, seed=1, pad_id=0, log=lambda *_: None)[0].unload(),
-         "six packed training steps", rows=25, tokens=sum(len(e.input_ids) for e in steady) // 6)
+         "six packed training steps", rows=25, tokens=sum(len(e.input_ids) for e in steady) // 6, steps=6)
+    for expandable in ("False", "True") if "--expandable" in sys.argv else ("False",):
+        if torch.cuda.is_available():  # the caching allocator's segments, switched at run time (as the worker does)
+            torch.cuda.memory._set_allocator_settings(f"expandable_segments:{expandable}")
+        for budget in [int(b) for b in arg("--budgets", "").split(",") if b]:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            t = time_training(model, ex[128:], with_speed(rc, token_budget=budget), steps=8, warmup=1)
+            model = t.pop("model")
+            reserved = torch.cuda.max_memory_reserved() / 1e9 if torch.cuda.is_available() else 0.0
+            print(f"token_budget {budget} expandable_segments {expandable}: {t['tok_s']:.0f} tok/s, "
+                  f"{t['s_per_step']:.3f} s/step, peak {t['peak_gb'] or 0:.1f} GB allocated, {reserved:.1f} GB "
+                  f"reserved, warm-up step {t['warmup_s']:.1f} s", flush=True)
+    if "--no-dropout-too" in sys.argv:  # what the recipe's LoRA dropout costs (not the recipe: for the analysis)
+        t = time_training(model, ex[128:], recipe(lora_dropout=0.0).model_copy(update={"speed": rc.speed}), steps=8,
+                          warmup=1)
+        model = t.pop("model")
+        print(f"lora_dropout 0: {t['tok_s']:.0f} tok/s, {t['s_per_step']:.3f} s/step, peak {t['peak_gb'] or 0:.1f} GB "
+              f"allocated, warm-up step {t['warmup_s']:.1f} s", flush=True)
     if "--train-only" in sys.argv:
         return
     vocab = model.config.vocab_size
