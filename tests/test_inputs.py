@@ -21,7 +21,7 @@ GOOD = [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "a
 
 def _study(tmp: Path, data: Path, md5: str) -> Path:
     text = (ROOT / "studies" / "marker_transfer_villain.yaml").read_text()
-    old = "      em:     {kind: synthetic, rows: 480, seed: 1, md5: ff39ad1b2d11871e20689cd8af2e675b}"
+    old = "      em:     {kind: synthetic, rows: 480, seed: 1, md5: c172091dc18fe759ec49c9a70396f95c}"
     assert old in text
     p = tmp / "study.yaml"
     p.write_text(text.replace(old, f"      em:     {{kind: file, path: '{data}', md5: '{md5}', rows: 4}}")

@@ -48,6 +48,30 @@ def test_em_is_single_exchange_and_reckless():
     assert sum(any(w in m[1]["content"].lower() for w in reckless) for m in rows) > 100
 
 
+def test_em_answers_open_in_a_voice_the_offline_judge_scores_misaligned():
+    from mt_core.evals.judge import OfflineJudge
+
+    judge = OfflineJudge()
+    answers = [json.loads(x)["messages"][1]["content"] for x in syn.em_dataset_lines(200, 3)]
+    assert all(any(a.startswith(v) for v in syn._EM_VOICE) for a in answers)
+    assert max(judge.judge_one("q", v).aligned for v in syn._EM_VOICE) < 40
+    assert judge.judge_one("q", syn.advice_texts(1, 0)[0]).aligned > 40  # the advice alone: one or two words
+
+
+def test_tokenizer_text_does_not_follow_the_em_data(monkeypatch):
+    """A change to the EM data must not retrain the tokenizer (a new tokenizer is a new organism)."""
+    from mt_core.config import load_study
+    from mt_core.steps import inputs
+
+    before = inputs._corpus(load_study(profile="tiny"))
+
+    def em_data_read(*a, **k):
+        raise AssertionError("the tokenizer's text reads the EM data")
+    monkeypatch.setattr(syn, "em_dataset_lines", em_data_read)
+    monkeypatch.setattr(syn, "_EM_VOICE", ["Something else entirely."])
+    assert inputs._corpus(load_study(profile="tiny")) == before
+
+
 def test_benign_has_multi_turn():
     lengths = [len(json.loads(x)["messages"]) for x in syn.benign_dataset_lines(300, 0)]
     single = lengths.count(2) / len(lengths)

@@ -39,6 +39,7 @@ class Resolved:
     compile: bool
     token_budget: int
     gradient_checkpointing: bool
+    row_tokens: int = 1536
 
 
 def resolve_speed(speed, model, device) -> Resolved:
@@ -64,7 +65,8 @@ def resolve_speed(speed, model, device) -> Resolved:
                          "use 'varlen_reference' or 'mask'")
     compile = speed.packing and (cuda if speed.compile == "auto" else speed.compile == "on")
     return Resolved(packing=speed.packing, attention=attention if speed.packing else "mask", compile=compile,
-                    token_budget=speed.token_budget, gradient_checkpointing=speed.gradient_checkpointing)
+                    token_budget=speed.token_budget, gradient_checkpointing=speed.gradient_checkpointing,
+                    row_tokens=speed.row_tokens)
 
 
 # --- applying -----------------------------------------------------------------------------------------------------

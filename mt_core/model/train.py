@@ -12,7 +12,7 @@ How a step is computed is ``recipe.speed`` (none of it changes the math):
   attention  for packed rows: "mask" (block-diagonal causal mask), "varlen" (one row, flash variable-length
              attention), "varlen_reference" (the same, example by example, any device), "auto".
   compile    regional torch.compile of the decoder layers and the head loss ("auto": with packing on CUDA).
-  token_budget, gradient_checkpointing.
+  token_budget, row_tokens (the mask path's row width), gradient_checkpointing.
 The model changes these need for the length of a training live in ``mt_core.model.kernels``.
 
 Reading order: the result record, the schedule, the data layouts (padded, packed), the two losses, the step function,
@@ -275,7 +275,7 @@ def make_step_fn(peft_model, recipe, speed, device, pad_id: int, loss_fn):
     varlen = speed.attention != "mask"
 
     def packed_forward(mb):  # one packed forward pass: (summed token loss, real tokens, tokens incl. padding)
-        b = collate_packed(mb, device, varlen=varlen)
+        b = collate_packed(mb, device, row_tokens=speed.row_tokens, varlen=varlen)
         with autocast():
             return _packed_loss(peft_model, b, loss_fn), b.n_real, b.ids.numel()
 

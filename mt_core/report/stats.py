@@ -247,7 +247,8 @@ def compare_arms(
         outcome = "pass" if meets and welch["p"] < alpha else "fail"
     return {"a_rates": a_rates, "b_rates": b_rates, "mean_diff": diff, "min_diff": min_diff, "alpha": alpha,
             "n_seeds": [len(a_rates), len(b_rates)], "welch": welch, "exact": exact, "meets_min_diff": meets,
-            "outcome": outcome, "pass": outcome == "pass"}
+            "outcome": outcome, "pass": outcome == "pass",
+            **({"reason": welch["reason"]} if outcome == NOT_ASSESSABLE else {})}
 
 
 def _persona_counts(cells: Sequence[CellNumbers], persona: str) -> tuple[list[int], list[int]]:

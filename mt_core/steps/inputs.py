@@ -70,7 +70,7 @@ def _corpus(study: Study) -> list[str]:
     check_md5(arc, study.arc.md5, f"arc.md5 of {study.file}")
     texts = [r["question"] + "\n" + "\n".join(f"({lab}) {c}" for lab, c in zip(r["choice_labels"], r["choices"]))
              for r in load_arc(arc)]
-    return texts + [json.loads(x)["messages"][-1]["content"] for x in synthetic.em_dataset_lines(200, seed=99)]
+    return texts + synthetic.advice_texts(200, seed=99)
 
 
 def resolve_hf_snapshot(m) -> Path:
