@@ -3,7 +3,8 @@
     mt run                  materialize what is missing or stale of the study, stage by stage, in the Dagster instance
     mt demo                 `mt run` on the tiny profile: the whole study on a laptop, no network
     mt doctor               check weights, data, judge key, GPUs, disk and the instance before spending GPU hours
-    mt sql "SELECT ..."     read-only SQL over the DuckDB catalogs of every study in the instance (table, csv or json)
+    mt sql "SELECT ..."     read-only SQL over the DuckDB catalogs of every study in the instance (table, csv or json;
+                            several statements: each result under a header line)
     mt view                 a local web viewer of the catalogs: rate grid, completions, judge scores, side by side
     mt status               which partitions of which assets are materialized, and their checks per partition
     mt import-legacy DIR --study NAME   import the reference pipeline's result files as study NAME
@@ -55,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                             "the study summary to the run that completes the grid)")
         d.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING"],
                        help="Dagster console log level (default WARNING: Dagster's console stays quiet and `mt` "
-                            "prints the progress lines, the steps' warnings and a failed step's cause; INFO or DEBUG "
-                            "show Dagster's own log)")
+                            "prints the progress lines, the steps' warnings and a failed step's cause, while what "
+                            "the libraries print in inline runs (W&B, transformers, warnings, progress bars) goes to "
+                            "$DAGSTER_HOME/logs/mt-<date>-<time>.log; INFO or DEBUG show Dagster's own log and leave "
+                            "the libraries' output on the console)")
         d.add_argument("--gpus", type=int, help="set the gpu pool limit (default: keep it, or the GPUs found if unset)")
         d.add_argument("--launch", choices=["auto", "inline", "queued"], default="auto",
                        help="inline: each run in this process, one after another; queued: through the instance's run "
@@ -81,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 
     q = sub.add_parser("sql", parents=[common], help="read-only SQL over the DuckDB catalogs of every study in the "
                                                      "instance (--study: that study's only)")
-    q.add_argument("query")
-    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("query", help="one or more reading statements separated by ';' (each runs and prints its result "
+                                 "under a header line '-- statement N of M: ...')")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="table (default), csv or json (a list of rows; with several statements, a list with one "
+                        "{\"statement\": ..., \"rows\": [...]} per statement)")
     q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format (default 40)")
     q.add_argument("--artifacts", help="artefact root (default: artifacts/<study>/<profile>)")
     q.set_defaults(fn=cmd_sql)

@@ -22,7 +22,10 @@ def store_root(settings, artifacts: str | None = None) -> Path | str:
 def cmd_sql(args) -> int:
     """Read-only SQL over the catalogs the instance recorded: a statement that is not a read is refused before
     anything is opened; each catalog is checked against the instance's record (retried while a rebuild replaces it)
-    and every file it lists against the md5 it was verified at; the connection reads nothing else."""
+    and every file it lists against the md5 it was verified at; the connection reads nothing else. Several statements
+    (``SELECT 1; SELECT 2``, split by DuckDB's own parser) each run and print their result, under a header line per
+    statement (``--format json``: a list with one ``{"statement", "rows"}`` per statement); one statement prints as
+    it always did."""
     import duckdb
 
     from mt_core.report.catalog import CatalogChanged, CatalogError, check_query, open_catalogs, refusal
@@ -30,8 +33,9 @@ def cmd_sql(args) -> int:
 
     s = settings_of(args)
     try:
-        check_query(args.query)
-    except CatalogError as e:
+        check_query(args.query)  # every statement of the list: each must be a read
+        stmts = duckdb.extract_statements(args.query)  # the statements it checked, each run as DuckDB parsed it
+    except (CatalogError, duckdb.Error) as e:
         raise SystemExit(f"mt sql: {e}") from None
     only = current_study(s).name if args.study else None
     at = store_root(s, args.artifacts) if args.artifacts else None
@@ -40,7 +44,7 @@ def cmd_sql(args) -> int:
         from mt_resources.store import is_url
 
         where = f"under {at}" if is_url(at) else f"at {artefact_dir(at, Catalog.asset) / Catalog.FILE}"
-    df, last = None, None
+    results, last = [], None
     with instance(s) as inst:
         for _ in range(50):  # a rebuilt catalog is in place a moment before the instance records it
             try:
@@ -54,11 +58,14 @@ def cmd_sql(args) -> int:
             try:
                 with open_catalogs({k: p for k, (p, _) in recorded.items()},
                                    {k: md5 for k, (_, md5) in recorded.items()}) as con:
-                    try:
-                        rel = con.sql(args.query)
-                        df = rel.pl() if rel is not None else None
-                    except duckdb.Error as e:
-                        raise SystemExit(f"mt sql: {refusal(e)}") from None
+                    results = []  # all or nothing: a statement that fails prints no result of the others
+                    for n, stmt in enumerate(stmts, 1):
+                        try:
+                            rel = con.sql(stmt)
+                            results.append((stmt, rel.pl() if rel is not None else None))
+                        except duckdb.Error as e:
+                            which = f"statement {n} of {len(stmts)}: " if len(stmts) > 1 else ""
+                            raise SystemExit(f"mt sql: {which}{refusal(e)}") from None
                 break
             except CatalogChanged as e:
                 last = e
@@ -67,8 +74,30 @@ def cmd_sql(args) -> int:
                 raise SystemExit(f"mt sql: {e}") from None
         else:
             raise SystemExit(f"mt sql: {last}")
+    if len(results) == 1:
+        _print_result(results[0][1], args)
+    elif args.format == "json":
+        import json
+
+        sys.stdout.write(json.dumps([{"statement": _one_line(st.query), "rows": None if df is None else
+                                      json.loads(df.write_json())} for st, df in results]) + "\n")
+    else:
+        for n, (st, df) in enumerate(results, 1):
+            print(("\n" if n > 1 else "") + f"-- statement {n} of {len(results)}: {_one_line(st.query)}", flush=True)
+            _print_result(df, args)
+    return 0
+
+
+def _one_line(sql: str, width: int = 120) -> str:
+    """A statement's text on one line (whitespace collapsed), cut to ``width`` characters."""
+    text = " ".join(sql.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _print_result(df, args) -> None:
+    """One statement's result on stdout in ``args.format`` (a statement with no result prints nothing)."""
     if df is None:
-        return 0
+        return
     if args.format == "csv":
         sys.stdout.write(df.write_csv())
     elif args.format == "json":
@@ -78,7 +107,7 @@ def cmd_sql(args) -> int:
 
         with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200):
             print(df)
-    return 0
+    sys.stdout.flush()
 
 
 def cmd_view(args) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from mt_cli.session import current_study, instance, location, settings_of
 
@@ -93,11 +94,18 @@ def cmd_run(args) -> int:
         stale = ArtifactStore(root=str(sd.root), cache=str(s.cache)).clean_staging()  # left by steps killed long ago
         if stale:
             print(f"removed {stale} staging folder(s) left by killed steps")
-        ran = Runner(loc.defs, sd, inst, log_level=args.log_level, launch=args.launch, **runner).run()
+        ran = Runner(loc.defs, sd, inst, log_level=args.log_level, launch=args.launch, library_log=library_log(s),
+                     **runner).run()
         if not ran:
             print("nothing to do: every artefact is current (--force redoes)")
     _headline(s, sd, args.until, time.perf_counter() - t0)
     return 0
+
+
+def library_log(settings) -> Path:
+    """This command's log of what the libraries print while runs execute in this process (W&B, transformers, tqdm,
+    Python warnings): ``$DAGSTER_HOME/logs/mt-<date>-<time>.log`` (``mt_run.runner.libraries_to``)."""
+    return settings.dagster_home / "logs" / f"mt-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
 
 def _headline(settings, sd, until: str, total: float) -> None:

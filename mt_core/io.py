@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -68,14 +69,50 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:  # json recurses once per level: a file nested ~1000 deep is hostile, not data
+        raise DataError(f"{path}: nested too deeply to read (not a {what})") from None
 
 
-MAX_LINE_BYTES = 4 << 20  # a JSONL row longer than this is refused (a chat row is kilobytes; max_length truncates)
+# What one JSONL row may be: a chat row is kilobytes (max_length truncates what trains) nested 4 levels; anything far
+# past that is refused before json.loads reads it (it would recurse once per level, and hold the whole line).
+MAX_LINE_BYTES = 1 << 20
+MAX_DEPTH = 64
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}:,]')  # a string (possessive: no backtracking) or a bracket
+
+
+def _too_deep(line: str) -> tuple[str, int] | None:
+    """(the field, the 1-based column) where ``line`` nests deeper than MAX_DEPTH, or None. A scan of its brackets
+    outside strings: linear in the line, and skipped when the line has too few brackets to be that deep."""
+    if line.count("[") + line.count("{") <= MAX_DEPTH:
+        return None
+    path: list = []  # per open container: its current key (an object) or index (a list)
+    key = None
+    for m in _JSON_TOKEN.finditer(line):
+        t = m.group()
+        if t in ("[", "{"):
+            if len(path) == MAX_DEPTH:
+                field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[:6] if p is not None)
+                field = field.lstrip(".")
+                return field + ("..." if len(path) > 6 else ""), m.start() + 1
+            path.append(0 if t == "[" else None)
+        elif t in ("]", "}"):
+            if path:
+                path.pop()
+        elif t == ",":
+            if path and isinstance(path[-1], int):
+                path[-1] += 1
+        elif t == ":":
+            if path and not isinstance(path[-1], int):
+                path[-1] = key
+        else:
+            key = t[1:-1]
+    return None
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield (row, object) with 1-based row numbers; an empty file, an empty line, a line that is not a JSON object,
-    is not UTF-8 or is longer than ``MAX_LINE_BYTES`` is a DataError naming the file and the row."""
+    is not UTF-8, is longer than ``MAX_LINE_BYTES`` or nests deeper than ``MAX_DEPTH`` is a DataError naming the file
+    and the row."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -90,6 +127,10 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             offset += len(raw)
             if not line.strip():
                 raise DataError(f"{path}: row {i}: empty line")
+            if deep := _too_deep(line):
+                field, col = deep
+                raise DataError(f"{path}: row {i}: " + (f"field '{field}' " if field else "")
+                                + f"nested deeper than {MAX_DEPTH} levels (at column {col}); not a JSONL row")
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:

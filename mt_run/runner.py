@@ -18,6 +18,10 @@ their process gone) are marked failed and their pool slots freed before anything
 queue. Queued runs are watched here too: a run whose worker died is reconciled, and a daemon that went away is
 replaced.
 
+At the default log level, what the libraries print while an inline run executes (W&B, transformers' warnings, tqdm
+bars, Python warnings) goes to a log file (``libraries_to``; `mt run` names it in its first lines), and the console
+shows the progress lines, the steps' warnings and a failed step's cause.
+
 Interrupted (Ctrl-C, SIGTERM: ``Interrupted``), the step in progress stops, its staging is discarded, queued runs in
 flight are cancelled, and nothing partial is published: the next ``mt run`` resumes.
 """
@@ -31,14 +35,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, TextIO
 
 from mt_run.plan import Item, plan_item, stage_assets
 from mt_run.runs import (FINISHED, GPU_TAG, NO_DAEMON_RETRY, STAGES, STUDY_TAG, UNTIL, RunFailed, failure_info,
                          reconcile_dead_runs, run_warnings, this_process)
 from mt_settings import Settings
 
-__all__ = ["Runner", "Item", "RunFailed", "Interrupted", "GPU_TAG"]
+__all__ = ["Runner", "Item", "RunFailed", "Interrupted", "GPU_TAG", "libraries_to"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -55,11 +60,14 @@ class Interrupted(KeyboardInterrupt):
 
 class Runner:
     """Executes a study's plan stage by stage (one Dagster run per item), printing progress.
-    ``defs``: the code location's Definitions; ``sd``: the study's ``mt_assets.study.StudyDefs``."""
+    ``defs``: the code location's Definitions; ``sd``: the study's ``mt_assets.study.StudyDefs``. ``library_log``:
+    the file that what the libraries print while a run executes in this process goes to (``libraries_to``; inline
+    launch at the default log level), so that the console shows the progress lines, the steps' warnings and a failed
+    step's cause; None leaves it on the console."""
 
     def __init__(self, defs, sd, instance, *, settings: Settings, cells: list[str], force: bool = False,
                  cells_only: bool = False, log_level: str = "WARNING", launch: str = "auto",
-                 until: str = "analysis", out: Callable[[str], None] = print):
+                 until: str = "analysis", out: Callable[[str], None] = print, library_log: Path | None = None):
         self.defs, self.sd, self.instance, self.cells, self.settings = defs, sd, instance, cells, settings
         self.force, self.cells_only = force, cells_only
         self.stages = STAGES[:STAGES.index(UNTIL[until]) + 1]
@@ -68,6 +76,14 @@ class Runner:
         self.launch = ("queued" if self.slots > 1 else "inline") if launch == "auto" else launch
         self.ran: list[Item] = []
         self.current = "planning"  # what runs now, for the interrupt message
+        self.library_log, self._log = library_log, None  # the path, and the file while run() runs
+
+    @property
+    def quiet(self) -> bool:
+        """Dagster's console shows nothing and `mt` prints the progress, the runs' warnings and a failed step's cause
+        (the default); --log-level INFO/DEBUG or --debug show Dagster's own log and leave the libraries' output on the
+        console."""
+        return self.log_level == "WARNING" and not self.settings.debug
 
     def latest(self, asset: str, partition: str | None):
         from mt_resources.store import latest_metadata
@@ -113,6 +129,13 @@ class Runner:
             self.stack = stack
             try:
                 stack.enter_context(interrupts_that_stick())
+                if self.launch == "inline" and self.quiet and self.library_log is not None:
+                    Path(self.library_log).parent.mkdir(parents=True, exist_ok=True)
+                    stack.callback(_drop_if_empty, Path(self.library_log))  # nothing ran, or nothing was printed
+                    self._log = stack.enter_context(open(self.library_log, "a", buffering=1, encoding="utf-8",
+                                                         errors="replace"))
+                    stack.callback(setattr, self, "_log", None)
+                    self.out(f"library output (W&B, transformers, warnings, progress bars): {self.library_log}")
                 if self.launch == "queued":
                     stack.enter_context(daemon(self.instance, self.settings, self.out))
                     self.queue = stack.enter_context(RunQueue(self.settings, self.out))
@@ -202,13 +225,16 @@ class Runner:
         # At the default level Dagster's console shows nothing; this process prints the run's warnings and, when a
         # step fails, one line with its cause (Dagster's console would print the cause inside a stack trace).
         # --log-level INFO/DEBUG or --debug show Dagster's own log.
-        quiet = self.log_level == "WARNING" and not self.settings.debug
+        # What the libraries print meanwhile (W&B, transformers, tqdm, Python warnings) goes to the library log.
+        quiet = self.quiet
+        routed = libraries_to(self._log) if quiet and self._log is not None else contextlib.nullcontext()
         try:
-            res = self.defs.resolve_job_def(self.sd.job(item.job)).execute_in_process(
-                instance=self.instance, partition_key=item.partition, raise_on_error=False, tags=tags,
-                asset_selection=[self.sd.key(a) for a in item.assets],
-                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL" if quiet else
-                                                               self.log_level}}}})
+            with routed:
+                res = self.defs.resolve_job_def(self.sd.job(item.job)).execute_in_process(
+                    instance=self.instance, partition_key=item.partition, raise_on_error=False, tags=tags,
+                    asset_selection=[self.sd.key(a) for a in item.assets],
+                    run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL" if quiet else
+                                                                   self.log_level}}}})
         except KeyboardInterrupt:  # between Dagster's own interrupt checks
             raise Interrupted(item.label) from None
         dt = time.perf_counter() - t0
@@ -221,8 +247,65 @@ class Runner:
             why, user, trace = failure_info(self.instance, res.run_id)
             if trace and quiet:
                 print(trace, file=sys.stderr)  # a bug, not the input: its stack trace
+            if self._log is not None:
+                self.out(f"{item.label}: what the libraries printed during it: {self.library_log}")
             raise RunFailed(f"{item.label} FAILED after {dt:.0f}s (run {res.run_id}) in {why}", user)
         return dt
+
+
+def _drop_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            path.unlink()
+
+
+@contextlib.contextmanager
+def libraries_to(log: TextIO):
+    """While a run executes in this process, what its libraries write goes to ``log`` (an open text file) instead
+    of the console: whatever is written to ``sys.stdout``/``sys.stderr`` (W&B's "wandb: ..." lines, tqdm bars such as
+    transformers' "Loading weights", ``print``), the logging handlers that write to the console (transformers' own
+    logger keeps one bound to the stderr of its import), and Python warnings (transformers' FutureWarnings): a
+    warning is written there once, as Python would show it. Everything is put back on exit. What `mt` prints itself
+    (the progress, the steps' warnings and a failed step's cause, read from the Dagster instance) is printed outside
+    it. Output written below Python (a C library's, a child process's) stays on the console."""
+    import logging
+    import warnings
+
+    out, err = sys.stdout, sys.stderr
+    consoles = {id(x) for x in (out, err, sys.__stdout__, sys.__stderr__) if x is not None}
+
+    def stream_handlers():
+        loggers = [logging.getLogger(), *(x for x in list(logging.Logger.manager.loggerDict.values())
+                                          if isinstance(x, logging.Logger))]
+        return [h for lg in loggers for h in list(lg.handlers)
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                and not isinstance(getattr(type(h), "stream", None), property)]  # one that follows sys.stderr
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        log.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    for f in (out, err):
+        with contextlib.suppress(Exception):
+            f.flush()
+    moved = [(h, h.stream) for h in stream_handlers() if id(h.stream) in consoles]
+    for h, _ in moved:
+        h.setStream(log)
+    shown = warnings.showwarning
+    warnings.showwarning = show
+    sys.stdout = sys.stderr = log
+    try:
+        yield log
+    finally:
+        sys.stdout, sys.stderr = out, err
+        warnings.showwarning = shown
+        for h, stream in moved:
+            if h.stream is log:
+                h.setStream(stream)
+        for h in stream_handlers():  # made while it ran, bound to the log: to the console it would have had
+            if h.stream is log:
+                h.setStream(err)
+        with contextlib.suppress(Exception):
+            log.flush()
 
 
 @contextlib.contextmanager

@@ -115,11 +115,117 @@ class Override(dict):
     """A mapping tagged ``!override`` in a study file: it replaces the base's value instead of merging into it."""
 
 
+# What one study file may make the YAML loader build. Aliases repeat a part of the tree, so a few lines can expand to
+# billions of nodes (a "billion laughs") that the deep merge, the config hash and validation would then walk; a study
+# file is a few hundred nodes, nested a few levels.
+MAX_ALIASES = 100
+MAX_NODES = 100_000  # the tree with every alias expanded
+MAX_DEPTH = 64
+_DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9_]*)")
+
+
+class _Refused(yaml.YAMLError):
+    """Something the loader refuses in a study file, at ``mark`` (the node's place) and ``field`` (its dotted path)."""
+
+    def __init__(self, mark, field: tuple, message: str):
+        super().__init__(message)
+        self.mark, self.field, self.message = mark, field, message
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    """A SafeLoader that also refuses what would mislead or overwhelm the study's loading: aliases past a budget,
+    nesting past ``MAX_DEPTH``, duplicate keys (YAML keeps the last silently) and integers not written in decimal
+    (YAML 1.1 reads ``042`` as octal 34). Each refusal names the node's line and dotted field."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = 0
+        self._path: list = []  # the dotted path of the node being composed (None: the root, or a key)
+        self._fields: dict[int, tuple] = {}  # id(node) -> its dotted path, for the refusals made after composing
+
+    def _here(self) -> tuple:
+        return tuple(p for p in self._path if p is not None)
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        self._path.append(index.value if isinstance(index, yaml.ScalarNode) else index)
+        try:
+            if isinstance(event, yaml.AliasEvent):
+                self._aliases += 1
+                if self._aliases > MAX_ALIASES:
+                    raise _Refused(event.start_mark, self._here(), f"more than {MAX_ALIASES} aliases (*name) in one "
+                                   "file; write the values out")
+            if len(self._path) > MAX_DEPTH:
+                raise _Refused(event.start_mark, self._here(), f"nested deeper than {MAX_DEPTH} levels")
+            node = super().compose_node(parent, index)
+            self._fields.setdefault(id(node), self._here())
+            return node
+        finally:
+            self._path.pop()
+
+    def compose_document(self):
+        node = super().compose_document()
+        self._check_expansion(node)
+        return node
+
+    def _check_expansion(self, root) -> None:
+        """Refuse a tree that, its aliases expanded, has more than MAX_NODES nodes or contains itself. Each distinct
+        node is sized once (an alias shares its anchor's node), so this costs the file's size, not the expansion's."""
+        size: dict[int, int] = {}
+        open_: set[int] = set()  # on the current path: meeting one again is a cycle (an alias inside its own anchor)
+        stack = [(root, False)]
+        while stack:
+            node, done = stack.pop()
+            if id(node) in size:
+                continue
+            kids = ([n for kv in node.value for n in kv] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+            if not done:
+                if id(node) in open_:
+                    raise _Refused(node.start_mark, self._fields.get(id(node), ()), "an alias refers to the "
+                                   "mapping or list that contains it")
+                open_.add(id(node))
+                stack.append((node, True))
+                stack.extend((k, False) for k in kids)
+                continue
+            open_.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(k)] for k in kids)
+            if size[id(node)] > MAX_NODES:
+                raise _Refused(node.start_mark, self._fields.get(id(node), ()), f"its aliases expand to more than "
+                               f"{MAX_NODES} nodes (a study file is a few hundred); write the values out")
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base`: keys written next to it override the merged ones, by design
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: SafeConstructor names it
+                if seen is not key_node:
+                    raise _Refused(key_node.start_mark, (*self._fields.get(id(node), ()), key),
+                                   f"duplicate key {key!r} (also on line {seen.start_mark.line + 1}); YAML would keep "
+                                   "the last value only, so remove one")
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node):
+        value = super().construct_yaml_int(node)
+        if not _DECIMAL.fullmatch(node.value):
+            raise _Refused(node.start_mark, self._fields.get(id(node), ()), f"{node.value} is read by YAML as the "
+                           f"integer {value} (a leading 0 is octal, 0x hex, 0b binary, a colon base 60); write it in "
+                           "decimal digits, or quote it if it is text")
+        return value
 
 
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_constructor("!override", lambda loader, node: Override(loader.construct_mapping(node, deep=True)))
+
+
+def _dotted(field: tuple) -> str:
+    return ".".join(map(str, field)) or "<top>"
 
 
 def _read_yaml(path: Path) -> dict:
@@ -127,6 +233,8 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: study file not found")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader, one extra tag
+    except _Refused as e:  # one line: the file, the line, the field
+        raise ConfigError(f"{path}: line {e.mark.line + 1}: {_dotted(e.field)}: {e.message}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     except UnicodeDecodeError as e:

@@ -45,14 +45,34 @@ def _loss(v: str) -> str:
 
 
 Loss = Annotated[str, AfterValidator(_loss)]
+
+
+def _not_bool(v):
+    """YAML reads true/false/yes/no/on/off as booleans, which pydantic would take as the seeds 1 and 0."""
+    if isinstance(v, bool):
+        raise ValueError(f"YAML read {v!r} as a boolean, not a seed: write a whole number")
+    return v
+
+
 # A seed of torch, numpy and Python's random alike, and the seed in a cell key (<condition>_s<seed>): 0 <= seed < 2**32.
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# Written in decimal: the loader refuses YAML 1.1's other integers (042 is octal 34).
+Seed = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=2**32 - 1)]
+
+
+def _ordered(v):
+    if v is not None and not v[0] <= v[1]:
+        raise ValueError(f"[{v[0]:g}, {v[1]:g}] is not a range: expected [low, high] with low <= high")
+    return v
+
+
+Range = Annotated[tuple[float, float], AfterValidator(_ordered)]  # [low, high], both included
 
 
 class ConfigModel(BaseModel):
     """The base of every study model: frozen, unknown fields rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # floats finite: YAML reads .inf and .nan as floats, and no study value (a rate, a threshold) means either
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Condition(ConfigModel):
@@ -137,8 +157,8 @@ class Gate(ConfigModel):
     personas: list[str] | Literal["all"]
     assistant_max: float | None = None
     source_min: float | None = None
-    assistant_range: tuple[float, float] | None = None
-    max_bystander_range: tuple[float, float] | None = None
+    assistant_range: Range | None = None
+    max_bystander_range: Range | None = None
 
 
 class Gates(ConfigModel):
@@ -284,6 +304,14 @@ class Study(ConfigModel):
         # the Dagster asset key prefix, job names and the DuckDB `study` column of the study's rows
         if not v or not (v[0].isalpha() and v.replace("_", "").isalnum() and v.isascii()):
             raise ValueError(f"study name {v!r} must be letters, digits and '_', starting with a letter")
+        return v
+
+    @field_validator("marker")
+    @classmethod
+    def _marker(cls, v: str):
+        # the text every completion is scored for: an empty one is "found" in every completion
+        if not v.strip():
+            raise ValueError(f"the marker must be some text, got {v!r}")
         return v
 
     @field_validator("conditions")

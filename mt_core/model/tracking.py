@@ -55,7 +55,9 @@ class WandbRun(NullRun):
 @contextlib.contextmanager
 def wandb_run(settings: WandbSettings, *, name: str, group: str, job_type: str,
               config: dict) -> Iterator[NullRun]:
-    """A W&B run around one training; finished on exit (``exit_code=1`` if the body raised)."""
+    """A W&B run around one training; finished on exit (``exit_code=1`` if the body raised). W&B prints nothing
+    (``silent``: no "wandb: ..." banners; the run's id, URL and mode are the step's metadata) and leaves the process's
+    console alone (``console="off"``: it neither captures nor echoes stdout/stderr)."""
     if settings.mode == "disabled":
         yield NullRun()
         return
@@ -66,7 +68,7 @@ def wandb_run(settings: WandbSettings, *, name: str, group: str, job_type: str,
     extra = {"base_url": settings.host} if settings.host else {}
     run = wandb.init(project=settings.project, entity=settings.entity, name=name, group=group, job_type=job_type,
                      config=config, mode=settings.mode, dir=str(d), reinit="finish_previous",
-                     settings=wandb.Settings(quiet=True, **extra))
+                     settings=wandb.Settings(quiet=True, silent=True, console="off", **extra))
     try:
         yield WandbRun(run, settings.mode)
     except BaseException:
