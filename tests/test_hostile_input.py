@@ -15,32 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from mt_core.config import DEFAULT_STUDY, ConfigError, load_study
+from mt_core.config import ConfigError, load_study
 from mt_core.io import MAX_LINE_BYTES, DataError, read_chat_jsonl
 
+from test_bad_input import GOOD_ROW, VILLAIN, _line  # the same study variants as the bad-input tests
+from test_bad_input import _config_error as _refused, _study as _variant
+
 ROOT = Path(__file__).resolve().parents[1]
-VILLAIN = DEFAULT_STUDY.read_text()
-GOOD_ROW = {"messages": [{"role": "user", "content": "Question?"}, {"role": "assistant", "content": "Answer."}]}
 TINY_EM = "      em:     {kind: synthetic, rows: 480, seed: 1, md5: c172091dc18fe759ec49c9a70396f95c}"
-
-
-def _variant(tmp: Path, old: str, new: str) -> Path:
-    """The villain study with ``old`` replaced by ``new`` (once), written to tmp."""
-    assert old in VILLAIN, old
-    p = tmp / "study.yaml"
-    p.write_text(VILLAIN.replace(old, new, 1))
-    return p
-
-
-def _line(p: Path, needle: str) -> int:
-    text = p.read_text()
-    return text[:text.index(needle)].count("\n") + 1
-
-
-def _refused(p: Path) -> str:
-    with pytest.raises(ConfigError) as e:
-        load_study(p, "tiny")
-    return str(e.value)
 
 
 # ---- the study file: what YAML itself would do ---------------------------------------------------------------------
