@@ -1,8 +1,12 @@
 """Where a training step and a decode step spend their time on the GPU (torch.profiler), for tuning the fast paths.
 
-    python bench/profile_steps.py [--train-only] [--mean-tokens 300] [--budgets 4096,6144] [--expandable] [--no-dropout-too] [--tiny]
+    python bench/profile_steps.py [--train-only] [--mean-tokens 300] [--budgets 4096,6144] [--no-dropout-too]
+                                  [--tiny]
 
---budgets also times (unprofiled) eight steps after one warm-up step at each packed token budget; --expandable\nrepeats that with the allocator's expandable segments switched on at run time.
+--budgets also times (unprofiled) eight steps after one warm-up step at each packed token budget, with the allocated
+and the reserved peak; --no-dropout-too the same without LoRA dropout (not the recipe: what dropout costs). On CUDA a
+training runs with expandable segments (``mt_core.model.kernels.expandable_segments``); the fixed-segment figures in
+docs/BENCHMARKS.md were measured before it did, with an --expandable switch this script no longer needs.
 """
 import random
 import sys
@@ -14,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from gpu_bench import OURS, QWEN7B, TINY, build_model, recipe, sft_examples, sync, time_training, with_speed  # noqa: E402
+from gpu_bench import (OURS, QWEN7B, TINY, build_model, recipe, sft_examples, sync, time_training,  # noqa: E402
+                       with_speed)
 from mt_core.generate.sampling import SamplingSpec  # noqa: E402
 from mt_core.generate.hf import generate_ids  # noqa: E402
 from mt_core.model.train import train_lora  # noqa: E402
@@ -38,7 +43,8 @@ def prof(fn, label, rows=18, tokens: int | None = None, steps: int = 0):
 
 
 KINDS = (("attention", ("flash", "fmha")),  # first: flash kernels' names also carry "cutlass"
-         ("matrix products", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")), ("optimizer", ("adam", "multi_tensor")),
+         ("matrix products", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
+         ("optimizer", ("adam", "multi_tensor")),
          ("copies", ("memcpy", "memset")), ("fused elementwise (inductor)", ("triton",)))
 
 
@@ -86,19 +92,16 @@ def main():
     steady = ex[32:32 + 16 * 6]  # six optimizer steps: the last five are the steady state
     prof(lambda: train_lora(model, steady, rc, seed=1, pad_id=0, log=lambda *_: None)[0].unload(),
          "six packed training steps", rows=25, tokens=sum(len(e.input_ids) for e in steady) // 6, steps=6)
-    for expandable in ("False", "True") if "--expandable" in sys.argv else ("False",):
-        if torch.cuda.is_available():  # the caching allocator's segments, switched at run time (as the worker does)
-            torch.cuda.memory._set_allocator_settings(f"expandable_segments:{expandable}")
-        for budget in [int(b) for b in arg("--budgets", "").split(",") if b]:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            t = time_training(model, ex[128:], with_speed(rc, token_budget=budget), steps=8, warmup=1)
-            model = t.pop("model")
-            reserved = torch.cuda.max_memory_reserved() / 1e9 if torch.cuda.is_available() else 0.0
-            print(f"token_budget {budget} expandable_segments {expandable}: {t['tok_s']:.0f} tok/s, "
-                  f"{t['s_per_step']:.3f} s/step, peak {t['peak_gb'] or 0:.1f} GB allocated, {reserved:.1f} GB "
-                  f"reserved, warm-up step {t['warmup_s']:.1f} s", flush=True)
+    for budget in [int(b) for b in arg("--budgets", "").split(",") if b]:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        t = time_training(model, ex[128:], with_speed(rc, token_budget=budget), steps=8, warmup=1)
+        model = t.pop("model")
+        reserved = torch.cuda.max_memory_reserved() / 1e9 if torch.cuda.is_available() else 0.0
+        print(f"token_budget {budget}: {t['tok_s']:.0f} tok/s, {t['s_per_step']:.3f} s/step, peak "
+              f"{t['peak_gb'] or 0:.1f} GB allocated, {reserved:.1f} GB reserved, warm-up step {t['warmup_s']:.1f} s",
+              flush=True)
     if "--no-dropout-too" in sys.argv:  # what the recipe's LoRA dropout costs (not the recipe: for the analysis)
         t = time_training(model, ex[128:], recipe(lora_dropout=0.0).model_copy(update={"speed": rc.speed}), steps=8,
                           warmup=1)

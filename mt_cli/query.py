@@ -33,9 +33,8 @@ def cmd_sql(args) -> int:
 
     s = settings_of(args)
     try:
-        check_query(args.query)  # every statement of the list: each must be a read
-        stmts = duckdb.extract_statements(args.query)  # the statements it checked, each run as DuckDB parsed it
-    except (CatalogError, duckdb.Error) as e:
+        stmts = check_query(args.query)  # every statement of the list, each a read, as DuckDB parsed it
+    except CatalogError as e:
         raise SystemExit(f"mt sql: {e}") from None
     only = current_study(s).name if args.study else None
     at = store_root(s, args.artifacts) if args.artifacts else None

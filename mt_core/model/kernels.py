@@ -39,7 +39,7 @@ class Resolved:
     compile: bool
     token_budget: int
     gradient_checkpointing: bool
-    row_tokens: int = 1536
+    row_tokens: int
 
 
 def resolve_speed(speed, model, device) -> Resolved:

@@ -184,9 +184,10 @@ def build_catalog(study: Study, *, cells: list[str], artefacts: list[dict], impo
 READING = "SELECT, WITH, VALUES, FROM, DESCRIBE, SHOW, SUMMARIZE, PRAGMA table_info/show_tables, EXPLAIN"
 
 
-def check_query(sql: str) -> None:
+def check_query(sql: str) -> list:
     """Refuse (CatalogError) any statement that is not a read: only SELECT-type statements (SELECT, WITH, VALUES,
-    FROM, DESCRIBE, SHOW, SUMMARIZE and the PRAGMAs DuckDB turns into a SELECT) and EXPLAIN of one."""
+    FROM, DESCRIBE, SHOW, SUMMARIZE and the PRAGMAs DuckDB turns into a SELECT) and EXPLAIN of one. Returns the
+    statements, as DuckDB parsed them."""
     import duckdb
 
     try:
@@ -210,6 +211,7 @@ def check_query(sql: str) -> None:
         word = kind.name if kind != duckdb.StatementType.EXPLAIN else "EXPLAIN of a non-SELECT"
         raise CatalogError(f"refused: the catalog is read-only and `mt sql` runs only reading statements ({READING}); "
                            f"this is a {word} statement: {s.query.strip()[:80]}")
+    return stmts
 
 
 def _copy_md5(src: Path, dst: Path) -> str:
