@@ -97,6 +97,10 @@ def report(instance, profile: str, cells: list[str], source: str | None, mt_run:
         "coupling_wall_s": timing.get("coupling", {}).get("wall_s"),
         "cell_walls_s": [timing.get(c, {}).get("wall_s") for c in cells],
         "steps": steps,
+        # the whole run's, counted in the steps' own log lines (on-policy completions and gates included)
+        "engine_starts": sum("vllm: engine started" in m for m in messages),
+        "merged_copies_written": sum(m.count("vllm: merged ") for m in messages),
+        "peak_gpu_gb": mt_run.get("peak_gpu_gb"),
         "engine_starts_per_cell": [g.get("engine_starts") for g in gen],
         # the generation session's count: with vLLM, merged checkpoints written (0 for a worker's held engine); with
         # transformers, merges done in memory

@@ -4,7 +4,8 @@
 # wheels in .whl/dg), one device call each, and the measurement runs detached so that it can outlast a call.
 #   bash bench/on_device.sh stash PART    # each transfer call: keep the carried part (a carried path is replaced)
 #   bash bench/on_device.sh start ARGS    # install both, then `python bench/cell_bench.py ARGS` in the background
-#   bash bench/on_device.sh poll          # progress; when it has ended, its results and logs into $OUT
+#   bash bench/on_device.sh poll          # progress, and its results and logs so far into $OUT
+#   bash bench/on_device.sh poll report --cells C   # also the runs that have ended, read from the instance
 set -euo pipefail
 run="${TMPDIR:-/tmp}/mt-bench"   # models, scratch, the Dagster instance and the results: outside the copied tree
 env_() {
@@ -28,10 +29,12 @@ case "${1:-}" in
     tail -n 4 "$run/results/bench.log" | cut -c1-300
     grep -h -E "done in|engine started|pushed|tok/s" "$run/dagster"/workers/*.log 2>/dev/null | tail -n 6 | cut -c1-200 || true
     nvidia-smi --query-gpu=memory.used --format=csv,noheader
+    cp "$run"/results/* "$OUT"/ 2>/dev/null || true   # every poll: what a lease that ends mid-run still keeps
+    for f in "$run"/dagster/workers/*.log; do [ -f "$f" ] && cp "$f" "$OUT/worker_$(basename "$f")"; done
     if ! pgrep -f bench/cell_bench.py > /dev/null; then
-      cp "$run"/results/* "$OUT"/ 2>/dev/null || true
-      for f in "$run"/dagster/workers/*.log; do [ -f "$f" ] && cp "$f" "$OUT/worker_$(basename "$f")"; done
       echo "ENDED"
+    elif [ "${2:-}" = report ]; then   # the runs that have ended so far, read from the instance while it goes on
+      python3 bench/cell_bench.py --report --compute worker --out "$OUT" "${@:3}" | tail -n 30
     fi ;;
   *) sed -n 2,7p "$0"; exit 2 ;;
 esac
