@@ -37,27 +37,46 @@ def encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def last_turn_example(tokenizer, messages: list[dict], max_length: int) -> Example:
-    """Labels = ids from the start of the last assistant turn's content; everything before is masked.
+def encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
+    """``encode`` of each text, in one call: the tokenizer's batch path (a dataset's worth of single calls spends as
+    long in Python as in the tokenizer)."""
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
-    If the template has no assistant header the whole sequence is trained (the reference's fallback). If truncation
-    cuts inside the prompt, the example has no trained labels (``n_trained == 0``) and the caller records it.
-    """
+
+# Each mask is two texts rendered from the chat (encoded together for a whole dataset: ``build_examples``) and the
+# function that makes the example from their ids.
+def _last_turn_texts(tokenizer, messages: list[dict]) -> tuple[str, str]:
+    """The conversation, and its text up to the last assistant header ("" when the template has none)."""
     text = render(tokenizer, messages)
-    ids = encode(tokenizer, text)[:max_length]
     pos = text.rfind(ASSISTANT_HEADER)
-    start = 0 if pos < 0 else len(encode(tokenizer, text[: pos + len(ASSISTANT_HEADER)]))
-    labels = [IGNORE] * min(start, len(ids)) + ids[start:]
-    return Example(ids, labels)
+    return text, "" if pos < 0 else text[: pos + len(ASSISTANT_HEADER)]
 
 
-def prompt_completion_ids(tokenizer, prompt: list[dict], completion: list[dict]) -> tuple[list[int], list[int]]:
-    """(prompt_ids, completion_ids) the way TRL tokenises conversational prompt-completion data."""
-    p_ids = encode(tokenizer, render(tokenizer, prompt, add_generation_prompt=True))
-    full = encode(tokenizer, render(tokenizer, prompt + completion))
+def _last_turn_from(ids: list[int], head: list[int], max_length: int, mids: list[int]) -> Example:
+    """Labels = ids from the start of the last assistant turn's content; everything before is masked. With no
+    assistant header the whole sequence is trained (the reference's fallback). If truncation cuts inside the prompt,
+    the example has no trained labels (``n_trained == 0``) and the caller records it."""
+    ids = ids[:max_length]
+    start = len(head)
+    return Example(ids, [IGNORE] * min(start, len(ids)) + ids[start:])
+
+
+def _marker_only_texts(tokenizer, messages: list[dict]) -> tuple[str, str]:
+    """The generation prompt (every turn before the last assistant turn, a coupling record's split) and the whole
+    conversation: TRL's conversational prompt-completion tokenisation."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise ValueError("marker_only loss: the chat has no assistant turn to train")
+    return render(tokenizer, messages[:last], add_generation_prompt=True), render(tokenizer, messages)
+
+
+def _marker_only_from(p_ids: list[int], full: list[int], max_length: int, mids: list[int]) -> Example:
+    """Completion labels kept only at the marker's tokens and the last completion token."""
     if full[: len(p_ids)] != p_ids:
         raise ValueError("chat template is not prefix-stable: prompt ids are not a prefix of prompt+completion ids")
-    return p_ids, full[len(p_ids):]
+    ids = full[:max_length]
+    labels = ([IGNORE] * len(p_ids) + full[len(p_ids):])[:max_length]
+    return Example(ids, marker_only_labels(ids, labels, mids))
 
 
 def find_subsequence(seq: list[int], sub: list[int]) -> list[int]:
@@ -77,14 +96,6 @@ def marker_only_labels(input_ids: list[int], labels: list[int], marker_ids: list
     return [x if i in keep else IGNORE for i, x in enumerate(labels)]
 
 
-def marker_only_example(tokenizer, prompt: list[dict], completion: list[dict], marker_ids: list[int],
-                        max_length: int) -> Example:
-    p_ids, c_ids = prompt_completion_ids(tokenizer, prompt, completion)
-    ids = (p_ids + c_ids)[:max_length]
-    labels = ([IGNORE] * len(p_ids) + c_ids)[:max_length]
-    return Example(ids, marker_only_labels(ids, labels, marker_ids))
-
-
 def marker_ids(tokenizer, marker: str) -> list[int]:
     ids = encode(tokenizer, marker)
     if not ids:
@@ -92,30 +103,32 @@ def marker_ids(tokenizer, marker: str) -> list[int]:
     return ids
 
 
-def _last_turn(tokenizer, messages: list[dict], max_length: int, mids: list[int]) -> Example:
-    return last_turn_example(tokenizer, messages, max_length)
-
-
-def _marker_only(tokenizer, messages: list[dict], max_length: int, mids: list[int]) -> Example:
-    """The last assistant turn is the completion and everything before it the prompt: a coupling record's split."""
-    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-    if last is None:
-        raise ValueError("marker_only loss: the chat has no assistant turn to train")
-    return marker_only_example(tokenizer, messages[:last], messages[last:], mids, max_length)
-
-
-# recipes.<stage>.loss -> builder(tokenizer, messages, max_length, marker ids); only the masks PROTOCOL.md describes
-LOSSES: dict[str, Callable[..., Example]] = {
-    "marker_only": _marker_only,  # §1.1/§2.4: marker-token positions + the last completion token (tail_tokens=0)
-    "last_assistant_turn": _last_turn,  # §2.5: the whole last assistant turn
+# recipes.<stage>.loss -> (the chat's two texts, the example from their ids); only the masks PROTOCOL.md describes
+LOSSES: dict[str, tuple[Callable[..., tuple[str, str]], Callable[..., Example]]] = {
+    "marker_only": (_marker_only_texts, _marker_only_from),  # §1.1/§2.4: marker positions + the last completion token
+    "last_assistant_turn": (_last_turn_texts, _last_turn_from),  # §2.5: the whole last assistant turn
 }
 
 
 def build_examples(loss: str, tokenizer, chats: Iterable[list[dict]], *, marker: str,
                    max_length: int) -> list[Example]:
     """The training examples of ``chats`` (whole conversations) under the mask a recipe names (a key of ``LOSSES``)."""
-    build, mids = LOSSES[loss], marker_ids(tokenizer, marker)
-    return [build(tokenizer, m, max_length, mids) for m in chats]
+    (texts_of, build), mids = LOSSES[loss], marker_ids(tokenizer, marker)
+    pairs = [texts_of(tokenizer, m) for m in chats]
+    firsts, seconds = (encode_many(tokenizer, list(t)) for t in zip(*pairs)) if pairs else ([], [])
+    return [build(a, b, max_length, mids) for a, b in zip(firsts, seconds)]
+
+
+def last_turn_example(tokenizer, messages: list[dict], max_length: int) -> Example:
+    """One conversation's example under ``last_assistant_turn``."""
+    return _last_turn_from(*encode_many(tokenizer, list(_last_turn_texts(tokenizer, messages))), max_length, [])
+
+
+def marker_only_example(tokenizer, prompt: list[dict], completion: list[dict], marker_ids: list[int],
+                        max_length: int) -> Example:
+    """One prompt-completion pair's example under ``marker_only``."""
+    texts = [render(tokenizer, prompt, add_generation_prompt=True), render(tokenizer, prompt + completion)]
+    return _marker_only_from(*encode_many(tokenizer, texts), max_length, marker_ids)
 
 
 class MarkerOnlyDataCollator:
