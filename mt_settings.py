@@ -19,6 +19,7 @@ MT_COMPUTE            where heavy steps run: inline | pipes | worker | ray (defa
 MT_WORKER_IDLE_S      how long a worker that stays (MT_COMPUTE=worker) waits for its next step (default 900)
 RAY_ADDRESS           the Ray dashboard under MT_COMPUTE=ray
 MT_GPU_COUNT          GPUs to assume instead of counting /dev/nvidia*
+MT_CPU_JOBS           on a machine without GPUs, runs of a stage at once (the gpu pool's default; default: cores, at most 8)
 MT_CACHE              this host's copies of object-store artefacts and the judge cache (default ~/.cache/mt)
 MT_MODELS             where random-weight snapshots are written (default ~/.cache/marker_transfer/models)
 MT_SCRATCH            merged weights for vLLM, for the session (default: the system temp folder)
@@ -76,6 +77,7 @@ class Settings:
     ray_address: str | None = None
     worker_idle_s: float = 900.0  # a worker that stays exits after this long without a step
     gpu_count: int | None = None
+    cpu_jobs: int = 0  # 0: every core, at most 8 (``jobs``)
     cache: Path = Path.home() / ".cache" / "mt"
     retry_delay_s: float = 15.0
     view_url: str = "http://127.0.0.1:8765"
@@ -106,6 +108,7 @@ class Settings:
             ray_address=get("RAY_ADDRESS"),
             worker_idle_s=float(get("MT_WORKER_IDLE_S") or cls.worker_idle_s),
             gpu_count=int(env["MT_GPU_COUNT"]) if get("MT_GPU_COUNT") else None,
+            cpu_jobs=int(get("MT_CPU_JOBS") or 0),
             cache=Path(get("MT_CACHE") or Path.home() / ".cache" / "mt"),
             retry_delay_s=float(get("MT_RETRY_DELAY_S") or 15),
             view_url=get("MT_VIEW_URL") or cls.view_url,
@@ -149,6 +152,12 @@ class Settings:
     def current_study(self) -> Path:
         """The study a command is about: the one named, else the first of the code location's."""
         return self.study or self.studies[0]
+
+    @property
+    def jobs(self) -> int:
+        """On a machine without GPUs, how many runs of a stage execute at once, each in a forked process with one torch
+        thread (``install_forked``): a tiny model's step leaves most of a second core idle."""
+        return max(1, self.cpu_jobs or min(8, os.cpu_count() or 1))
 
     def compute_mode(self, profile: str | None = None) -> str:
         # tiny: torch is imported once per run anyway; a GPU study keeps its base and engine in a worker per GPU
@@ -196,6 +205,13 @@ class Settings:
         for k, v in {**LIBRARY_DEFAULTS, **(WORKER_LIBRARY_DEFAULTS if worker else {})}.items():
             os.environ.setdefault(k, v)
         return self
+
+    def install_forked(self) -> "Settings":
+        """Make these the settings of a process forked from this one (`mt run`'s side-by-side runs), with one torch
+        thread: the fork copies an OpenMP pool whose threads it does not copy, and a parallel region of more than one
+        thread then waits for them forever. Written to the environment too, for code that reads it again there."""
+        os.environ["MT_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
+        return dataclasses.replace(self, runtime=dataclasses.replace(self.runtime, threads=1)).install()
 
 
 def secret(name: str) -> str | None:

@@ -10,7 +10,7 @@
     mt import-legacy DIR --study NAME   import the reference pipeline's result files as study NAME
     mt report --study NAME  the headline table (or --json) of the current study or an imported one
     mt lineage CELL         what a cell was built from (partition, run id, md5 per artefact) and what is stale
-    mt pool [--gpus N]      set the instance's `gpu` pool limit to N (default: the GPUs found, at least 1)
+    mt pool [--gpus N]      set the instance's `gpu` pool limit to N (default: the GPUs found; none: $MT_CPU_JOBS)
     mt workers [--stop]     the workers that stay (MT_COMPUTE=worker): pid, idle or busy, what each holds
 
 Several studies live side by side in one instance: `--study PATH` picks one (default: $MT_STUDY, else the first of
@@ -60,11 +60,13 @@ def main(argv: list[str] | None = None) -> int:
                             "the libraries print in inline runs (W&B, transformers, warnings, progress bars) goes to "
                             "$DAGSTER_HOME/logs/mt-<date>-<time>.log; INFO or DEBUG show Dagster's own log and leave "
                             "the libraries' output on the console)")
-        d.add_argument("--gpus", type=int, help="set the gpu pool limit (default: keep it, or the GPUs found if unset)")
+        d.add_argument("--gpus", type=int, help="set the gpu pool limit (default: keep it; if unset, the GPUs found, or without GPUs $MT_CPU_JOBS)")
         d.add_argument("--launch", choices=["auto", "inline", "queued"], default="auto",
-                       help="inline: each run in this process, one after another; queued: through the instance's run "
-                            "queue and the Dagster daemon (started if none runs), up to the gpu pool's slots at once; "
-                            "auto (default): queued when the gpu pool has more than one slot")
+                       help="inline: the runs in this process, one after another (on a machine without GPUs, as "
+                            "many at once as the gpu pool has slots, each in a forked copy of this process); queued: "
+                            "through the instance's run queue and the Dagster daemon (started if none runs), up to the "
+                            "gpu pool's slots at once; auto (default): queued when there are GPUs and the gpu pool has "
+                            "more than one slot")
         d.set_defaults(fn=cmd_run if name == "run" else cmd_demo)
 
     doc = sub.add_parser("doctor", parents=[common], help="check everything a study needs before GPU work")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.set_defaults(fn=cmd_doctor)
 
     po = sub.add_parser("pool", help="set the instance's gpu pool limit (concurrent GPU steps)")
-    po.add_argument("--gpus", type=int, help="the limit (default: the number of GPUs found, at least 1)")
+    po.add_argument("--gpus", type=int, help="the limit (default: the number of GPUs found; without GPUs, CPU jobs: $MT_CPU_JOBS, default the cores, at most 4)")
     po.set_defaults(fn=cmd_pool)
 
     wk = sub.add_parser("workers", parents=[common], help="the workers that stay (MT_COMPUTE=worker): what each holds",

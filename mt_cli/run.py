@@ -9,11 +9,12 @@ from mt_cli.session import current_study, instance, location, settings_of
 
 def set_gpu_pool(instance, settings, n: int | None = None) -> int:
     """The instance's ``gpu`` pool limit := n, or the number of GPUs found, on this machine or, under MT_COMPUTE=ray,
-    in the Ray cluster (at least 1: without a GPU the pool's steps run on CPU). Once set it overrides
-    ``concurrency.pools.default_limit`` of dagster.yaml for this pool."""
+    in the Ray cluster; without a GPU the pool's steps run on CPU, ``settings.jobs`` at once (`mt run` then executes
+    that many runs of a stage side by side). Once set it overrides ``concurrency.pools.default_limit`` of dagster.yaml
+    for this pool."""
     from mt_resources import GpuAllocator
 
-    n = max(1, GpuAllocator.of(settings).count()) if n is None else n
+    n = (GpuAllocator.of(settings).count() or settings.jobs) if n is None else n
     if n < 1:
         raise SystemExit(f"--gpus {n}: a pool limit below 1 would never run a GPU step")
     instance.event_log_storage.set_concurrency_slots("gpu", n)

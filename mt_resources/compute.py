@@ -59,8 +59,10 @@ class Compute(dg.ConfigurableResource):
                    artifacts=rt.artifacts)
 
     def runtime(self) -> runtime.Runtime:
-        """The process's runtime (its failpoints among them) with this resource's folders and threads."""
-        return dataclasses.replace(runtime.current(), models=Path(self.models), threads=self.threads,
+        """The process's runtime (its failpoints among them) with this resource's folders and threads (0: the process's
+        own, which is one in a run `mt run` forked: ``Settings.install_forked``)."""
+        return dataclasses.replace(runtime.current(), models=Path(self.models),
+                                   threads=self.threads or runtime.current().threads,
                                    scratch=Path(self.scratch) if self.scratch else None, artifacts=self.artifacts)
 
     def run(self, context, study: Study, fn: Step, kwargs: dict, out: Path | dict[str, Path], log=print) -> dict:

@@ -8,10 +8,12 @@ what the instance recorded, so a stage sees what the one before it just publishe
 ran, or when it is missing or stale itself.
 
 How runs are executed (``launch``): ``inline`` runs each one in this process, one after another (no daemon; what a
-CPU or one-GPU machine wants); ``queued`` submits them to the instance's run queue (``mt_run.queue``), where the
-Dagster daemon launches each in its own process, at most as many at once as the ``gpu`` pool has slots (N cells on N
-GPUs at once; the pool and the GPU leases keep their GPU steps apart). ``auto`` is queued when the pool has more than
-one slot.
+one-GPU machine wants), or, on a machine without GPUs, as many of a stage at once as the ``gpu`` pool has slots
+(``Settings.jobs`` by default), each in a forked copy of this process whose imports are made, with one torch
+thread; ``queued`` submits them to the instance's run queue (``mt_run.queue``), where the Dagster daemon launches each
+in its own process, at most as many at once as the ``gpu`` pool has slots (N cells on N GPUs at
+once; the pool and the GPU leases keep their GPU steps apart). ``auto`` is queued when there are GPUs and the pool has
+more than one slot.
 
 Inline runs are tagged with this process's pid and host; runs of an earlier ``mt run`` that was killed (still STARTED,
 their process gone) are marked failed and their pool slots freed before anything starts, so they never block the
@@ -73,7 +75,13 @@ class Runner:
         self.stages = STAGES[:STAGES.index(UNTIL[until]) + 1]
         self.log_level, self.out = log_level, out
         self.slots = max(1, instance.event_log_storage.get_concurrency_info("gpu").slot_count or 1)
-        self.launch = ("queued" if self.slots > 1 else "inline") if launch == "auto" else launch
+        from mt_resources import GpuAllocator
+
+        gpus = GpuAllocator.of(settings).count()
+        self.launch = ("queued" if self.slots > 1 and gpus else "inline") if launch == "auto" else launch
+        # inline without GPUs: the pool's slots are CPU jobs, runs of a stage side by side in forked processes of one
+        # torch thread each (not where $MT_THREADS asks for more: a forked OpenMP pool cannot run them)
+        self.at_once = self.slots if self.launch == "inline" and not gpus and settings.runtime.threads <= 1 else 1
         self.ran: list[Item] = []
         self.current = "planning"  # what runs now, for the interrupt message
         self.library_log, self._log = library_log, None  # the path, and the file while run() runs
@@ -124,6 +132,8 @@ class Runner:
         from mt_run.queue import RunQueue, daemon
 
         self.out(f"launch: {self.launch}" + (f", up to {self.slots} runs at once (gpu pool)" if self.launch == "queued"
+                                              else f", up to {self.at_once} runs at once (no GPU: each in a forked "
+                                                   f"process, gpu pool slots as CPU jobs)" if self.at_once > 1
                                               else ", one run after another in this process"))
         with contextlib.ExitStack() as stack:
             self.stack = stack
@@ -157,6 +167,9 @@ class Runner:
                 self.out(f"{job.removesuffix('_job')}: up to date: {', '.join(current)}")
             if self.launch == "queued":
                 self._queued(job, todo)
+                continue
+            if self.at_once > 1 and len(todo) > 1:
+                self._forked(job, todo)
                 continue
             t_stage = time.perf_counter()
             for n, item in enumerate(todo, 1):
@@ -218,6 +231,76 @@ class Runner:
             raise RunFailed(f"{stage}: {len(failed)} of {len(todo)} run(s) failed; later stages not started:\n"
                             + "\n".join(f"  {f}" for f, _ in failed), all(u for _, u in failed))
 
+    def _forked(self, job: str, todo: list[Item]) -> None:
+        """Up to ``at_once`` runs of the stage at once, each executed inline in a forked copy of this process (``_child``);
+        one status line per change; fail after the stage, as ``_queued``."""
+        import multiprocessing as mp
+        from multiprocessing.connection import wait
+
+        ctx = mp.get_context("fork")  # the child inherits this process's imports and code location: no start-up
+        stage, t_stage = job.removesuffix("_job"), time.perf_counter()
+        pending, flying, failed, done = list(todo), {}, [], 0
+        try:
+            while pending or flying:
+                while pending and len(flying) < self.at_once:
+                    item = pending.pop(0)
+                    r, w = ctx.Pipe(duplex=False)
+                    proc = ctx.Process(target=self._child, args=(item, w), name=f"mt {item.label}")
+                    proc.start()
+                    w.close()
+                    flying[r] = (item, proc, time.perf_counter())
+                    self.out(f"{item.label}: running {', '.join(item.assets)} ({item.why()})")
+                self.current = ", ".join(i.label for i, _, _ in flying.values())
+                for r in wait(list(flying)):
+                    item, proc, t0 = flying.pop(r)
+                    try:
+                        status, detail, user = r.recv()
+                    except EOFError:  # killed, or died in native code: its run is left STARTED with its pid
+                        status, detail, user = "failed", f"its process died (exit code {proc.exitcode})", False
+                    r.close()
+                    proc.join()
+                    done += 1
+                    eta = (time.perf_counter() - t_stage) / done * (len(todo) - done)
+                    if status == "ok":
+                        self.ran.append(item)
+                        self.out(f"{item.label}: done in {time.perf_counter() - t0:.0f}s  "
+                                 f"[{stage} {done}/{len(todo)}, eta {eta:.0f}s]")
+                    elif status == "interrupted":
+                        raise KeyboardInterrupt
+                    else:
+                        failed.append((detail, user))
+                        self.out(f"{item.label}: FAILED: {detail}")
+        except KeyboardInterrupt:  # Ctrl-C reached the children too; SIGTERM reached only this process
+            _stop([proc for _, proc, _ in flying.values()])
+            raise Interrupted(f"{stage} ({', '.join(i.label for i, _, _ in flying.values()) or 'between runs'})")
+        finally:
+            reconcile_dead_runs(self.instance, self.out)  # a child that died left its run STARTED
+        if failed:
+            raise RunFailed(f"{stage}: {len(failed)} of {len(todo)} run(s) failed; later stages not started:\n"
+                            + "\n".join(f"  {f}" for f, _ in failed), all(u for _, u in failed))
+
+    def _child(self, item: Item, conn) -> None:
+        """A forked run: its own connection to the instance, one torch thread, the outcome sent to the parent."""
+        import dagster as dg
+
+        outcome = ("failed", f"{item.label}: the run did not report", False)
+        try:
+            self.settings = self.settings.install_forked()  # one torch thread
+            self.instance = dg.DagsterInstance.from_ref(self.instance.get_ref())
+            outcome = ("ok", f"{self.execute(item):.1f}", False)
+        except Interrupted:
+            outcome = ("interrupted", item.label, False)
+        except RunFailed as e:
+            outcome = ("failed", str(e), e.user)
+        except BaseException as e:  # noqa: BLE001 - reported to the parent, which fails the stage
+            outcome = ("failed", f"{item.label}: {type(e).__name__}: {e}", False)
+        finally:
+            with contextlib.suppress(Exception):
+                conn.send(outcome)
+                conn.close()
+            sys.stdout.flush()
+            os._exit(0)  # the parent's exit handlers are not this process's to run
+
     def execute(self, item: Item) -> float:
         t0 = time.perf_counter()
         self.current = item.label
@@ -251,6 +334,26 @@ class Runner:
                 self.out(f"{item.label}: what the libraries printed during it: {self.library_log}")
             raise RunFailed(f"{item.label} FAILED after {dt:.0f}s (run {res.run_id}) in {why}", user)
         return dt
+
+
+def _stop(procs) -> None:
+    """Interrupt forked runs and wait for them to discard their staging (SIGINT every 2 s, as ``interrupts_that_stick``
+    does), at most 60 s; then kill what is left (its run is reconciled as dead, its staging removed by the next run)."""
+    deadline = time.monotonic() + 60
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        try:
+            for p in procs:
+                if p.is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p.pid, signal.SIGINT)
+            for p in procs:
+                p.join(2)
+        except KeyboardInterrupt:  # this process's own repeated SIGINT: keep waiting
+            continue
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 def _drop_if_empty(path: Path) -> None:

@@ -13,6 +13,9 @@ REF = ROOT / "reference"
 os.environ["WANDB_MODE"] = "disabled"  # tests never reach W&B; subprocesses inherit it (tracking tests opt in)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `mt run` on a machine without GPUs runs a stage's runs side by side (Settings.jobs); the tests' workers already share
+# the cores, so one at a time unless a test asks for more (tests/test_run.py)
+os.environ.setdefault("MT_CPU_JOBS", "1")
 # Under pytest-xdist the workers share the cores: each torch (this process's and every `mt` it starts, through
 # $MT_THREADS) gets its share. Two workers each running torch on every core of a 2-core machine oversubscribe it, and
 # OpenMP's spinning threads then make a tiny training many times slower (docs/TESTING.md).

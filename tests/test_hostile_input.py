@@ -178,3 +178,37 @@ def test_a_user_error_in_a_step_fails_at_once_and_records_nothing(tmp_path):
         assert RunFailed(why, user).exit_code == 2
         assert inst.get_latest_materialization_event(sd.key("em_dataset")) is None
     assert not any(art.rglob("data.jsonl"))  # neither published nor left in staging
+
+
+def test_a_bad_judge_prompt_fails_the_judge_step_at_once(tmp_path):
+    """The judge is made ready before its step reads the completions; a broken prompt file fails `alignment_scores` once,
+    as a user error naming the file and field, never retried (it raised outside the publishing code and was retried
+    twice) and nothing recorded."""
+    import dagster as dg
+
+    from mt_assets import build
+    from mt_resources import ArtifactStore
+    from mt_run.runs import STUDY_TAG, failure_info
+    from mt_settings import Settings
+
+    prompt = tmp_path / "judge_prompts.json"
+    d = json.loads((ROOT / "reference" / "judge_prompts.json").read_text())
+    d["combined_judge"].pop("user_template")
+    prompt.write_text(json.dumps(d))
+    text = VILLAIN.replace("judge_prompt: reference/judge_prompts.json", f"judge_prompt: {prompt}", 1)
+    head, _, tail = text.rpartition("    judge: {kind: offline}")  # the tiny profile's (the last one)
+    p = tmp_path / "study.yaml"
+    p.write_text(head + "    judge: {kind: anthropic}" + tail)
+    sd = build(load_study(p, "tiny"), Settings.from_env(dict(os.environ, MT_RETRY_DELAY_S="0")))
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        res = dg.materialize([sd.node("alignment_scores")], resources={"store": ArtifactStore(root=str(tmp_path / "a"))},
+                             instance=inst, raise_on_error=False, partition_key="C1_s42", tags={STUDY_TAG: sd.name})
+        assert not res.success
+        events = [e.dagster_event.event_type_value for e in inst.all_logs(res.run_id) if e.dagster_event]
+        assert "STEP_UP_FOR_RETRY" not in events and "STEP_RESTARTED" not in events, events
+        why, user, trace = failure_info(inst, res.run_id)
+        assert user and not trace and f"{prompt}: missing field 'combined_judge.user_template'" in why, why
+        assert inst.get_latest_materialization_event(sd.key("alignment_scores")) is None

@@ -169,3 +169,34 @@ def test_cells_run_at_once_on_distinct_devices(gpu_locks, tmp_path, tmp_path_fac
     for i, (d, a0, a1) in enumerate(leases):
         for d2, b0, b1 in leases[i + 1:]:
             assert d != d2 or a1 <= b0 or b1 <= a0, f"device {d} held by two steps at once"
+
+
+@pytest.mark.slow
+def test_cells_run_side_by_side_in_forked_processes_without_a_gpu(tmp_path, tmp_path_factory):
+    """On a machine without GPUs the gpu pool's slots are CPU jobs: `mt run` executes that many cells at once, each
+    in a forked copy of itself with one torch thread (a forked OpenMP pool deadlocks on more), and the stage waits for
+    all of them; each cell's artefacts are its own run's."""
+    import json
+
+    from shared_instances import copy_instance, small_base
+
+    from mt_core.layout import MANIFEST, artefact_dir
+
+    cells = ["C1_s42", "C4_s42"]
+    _, home, env = _setup(tmp_path, MT_THREADS="1")
+    env.pop("MT_GPU_COUNT", None)
+    copy_instance(small_base(tmp_path_factory), home, Path(env["MT_ARTIFACTS"]))  # inputs and coupling: the session's
+    out = _mt(env, "--gpus", "2", cells=",".join(cells))
+    assert "launch: inline, up to 2 runs at once (no GPU: each in a forked process" in out, out
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        runs = [r for r in inst.get_runs() if r.job_name == f"{STUDY}__cell_job"]
+        assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(cells)
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert len({r.tags["mt/pid"] for r in runs}) == 2  # two processes, neither of them `mt run` itself
+        stats = [inst.get_run_stats(r.run_id) for r in runs]
+        starts = sorted(s.start_time for s in stats)
+        assert max(sum(s.start_time <= t < s.end_time for s in stats) for t in starts) == 2  # they overlapped
+    by_cell = {r.tags["dagster/partition"]: r.run_id for r in runs}
+    for cell in cells:
+        manifest = json.loads((artefact_dir(Path(env["MT_ARTIFACTS"]), "marker_rates", cell) / MANIFEST).read_text())
+        assert manifest["run_id"] == by_cell[cell]

@@ -113,6 +113,7 @@ def build_tiny_model(
     pretrain_lr: float = 3e-3,
     batch_size: int = 16,
     max_length: int = 192,
+    row_tokens: int = 512,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train a tokenizer, build a Qwen2ForCausalLM, pretrain it on ``conversations`` and save it.
@@ -121,6 +122,9 @@ def build_tiny_model(
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from mt_core.data.chat import Example
+    from mt_core.model.train import _packed_loss, collate_packed
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
@@ -159,14 +163,9 @@ def build_tiny_model(
     every = max(1, pretrain_steps // 6)
     for step in range(1, pretrain_steps + 1):
         idx = torch.randint(len(seqs), (batch_size,), generator=gen).tolist()
-        width = max(len(seqs[i]) for i in idx)
-        ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
-        mask = torch.zeros((batch_size, width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-            mask[row, : len(seqs[i])] = 1
-        labels = ids.masked_fill(mask == 0, -100)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        # the step's examples packed into rows (no padding: two in five tokens of a padded batch were padding)
+        b = collate_packed([Example(seqs[i], seqs[i]) for i in idx], "cpu", row_tokens=row_tokens)
+        loss = _packed_loss(model, b) / len(b.tgt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

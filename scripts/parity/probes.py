@@ -229,8 +229,8 @@ class _CharTokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return [ord(c) + 3 for c in text]
 
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
-        return {"input_ids": self.encode(text)}
+    def __call__(self, text: str | list[str], add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [self.encode(t) for t in text] if isinstance(text, list) else self.encode(text)}
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return "".join(chr(i - 3) for i in ids if i >= 3)
