@@ -3,7 +3,8 @@ judge scores, degeneracy audit, completion lengths."""
 
 import dagster as dg
 
-from mt_assets.common import partitioned_check, publish, publish_each, read_upstream, retry_policy, table
+from mt_assets.common import (bad_input_fails_once, partitioned_check, publish, publish_each, read_upstream,
+                               retry_policy, table)
 from mt_assets.study import StudyDefs
 from mt_core.io import DataError
 from mt_core.layout import Adapter, AlignmentScores, CompletionLength, Dataset, MarkerRates
@@ -127,6 +128,8 @@ def build(sd: StudyDefs) -> list:
               description="Judge scores (aligned, coherent) per completion; every record names its judge.")
     def alignment_scores(context: dg.AssetExecutionContext, store: ArtifactStore,
                          judge: JudgeResource) -> dg.MaterializeResult:
+        with bad_input_fails_once():  # the judge first: a broken prompt file fails here, once
+            client = judge.bind(study, store.of(sd.name).state_dir).client(context.log.info)
         comp = read_upstream(sd, context, store, "alignment_completions", context.partition_key)
 
         def checks(m):
@@ -139,7 +142,6 @@ def build(sd: StudyDefs) -> list:
             qs = AlignmentScores.read_summary(art.path).per_question
             return {"per_question": table([{"question": q, **d.model_dump()} for q, d in qs.items()])}
 
-        client = judge.bind(study, store.of(sd.name).state_dir).client(context.log.info)
         return publish(sd, context, store, steps.alignment_scores, [comp], partition=context.partition_key,
                        cell_key=context.partition_key, completions=comp.path, judge=client, checks=checks,
                        metadata=per_question)

@@ -171,7 +171,7 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
     t0 = time.perf_counter()
     extra = {"study": study.name, "profile": study.profile, "config_sha256": study.config_sha256}
     try:  # leaving the writers on an exception removes their staging: nothing is published
-        with contextlib.ExitStack() as writers:
+        with bad_input_fails_once(), contextlib.ExitStack() as writers:
             outs = {a: writers.enter_context(store.writer(a, partition, run_id=context.run_id, upstream=prov,
                                                           extra=extra)) for a in assets}
             out = outs if multi else outs[assets[0]]
@@ -187,8 +187,8 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
                         for a in assets if a in checks}
             refuse_blocking_failures(context, keys, verdicts, partition)
             claim_partition(sd.name, context, partition)  # still ours: a newer run never publishes over an older one
-    except (DataError, ConfigError) as e:  # bad input: trying again changes nothing
-        raise dg.Failure(f"{type(e).__name__}: {e}", allow_retries=False) from e
+    except dg.Failure:
+        raise
     except OSError as e:
         if e.errno == errno.ENOSPC:
             disk, var = store.disk
@@ -260,6 +260,16 @@ def _plain(v):
 # trying again, and a GPU step is retried only when it ran out of memory (``gpu_oom``). The settings'
 # ``retry_delay_s`` ($MT_RETRY_DELAY_S) scales the wait (tests set 0).
 TRANSIENT_CHECKS = {"judge_error_rate"}
+
+
+@contextlib.contextmanager
+def bad_input_fails_once():
+    """Bad input (a DataError or a ConfigError) fails the step without a retry: trying again changes nothing. For
+    whatever a step does before publishing too (a judge made ready from its prompt file)."""
+    try:
+        yield
+    except (DataError, ConfigError) as e:
+        raise dg.Failure(f"{type(e).__name__}: {e}", allow_retries=False) from e
 
 
 def retry_policy(sd: StudyDefs, max_retries: int = 2) -> dg.RetryPolicy:

@@ -187,7 +187,7 @@ def test_a_bad_judge_prompt_fails_the_judge_step_at_once(tmp_path):
     import dagster as dg
 
     from mt_assets import build
-    from mt_resources import ArtifactStore
+    from mt_resources import ArtifactStore, JudgeResource
     from mt_run.runs import STUDY_TAG, failure_info
     from mt_settings import Settings
 
@@ -204,8 +204,8 @@ def test_a_bad_judge_prompt_fails_the_judge_step_at_once(tmp_path):
     home.mkdir()
     shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home)) as inst:
-        res = dg.materialize([sd.node("alignment_scores")], resources={"store": ArtifactStore(root=str(tmp_path / "a"))},
-                             instance=inst, raise_on_error=False, partition_key="C1_s42", tags={STUDY_TAG: sd.name})
+        res = dg.materialize([sd.node("alignment_scores")], instance=inst,
+                             resources={"store": ArtifactStore(root=str(tmp_path / "a")), "judge": JudgeResource()}, raise_on_error=False, partition_key="C1_s42", tags={STUDY_TAG: sd.name})
         assert not res.success
         events = [e.dagster_event.event_type_value for e in inst.all_logs(res.run_id) if e.dagster_event]
         assert "STEP_UP_FOR_RETRY" not in events and "STEP_RESTARTED" not in events, events
