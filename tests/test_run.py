@@ -200,3 +200,37 @@ def test_cells_run_side_by_side_in_forked_processes_without_a_gpu(tmp_path, tmp_
     for cell in cells:
         manifest = json.loads((artefact_dir(Path(env["MT_ARTIFACTS"]), "marker_rates", cell) / MANIFEST).read_text())
         assert manifest["run_id"] == by_cell[cell]
+
+
+@pytest.mark.slow
+def test_a_killed_forked_run_fails_its_stage_and_the_next_mt_run_resumes(tmp_path, tmp_path_factory):
+    """Both forked cells are SIGKILLed inside their training (failpoint ``train``): `mt run` names each dead process,
+    fails the stage, publishes nothing and leaves their runs failed, not STARTED; the next `mt run` makes each cell
+    once."""
+    from shared_instances import copy_instance, small_base
+
+    from mt_core.layout import artefact_dir
+
+    cells = ["C1_s42", "C1_s137"]
+    _, home, env = _setup(tmp_path, MT_THREADS="1")
+    env.pop("MT_GPU_COUNT", None)
+    art = Path(env["MT_ARTIFACTS"])
+    copy_instance(small_base(tmp_path_factory), home, art)
+    cmd = [sys.executable, "-m", "mt_cli", "run", "--cells", ",".join(cells), "--gpus", "2", "--until", "cells"]
+    p = subprocess.run(cmd, cwd=ROOT, env={**env, "MT_FAILPOINT": "train"}, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    assert p.stdout.count("FAILED: its process died (exit code -9)") == 2, p.stdout[-2000:]
+    assert "cell: 2 of 2 run(s) failed; later stages not started" in p.stderr + p.stdout
+    for cell in cells:
+        assert not artefact_dir(art, "cell_adapter", cell).exists()
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        runs = [r for r in inst.get_runs() if r.job_name == f"{STUDY}__cell_job"]
+        assert sorted(r.status.value for r in runs) == ["FAILURE", "FAILURE"]  # reconciled by the killed runs' stage
+    _mt(env, "--until", "cells", cells=",".join(cells))
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        runs = [r for r in inst.get_runs() if r.job_name == f"{STUDY}__cell_job"]
+        by = {c: sorted(r.status.value for r in runs if r.tags["dagster/partition"] == c) for c in cells}
+        assert by == {c: ["FAILURE", "SUCCESS"] for c in cells}, by
+    for cell in cells:
+        assert artefact_dir(art, "cell_adapter", cell).exists()
