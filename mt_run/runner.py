@@ -256,9 +256,11 @@ class Runner:
                     try:
                         status, detail, user = r.recv()
                     except EOFError:  # killed, or died in native code: its run is left STARTED with its pid
-                        status, detail, user = "failed", f"its process died (exit code {proc.exitcode})", False
+                        status = None
                     r.close()
-                    proc.join()
+                    proc.join()  # before its exit code is read: the pipe can close first
+                    if status is None:
+                        status, detail, user = "failed", f"its process died (exit code {proc.exitcode})", False
                     done += 1
                     eta = (time.perf_counter() - t_stage) / done * (len(todo) - done)
                     if status == "ok":
