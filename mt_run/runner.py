@@ -228,8 +228,7 @@ class Runner:
             self.queue.cancel(list(flying))  # the runs in flight stop too: their staging is discarded
             raise Interrupted(f"{stage} ({', '.join(f.item.label for f in flying.values()) or 'between runs'})")
         if failed:
-            raise RunFailed(f"{stage}: {len(failed)} of {len(todo)} run(s) failed; later stages not started:\n"
-                            + "\n".join(f"  {f}" for f, _ in failed), all(u for _, u in failed))
+            raise _stage_failed(stage, failed, len(todo))
 
     def _forked(self, job: str, todo: list[Item]) -> None:
         """Up to ``at_once`` runs of the stage at once, each executed inline in a forked copy of this process (``_child``);
@@ -278,8 +277,7 @@ class Runner:
         finally:
             reconcile_dead_runs(self.instance, self.out)  # a child that died left its run STARTED
         if failed:
-            raise RunFailed(f"{stage}: {len(failed)} of {len(todo)} run(s) failed; later stages not started:\n"
-                            + "\n".join(f"  {f}" for f, _ in failed), all(u for _, u in failed))
+            raise _stage_failed(stage, failed, len(todo))
 
     def _child(self, item: Item, conn) -> None:
         """A forked run: its own connection to the instance, one torch thread, the outcome sent to the parent."""
@@ -336,6 +334,12 @@ class Runner:
                 self.out(f"{item.label}: what the libraries printed during it: {self.library_log}")
             raise RunFailed(f"{item.label} FAILED after {dt:.0f}s (run {res.run_id}) in {why}", user)
         return dt
+
+
+def _stage_failed(stage: str, failed: list[tuple[str, bool]], total: int) -> RunFailed:
+    """A stage's failed runs ((message, user error) each) as one error; a user error only if every one was."""
+    return RunFailed(f"{stage}: {len(failed)} of {total} run(s) failed; later stages not started:\n"
+                     + "\n".join(f"  {f}" for f, _ in failed), all(u for _, u in failed))
 
 
 def _stop(procs) -> None:
