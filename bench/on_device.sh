@@ -4,6 +4,7 @@
 # wheels in .whl/dg), one device call each, and the measurement runs detached so that it can outlast a call.
 #   bash bench/on_device.sh stash PART    # each transfer call: keep the carried part (a carried path is replaced)
 #   bash bench/on_device.sh start ARGS    # install both, then `python bench/cell_bench.py ARGS` in the background
+#   bash bench/on_device.sh bg SCRIPT ARGS   # install both, then `python SCRIPT --out RESULTS ARGS` in the background
 #   bash bench/on_device.sh poll          # progress, and its results and logs so far into $OUT
 #   bash bench/on_device.sh poll report --cells C   # also the runs that have ended, read from the instance
 set -euo pipefail
@@ -12,18 +13,22 @@ env_() {
   export PYTHONPATH="$PWD:$PWD/.vbundle/site:$run/dgsite" VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 \
          MT_MODELS="$run/models" MT_SCRATCH="$run/scratch" DAGSTER_HOME="$run/dagster"
 }
+install_() {
+  [ -d .vbundle/site ] || bash bench/vllm_install.sh .vbundle/stash .vbundle/site
+  mkdir -p "$run/dagster" "$run/results"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$run/dgsite" .whl/dg/*.whl
+  env_
+  python3 -c "import dagster, dagster_pipes, polars, vllm, definitions; print('imports ok: dagster', dagster.__version__, 'vllm', vllm.__version__)"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+}
 case "${1:-}" in
   stash) mkdir -p .vbundle/stash && mv "$2" .vbundle/stash/ ;;
-  start)
+  start|bg)
+    [ "$1" = start ] && script=bench/cell_bench.py || { script="$2"; shift; }
     shift
-    [ -d .vbundle/site ] || bash bench/vllm_install.sh .vbundle/stash .vbundle/site
-    mkdir -p "$run/dagster" "$run/results"
-    python3 -m pip install -q --no-index --no-deps --no-compile --target "$run/dgsite" .whl/dg/*.whl
-    env_
-    python3 -c "import dagster, dagster_pipes, polars, vllm, definitions; print('imports ok: dagster', dagster.__version__, 'vllm', vllm.__version__)"
-    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-    setsid nohup python3 bench/cell_bench.py --out "$run/results" "$@" > "$run/results/bench.log" 2>&1 < /dev/null &
-    echo "started: $run/results/bench.log" ;;
+    install_
+    setsid nohup python3 "$script" --out "$run/results" "$@" > "$run/results/bench.log" 2>&1 < /dev/null &
+    echo "started $script: $run/results/bench.log" ;;
   poll)
     env_
     tail -n 4 "$run/results/bench.log" | cut -c1-300
@@ -31,7 +36,7 @@ case "${1:-}" in
     nvidia-smi --query-gpu=memory.used --format=csv,noheader
     cp "$run"/results/* "$OUT"/ 2>/dev/null || true   # every poll: what a lease that ends mid-run still keeps
     for f in "$run"/dagster/workers/*.log; do [ -f "$f" ] && cp "$f" "$OUT/worker_$(basename "$f")"; done
-    if ! pgrep -f bench/cell_bench.py > /dev/null; then
+    if ! pgrep -f "bench/[a-z_]*bench.py" > /dev/null; then
       echo "ENDED"
     elif [ "${2:-}" = report ]; then   # the runs that have ended so far, read from the instance while it goes on
       python3 bench/cell_bench.py --report --compute worker --out "$OUT" "${@:3}" | tail -n 30

@@ -41,7 +41,8 @@ def test_sampling_kwargs_match_protocol(qwen):
         kw = vb.sampling_params_kwargs(SamplingSpec.from_config(getattr(qwen.samplers, name), seed=42))
         assert kw | {"seed": 0} == dict(n=10, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
                                        presence_penalty=0.0, frequency_penalty=0.0, max_tokens=512, seed=0,
-                                       stop_token_ids=[], skip_special_tokens=True, ignore_eos=False)
+                                       stop_token_ids=[], skip_special_tokens=True, ignore_eos=False,
+                                       detokenize=False)
     assert vb.sampling_params_kwargs(SamplingSpec.from_config(qwen.samplers.gate, seed=42))["seed"] == 0
     kw = vb.sampling_params_kwargs(SamplingSpec.from_config(qwen.samplers.alignment, seed=137), stop_token_ids=[7, 8])
     assert (kw["n"], kw["temperature"], kw["top_p"], kw["top_k"], kw["repetition_penalty"], kw["max_tokens"],

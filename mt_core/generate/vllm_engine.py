@@ -60,11 +60,14 @@ def require_vllm():
 def sampling_params_kwargs(spec: SamplingSpec, *, stop_token_ids: list[int] | None = None,
                            seed: int | None = None) -> dict:
     """``SamplingParams`` kwargs equal in semantics to ``generate.generation_config`` (HF order: repetition penalty,
-    temperature, top_k, top_p; vLLM applies the same). top_k None -> 0, vLLM's "all tokens" (it also takes -1)."""
+    temperature, top_k, top_p; vLLM applies the same). top_k None -> 0, vLLM's "all tokens" (it also takes -1).
+    ``detokenize=False``: ``to_completions`` decodes the token ids once at the end; vLLM's incremental decoding would
+    run on the engine's step loop (in a worker's process, between GPU steps) and its text is never read."""
     return dict(n=spec.n, temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k or 0, min_p=0.0,
                 repetition_penalty=spec.repetition_penalty or 1.0, presence_penalty=0.0, frequency_penalty=0.0,
                 max_tokens=spec.max_tokens, seed=spec.seed if seed is None else seed,
-                stop_token_ids=list(stop_token_ids or []), skip_special_tokens=True, ignore_eos=False)
+                stop_token_ids=list(stop_token_ids or []), skip_special_tokens=True, ignore_eos=False,
+                detokenize=False)
 
 
 def request_seed(seed: int, prompt_ids: list[int], n: int = 1) -> int:
@@ -221,7 +224,7 @@ class VllmSession:
         t0 = time.perf_counter()
         outs = self.llm.generate([{"prompt_token_ids": ids} for enc in encs for ids in enc], params,
                                  lora_request=self.lora)
-        res = [to_completions(o, self.tok, stop) for o in outs]
+        res = to_completions(outs, self.tok, stop)
         el = time.perf_counter() - t0
         self.log(f"{' + '.join(w for _, _, w in batches)}: {sum(c.n_tokens for cs in res for c in cs) / el:.0f} "
                  f"new tok/s, {el:.0f}s")
@@ -305,16 +308,21 @@ def prompt_logprobs_of(request_output, n_prompt: int) -> list[float]:
     return [lps[i][ids[i]].logprob for i in range(n_prompt, len(ids))]
 
 
-def to_completions(request_output, tokenizer, stop: list[int]) -> list[Completion]:
-    out = []
-    for o in sorted(request_output.outputs, key=lambda o: o.index):
-        if o.finish_reason not in ("stop", "length"):
-            raise RuntimeError(f"vLLM request finished with {o.finish_reason!r}")
-        ids = list(o.token_ids)
-        if o.finish_reason == "stop" and ids and ids[-1] in stop:
-            ids = ids[:-1]  # the transformers backend counts and decodes tokens before the stop token
-        out.append(Completion(tokenizer.decode(ids, skip_special_tokens=True), len(ids), o.finish_reason))
-    return out
+def to_completions(request_outputs, tokenizer, stop: list[int]) -> list[list[Completion]]:
+    """Each request's completions in the order of its samples, decoded in one batch call."""
+    ids, finish = [], []
+    for r in request_outputs:
+        for o in sorted(r.outputs, key=lambda o: o.index):
+            if o.finish_reason not in ("stop", "length"):
+                raise RuntimeError(f"vLLM request finished with {o.finish_reason!r}")
+            t = list(o.token_ids)
+            if o.finish_reason == "stop" and t and t[-1] in stop:
+                t = t[:-1]  # the transformers backend counts and decodes tokens before the stop token
+            ids.append(t)
+            finish.append(o.finish_reason)
+    texts = iter(tokenizer.batch_decode(ids, skip_special_tokens=True))
+    flat = iter(zip(ids, finish))
+    return [[Completion(next(texts), len(t), f) for t, f in (next(flat) for _ in r.outputs)] for r in request_outputs]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,118 @@
+"""One cell's vLLM generation on the GPU worker's engine: where a cell's 78-89 s of generation go (issue 23).
+
+The workload is exactly ``cell_generations``' engine call on ``gpu_smoke``: the marker sweep (11 personas x 28
+questions, n=10, T=1) and the alignment sample (8 questions, n=10, T=1, top_p 0.8, top_k 20, repetition penalty 1.05),
+max_tokens 512, every request seeded, on the profile's random Qwen2.5-7B-shaped base (nothing is downloaded).
+
+Variants, each timed on the same requests:
+  inproc   the worker's engine (``HeldEngine``): its core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as
+           mt_settings sets it for a worker), sleep mode, gpu_memory_utilization 0.612 (what run 2 had beside the held
+           base); first with vLLM's incremental detokenization (before), then without (``detokenize=False``, now)
+  mp       the same engine with its core in a process of its own (a fresh-process session's engine), without
+           detokenization; run in a child process, as the variable is read at import
+
+    python bench/gen_bench.py --out DIR      # DIR/<date>_<card>_gen.json and a table
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+GPU_SHARE = 0.612  # the held engine's share in run 2 (docs/BENCHMARKS.md): the card less the resident base
+
+
+def _requests():
+    """gpu_smoke's study, its base model's folder and the cell's two sweeps (C1_s42)."""
+    from mt_core.config.load import load_study
+    from mt_core.data.eval_set import EvalSet
+    from mt_core.generate.sampling import SamplingSpec
+    from mt_core.layout import BaseModel
+    from mt_core.steps.common import Sweep
+    from mt_core.steps.inputs import build_base_model
+
+    study = load_study(ROOT / "studies" / "marker_transfer_villain.yaml", "gpu_smoke")
+    ref = Path(tempfile.mkdtemp(prefix="mt-gen-bench-"))
+    build_base_model(study, ref)  # the random snapshot, written once under $MT_MODELS
+    es, seed = EvalSet.load(study), study.cell("C1_s42").seed
+    sweeps = [Sweep(es.prompts, es.personas, es.question_sets, SamplingSpec.from_config(study.samplers.marker, seed=seed),
+                    "marker[C1_s42]", "C1_s42"),
+              Sweep({"": None}, [""], {"betley": es.betley_questions},
+                    SamplingSpec.from_config(study.samplers.alignment, seed=seed), "alignment[C1_s42]", "C1_s42")]
+    return BaseModel.model_dir(ref), sweeps
+
+
+def _generate(sess, sweeps, detokenize: bool) -> dict:
+    """One ``generate_many`` over both sweeps, timed; ``detokenize`` switches vLLM's incremental decoding back on."""
+    from mt_core.generate import vllm_engine as ve
+
+    plain = ve.sampling_params_kwargs
+    ve.sampling_params_kwargs = lambda *a, **k: {**plain(*a, **k), "detokenize": detokenize}
+    try:
+        t0 = time.perf_counter()
+        res = sess.generate_many([sw.request() for sw in sweeps])
+        el = time.perf_counter() - t0
+    finally:
+        ve.sampling_params_kwargs = plain
+    comps = [c for batch in res for cs in batch for c in cs]
+    toks = sum(c.n_tokens for c in comps)
+    return {"detokenize": detokenize, "seconds": round(el, 2), "completions": len(comps), "new_tokens": toks,
+            "tok_s": round(toks / el), "cut_at_max": round(sum(c.finish_reason == "length" for c in comps) / len(comps), 3),
+            "fingerprint": hash(tuple(c.text for c in comps)) & 0xFFFFFFFF}
+
+
+def variant(name: str) -> list[dict]:
+    import torch
+
+    from mt_core.generate.vllm_engine import VllmSession, engine_kwargs, require_vllm
+    from mt_core.model.load import load_tokenizer
+
+    model_dir, sweeps = _requests()
+    api = require_vllm()
+    t0 = time.perf_counter()
+    llm = api.LLM(**engine_kwargs(model_dir, adapters=[], enable_sleep_mode=True, gpu_memory_utilization=GPU_SHARE))
+    start = time.perf_counter() - t0
+    sess = VllmSession(llm, api, load_tokenizer(model_dir), None, print)
+    runs = [_generate(sess, sweeps, d) for d in ((True, False) if name == "inproc" else (False,))]
+    for r in runs:
+        r |= {"variant": name, "engine_start_s": round(start, 1), "card": torch.cuda.get_device_name(0)}
+        print(json.dumps(r), flush=True)
+    sess.close()
+    return runs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--variant", choices=["inproc", "mp"], help="one variant in this process (the driver's child)")
+    a = ap.parse_args()
+    if a.variant:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if a.variant == "inproc" else "1"
+        json.dump(variant(a.variant), (a.out / f".gen_{a.variant}.json").open("w"))
+        return
+    a.out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for v in ("inproc", "mp"):  # a process each: the GPU is empty between engines
+        subprocess.run([sys.executable, __file__, "--variant", v, "--out", str(a.out)], check=True)
+        runs += json.loads((a.out / f".gen_{v}.json").read_text())
+    card = runs[0]["card"].replace(" ", "_")
+    out = a.out / f"{dt.date.today()}_{card}_gen.json"
+    out.write_text(json.dumps({"card": runs[0]["card"], "workload": "gpu_smoke C1_s42 marker + alignment sweeps",
+                               "runs": runs}, indent=1))
+    print(f"\n{'variant':8} {'detok':6} {'s':>6} {'tok/s':>7} {'tokens':>9} {'cut':>5} {'start s':>7}")
+    for r in runs:
+        print(f"{r['variant']:8} {str(r['detokenize']):6} {r['seconds']:6.1f} {r['tok_s']:7d} {r['new_tokens']:9d} "
+              f"{r['cut_at_max']:5.2f} {r['engine_start_s']:7.1f}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
