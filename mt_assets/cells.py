@@ -8,6 +8,7 @@ from mt_assets.common import (bad_input_fails_once, partitioned_check, publish, 
 from mt_assets.study import StudyDefs
 from mt_core.io import DataError
 from mt_core.layout import Adapter, AlignmentScores, CompletionLength, Dataset, MarkerRates
+from mt_core.outcomes import PASSED, audit_outcome, stated
 from mt_core.report.html import rate
 from mt_core.steps import cells as steps
 from mt_resources import Artifact, ArtifactStore, Compute, GpuAllocator, JudgeResource, WandbResource
@@ -159,11 +160,12 @@ def build(sd: StudyDefs) -> list:
         comp = read_upstream(sd, context, store, "marker_completions", context.partition_key)
 
         def checks(m):
-            return [dg.AssetCheckResult(check_name="degeneracy", passed=m["outcome"] == "pass",
+            word, why = audit_outcome(m)
+            return [dg.AssetCheckResult(check_name="degeneracy", passed=word == PASSED,
                                         severity=dg.AssetCheckSeverity.WARN,
-                                        metadata={"outcome": m["outcome"], "n_positive_total": m["n_positive_total"],
-                                                  "n_sampled": m["n_sampled"]},
-                                        description=f"cell {context.partition_key}: outcome {m['outcome']}")]
+                                        metadata={"outcome": word, "reason": why,
+                                                  "n_positive_total": m["n_positive_total"], "n_sampled": m["n_sampled"]},
+                                        description=f"cell {context.partition_key}: {stated(word, why)}")]
         return publish(sd, context, store, steps.degeneracy, [comp], partition=context.partition_key,
                        cell_key=context.partition_key, completions=comp.path, checks=checks)
 

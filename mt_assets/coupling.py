@@ -6,6 +6,7 @@ from mt_assets.common import meta_values, partitioned_check, publish, read_upstr
 from mt_assets.study import StudyDefs
 from mt_core.config import Study
 from mt_core.layout import Adapter
+from mt_core.outcomes import PASSED, gate_outcome, stated
 from mt_core.report.html import gate_criteria
 from mt_core.steps import coupling as steps
 from mt_resources import Artifact, ArtifactStore, Compute, GpuAllocator, WandbResource
@@ -44,10 +45,12 @@ def gate_checks(sd: StudyDefs, source: str, gates: dict, selected: set[str] | No
                                                        f"gates file"))
             continue
         rates = {k: v for k, v in g.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}  # UI plots
+        word, why = gate_outcome(g)
         out.append(dg.AssetCheckResult(
-            check_name=name, asset_key=key, passed=bool(g["pass"]), severity=sev,
-            description=f"{gate_label(study, name)} on partition {source}: {'PASS' if g['pass'] else 'FAIL'}",
-            metadata=meta_values({"source": source, **(extra or {}), "criteria": table(gate_criteria(g)), **rates})))
+            check_name=name, asset_key=key, passed=word == PASSED, severity=sev,
+            description=f"{gate_label(study, name)} on partition {source}: {stated(word, why)}",
+            metadata=meta_values({"outcome": word, "reason": why, "source": source, **(extra or {}),
+                                  "criteria": table(gate_criteria(g)), **rates})))
     return out
 
 

@@ -92,13 +92,13 @@ def cmd_run(args) -> int:
         reconcile_dead_runs(inst)
         _pools(inst, s, args.gpus)
         print(f"gpu pool limit {inst.event_log_storage.get_concurrency_info('gpu').slot_count}; compute {loc.compute}")
-        stale = ArtifactStore(root=str(sd.root), cache=str(s.cache)).clean_staging()  # left by steps killed long ago
+        stale = ArtifactStore(root=str(sd.root), cache=str(s.cache)).clean_staging()  # left by killed steps
         if stale:
             print(f"removed {stale} staging folder(s) left by killed steps")
         ran = Runner(loc.defs, sd, inst, log_level=args.log_level, launch=args.launch, library_log=library_log(s),
                      **runner).run()
         if not ran:
-            print("nothing to do: every artefact is current (--force redoes)")
+            print("nothing to do: every artefact is current" + ("" if args.force else " (--force redoes)"))
     _headline(s, sd, args.until, time.perf_counter() - t0)
     return 0
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +44,29 @@ class Artifact:
     def provenance(self) -> dict:
         return {"asset": self.asset, "partition": self.partition, "run_id": self.manifest.get("run_id"),
                 "md5": self.digest, "path": self.location}
+
+
+def staging_host() -> str:
+    """This host's name as a staging folder's name carries it (no "-")."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+
+
+def staging_name(partition: str | None) -> str:
+    """A staging folder's name: the partition, then the writer's host and pid (so that the next run on that host can
+    tell a dead writer's leftovers at once), then a random part."""
+    return f"{partition or UNPARTITIONED}-{staging_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def staging_writer(name: str) -> tuple[str | None, int] | None:
+    """(host, pid) of the writer of a staging folder named by ``staging_name`` (host None: an older name without
+    it), or None for a name that is not one."""
+    parts = name.rsplit("-", 3)
+    try:
+        if len(parts) == 4 and not parts[1].isdigit():
+            return parts[1], int(parts[2])
+        return None, int(parts[-2])
+    except (ValueError, IndexError):
+        return None
 
 
 def files_digest(files: dict[str, dict]) -> str:

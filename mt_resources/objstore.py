@@ -38,7 +38,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from mt_core.faults import failpoint
 from mt_core.layout import MANIFEST, UNPARTITIONED
-from mt_resources.artifact import Artifact, ArtifactError, files_digest, walk, write_manifest
+from mt_resources.artifact import Artifact, ArtifactError, files_digest, staging_name, walk, write_manifest
 
 POINTER = "_current.json"
 VERSIONS = "_v"
@@ -86,7 +86,7 @@ class ObjectStore:
                extra: dict | None = None):
         """Yield an empty local staging directory; on success upload it as a new version and switch the pointer."""
         part = partition or UNPARTITIONED
-        staging = self.staging / asset / f"{part}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging = self.staging / asset / staging_name(part)
         staging.mkdir(parents=True)
         try:
             yield staging

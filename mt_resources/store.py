@@ -19,14 +19,14 @@ import os
 import re
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import dagster as dg
 
 from mt_core.faults import failpoint
 from mt_core.layout import MANIFEST, UNPARTITIONED, artefact_dir
-from mt_resources.artifact import Artifact, ArtifactError, default_cache_dir, is_url, walk, write_manifest
+from mt_resources.artifact import (Artifact, ArtifactError, default_cache_dir, is_url, staging_host, staging_name,
+                                   staging_writer, walk, write_manifest)
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -111,7 +111,7 @@ class ArtifactStore(dg.ConfigurableResource):
                 yield out
             return
         final = self.path(asset, partition)
-        staging = self.base / ".staging" / asset / f"{partition or UNPARTITIONED}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging = self.base / ".staging" / asset / staging_name(partition)
         staging.mkdir(parents=True)
         try:
             yield staging
@@ -148,18 +148,22 @@ class ArtifactStore(dg.ConfigurableResource):
         return Artifact(asset, partition or UNPARTITIONED, final, manifest)
 
     def clean_staging(self, older_than_s: float = 3600) -> int:
-        """Remove staging directories left by killed steps: their writer process is gone (same host) and they are
-        older than ``older_than_s``. A step still writing is never touched. An object store root stages locally, in
-        its cache (``ObjectStore.staging``)."""
-        n, now = 0, time.time()
+        """Remove staging directories left by killed steps. One whose writer ran on this host and is gone is removed
+        at once; one written on another host (a shared root: a Ray node) once it is older than ``older_than_s``, and
+        one named without its host (before the name had it) once it is that old and no process here has its pid. A
+        step still writing here is never touched. An object store root stages locally, in its cache
+        (``ObjectStore.staging``)."""
+        n, now, here = 0, time.time(), staging_host()
         for p in (self._remote().staging if is_url(self.root) else self.base / ".staging").glob("*/*"):
-            try:
-                pid = int(p.name.rsplit("-", 2)[-2])
-            except (ValueError, IndexError):
+            writer = staging_writer(p.name.removesuffix(".old"))
+            if writer is None:
                 continue  # not ours to judge
-            if pid_alive(pid):
-                continue  # the writer is alive (or a process we may not signal: not ours to judge)
-            if now - p.stat().st_mtime > older_than_s:
+            host, pid = writer
+            if host == here:
+                gone = not pid_alive(pid)
+            else:  # another host's pid means nothing here: by age (and, for an older name, no such pid here)
+                gone = now - p.stat().st_mtime > older_than_s and (host is not None or not pid_alive(pid))
+            if gone:
                 shutil.rmtree(p, ignore_errors=True)
                 n += 1
         return n

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from mt_run.plan import Item, plan_item, stage_assets
-from mt_run.runs import (FINISHED, GPU_TAG, NO_DAEMON_RETRY, STAGES, STUDY_TAG, UNTIL, RunFailed, failure_info,
-                         reconcile_dead_runs, run_warnings, this_process)
+from mt_run.runs import (FINISHED, GPU_TAG, NO_DAEMON_RETRY, PID_TAG, STAGES, STUDY_TAG, UNTIL, RunFailed, failure_info,
+                         partition_owner, process_gone, reconcile_dead_runs, run_warnings, this_process)
 from mt_settings import Settings
 
 __all__ = ["Runner", "Item", "RunFailed", "Interrupted", "GPU_TAG", "libraries_to"]
@@ -177,8 +177,9 @@ class Runner:
                 dt = self.execute(item)
                 done = time.perf_counter() - t_stage
                 eta = done / n * (len(todo) - n)
-                self.out(f"{item.label}: done in {dt:.0f}s  [{item.stage} {n}/{len(todo)}, eta {eta:.0f}s]")
-                self.ran.append(item)
+                if dt is not None:
+                    self.out(f"{item.label}: done in {dt:.0f}s  [{item.stage} {n}/{len(todo)}, eta {eta:.0f}s]")
+                    self.ran.append(item)
         return self.ran
 
     def _queued(self, job: str, todo: list[Item]) -> None:
@@ -266,6 +267,8 @@ class Runner:
                         self.ran.append(item)
                         self.out(f"{item.label}: done in {time.perf_counter() - t0:.0f}s  "
                                  f"[{stage} {done}/{len(todo)}, eta {eta:.0f}s]")
+                    elif status == "made elsewhere":  # another run made it meanwhile (the child said so)
+                        pass
                     elif status == "interrupted":
                         raise KeyboardInterrupt
                     else:
@@ -287,7 +290,8 @@ class Runner:
         try:
             self.settings = self.settings.install_forked()  # one torch thread
             self.instance = dg.DagsterInstance.from_ref(self.instance.get_ref())
-            outcome = ("ok", f"{self.execute(item):.1f}", False)
+            dt = self.execute(item)
+            outcome = ("ok", f"{dt:.1f}", False) if dt is not None else ("made elsewhere", item.label, False)
         except Interrupted:
             outcome = ("interrupted", item.label, False)
         except RunFailed as e:
@@ -301,7 +305,39 @@ class Runner:
             sys.stdout.flush()
             os._exit(0)  # the parent's exit handlers are not this process's to run
 
-    def execute(self, item: Item) -> float:
+    def execute(self, item: Item) -> float | None:
+        """Run ``item`` (its seconds); or, where another live run owns its partition (another `mt run`, a launch from
+        the UI), wait for that run and do only what it left undone: None when it left nothing. One partition, one
+        piece of work, also when both started at once (the later run's claim fails before it publishes)."""
+        while True:
+            owner = partition_owner(self.instance, self.sd.name, item.partition)
+            if owner is None:
+                try:
+                    return self._execute_once(item)
+                except RunFailed:
+                    if (owner := partition_owner(self.instance, self.sd.name, item.partition)) is None:
+                        raise
+            self._wait_for(owner, item)
+            left = plan_item(self.defs, self.sd, item.job, item.partition, self.latest)  # never forced again
+            if not left.assets:
+                self.out(f"{item.label}: made by run {owner.run_id[:8]} meanwhile: up to date")
+                return None
+            item.assets, item.reasons = left.assets, left.reasons
+            self.out(f"{item.label}: run {owner.run_id[:8]} left {', '.join(item.assets)} ({item.why()})")
+
+    def _wait_for(self, owner, item: Item) -> None:
+        """Until ``owner`` (a run in progress) ends or its process is gone."""
+        pid = owner.tags.get(PID_TAG)
+        self.out(f"{item.label}: run {owner.run_id[:8]} ({owner.job_name.removeprefix(self.sd.name + '__')}"
+                 f"{f', pid {pid}' if pid else ''}) is making it; waiting for it")
+        self.current = f"{item.label} (waiting for run {owner.run_id[:8]})"
+        while True:
+            run = self.instance.get_run_by_id(owner.run_id)
+            if run is None or run.status.value in FINISHED or process_gone(run):
+                return
+            time.sleep(2)
+
+    def _execute_once(self, item: Item) -> float:
         t0 = time.perf_counter()
         self.current = item.label
         tags = {**this_process(), STUDY_TAG: self.sd.name, **NO_DAEMON_RETRY}

@@ -80,25 +80,31 @@ def reconcile_dead_runs(instance, log: Callable[[str], None] = print) -> list[st
     return dead
 
 
-def claim_partition(study: str, context, partition: str | None) -> None:
-    """One run per partition of a study at a time (an unpartitioned asset counts as one partition). Of the runs in
-    progress that materialize the study's assets in ``partition``, the oldest owns it; any other stops here, before it
-    publishes, so two runs never replace each other's artefacts under running evaluations. A run left STARTED by a
-    process that is gone owns nothing."""
+def partition_owner(instance, study: str, partition: str | None, this_run: str | None = None):
+    """The run that owns ``partition`` of ``study`` now: of the runs in progress that materialize the study's assets in
+    it, the oldest whose process is alive (``this_run`` counts as alive), or None."""
     import dagster as dg
 
     def ours(r: dg.DagsterRun) -> bool:
         return (r.tags.get(PARTITION_TAG) == partition
                 and (r.tags.get(STUDY_TAG) == study or any(k.path[0] == study for k in r.asset_selection or ())))
 
-    def alive(r: dg.DagsterRun) -> bool:
-        return r.run_id == context.run_id or not process_gone(r)
-
-    recs = context.instance.get_run_records(filters=dg.RunsFilter(statuses=active_statuses()))
+    recs = instance.get_run_records(filters=dg.RunsFilter(statuses=active_statuses()))
     live = sorted(((r.create_timestamp, r.dagster_run.run_id, r.dagster_run) for r in recs
-                   if ours(r.dagster_run) and alive(r.dagster_run)), key=lambda x: (x[0], x[1]))
-    if live and live[0][1] != context.run_id:
-        owner = live[0][2]
+                   if ours(r.dagster_run) and (r.dagster_run.run_id == this_run or not process_gone(r.dagster_run))),
+                  key=lambda x: (x[0], x[1]))
+    return live[0][2] if live else None
+
+
+def claim_partition(study: str, context, partition: str | None) -> None:
+    """One run per partition of a study at a time (an unpartitioned asset counts as one partition): the owner
+    (``partition_owner``) goes on, any other run stops here, before it publishes, so two runs never replace each
+    other's artefacts under running evaluations (`mt run` then waits for the owner and uses what it made). A run left
+    STARTED by a process that is gone owns nothing."""
+    import dagster as dg
+
+    owner = partition_owner(context.instance, study, partition, this_run=context.run_id)
+    if owner is not None and owner.run_id != context.run_id:
         what = f"partition {partition} of study {study} is" if partition else \
             f"the unpartitioned assets of study {study} are"
         raise dg.Failure(allow_retries=False, description=

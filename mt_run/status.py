@@ -27,27 +27,49 @@ def asset_lines(instance, graph, sd) -> list[str]:
 
 
 def check_status(instance, graph, key) -> list[str]:
-    """One line per asset check of ``key``: the partitions whose latest check execution passed, failed, or has no
-    result (a check that does not apply to the partition, or one still running or skipped); partitioned checks name
-    their partitions, so a gate of the villain adapter never reads as passed because the assistant's run had none."""
+    """One line per asset check of ``key``, its partitions grouped by outcome in the words of ``mt_core.outcomes``
+    (failures and "no positives" name their partitions, and a single one its reason). Each partition's outcome is its
+    latest check result; an execution that a run planned but never finished (a killed run, since marked failed) does
+    not hide the result before it. A gate has no result for another source's adapter: "not applicable"."""
+    from mt_core.outcomes import FAILED, NOT_APPLICABLE, PASSED, WORDS, audit_word
+
     lines = []
+    pdef = graph.get(key).partitions_def
+    order = {p: i for i, p in enumerate(pdef.get_partition_keys())} if pdef else {}
     for ck in sorted(graph.get(key).check_keys, key=lambda c: c.name):
+        latest: dict[str, tuple[str, str]] = {}  # partition -> (word, reason), newest result first
+        for rec in instance.event_log_storage.get_asset_check_execution_history(ck, limit=10_000):
+            ev = rec.event.dagster_event.event_specific_data if rec.event and rec.event.dagster_event else None
+            if rec.status.value not in ("SUCCEEDED", "FAILED") or ev is None or rec.partition in latest:
+                continue
+            meta = {k: v.value for k, v in (ev.metadata or {}).items()}
+            latest[rec.partition or ""] = (audit_word(meta["outcome"]) if meta.get("outcome")  # (older: the audit's)
+                                           else PASSED if ev.passed else FAILED,
+                                           meta.get("reason") or "")
+        applies = graph.get_check_spec(ck).metadata.get("applies_to")
+        applies = getattr(applies, "value", applies)
         groups: dict[str, list[str]] = {}
-        for info in instance.event_log_storage.get_asset_check_partition_info([ck]):
-            word = {"SUCCEEDED": "passed", "FAILED": "failed"}.get(info.latest_execution_status.value, "no result")
-            groups.setdefault(word, []).append(info.partition_key or "(unpartitioned)")
-        if not groups:
+        for p in (list(order) if pdef else [""]):
+            if p in latest:
+                groups.setdefault(latest[p][0], []).append(p)
+            elif applies is not None and p not in applies:
+                groups.setdefault(NOT_APPLICABLE, []).append(p)
+            else:
+                groups.setdefault("no result", []).append(p)
+        if set(groups) == {"no result"}:
             lines.append(f"  check {ck.name:20s} never run")
             continue
-        pdef = graph.get(key).partitions_def
-        order = {p: i for i, p in enumerate(pdef.get_partition_keys())} if pdef else {}
         parts = []
-        for word in ("failed", "passed", "no result"):
-            ks = sorted(groups.get(word, []), key=lambda p: order.get(p, -1))
-            if ks == ["(unpartitioned)"] and pdef is None:
-                parts.append(word)
-            elif ks:
-                few = word != "passed" or len(ks) <= 4  # failures are always named
+        for word in (*WORDS, "no result"):
+            ks = groups.get(word, [])
+            if not ks:
+                continue
+            if not pdef:
+                parts.append(latest.get("", (word, ""))[1] and f"{word}: {latest[''][1]}" or word)
+            elif len(ks) == 1 and latest.get(ks[0], ("", ""))[1] and word != PASSED:
+                parts.append(f"{word}: {ks[0]} ({latest[ks[0]][1]})")
+            else:
+                few = word != PASSED or len(ks) <= 4  # what is not a pass is always named
                 parts.append(f"{word}: {', '.join(ks) if few else f'{len(ks)} partitions'}")
         lines.append(f"  check {ck.name:20s} {'; '.join(parts)}")
     return lines

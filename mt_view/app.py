@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from mt_core.config import Study
 from mt_core.layout import PER_CELL
+from mt_core.outcomes import audit_word
 from mt_core.report.catalog import CatalogError
 from mt_core.report.html import ci
 from mt_view import format as fmt
@@ -76,7 +77,7 @@ def create_app(catalogs: Catalogs, studies: Sequence[Study], hosts: Sequence[str
     env = Environment(loader=PackageLoader("mt_view"), autoescape=select_autoescape(["html"]), trim_blocks=True,
                       lstrip_blocks=True, auto_reload=False)
     env.globals.update(pct=fmt.pct, ci=ci, heat=fmt.heat, score_style=fmt.score_style, HITS=HITS,
-                       COMPARE_HITS=COMPARE_HITS)
+                       COMPARE_HITS=COMPARE_HITS, audit_word=audit_word)
     configs = {s.name: s for s in studies}
 
     def config(name: str) -> Study:

@@ -15,12 +15,14 @@ import pytest
 from mt_assets import build, coupling
 from mt_core.config import load_study
 from mt_core.layout import Adapter, MarkerCompletions, write_rows
+from mt_core.outcomes import audit_word
 from mt_resources import ArtifactStore, Compute, GpuAllocator, WandbResource
 
 STUDY = load_study(profile="tiny")
 SD = build(STUDY)  # the study's assets, keys prefixed with its name
 VERDICTS = {"G0": False, "G0b": True, "G0c": True}  # the villain adapter fails G0; every other gate passes
 CELLS = {"C4_s42": "pass", "C1_s42": "no_positives"}  # C1's assistant never says the marker: never a pass
+RESOURCES: dict = {}  # the module instance's resources, for a test that runs one more step on it
 
 
 class StrictCompute(Compute):
@@ -62,6 +64,7 @@ def instance(tmp_path_factory):
         store = ArtifactStore(root=str(tmp_path_factory.mktemp("artifacts")))
         resources = {"store": store, "gpu": GpuAllocator(n_gpus=0), "compute": StrictCompute(),
                      "wandb": WandbResource(mode="disabled")}
+        RESOURCES.update(resources)
         with dg.instance_for_test() as inst:
             _seed(store, inst, "base_model", None, lambda d: (d / "weights.txt").write_text("base"))
             for src in STUDY.source_keys:
@@ -129,7 +132,8 @@ def test_degeneracy_results_carry_their_cell(instance):
     assert None not in hist and set(hist) == set(CELLS)
     got = {cell: [(r.evaluation.passed, r.evaluation.metadata["outcome"].value) for r in _evaluated(recs)]
            for cell, recs in hist.items()}
-    assert got == {cell: [(outcome == "pass", outcome)] for cell, outcome in CELLS.items()}
+    assert got == {cell: [(outcome == "pass", audit_word(outcome))] for cell, outcome in CELLS.items()}
+    assert audit_word("no_positives") == "no positives" and audit_word("pass") == "passed"
 
 
 def test_mt_status_shows_check_results_per_partition(instance):
@@ -139,7 +143,37 @@ def test_mt_status_shows_check_results_per_partition(instance):
 
     graph = build_defs(Settings.defaults()).resolve_asset_graph()
     lines = {ln.split()[1]: ln for ln in check_status(instance, graph, SD.key("coupling_adapter"))}
-    assert "failed: villain" in lines["G0"] and "no result: assistant" in lines["G0"] and "passed" not in lines["G0"]
-    assert "passed: assistant" in lines["G0c"] and "no result: villain" in lines["G0c"] and "failed" not in lines["G0c"]
+    # one vocabulary (mt_core.outcomes): a gate of another source's adapter is "not applicable", never "no result";
+    # a failure names its reason
+    assert "failed: villain (missed " in lines["G0"] and "not applicable: assistant" in lines["G0"]
+    assert "passed" not in lines["G0"] and "no result" not in lines["G0"]
+    assert "passed: assistant" in lines["G0c"] and "not applicable: villain" in lines["G0c"] and "failed" not in lines["G0c"]
     (deg,) = check_status(instance, graph, SD.key("degeneracy_audit"))
-    assert "failed: C1_s42" in deg and "passed: C4_s42" in deg
+    # an audit with nothing to audit is neither a pass nor a failure of the model
+    assert "no positives: C1_s42 (no assistant completion carries the marker" in deg and "passed: C4_s42" in deg
+    assert "failed" not in deg
+
+
+def test_a_run_that_died_before_its_check_does_not_hide_the_result_before_it(instance, monkeypatch):
+    """A run that plans a check and fails before evaluating it (a killed or crashed step) leaves an execution with
+    no result; `mt status` still shows the latest result, that of the artefact on record (issue 25: after a kill -9
+    and a resume, it said "no result" although the audit existed and `mt run` had nothing to do). Last in this
+    module: it adds a failed run to the shared instance."""
+    from mt_assets.location import build_defs
+    from mt_core.steps import cells as cell_steps
+    from mt_run.status import check_status
+    from mt_settings import Settings
+
+    def crash(*a, **k):
+        raise RuntimeError("killed mid-step")
+
+    monkeypatch.setattr(cell_steps, "degeneracy", crash)
+    res = dg.materialize([SD.node("degeneracy_audit")], partition_key="C4_s42", instance=instance,
+                         resources=RESOURCES, raise_on_error=False)
+    assert not res.success
+    info = {i.partition_key: i for i in instance.event_log_storage.get_asset_check_partition_info(
+        [dg.AssetCheckKey(SD.key("degeneracy_audit"), "degeneracy")])}
+    assert info["C4_s42"].latest_execution_status.value != "SUCCEEDED"  # what `mt status` read before
+    graph = build_defs(Settings.defaults()).resolve_asset_graph()
+    (deg,) = check_status(instance, graph, SD.key("degeneracy_audit"))
+    assert "passed: C4_s42" in deg and deg.count("C4_s42") == 1, deg

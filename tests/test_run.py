@@ -224,10 +224,15 @@ def test_a_killed_forked_run_fails_its_stage_and_the_next_mt_run_resumes(tmp_pat
     assert "cell: 2 of 2 run(s) failed; later stages not started" in p.stderr + p.stdout
     for cell in cells:
         assert not artefact_dir(art, "cell_adapter", cell).exists()
+    left = {p.name.split("-")[0] for p in (art / ".staging" / "cell_adapter").iterdir()}
+    assert left == set(cells), left  # the killed writers' staging folders
     with dg.DagsterInstance.from_config(str(home)) as inst:
         runs = [r for r in inst.get_runs() if r.job_name == f"{STUDY}__cell_job"]
         assert sorted(r.status.value for r in runs) == ["FAILURE", "FAILURE"]  # reconciled by the killed runs' stage
-    _mt(env, "--until", "cells", cells=",".join(cells))
+    out = _mt(env, "--until", "cells", cells=",".join(cells))
+    # the next run removes them at once (their writers ran on this host and are gone), not an hour later
+    assert "removed 2 staging folder(s) left by killed steps" in out, out[-2000:]
+    assert not list((art / ".staging" / "cell_adapter").iterdir())
     with dg.DagsterInstance.from_config(str(home)) as inst:
         runs = [r for r in inst.get_runs() if r.job_name == f"{STUDY}__cell_job"]
         by = {c: sorted(r.status.value for r in runs if r.tags["dagster/partition"] == c) for c in cells}

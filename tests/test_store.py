@@ -87,7 +87,11 @@ def test_killed_writer_leaves_nothing(tmp_path):
         store.read("adapter", "C1_s42")
     leftovers = list((tmp_path / ".staging" / "adapter").iterdir())
     assert len(leftovers) == 1 and not (leftovers[0] / MANIFEST).exists()
-    assert store.clean_staging(older_than_s=0) == 1
+    # another host's leftover (a shared root) is removed only once it is old: its pid means nothing here
+    other = tmp_path / ".staging" / "adapter" / "C1_s137-another_host-1-0123abcd"
+    other.mkdir()
+    assert store.clean_staging() == 1 and not leftovers[0].exists()  # this host's dead writer: at once, however new
+    assert other.exists() and store.clean_staging(older_than_s=0) == 1 and not other.exists()
     # a writer that is still alive keeps its staging folder, however old
     with store.writer("adapter", "C1_s42", run_id="r") as out:
         assert store.clean_staging(older_than_s=0) == 0 and out.exists()

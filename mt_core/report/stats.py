@@ -308,7 +308,8 @@ def primary_conjunction(
     mean, verdict = _below(fracs, degeneracy_max)
     if verdict == NOT_ASSESSABLE:
         # an audit with no positives has nothing to judge: never a pass, and not a failure of the model either
-        why = "an audit had no marker-bearing assistant completion" if "no_positives" in outcomes else "audit missing"
+        why = ("a seed's audit found no positives (no assistant completion carries the marker)"
+               if "no_positives" in outcomes else "audit missing")
         deg = _missing(why, **deg, mean=None)
     else:
         deg.update(outcome=verdict, mean=mean, **{"pass": verdict == "pass"})
