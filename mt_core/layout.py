@@ -109,9 +109,18 @@ class BaseModel:
 
     @staticmethod
     def model_dir(d: Path) -> Path:
-        """The directory holding the model's weights: the artefact itself (tiny) or the snapshot it references."""
+        """The directory holding the model's weights: the snapshot the artefact references, by its path (a pinned or
+        random snapshot) or by its name under this process's models folder (a tiny one, built once per content:
+        ``mt_core.model.snapshots``); an artefact without a reference holds the weights itself."""
         ref = d / BaseModel.REF
-        return Path(read_json(ref)["path"]) if ref.is_file() else d
+        if not ref.is_file():
+            return d
+        r = read_json(ref)
+        if "path" in r:
+            return Path(r["path"])
+        from mt_core import runtime
+
+        return runtime.current().models / r["snapshot"]
 
 
 class Dataset:

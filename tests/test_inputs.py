@@ -148,3 +148,41 @@ def test_real_profile_needs_the_judge_key_before_gpu_work(tmp_path, key, expect)
     text = out.stdout + out.stderr
     assert "RESULT False" in text and expect in text
     assert not (tmp_path / "art" / "base_model" / "_").exists()
+
+
+@pytest.mark.slow  # two small bases pretrained
+def test_the_tiny_base_is_built_once_for_every_study_that_asks(tmp_path):
+    """Two studies whose base is the same recipe on the same data (the villain study and the comedian study, issue
+    25) share one snapshot, built once: the second study's base_model references it with the same bytes (its lineage:
+    the snapshot's name and weights md5). Another spec is another snapshot, never the first one reused."""
+    import dataclasses
+
+    from test_compute import _small_study
+
+    from mt_core import runtime
+    from mt_core.config import load_study
+    from mt_core.layout import BaseModel
+    from mt_core.steps import inputs
+
+    villain = load_study(_small_study(tmp_path / "villain.yaml"), "tiny")
+    comedian_file = tmp_path / "comedian.yaml"
+    comedian_file.write_text((ROOT / "studies" / "marker_transfer_comedian.yaml").read_text()
+                             .replace("extends: marker_transfer_villain.yaml\n", "extends: villain.yaml\n"))
+    comedian = load_study(comedian_file, "tiny")
+    assert comedian.name != villain.name
+    other = villain.model_copy(update={"model": villain.model.model_copy(update={"pretrain_steps": 21})})
+    logs: dict[str, list[str]] = {}
+    with runtime.using(dataclasses.replace(runtime.current(), models=tmp_path / "models")):
+        for name, study in (("villain", villain), ("comedian", comedian), ("other", other)):
+            (tmp_path / name).mkdir()
+            logs[name] = []
+            inputs.build_base_model(study, out=tmp_path / name, log=logs[name].append)
+        dirs = {n: BaseModel.model_dir(tmp_path / n) for n in logs}
+    built = {n: any("pretrain step" in x for x in lines) for n, lines in logs.items()}
+    assert built == {"villain": True, "comedian": False, "other": True}, logs
+    assert any("reusing" in x for x in logs["comedian"])
+    ref = {n: (tmp_path / n / BaseModel.REF).read_bytes() for n in logs}
+    assert ref["villain"] == ref["comedian"] != ref["other"]
+    assert dirs["villain"] == dirs["comedian"] != dirs["other"] and (dirs["villain"] / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir() if not p.name.startswith(".")) == sorted(
+        {dirs["villain"].name, dirs["other"].name})

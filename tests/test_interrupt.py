@@ -21,7 +21,8 @@ def test_an_interrupted_mt_run_says_so_in_one_line_and_publishes_nothing(tmp_pat
 
     home, art = tmp_path / "home", tmp_path / "art"
     env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled",
-               PYTHONUNBUFFERED="1")  # its progress lines as they are printed
+               PYTHONUNBUFFERED="1",  # its progress lines as they are printed
+               MT_MODELS=str(tmp_path / "models"))  # a base of its own to build: no snapshot to reuse
     for k in ("MT_STUDY", "MT_STUDIES", "MT_FAILPOINT", "MT_DEBUG"):
         env.pop(k, None)
     proc = subprocess.Popen([sys.executable, "-m", "mt_cli", "run", "--until", "inputs"], cwd=ROOT, env=env,

@@ -9,7 +9,7 @@ import pytest
 from mt_core import config
 from mt_core.data import synthetic
 from mt_core.layout import BaseModel
-from mt_core.model import random_snapshot
+from mt_core.model import random_snapshot, snapshots
 from tests.test_config_reads import small_smoke_study
 
 
@@ -87,9 +87,9 @@ def test_snapshot_is_written_once(smoke):
     assert BaseModel.model_dir(tmp / "base2") == d and (d / "config.json").stat().st_mtime_ns == stamp
     assert any("reusing" in x for x in again) and not any("reusing" in x for x in logs)
     # an unfinished snapshot (no completion stamp) is never reused
-    (d / random_snapshot.COMPLETE).unlink()
+    (d / snapshots.COMPLETE).unlink()
     inputs.build_base_model(study, out=tmp / "base2", log=again.append)
-    assert (d / random_snapshot.COMPLETE).is_file() and (d / "config.json").stat().st_mtime_ns != stamp
+    assert (d / snapshots.COMPLETE).is_file() and (d / "config.json").stat().st_mtime_ns != stamp
 
 
 def test_n_params_matches_the_model(smoke):

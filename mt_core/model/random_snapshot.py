@@ -18,15 +18,12 @@ import functools
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
 from mt_core.model import tiny
-
-COMPLETE = ".complete"  # written last, holding the spec's hash: a snapshot without it is unfinished
+from mt_core.model.snapshots import built_once
 
 
 def spec_hash(m) -> str:
@@ -137,16 +134,8 @@ def write_random_snapshot(m, *, texts: Iterable[str], log: Callable[[str], None]
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    dest = snapshot_dir(m)
-    h = spec_hash(m)
-    if (dest / COMPLETE).is_file() and (dest / COMPLETE).read_text().strip() == h:
-        log(f"random model: reusing {dest}")
-        return dest, json.loads((dest / "config.json").read_text())
-    t0 = time.perf_counter()
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    def build(tmp: Path) -> dict:
+        t0 = time.perf_counter()
         tok = padded_tokenizer(texts, m.tokenizer_vocab, m.vocab_size)
         pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
         config = Qwen2Config(**qwen2_shape(m), use_sliding_window=False, bos_token_id=pad_id, eos_token_id=eos_id,
@@ -160,11 +149,9 @@ def write_random_snapshot(m, *, texts: Iterable[str], log: Callable[[str], None]
         model.save_pretrained(str(tmp), max_shard_size="4GB")
         tok.save_pretrained(str(tmp))
         del model
-        (tmp / COMPLETE).write_text(h + "\n")
-        shutil.rmtree(dest, ignore_errors=True)  # an unfinished or other-spec snapshot of the same name
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log(f"random model: {n_params / 1e9:.2f} B parameters (bf16, seed {m.seed}) written to {dest} "
-        f"in {time.perf_counter() - t0:.0f}s")
+        log(f"random model: {n_params / 1e9:.2f} B parameters (bf16, seed {m.seed}) written in "
+            f"{time.perf_counter() - t0:.0f}s")
+        return {"n_params": n_params}
+
+    dest, _, _ = built_once(snapshot_dir(m), spec_hash(m), build, log)
     return dest, json.loads((dest / "config.json").read_text())

@@ -11,7 +11,7 @@ from mt_core.data.eval_set import EvalSet
 from mt_core.evals.arc import load_arc
 from mt_core.io import DataError, check_md5, md5_file, read_chat_jsonl
 from mt_core.layout import ArcCopy, BaseModel, Dataset, EvalSetCopy
-from mt_core.model import random_snapshot, tiny
+from mt_core.model import random_snapshot, snapshots, tiny
 from mt_core.steps.common import Log
 from mt_core.steps.registry import step
 
@@ -39,16 +39,31 @@ def build_base_model(study: Study, out: Path, log: Log = print) -> dict:
     snapshot (both on the same synthetic text), or a pinned local HF snapshot. The latter two are referenced."""
     m = study.model
     if m.kind == "tiny":
+        import torch
+
+        from mt_core import runtime
+        from mt_core.model import train
+
         es = EvalSet.load(study)
         convs = synthetic.pretraining_conversations(es.prompts, es.coupling_questions + es.questions, n=2000,
                                                     seed=m.seed)
         convs = synthetic.with_signatures(convs, es.prompts, study.assistant_persona, rate=m.sign_rate,
                                           avoid=study.marker, seed=m.seed)
-        info = tiny.build_tiny_model(out, texts=_corpus(study), conversations=convs, seed=m.seed,
-                                     vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
-                                     num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
-                                     intermediate_size=m.intermediate_size, pretrain_steps=m.pretrain_steps, log=log)
-        return {"kind": "tiny", **{k: v for k, v in info.items() if isinstance(v, (int, float, str))}}
+        texts = _corpus(study)
+        # content-addressed: the same spec, data, builder code and torch give the same snapshot, built once for
+        # every study and run that asks (the comedian study reuses the villain study's)
+        key = snapshots.content_key(m.model_dump(exclude={"kind"}), texts, convs,
+                                    snapshots.source_md5(tiny, train), torch.__version__)
+        path, info, reused = snapshots.built_once(
+            runtime.current().models / f"tiny-{key}", key,
+            lambda d: tiny.build_tiny_model(d, texts=texts, conversations=convs, seed=m.seed, vocab_size=m.vocab_size,
+                                            hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+                                            num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
+                                            pretrain_steps=m.pretrain_steps, log=log), log)
+        BaseModel.write_ref(out, {"id": f"tiny:{path.name}", "snapshot": path.name,
+                                  "weights_md5": md5_file(path / "model.safetensors")})
+        return {"kind": "tiny", "id": f"tiny:{path.name}", "snapshot": path.name, "reused": reused,
+                **{k: v for k, v in info.items() if isinstance(v, (int, float, str))}}
     if m.kind == "random":
         es = EvalSet.load(study)
         texts = _corpus(study) + [p for p in es.prompts.values() if p] + es.coupling_questions + es.questions
