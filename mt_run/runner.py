@@ -187,16 +187,28 @@ class Runner:
         from mt_run.queue import daemon, daemon_alive
 
         pending, flying, failed, t_stage = list(todo), {}, [], time.perf_counter()
+        waiting: dict[str, tuple[Item, object]] = {}  # partitions another live run owns: (item, that run)
         checked = time.monotonic()
         stage = job.removesuffix("_job")
+
+        def wait_for_owner(item: Item) -> bool:
+            if (owner := partition_owner(self.instance, self.sd.name, item.partition)) is None:
+                return False
+            waiting[item.label] = (item, owner)
+            self.out(f"{item.label}: run {owner.run_id[:8]} ({owner.job_name.removeprefix(self.sd.name + '__')}) "
+                     f"is making it; waiting for it")
+            return True
+
         try:
-            while pending or flying:
+            while pending or flying or waiting:
                 while pending and len(flying) < self.slots:
                     item = pending.pop(0)
+                    if wait_for_owner(item):
+                        continue
                     run_id = self.queue.submit(self.sd, item, {STUDY_TAG: self.sd.name, **NO_DAEMON_RETRY})
                     flying[run_id] = Flight(item)
                     self.out(f"{item.label}: queued {', '.join(item.assets)} ({item.why()}) run {run_id[:8]}")
-                self.current = ", ".join(f.item.label for f in flying.values())
+                self.current = ", ".join([*(f.item.label for f in flying.values()), *waiting])
                 time.sleep(1)
                 if time.monotonic() - checked > 10:  # a run worker that died never finishes on its own
                     reconcile_dead_runs(self.instance, self.out)
@@ -204,6 +216,17 @@ class Runner:
                         self.out("daemon: none serves this instance any more")
                         self.stack.enter_context(daemon(self.instance, self.settings, self.out))
                     checked = time.monotonic()
+                for label, (item, owner) in list(waiting.items()):  # an owner that ended: only what it left
+                    run = self.instance.get_run_by_id(owner.run_id)
+                    if run is not None and run.status.value not in FINISHED and not process_gone(run):
+                        continue
+                    del waiting[label]
+                    left = plan_item(self.defs, self.sd, item.job, item.partition, self.latest)
+                    if left.assets:
+                        item.assets, item.reasons = left.assets, left.reasons
+                        pending.append(item)
+                    else:
+                        self.out(f"{label}: made by run {owner.run_id[:8]} meanwhile: up to date")
                 for run_id, f in list(flying.items()):
                     status = self.instance.get_run_by_id(run_id).status.value
                     if status == "STARTED" and f.started is None:
@@ -216,12 +239,12 @@ class Runner:
                         continue
                     del flying[run_id]
                     dt = time.perf_counter() - (f.started or t_stage)
-                    done = len(todo) - len(pending) - len(flying)
-                    eta = (time.perf_counter() - t_stage) / done * (len(todo) - done)
+                    done = len(todo) - len(pending) - len(flying) - len(waiting)
+                    eta = (time.perf_counter() - t_stage) / max(1, done) * (len(todo) - done)
                     if status == "SUCCESS":
                         self.ran.append(f.item)
                         self.out(f"{f.item.label}: done in {dt:.0f}s  [{stage} {done}/{len(todo)}, eta {eta:.0f}s]")
-                    else:
+                    elif not wait_for_owner(f.item):  # lost the partition to a run started at the same time: wait
                         why, user, _ = failure_info(self.instance, run_id)
                         failed.append((f"{f.item.label}: {why}", user))
                         self.out(f"{f.item.label}: FAILED after {dt:.0f}s (run {run_id}): {why}")
