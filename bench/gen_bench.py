@@ -93,6 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--variant", choices=["inproc", "mp"], help="one variant in this process (the driver's child)")
+    ap.add_argument("--variants", default="inproc,mp", help="the variants the driver runs, in order")
     a = ap.parse_args()
     if a.variant:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if a.variant == "inproc" else "1"
@@ -100,7 +101,7 @@ def main() -> None:
         return
     a.out.mkdir(parents=True, exist_ok=True)
     runs = []
-    for v in ("inproc", "mp"):  # a process each: the GPU is empty between engines
+    for v in a.variants.split(","):  # a process each: the GPU is empty between engines
         subprocess.run([sys.executable, __file__, "--variant", v, "--out", str(a.out)], check=True)
         runs += json.loads((a.out / f".gen_{v}.json").read_text())
     card = runs[0]["card"].replace(" ", "_")
