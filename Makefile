@@ -68,8 +68,9 @@ test-fast: setup bytecode-all
 test-slow: setup bytecode-all browser services
 	$(PYTEST) -m slow
 
+# `dagster dev` on 127.0.0.1:3000 in a process group of its own: Ctrl-C or SIGTERM stops all of it in 5 s (mt_cli/ui.py)
 ui: setup
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/mt ui --port 3000
 
 clean-artifacts:
 	rm -rf artifacts .dagster

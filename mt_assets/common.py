@@ -218,6 +218,9 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
         if prov:
             md["provenance"] = provenance_md(sd, prov)
         md["upstream"] = dg.MetadataValue.json(prov)
+        inputs = sd.version_inputs(context.assets_def.code_versions_by_key.get(keys[asset]))
+        if inputs is not None:  # what its code version covers: `mt run` names what changed since (mt_run/plan.py)
+            md["code_version_inputs"] = dg.MetadataValue.json(inputs)
         md = dict(sorted(md.items(), key=lambda kv: isinstance(kv[1], dg.JsonMetadataValue)))
         context.log.info(f"published {asset}[{art.partition}] md5 {art.digest} ({art.manifest['size_bytes']} "
                          f"bytes) in {seconds:.1f}s")

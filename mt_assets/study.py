@@ -28,6 +28,7 @@ class StudyDefs:
         self.cell_to_source = dg.StaticPartitionMapping(study.cell_source_map())
         self.assets: list = []
         self.jobs: dict[str, dg.UnresolvedAssetJobDefinition] = {}
+        self._version_inputs: dict[str, dict] = {}  # code version -> what it covers (``version_inputs``)
 
     @property
     def prefix(self) -> list[str]:
@@ -58,10 +59,19 @@ class StudyDefs:
     def code_version(self, *paths: str, files: tuple[str, ...] = ()) -> str:
         """An asset's code version: the study values its step uses (dotted config paths) and the contents of the files
         it reads by path, so the UI shows "code version changed" after a YAML edit and `mt run` redoes exactly what it
-        affects."""
+        affects. What it covers is kept for ``version_inputs``: the asset definitions stay the one list of paths."""
         from mt_core.io import md5_file
 
-        return self.study.version_of(*paths, extra="".join(md5_file(self.study.path(f)) for f in files))
+        md5s = {f: md5_file(self.study.path(f)) for f in files}
+        version = self.study.version_of(*paths, extra="".join(md5s.values()))
+        self._version_inputs[version] = {"values": self.study.values_of(*paths), "files": md5s}
+        return version
+
+    def version_inputs(self, version: str | None) -> dict | None:
+        """What code version ``version`` of one of this study's assets covers: {"values": {path: value}, "files":
+        {file: md5}}. Each materialization records it (``code_version_inputs``), so that `mt run` can name the study
+        fields that changed since (``mt_run.plan.changed_inputs``)."""
+        return self._version_inputs.get(version) if version else None
 
 
 def load_studies(settings: Settings) -> list[Study]:

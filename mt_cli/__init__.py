@@ -6,6 +6,7 @@
     mt sql "SELECT ..."     read-only SQL over the DuckDB catalogs of every study in the instance (table, csv or json;
                             several statements: each result under a header line)
     mt view                 a local web viewer of the catalogs: rate grid, completions, judge scores, side by side
+    mt ui                   Dagster's web UI on the instance (`dagster dev`); Ctrl-C or SIGTERM stops it within seconds
     mt status               which partitions of which assets are materialized, and their checks per partition
     mt import-legacy DIR --study NAME   import the reference pipeline's result files as study NAME
     mt report --study NAME  the headline table (or --json) of the current study or an imported one
@@ -26,6 +27,7 @@ from mt_cli.inspect import cmd_lineage, cmd_status
 from mt_cli.query import cmd_sql, cmd_view
 from mt_cli.results import cmd_import_legacy, cmd_report
 from mt_cli.run import cmd_demo, cmd_doctor, cmd_pool, cmd_run, cmd_workers, set_gpu_pool
+from mt_cli.ui import cmd_ui
 
 __all__ = ["main", "user_error", "set_gpu_pool"]
 
@@ -106,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="port (default 8765: where the Dagster UI's links to each cell point)")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     v.set_defaults(fn=cmd_view)
+
+    u = sub.add_parser("ui", parents=[common], help="Dagster's web UI on the instance (`dagster dev`)",
+                       description="Serve Dagster's web UI (`dagster dev`: webserver, daemon, code servers) on the "
+                       "instance ($DAGSTER_HOME), as `make ui` does. Ctrl-C or SIGTERM stops all of it within 5 s.")
+    u.add_argument("--port", type=int, default=3000, help="port (default 3000)")
+    u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    u.set_defaults(fn=cmd_ui)
 
     s = sub.add_parser("status", parents=[common], help="materialized partitions and check results per asset")
     s.set_defaults(fn=cmd_status)

@@ -129,8 +129,8 @@ def _headline(settings, sd, until: str, total: float) -> None:
     print(f"Figure:  {summary / StudySummary.FIGURE_PNG}")
     print(f"DuckDB:  {catalog / Catalog.FILE}   (try: mt sql \"SELECT study, cell, "
           f"persona, avg(strict_hit::int) FROM completions GROUP BY ALL ORDER BY ALL\")")
-    print(f"Web UI:  DAGSTER_HOME={settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 "
-          f"-p 3000  (or `make ui`), then open http://127.0.0.1:3000")
+    print(f"Web UI:  DAGSTER_HOME={settings.dagster_home} .venv/bin/mt ui  (or `make ui`), then open "
+          f"http://127.0.0.1:3000")
 
 
 def cmd_doctor(args) -> int:

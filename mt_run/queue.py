@@ -6,15 +6,13 @@ started here for the command and stopped after it.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from mt_services import free_port
+from mt_services import free_port, start_group, stop_group
 from mt_settings import PROJECT_ROOT, Settings
 
 LOCATION = "marker_transfer"  # pyproject's code_location_name, as workspace.yaml loads it
@@ -22,21 +20,12 @@ REPOSITORY = "__repository__"  # the repository Dagster makes of a Definitions o
 
 
 def _stop(proc: subprocess.Popen, wait_s: float = 30) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(wait_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    # SIGTERM to the service's group; its run workers left to end the runs they were asked to stop
+    stop_group(proc, wait_s, kill_rest=False)
 
 
 def _start(settings: Settings, argv: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "ab") as f:
-        return subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=f, stderr=subprocess.STDOUT, env=settings.to_env(),
-                                start_new_session=True)
+    return start_group(argv, env=settings.to_env(), cwd=PROJECT_ROOT, log=log)
 
 
 @contextlib.contextmanager

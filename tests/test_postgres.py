@@ -4,9 +4,7 @@ webserver read them back from it. Skips where the PostgreSQL server binaries are
 Debian's)."""
 import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +18,7 @@ import pytest
 import yaml
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
+from mt_services import start_group, stop_group
 from mt_services.postgres import PostgresUnavailable, find_bindir, free_port, postgres_server
 from test_run import STUDY, _mt, _setup
 
@@ -56,10 +55,8 @@ def _gql(port: int, query: str) -> dict:
 
 
 def _webserver_run_ids(env: dict, port: int, log: Path) -> set[str]:
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-w", "workspace.yaml",
-                                 "-h", "127.0.0.1", "-p", str(port)],
-                                cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_group([str(Path(sys.executable).with_name("dagster-webserver")), "-w", "workspace.yaml",
+                        "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=ROOT, log=log)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -74,12 +71,7 @@ def _webserver_run_ids(env: dict, port: int, log: Path) -> set[str]:
         assert {r["status"] for r in results} == {"SUCCESS"}
         return {r["runId"] for r in results}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, grace_s=30)
 
 
 @pytest.mark.slow

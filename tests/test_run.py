@@ -69,16 +69,18 @@ def test_resume_and_redo_only_what_a_change_affects(tmp_path):
 
     # one sampler value changes: only the cell's alignment steps and the analysis run again
     raw = yaml.safe_load(study.read_text())
-    raw["profiles"]["tiny"]["samplers"]["alignment"]["max_tokens"] += 1
+    n = raw["profiles"]["tiny"]["samplers"]["alignment"]["max_tokens"]
+    raw["profiles"]["tiny"]["samplers"]["alignment"]["max_tokens"] = n + 1
     study.write_text(yaml.safe_dump(raw))
-    plan = _mt(env, "--dry-run")  # says what would run and why, runs nothing
-    assert f"cell[{CELL}]: would run alignment_completions, alignment_scores (alignment_completions: code version" \
-        in plan and "coupling[villain]: up to date" in plan and _runs(home) == first
+    plan = _mt(env, "--dry-run")  # says what would run and why (the field that changed), runs nothing
+    changed = f"samplers.alignment.max_tokens {n} -> {n + 1}"
+    assert f"cell[{CELL}]: would run alignment_completions, alignment_scores (alignment_completions: {changed}" \
+        in plan and "coupling[villain]: up to date" in plan and _runs(home) == first, plan
     out = _mt(env)
     new = _runs(home)[len(first):]
     assert [(j, p) for j, p, _ in new] == [("cell_job", CELL), ("analysis_job", None)], new
     assert new[0][2] == {"alignment_completions", "alignment_scores"}
-    assert "code version" in out and "inputs: up to date" in out and "coupling: up to date" in out
+    assert changed in out and "inputs: up to date" in out and "coupling: up to date" in out
 
     # --force with --cells redoes the cell, not the current inputs or coupling adapter
     before = len(_runs(home))

@@ -1,21 +1,18 @@
 """The web UI, driven by a real browser: launch one cell from `dagster dev` and see its partitions turn materialized.
 
 It starts from a copy of the session's first stages of the demo (tests/conftest.py's ``tiny_base``: the inputs and both
-coupling adapters, materialized through Dagster with the same planted credentials); then `dagster dev` (webserver +
-daemon, the instance's queued run coordinator) serves that temporary DAGSTER_HOME. Playwright drives
-Debian's chromium: on cell_job's page, "Materialize all…", pick partition C4_s42, "Launch 1 run"; the test waits for
-the run, checks every cell asset's C4_s42 partition in the instance, and saves docs/ui_cell_materialized.png. Then it
-reads the metadata a researcher reads (per-persona rates, gate results with their thresholds, provenance with links,
+coupling adapters, materialized through Dagster with the same planted credentials); then `mt ui` (as `make ui`:
+`dagster dev`, webserver + daemon, the instance's queued run coordinator) serves that temporary DAGSTER_HOME. Playwright
+drives Debian's chromium: on cell_job's page, "Materialize all…", pick partition C4_s42, "Launch 1 run"; the test waits
+for the run, checks every cell asset's C4_s42 partition in the instance, and saves docs/ui_cell_materialized.png. Then
+it reads the metadata a researcher reads (per-persona rates, gate results with their thresholds, provenance with links,
 the link to `mt view`) on the pages of marker_rates[C4_s42] and coupling_adapter[villain], and screenshots them
-(docs/ui_metadata_after*.png). Skips where /usr/bin/chromium is missing (`make setup` installs it with apt-get where
-it can).
+(docs/ui_metadata_after*.png). Skips where /usr/bin/chromium is missing (`make setup` installs it with apt-get where it
+can).
 """
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -27,6 +24,7 @@ from shared_instances import copy_instance
 from test_faults import SECRETS
 
 from mt_assets.common import VIEW_URL  # where a cell's metadata links to
+from mt_services import free_port, start_group, stop_group
 
 pytestmark = pytest.mark.slow  # a whole study through Dagster / a browser: `make test-slow`
 
@@ -44,12 +42,6 @@ if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (install Debian's chromium: apt-get install -y chromium)",
                 allow_module_level=True)
 sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gql(port: int, query: str) -> dict:
@@ -70,7 +62,7 @@ def _wait(what: str, fn, timeout: float, log: Path, every: float = 1.0):
         if got:
             return got
         time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; dagster dev log:\n{log.read_text()[-4000:]}")
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; mt ui log:\n{log.read_text()[-4000:]}")
 
 
 def _bytes(f: Path) -> bytes:
@@ -92,31 +84,20 @@ def server(tmp_path_factory, tiny_base):
     # the inputs and the coupling adapters, built with the same planted credentials: the session's (tests/conftest.py)
     copy_instance(tiny_base, home, art)
 
-    port = _free_port()
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-                                 "-p", str(port)],
-                                cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    port = free_port()
+    # `mt ui`, as `make ui` starts it: `dagster dev` (webserver, daemon, code server, any run worker) in its own group
+    proc = start_group([sys.executable, "-m", "mt_cli", "ui", "--port", str(port)], env=env, cwd=ROOT, log=log)
 
     def loaded():
         if proc.poll() is not None:
-            pytest.fail(f"dagster dev exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            pytest.fail(f"mt ui exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         q = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
         return _gql(port, q)["workspaceOrError"]["locationEntries"][0]["loadStatus"] == "LOADED"
     try:
         _wait("the code location to load", loaded, 180, log)
         yield {"port": port, "home": home, "log": log, "art": art}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # webserver, daemon, code server and any run worker
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is still there
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
+        stop_group(proc, grace_s=10)  # `mt ui` stops its group within 5 s of SIGTERM (tests/test_ui_stop.py)
 
 
 def _screenshot_path(tmp_path_factory, name: str) -> Path:
@@ -174,7 +155,7 @@ def test_launch_one_cell_from_the_ui(server, tmp_path_factory):
             dialog.get_by_role("button", name="Launch 1 run").click()
 
             status = _wait("the cell_job run to finish", lambda: _run_status(port), 300, log, every=2)
-            assert status == "SUCCESS", f"run ended {status}; dagster dev log:\n{log.read_text()[-4000:]}"
+            assert status == "SUCCESS", f"run ended {status}; mt ui log:\n{log.read_text()[-4000:]}"
             with dg.DagsterInstance.from_config(str(home)) as inst:
                 run = inst.get_runs(dg.RunsFilter(job_name=CELL_JOB))[0]
                 assert run.tags.get("mt/study") == STUDY  # a run launched from the UI carries its study too

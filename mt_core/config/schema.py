@@ -375,9 +375,10 @@ class Study(ConfigModel):
         base = self.cell(key).base
         return None if base == "raw" else self.sources[base].persona
 
-    def version_of(self, *paths: str, extra: str = "") -> str:
-        """A short hash of the named sections of this study (dotted paths into the config) and ``extra``: the code
-        version of a step that uses exactly those values. Speed options are left out: they change how fast, not what."""
+    def values_of(self, *paths: str) -> dict:
+        """The named sections of this study (dotted paths into the config) as JSON values, {path: value}: what the code
+        version of a step that uses exactly those values covers. Speed options are left out: they change how fast,
+        not what."""
         dumped = self.model_dump(mode="json")  # serialised, not read field by field
 
         def pick(path: str):
@@ -385,7 +386,11 @@ class Study(ConfigModel):
             for part in path.split("."):
                 v = v[part]
             return _drop_speed(v)
-        blob = json.dumps({p: pick(p) for p in paths}, sort_keys=True) + extra
+        return {p: pick(p) for p in paths}
+
+    def version_of(self, *paths: str, extra: str = "") -> str:
+        """A short hash of ``values_of(*paths)`` and ``extra``: the code version of a step that uses those values."""
+        blob = json.dumps(self.values_of(*paths), sort_keys=True) + extra
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def cell_source_map(self) -> dict[str, list[str]]:
