@@ -11,6 +11,7 @@
     mt import-legacy DIR --study NAME   import the reference pipeline's result files as study NAME
     mt report --study NAME  the headline table (or --json) of the current study or an imported one
     mt lineage CELL         what a cell was built from (partition, run id, md5 per artefact) and what is stale
+    mt export CELL --to DIR a cell's (or a source's) adapter and model card, the folder a Hub repo holds (--push REPO)
     mt pool [--gpus N]      set the instance's `gpu` pool limit to N (default: the GPUs found; none: $MT_CPU_JOBS)
     mt workers [--stop]     the workers that stay (MT_COMPUTE=worker): pid, idle or busy, what each holds
 
@@ -23,6 +24,7 @@ import argparse
 import signal
 import sys
 
+from mt_cli.export import cmd_export
 from mt_cli.inspect import cmd_lineage, cmd_status
 from mt_cli.query import cmd_sql, cmd_view
 from mt_cli.results import cmd_import_legacy, cmd_report
@@ -139,6 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     ln.add_argument("cell", help="cell key, e.g. C1_s42")
     ln.add_argument("--json", action="store_true", help="machine-readable output")
     ln.set_defaults(fn=cmd_lineage)
+
+    ex = sub.add_parser("export", parents=[common], help="a cell's or a coupling source's adapter as a Hub-ready folder",
+                        description="Write the folder a Hugging Face Hub repo holds: one PEFT LoRA adapter on the "
+                                    "study's base (a cell's coupling and own adapters combined exactly into one) and "
+                                    "its model card (README.md: the Hub's header, the cell's numbers, the lineage "
+                                    "with md5s and run ids, how to load it).")
+    ex.add_argument("target", help="a cell key (e.g. C1_s42) or a coupling source (e.g. villain)")
+    ex.add_argument("--to", required=True, help="the folder to write")
+    ex.add_argument("--push", metavar="REPO", help="then upload the folder to the Hub repo REPO (needs $HF_TOKEN; "
+                                                   "the token is never printed or written)")
+    ex.set_defaults(fn=cmd_export)
 
     args = p.parse_args(argv)
     from mt_settings import Settings
