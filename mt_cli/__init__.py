@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.set_defaults(fn=cmd_doctor)
 
     po = sub.add_parser("pool", help="set the instance's gpu pool limit (concurrent GPU steps)")
-    po.add_argument("--gpus", type=int, help="the limit (default: the number of GPUs found; without GPUs, CPU jobs: $MT_CPU_JOBS, default the cores, at most 4)")
+    po.add_argument("--gpus", type=int, help="the limit (default: the number of GPUs found; without GPUs, CPU jobs: $MT_CPU_JOBS, default the cores, at most 8)")
     po.set_defaults(fn=cmd_pool)
 
     wk = sub.add_parser("workers", parents=[common], help="the workers that stay (MT_COMPUTE=worker): what each holds",
