@@ -50,6 +50,7 @@ def _started_by(root: int) -> tuple[set[int], set[int]]:
     return pids, {live[p][1] for p in pids if p in live}
 
 
+@pytest.mark.slow  # a dagster dev each (about 13 s): out of `make test-fast`
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_the_ui_stops_within_5s_and_leaves_no_process(sig, tmp_path):
