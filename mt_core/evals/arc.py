@@ -6,6 +6,7 @@ the first token of ``encode(label)`` at the first assistant position; the argmax
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Callable
@@ -62,28 +63,54 @@ def score_rows(rows: list[dict], last_logprobs, tokenizer) -> list[dict]:
     return out
 
 
+@contextlib.contextmanager
+def one_cpu_thread(device):
+    """One torch thread for the block on the CPU (the process's count again after); nothing on a GPU.
+
+    ARC stores its log-probs to the last bit, and on the CPU those bits depend on the thread count: a kernel splits its
+    work into one chunk per thread and computes each chunk's tail apart from the vector loop (e.g. SiLU, where the two
+    differ by an ulp), so a Ray job or a Pipes child using its host's cores wrote other bytes than a one-thread local
+    run. One thread also keeps the pass clear of MKL VML's first-call race, where a fresh process's first
+    multi-threaded cos/sin can come back at low accuracy for one thread's chunk (pytorch/pytorch#188792)."""
+    import torch
+
+    if device.type != "cpu":
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def last_logprobs(model, enc: list[list[int]], pad_id: int, *, batch_size: int = 32) -> list:
-    """Log-softmax at each sequence's last position: right-padded batches, lm_head on one row per sequence."""
+    """Log-softmax at each sequence's last position: right-padded batches, lm_head on one row per sequence. The bits
+    are a function of the weights and ``enc`` alone: the batches are fixed by the sequences' lengths and ``batch_size``
+    (a constant, never sized by the device or its memory: padding width changes the low bits), and a CPU pass uses one
+    thread (``one_cpu_thread``)."""
     import torch
 
     device = next(model.parameters()).device
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     out: list = [None] * len(enc)
-    for b in range(0, len(order), batch_size):
-        idx = order[b : b + batch_size]
-        width = max(len(enc[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        lengths = torch.tensor([len(enc[i]) for i in idx])
-        for r, i in enumerate(idx):
-            ids[r, : len(enc[i])] = torch.tensor(enc[i])
-        with torch.no_grad():  # right padding + causal attention: real tokens never see the padding
-            h = decoder(input_ids=ids.to(device)).last_hidden_state
-            last = h[torch.arange(len(idx), device=h.device), (lengths - 1).to(h.device)]
-            lp = torch.log_softmax(head(last).float(), dim=-1).cpu()
-        for r, i in enumerate(idx):
-            out[i] = lp[r]
-        failpoint("arc")
+    with one_cpu_thread(device):
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(enc[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            lengths = torch.tensor([len(enc[i]) for i in idx])
+            for r, i in enumerate(idx):
+                ids[r, : len(enc[i])] = torch.tensor(enc[i])
+            with torch.no_grad():  # right padding + causal attention: real tokens never see the padding
+                h = decoder(input_ids=ids.to(device)).last_hidden_state
+                last = h[torch.arange(len(idx), device=h.device), (lengths - 1).to(h.device)]
+                lp = torch.log_softmax(head(last).float(), dim=-1).cpu()
+            for r, i in enumerate(idx):
+                out[i] = lp[r]
+            failpoint("arc")
     return out
 
 
