@@ -192,7 +192,8 @@ def test_pipes_matches_inline(runs):
         assert {k: type(v) for k, v in inline.items()} == {k: type(v) for k, v in pipes.items()}, a
         # published, and seeded on CPU: the same weights and rows either way (JSON files hold paths and timings)
         files = [json.loads(Path(metas[m][a]["path"].value, "_manifest.json").read_text())["files"] for m in runs]
-        data = [{f: v["md5"] for f, v in fs.items() if f.endswith((".safetensors", ".parquet"))} for fs in files]
+        data = [{f: v["md5"] for f, v in fs.items() if f.endswith((".safetensors", ".parquet", "model_ref.json"))}
+                for fs in files]  # the base: a reference to its content-addressed snapshot (name, weights md5)
         assert data[0] == data[1] and (data[0] or a == "cell_adapter"), a  # C4's cell adapter is "none"
 
 

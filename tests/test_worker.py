@@ -181,7 +181,7 @@ def test_cells_in_one_worker_match_fresh_loads_and_a_killed_worker_publishes_not
                             text=True, timeout=120)
     assert listed.returncode == 0 and f"pid {pid}" in listed.stdout, listed.stdout + listed.stderr
     line = next(x for x in listed.stdout.splitlines() if f"pid {pid}" in x)
-    assert " idle, " in line and "step(s)" in line and "base_model" in line, line
+    assert " idle, " in line and "step(s)" in line and "holding " in line and "/tiny-" in line, line  # its snapshot
     stop = subprocess.run([sys.executable, "-m", "mt_cli", "workers", "--stop"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert stop.returncode == 0 and f"pids {pid}" in stop.stdout.replace(",", ""), stop.stdout + stop.stderr

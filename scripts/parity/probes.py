@@ -235,6 +235,9 @@ class _CharTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return "".join(chr(i - 3) for i in ids if i >= 3)
 
+    def batch_decode(self, seqs, skip_special_tokens: bool = True) -> list[str]:
+        return [self.decode(ids) for ids in seqs]
+
     def convert_tokens_to_ids(self, token: str) -> int | None:
         return self.SPECIAL.get(token)
 
