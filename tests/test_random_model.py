@@ -90,6 +90,11 @@ def test_snapshot_is_written_once(smoke):
     (d / snapshots.COMPLETE).unlink()
     inputs.build_base_model(study, out=tmp / "base2", log=again.append)
     assert (d / snapshots.COMPLETE).is_file() and (d / "config.json").stat().st_mtime_ns != stamp
+    # another corpus for its tokenizer is another snapshot, never the old one reused
+    stamp, other = (d / "config.json").stat().st_mtime_ns, []
+    random_snapshot.write_random_snapshot(study.model, texts=["a different corpus, line one", "and line two"] * 50,
+                                          log=other.append)
+    assert not any("reusing" in x for x in other) and (d / "config.json").stat().st_mtime_ns != stamp
 
 
 def test_n_params_matches_the_model(smoke):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from mt_core.model import tiny
-from mt_core.model.snapshots import built_once
+from mt_core.model.snapshots import built_once, content_key
 
 
 def spec_hash(m) -> str:
@@ -130,9 +130,12 @@ def padded_tokenizer(texts: Iterable[str], bpe_vocab: int, total: int):
 
 
 def write_random_snapshot(m, *, texts: Iterable[str], log: Callable[[str], None] = print) -> tuple[Path, dict]:
-    """The snapshot for ``m`` (a RandomModel), written unless a complete one with the same spec is there."""
+    """The snapshot for ``m`` (a RandomModel), written unless a complete one of the same spec and tokenizer texts is
+    there (the folder is named by the spec; a changed corpus rebuilds it in place)."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
+
+    texts = list(texts)
 
     def build(tmp: Path) -> dict:
         t0 = time.perf_counter()
@@ -153,5 +156,5 @@ def write_random_snapshot(m, *, texts: Iterable[str], log: Callable[[str], None]
             f"{time.perf_counter() - t0:.0f}s")
         return {"n_params": n_params}
 
-    dest, _, _ = built_once(snapshot_dir(m), spec_hash(m), build, log)
+    dest, _, _ = built_once(snapshot_dir(m), f"{spec_hash(m)}:{content_key(texts)}", build, log)
     return dest, json.loads((dest / "config.json").read_text())
