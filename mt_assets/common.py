@@ -33,13 +33,20 @@ from mt_settings import Settings, secret
 def read_upstream(sd: StudyDefs, context: dg.AssetExecutionContext, store: ArtifactStore, asset: str,
                   partition: str | None = None) -> Artifact:
     """The study's upstream artefact, its hashes checked, its manifest the study's own, and matched to the instance's
-    latest record of that partition."""
-    art = store.of(sd.name).read(asset, partition)
+    latest record of that partition (``read_recorded``)."""
+    return read_recorded(sd.name, context.instance, store, asset, partition)[0]
+
+
+def read_recorded(study: str, instance: dg.DagsterInstance, store: ArtifactStore, asset: str,
+                  partition: str | None = None) -> tuple[Artifact, dict]:
+    """``study``'s artefact and the instance's latest record of it: its hashes checked, its manifest the study's own,
+    its md5 the one recorded (a step's upstream, or what `mt export` hands out)."""
+    art, key = store.of(study).read(asset, partition), dg.AssetKey([study, asset])
     owner = art.manifest.get("study")
-    if owner != sd.name:
-        raise ArtifactError(f"{asset}[{art.partition}] at {art.path} was built for study {owner!r}, not {sd.name!r} "
-                            f"which reads it; re-materialize {sd.key(asset).to_user_string()}")
-    meta = latest_metadata(context.instance, sd.key(asset), partition)
+    if owner != study:
+        raise ArtifactError(f"{asset}[{art.partition}] at {art.path} was built for study {owner!r}, not {study!r} "
+                            f"which reads it; re-materialize {key.to_user_string()}")
+    meta = latest_metadata(instance, key, partition)
     if meta is None:
         raise ArtifactError(f"{asset}[{art.partition}]: an artefact exists at {art.path} but this Dagster instance "
                             f"has no materialization of it; materialize it through Dagster first")
@@ -47,7 +54,7 @@ def read_upstream(sd: StudyDefs, context: dg.AssetExecutionContext, store: Artif
     if recorded != art.digest:
         raise ArtifactError(f"{asset}[{art.partition}]: the store holds md5 {art.digest} but the instance's latest "
                             f"materialization recorded {recorded}; re-materialize {asset}")
-    return art
+    return art, meta
 
 
 def partitioned_check(name: str, asset: dg.AssetKey, partitions_def: dg.PartitionsDefinition, **kwargs) -> dg.AssetCheckSpec:

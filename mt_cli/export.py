@@ -8,13 +8,12 @@ from mt_cli.session import current_study, instance, settings_of
 
 
 def cmd_export(args) -> int:
-    import dagster as dg
-
+    from mt_assets.common import read_recorded
     from mt_core.config import ConfigError
     from mt_core.layout import Adapter, AlignmentScores, ArcScores, BaseModel, MarkerRates, artefact_root
     from mt_core.model.export import combine_adapters, model_card
     from mt_resources.artifact import ArtifactError
-    from mt_resources.store import ArtifactStore, latest_metadata
+    from mt_resources.store import ArtifactStore
     from mt_settings import secret
 
     s = settings_of(args)
@@ -27,13 +26,7 @@ def cmd_export(args) -> int:
     store = ArtifactStore(root=str(artefact_root(study, s.artifacts)))
     with instance(s) as inst:
         def recorded(asset: str, partition: str | None):
-            """The artefact, checked against its manifest and the instance's latest record of it."""
-            art = store.read(asset, partition)
-            meta = latest_metadata(inst, dg.AssetKey([study.name, asset]), partition)
-            if meta is None or meta.get("md5") != art.digest:
-                raise ArtifactError(f"{asset}[{art.partition}]: the store's artefact is not the instance's latest "
-                                    f"materialization; materialize it through Dagster first")
-            return art, meta
+            return read_recorded(study.name, inst, store, asset, partition)
 
         try:
             base, base_meta = recorded("base_model", None)

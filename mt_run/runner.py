@@ -195,8 +195,7 @@ class Runner:
             if (owner := partition_owner(self.instance, self.sd.name, item.partition)) is None:
                 return False
             waiting[item.label] = (item, owner)
-            self.out(f"{item.label}: run {owner.run_id[:8]} ({owner.job_name.removeprefix(self.sd.name + '__')}) "
-                     f"is making it; waiting for it")
+            self._say_waiting(item, owner)
             return True
 
         try:
@@ -217,16 +216,10 @@ class Runner:
                         self.stack.enter_context(daemon(self.instance, self.settings, self.out))
                     checked = time.monotonic()
                 for label, (item, owner) in list(waiting.items()):  # an owner that ended: only what it left
-                    run = self.instance.get_run_by_id(owner.run_id)
-                    if run is not None and run.status.value not in FINISHED and not process_gone(run):
-                        continue
-                    del waiting[label]
-                    left = plan_item(self.defs, self.sd, item.job, item.partition, self.latest)
-                    if left.assets:
-                        item.assets, item.reasons = left.assets, left.reasons
-                        pending.append(item)
-                    else:
-                        self.out(f"{label}: made by run {owner.run_id[:8]} meanwhile: up to date")
+                    if self._owner_ended(owner):
+                        del waiting[label]
+                        if self._left_by(owner, item):
+                            pending.append(item)
                 for run_id, f in list(flying.items()):
                     status = self.instance.get_run_by_id(run_id).status.value
                     if status == "STARTED" and f.started is None:
@@ -340,25 +333,33 @@ class Runner:
                 except RunFailed:
                     if (owner := partition_owner(self.instance, self.sd.name, item.partition)) is None:
                         raise
-            self._wait_for(owner, item)
-            left = plan_item(self.defs, self.sd, item.job, item.partition, self.latest)  # never forced again
-            if not left.assets:
-                self.out(f"{item.label}: made by run {owner.run_id[:8]} meanwhile: up to date")
+            self._say_waiting(item, owner)
+            self.current = f"{item.label} (waiting for run {owner.run_id[:8]})"
+            while not self._owner_ended(owner):
+                time.sleep(2)
+            if not self._left_by(owner, item):
                 return None
-            item.assets, item.reasons = left.assets, left.reasons
-            self.out(f"{item.label}: run {owner.run_id[:8]} left {', '.join(item.assets)} ({item.why()})")
 
-    def _wait_for(self, owner, item: Item) -> None:
-        """Until ``owner`` (a run in progress) ends or its process is gone."""
+    def _say_waiting(self, item: Item, owner) -> None:
         pid = owner.tags.get(PID_TAG)
         self.out(f"{item.label}: run {owner.run_id[:8]} ({owner.job_name.removeprefix(self.sd.name + '__')}"
                  f"{f', pid {pid}' if pid else ''}) is making it; waiting for it")
-        self.current = f"{item.label} (waiting for run {owner.run_id[:8]})"
-        while True:
-            run = self.instance.get_run_by_id(owner.run_id)
-            if run is None or run.status.value in FINISHED or process_gone(run):
-                return
-            time.sleep(2)
+
+    def _owner_ended(self, owner) -> bool:
+        """Whether ``owner`` (a run that owned a partition) has ended or its process is gone."""
+        run = self.instance.get_run_by_id(owner.run_id)
+        return run is None or run.status.value in FINISHED or process_gone(run)
+
+    def _left_by(self, owner, item: Item) -> bool:
+        """``item`` planned again once ``owner`` ended, never forced: whether that run left any of it undone (then
+        ``item`` holds what is left)."""
+        left = plan_item(self.defs, self.sd, item.job, item.partition, self.latest)
+        if not left.assets:
+            self.out(f"{item.label}: made by run {owner.run_id[:8]} meanwhile: up to date")
+            return False
+        item.assets, item.reasons = left.assets, left.reasons
+        self.out(f"{item.label}: run {owner.run_id[:8]} left {', '.join(item.assets)} ({item.why()})")
+        return True
 
     def _execute_once(self, item: Item) -> float:
         t0 = time.perf_counter()

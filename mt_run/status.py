@@ -31,11 +31,11 @@ def check_status(instance, graph, key) -> list[str]:
     (failures and "no positives" name their partitions, and a single one its reason). Each partition's outcome is its
     latest check result; an execution that a run planned but never finished (a killed run, since marked failed) does
     not hide the result before it. A gate has no result for another source's adapter: "not applicable"."""
-    from mt_core.outcomes import FAILED, NOT_APPLICABLE, PASSED, WORDS, audit_word
+    from mt_core.outcomes import FAILED, NOT_APPLICABLE, PASSED, WORDS, audit_word, stated
 
     lines = []
     pdef = graph.get(key).partitions_def
-    order = {p: i for i, p in enumerate(pdef.get_partition_keys())} if pdef else {}
+    keys = pdef.get_partition_keys() if pdef else [""]  # "": the unpartitioned asset's one result
     for ck in sorted(graph.get(key).check_keys, key=lambda c: c.name):
         latest: dict[str, tuple[str, str]] = {}  # partition -> (word, reason), newest result first
         for rec in instance.event_log_storage.get_asset_check_execution_history(ck, limit=10_000):
@@ -49,7 +49,7 @@ def check_status(instance, graph, key) -> list[str]:
         applies = graph.get_check_spec(ck).metadata.get("applies_to")
         applies = getattr(applies, "value", applies)
         groups: dict[str, list[str]] = {}
-        for p in (list(order) if pdef else [""]):
+        for p in keys:
             if p in latest:
                 groups.setdefault(latest[p][0], []).append(p)
             elif applies is not None and p not in applies:
@@ -64,10 +64,11 @@ def check_status(instance, graph, key) -> list[str]:
             ks = groups.get(word, [])
             if not ks:
                 continue
+            reason = latest[ks[0]][1] if ks[0] in latest else ""
             if not pdef:
-                parts.append(latest.get("", (word, ""))[1] and f"{word}: {latest[''][1]}" or word)
-            elif len(ks) == 1 and latest.get(ks[0], ("", ""))[1] and word != PASSED:
-                parts.append(f"{word}: {ks[0]} ({latest[ks[0]][1]})")
+                parts.append(stated(word, reason))
+            elif len(ks) == 1 and reason and word != PASSED:
+                parts.append(f"{word}: {ks[0]} ({reason})")
             else:
                 few = word != PASSED or len(ks) <= 4  # what is not a pass is always named
                 parts.append(f"{word}: {', '.join(ks) if few else f'{len(ks)} partitions'}")

@@ -23,7 +23,9 @@ def content_key(*parts: Any) -> str:
 
 def source_md5(*modules) -> list[str]:
     """The md5s of modules' source files: a builder's code is part of what its snapshot is built from."""
-    return [hashlib.md5(Path(m.__file__).read_bytes()).hexdigest() for m in modules]
+    from mt_core.io import md5_file
+
+    return [md5_file(Path(m.__file__)) for m in modules]
 
 
 @contextlib.contextmanager
