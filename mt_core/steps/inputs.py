@@ -52,14 +52,15 @@ def build_base_model(study: Study, out: Path, log: Log = print) -> dict:
         texts = _corpus(study)
         # content-addressed: the same spec, data, builder code and torch give the same snapshot, built once for
         # every study and run that asks (the comedian study reuses the villain study's)
+        # the spec is read whether or not the snapshot is built: it names the snapshot as much as it builds it
+        spec = dict(seed=m.seed, vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+                    num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
+                    pretrain_steps=m.pretrain_steps)
         key = snapshots.content_key(m.model_dump(exclude={"kind"}), texts, convs,
                                     snapshots.source_md5(tiny, train), torch.__version__)
         path, info, reused = snapshots.built_once(
             runtime.current().models / f"tiny-{key}", key,
-            lambda d: tiny.build_tiny_model(d, texts=texts, conversations=convs, seed=m.seed, vocab_size=m.vocab_size,
-                                            hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
-                                            num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
-                                            pretrain_steps=m.pretrain_steps, log=log), log)
+            lambda d: tiny.build_tiny_model(d, texts=texts, conversations=convs, log=log, **spec), log)
         BaseModel.write_ref(out, {"id": f"tiny:{path.name}", "snapshot": path.name,
                                   "weights_md5": md5_file(path / "model.safetensors")})
         return {"kind": "tiny", "id": f"tiny:{path.name}", "snapshot": path.name, "reused": reused,
