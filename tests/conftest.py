@@ -97,16 +97,23 @@ TIMELINE = os.environ.get("MT_TEST_TIMELINE")  # a file: one JSON line per test 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """With $MT_TEST_TIMELINE, when each test ran and on which worker (scripts/test_timeline.py reads it)."""
+    import resource
     import time
 
-    t0 = time.time()
+    def cpu() -> tuple[float, float]:  # this process's CPU seconds, and its finished (waited-for) children's
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+    t0, c0 = time.time(), cpu()
     try:
         return (yield)
     finally:
         if TIMELINE:
+            c1 = cpu()
             with open(TIMELINE, "a") as f:
                 f.write(json.dumps({"worker": os.environ.get("PYTEST_XDIST_WORKER", "master"), "test": item.nodeid,
-                                    "start": t0, "end": time.time()}) + "\n")
+                                    "start": t0, "end": time.time(), "cpu": round(c1[0] - c0[0], 2),
+                                    "children_cpu": round(c1[1] - c0[1], 2)}) + "\n")
 
 
 def pytest_collection_modifyitems(config, items):
