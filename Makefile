@@ -50,7 +50,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: setup
 	$(BIN)/mt demo
 
-# pytest-xdist: three workers on a 2-core machine (each test's processes wait on subprocesses, servers and locks part of
+# pytest-xdist: four workers on a 2-core machine (each test's processes wait on subprocesses, servers and locks part of
 # the time: a third worker fills it; every torch gets one thread, tests/conftest.py); a test file is one unit, handed
 # out longest first (tests/conftest.py, "pytest-xdist"). `make test PYTEST_WORKERS=0` runs in one process.
 PYTEST_WORKERS ?= 4
