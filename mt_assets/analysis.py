@@ -16,7 +16,7 @@ from mt_core.layout import (LEGACY, PER_CELL, Adapter, AlignmentScores, ArcScore
                             MarkerRates, StudySummary, cell_numbers, partition_or_none)
 from mt_core.report.catalog import artefact_record
 from mt_core.steps import analysis as steps
-from mt_resources import ArtifactError, ArtifactStore
+from mt_resources import ArtifactError, ArtifactStore, WandbResource
 from mt_resources.store import Artifact, latest_metadata
 
 GROUP = "analysis"
@@ -146,7 +146,8 @@ def build(sd: StudyDefs) -> list:
               description="Headline table, pre-registered conjunction, G4 exclusions, gates and the hero figure; "
                           "INCOMPLETE above the table when cells are missing, failed when an artefact fails "
                           "verification.")
-    def study_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+    def study_summary(context: dg.AssetExecutionContext, store: ArtifactStore,
+                      wandb: WandbResource) -> dg.MaterializeResult:
         v = _verified(sd, context, store)
         gates, ups = {}, [a for arts in v.cells.values() for a in arts.values()]
         for src, art in v.sources.items():
@@ -163,7 +164,7 @@ def build(sd: StudyDefs) -> list:
                        missing_sources=v.missing_sources, unrecorded=v.unrecorded, lengths=lengths,
                        provenance=[{"asset": a.asset, "partition": a.partition, "md5": a.digest} for a in ups],
                        metadata=lambda art: {"report": dg.MetadataValue.path(
-                           f"{art.location}/{StudySummary.REPORT_HTML}")})
+                           f"{art.location}/{StudySummary.REPORT_HTML}")}, share_to=wandb)
 
     @dg.asset(**common, deps=[key("study_summary"), *map(key, PER_CELL)], code_version=cv("conditions"),
               description="A DuckDB file whose views (sql/*.sql) read exactly the study's verified per-cell Parquet "

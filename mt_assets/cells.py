@@ -64,7 +64,7 @@ def build(sd: StudyDefs) -> list:
         with gpu.lease(context.log.info):
             return publish(sd, context, store, steps.train_cell_adapter, ups, partition=cell.key, compute=compute,
                            cell_key=cell.key, base=base.path, coupling=coup and coup.path, data=data and data.path,
-                           wandb=wandb.settings(study), run_id=context.run_id)
+                           wandb=wandb.settings(study), share_to=wandb, run_id=context.run_id)
 
     def model_inputs(context, store: ArtifactStore, cell):
         base = read_upstream(sd, context, store, "base_model")
@@ -97,7 +97,7 @@ def build(sd: StudyDefs) -> list:
         check_specs=[partitioned_check("row_count", key("marker_completions"), sd.cells_partitions, blocking=True,
                                        description="personas x questions x n rows, per cell")])
     def cell_generations(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
-                         compute: Compute):
+                         compute: Compute, wandb: WandbResource):
         """A cell's completions and ARC from one engine session: its weights are loaded (and merged) once."""
         cell = study.cell(context.partition_key)
         base, ups, adapters = model_inputs(context, store, cell)
@@ -105,7 +105,7 @@ def build(sd: StudyDefs) -> list:
         with gpu.lease(context.log.info):
             yield from publish_each(sd, context, store, steps.cell_generations, ups, wanted, partition=cell.key,
                                     compute=compute, checks={"marker_completions": row_count}, cell_key=cell.key,
-                                    base=base.path, adapters=adapters)
+                                    base=base.path, adapters=adapters, share_to=wandb)
 
     def persona_rates(art: Artifact) -> dict:
         """The cell's marker rates, one row per persona (in place of the step's {persona: strict rate})."""
@@ -127,8 +127,8 @@ def build(sd: StudyDefs) -> list:
                                              blocking=True, description="Judge errors (API, refusal, parse) at most "
                                                                         "the study's rate, per cell")],
               description="Judge scores (aligned, coherent) per completion; every record names its judge.")
-    def alignment_scores(context: dg.AssetExecutionContext, store: ArtifactStore,
-                         judge: JudgeResource) -> dg.MaterializeResult:
+    def alignment_scores(context: dg.AssetExecutionContext, store: ArtifactStore, judge: JudgeResource,
+                         wandb: WandbResource) -> dg.MaterializeResult:
         with bad_input_fails_once():  # the judge first: a broken prompt file fails here, once
             client = judge.bind(study, store.of(sd.name).state_dir).client(context.log.info)
         comp = read_upstream(sd, context, store, "alignment_completions", context.partition_key)
@@ -145,7 +145,7 @@ def build(sd: StudyDefs) -> list:
 
         return publish(sd, context, store, steps.alignment_scores, [comp], partition=context.partition_key,
                        cell_key=context.partition_key, completions=comp.path, judge=client, checks=checks,
-                       metadata=per_question)
+                       metadata=per_question, share_to=wandb)
 
     @dg.asset(**common, deps=[key("marker_completions")],
               code_version=cv("marker", "assistant_persona", "thresholds.degeneracy_max",
@@ -189,13 +189,13 @@ def build(sd: StudyDefs) -> list:
                             description="Tokens per marker completion by persona (mean, p50, p90), the share cut at "
                                         "max_tokens and the marker rate among completions that finished (the "
                                         "write-up's length caveat).")])
-    def marker_rates(context: dg.AssetExecutionContext, store: ArtifactStore):
+    def marker_rates(context: dg.AssetExecutionContext, store: ArtifactStore, wandb: WandbResource):
         """Two summaries of the cell's marker completions, one step: its rates and its length audit."""
         comp = read_upstream(sd, context, store, "marker_completions", context.partition_key)
         wanted = sorted(k.path[-1] for k in context.selected_asset_keys)
         tables = {"marker_rates": persona_rates, "completion_length": persona_lengths}
         yield from publish_each(sd, context, store, steps.marker_stats, [comp], wanted, partition=context.partition_key,
                                 cell_key=context.partition_key, completions=comp.path,
-                                metadata=lambda art: tables[art.asset](art))
+                                metadata=lambda art: tables[art.asset](art), share_to=wandb)
 
     return [cell_adapter, cell_generations, marker_rates, alignment_scores, degeneracy_audit]

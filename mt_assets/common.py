@@ -23,9 +23,11 @@ from mt_assets.study import StudyDefs
 from mt_core.config import ConfigError
 from mt_core.io import DataError
 from mt_core.layout import UNPARTITIONED
+from mt_core.model.tracking import Shared, WandbSettings, log_artifacts
 from mt_core.steps.registry import Step
 from mt_resources.compute import Compute
 from mt_resources.store import Artifact, ArtifactError, ArtifactStore, latest_metadata
+from mt_resources.wandb import WandbResource
 from mt_run.runs import claim_partition, tag_run_process
 from mt_settings import Settings, secret
 
@@ -140,39 +142,43 @@ def provenance_md(sd: StudyDefs, prov: list[dict]) -> dg.MetadataValue:
 def publish(sd: StudyDefs, context: dg.AssetExecutionContext, store: ArtifactStore, fn: Step,
             upstream: list[Artifact], *, partition: str | None = None,
             checks: Callable[[dict], list[dg.AssetCheckResult]] | None = None, compute: Compute | None = None,
-            metadata: dict | Callable[[Artifact], dict] | None = None, **kwargs) -> dg.MaterializeResult:
+            metadata: dict | Callable[[Artifact], dict] | None = None, share_to: WandbResource | None = None,
+            **kwargs) -> dg.MaterializeResult:
     """Run the step ``fn(study, **kwargs, out=<staging dir>, log=...)``, publish its directory, describe it to Dagster.
 
     With ``compute`` the step is heavy (GPU) work and runs where ``compute`` says (this process, or a Pipes child that
     writes into the same staging directory); without, it runs here. ``checks`` turns the step's metadata into
     asset-check results reported with the materialization; ``metadata`` adds entries the step does not compute, or
-    is a function of the published artefact that returns them (read back from its files).
+    is a function of the published artefact that returns them (read back from its files). With ``share_to`` the
+    published artefact also becomes a W&B artifact (``share``).
     """
     asset = context.asset_key.path[-1]
     (res,) = _publish(sd, context, store, fn, upstream, {asset: context.asset_key}, partition,
-                      {asset: checks} if checks else {}, compute, metadata, kwargs, multi=False)
+                      {asset: checks} if checks else {}, compute, metadata, kwargs, multi=False, share_to=share_to)
     return res
 
 
 def publish_each(sd: StudyDefs, context: dg.AssetExecutionContext, store: ArtifactStore, fn: Step,
                  upstream: list[Artifact], assets: list[str], *, partition: str | None = None,
                  checks: dict[str, Callable[[dict], list[dg.AssetCheckResult]]] | None = None,
-                 compute: Compute | None = None, metadata: dict | None = None, **kwargs) -> list[dg.MaterializeResult]:
+                 compute: Compute | None = None, metadata: dict | None = None, share_to: WandbResource | None = None,
+                 **kwargs) -> list[dg.MaterializeResult]:
     """``publish`` for a step that writes several artefacts at once (a multi-asset): the step gets ``out`` as
     {asset: staging dir} and returns {asset: its metadata, shared key: value}; each artefact is published on its own."""
     return _publish(sd, context, store, fn, upstream, {a: sd.key(a) for a in assets}, partition, checks or {},
-                    compute, metadata, kwargs, multi=True)
+                    compute, metadata, kwargs, multi=True, share_to=share_to)
 
 
 def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: list[Artifact],
              keys: dict[str, dg.AssetKey], partition: str | None, checks: dict, compute: Compute | None,
              extra_metadata: dict | Callable[[Artifact], dict] | None, kwargs: dict, *,
-             multi: bool) -> list[dg.MaterializeResult]:
+             multi: bool, share_to: WandbResource | None = None) -> list[dg.MaterializeResult]:
     study, store, assets = sd.study, store.of(sd.name), list(keys)
     tag_run_process(context)
     if compute is not None:
         require_judge_credentials(study, secret("ANTHROPIC_API_KEY"))
     prov = [a.provenance() for a in upstream]
+    wb = share_to.settings(study) if share_to is not None else None  # before the work: online needs its key
     for p in prov:
         context.log.info(f"input {p['asset']}[{p['partition']}] md5 {p['md5']} from run {p['run_id']}")
     t0 = time.perf_counter()
@@ -209,14 +215,15 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
             raise gpu_oom(context, fn, e, sd.settings.retry_delay_s) from e
         raise
     seconds = time.perf_counter() - t0
+    arts = {asset: store.read(asset, partition) for asset in assets}
+    shared = share(sd, context, wb, arts, prov) if wb is not None else {}
     results = []
-    for asset in assets:
-        art = store.read(asset, partition)
+    for asset, art in arts.items():
         base = {"path": dg.MetadataValue.path(art.location), "md5": art.digest,
                 "size_bytes": art.manifest["size_bytes"], "seconds": seconds, "profile": study.profile,
                 "study": study.name}
         added = extra_metadata(art) if callable(extra_metadata) else extra_metadata or {}
-        own = {k: v for k, v in {**added, **owns[asset], **added}.items() if k not in base}
+        own = {k: v for k, v in {**added, **owns[asset], **added, **shared}.items() if k not in base}
         # in the order a reader looks: the cell's page in `mt view`, what the asset adds (the table a reader came
         # for), the step's numbers, the artefact, where it came from; JSON last (`upstream` and the like are for
         # `mt lineage` and `mt run`)
@@ -234,6 +241,29 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
         results.append(dg.MaterializeResult(asset_key=keys[asset], metadata=md, data_version=dg.DataVersion(art.digest),
                                             check_results=verdicts.get(asset)))
     return results
+
+
+def share(sd: StudyDefs, context, wb: WandbSettings, arts: dict[str, Artifact], prov: list[dict]) -> dict:
+    """The step's published artefacts as W&B artifacts (``mt_core.model.tracking.log_artifacts``), the upstream
+    artefacts as what they used; the metadata entries that say so. The store already holds the artefacts: a W&B
+    failure is a warning on the step and a metadata entry, not a lost step."""
+    def part(p: str | None) -> str | None:
+        return None if p in (None, UNPARTITIONED) else p
+
+    study = sd.study
+    logged = [Shared(a, part(art.partition), art.digest, art.location, context.run_id, tuple(art.manifest["files"]))
+              for a, art in arts.items()]
+    used = [Shared(p["asset"], part(p["partition"]), p["md5"], p["path"], p["run_id"]) for p in prov]
+    partition = part(next(iter(arts.values())).partition)
+    try:
+        step = context.op_def.name.removeprefix(sd.op(""))  # the asset's name, or the multi-asset's
+        return log_artifacts(wb, step=f"{step}[{partition or 'all'}]",
+                             group=partition or "study", logged=logged, used=used,
+                             metadata={"study": study.name, "profile": study.profile,
+                                       "config_sha256": study.config_sha256, "dagster_run_id": context.run_id})
+    except Exception as e:  # noqa: BLE001 - W&B mirrors the store; the store has the artefact
+        context.log.warning(f"W&B: the artifacts of {', '.join(arts)} were not logged: {type(e).__name__}: {e}")
+        return {"wandb_error": f"{type(e).__name__}: {e}"}
 
 
 def refuse_blocking_failures(context, keys: dict[str, dg.AssetKey], verdicts: dict[str, list[dg.AssetCheckResult]],

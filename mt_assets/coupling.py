@@ -99,7 +99,7 @@ def build(sd: StudyDefs) -> list:
         with gpu.lease(context.log.info):
             return publish(sd, context, store, steps.train_coupling_adapter, [base, data], partition=src,
                            compute=compute, source=src, base=base.path, dataset=data.path,
-                           wandb=wandb.settings(study), run_id=context.run_id, metadata=gate_results)
+                           wandb=wandb.settings(study), run_id=context.run_id, metadata=gate_results, share_to=wandb)
 
     # The gates are checks per source partition, emitted only where they apply: G0 has a result for `villain` and
     # none for `assistant`. Dagster expects a result for every check of the op that runs them, strictly so once a

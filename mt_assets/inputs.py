@@ -5,7 +5,7 @@ import dagster as dg
 from mt_assets.common import publish, retry_policy
 from mt_assets.study import StudyDefs
 from mt_core.steps import inputs as steps
-from mt_resources import ArtifactStore, Compute, GpuAllocator
+from mt_resources import ArtifactStore, Compute, GpuAllocator, WandbResource
 
 GROUP = "inputs"
 DESCRIPTION = "Reference data, base model and second-stage datasets."
@@ -31,9 +31,9 @@ def build(sd: StudyDefs) -> list:
               code_version=cv("model", "arc.path", "eval_set", "marker", files=(study.coupling_questions,)),
               description="The base model: the tiny locally built Qwen2 (tiny profile) or a pinned local HF snapshot.")
     def base_model(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
-                   compute: Compute) -> dg.MaterializeResult:
+                   compute: Compute, wandb: WandbResource) -> dg.MaterializeResult:
         with gpu.lease(context.log.info):
-            return publish(sd, context, store, steps.build_base_model, [], compute=compute)
+            return publish(sd, context, store, steps.build_base_model, [], compute=compute, share_to=wandb)
 
     def dataset_asset(which: str, description: str):
         @dg.asset(name=f"{which}_dataset", **common, **files, description=description,
@@ -41,7 +41,8 @@ def build(sd: StudyDefs) -> list:
                   check_specs=[dg.AssetCheckSpec("md5_matches", asset=sd.key(f"{which}_dataset"), blocking=True,
                                                  description="The file's md5 equals the pinned md5 of the study "
                                                              "config.")])
-        def _asset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        def _asset(context: dg.AssetExecutionContext, store: ArtifactStore,
+                   wandb: WandbResource) -> dg.MaterializeResult:
             def checks(meta):
                 return [dg.AssetCheckResult(check_name="md5_matches", passed=bool(meta["md5_ok"]),
                                             severity=dg.AssetCheckSeverity.ERROR,
@@ -49,7 +50,8 @@ def build(sd: StudyDefs) -> list:
                                                       "actual_md5": meta["md5"]},
                                             description=None if meta["md5_ok"] else
                                             f"md5 mismatch: expected {meta['expected_md5']}, got {meta['md5']}")]
-            return publish(sd, context, store, steps.build_dataset, [], which=which, checks=checks)
+            return publish(sd, context, store, steps.build_dataset, [], which=which, checks=checks,
+                           share_to=wandb)
         return _asset
 
     em_dataset = dataset_asset("em", "The EM ('bad advice') second-stage dataset, md5-pinned.")

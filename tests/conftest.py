@@ -136,20 +136,22 @@ DEMO_CELLS = ["C4_s42", "C1_s42", "C3_s42"]  # both coupling sources, and a cell
 
 
 def demo_env(home: Path, art: Path, **extra) -> dict:
-    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled",
-               **extra)
+    env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", WANDB_MODE="disabled")
+    env.update(extra)
     env.pop("MT_STUDY", None)
     return env
 
 
 def _demo_run(folder: Path, *args: str, **extra) -> str:
     """`mt demo --cells <DEMO_CELLS> <args>` on the instance in ``folder`` (home, art), recording the study fields it
-    reads in ``folder/config_reads.json``; its stdout."""
+    reads in ``folder/config_reads.json``; its stdout. W&B is the tiny profile's own, offline, into ``folder/wandb``
+    (tests/test_wandb_artifacts.py reads it back)."""
     from config_reads import subprocess_env  # the study fields the run reads (tests/test_config_reads.py)
 
     home, art, reads = folder / "home", folder / "art", folder / "config_reads.json"
+    env = demo_env(home, art, **subprocess_env(reads), WANDB_MODE="offline", WANDB_DIR=str(folder / "wandb"), **extra)
     out = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", ",".join(DEMO_CELLS), "--log-level",
-                          "WARNING", *args], cwd=ROOT, env=demo_env(home, art, **subprocess_env(reads), **extra),
+                          "WARNING", *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout

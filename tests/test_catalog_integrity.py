@@ -33,6 +33,7 @@ from mt_core.layout import (MANIFEST, PER_CELL, Adapter, AlignmentCompletions, A
 from mt_core.steps import cells as cell_steps
 from mt_resources.artifact import files_digest
 from mt_resources.store import ArtifactStore
+from mt_resources.wandb import WandbResource
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "marker_transfer_villain"
@@ -126,7 +127,7 @@ class World:
 
     def materialize(self, asset: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
         return dg.materialize([self.sd.node(asset)], instance=self.instance, raise_on_error=raise_on_error,
-                              resources={"store": self.store})
+                              resources={"store": self.store, "wandb": WandbResource(mode="disabled")})
 
     def failure(self, asset: str) -> str:
         res = self.materialize(asset, raise_on_error=False)

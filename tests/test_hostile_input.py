@@ -155,7 +155,7 @@ def test_a_user_error_in_a_step_fails_at_once_and_records_nothing(tmp_path):
     import dagster as dg
 
     from mt_assets import build
-    from mt_resources import ArtifactStore
+    from mt_resources import ArtifactStore, WandbResource
     from mt_run.runs import STUDY_TAG, RunFailed, failure_info
     from mt_settings import Settings
 
@@ -167,7 +167,8 @@ def test_a_user_error_in_a_step_fails_at_once_and_records_nothing(tmp_path):
     home.mkdir()
     shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home)) as inst:
-        res = dg.materialize([sd.node("em_dataset")], resources={"store": ArtifactStore(root=str(art))},
+        res = dg.materialize([sd.node("em_dataset")], resources={"store": ArtifactStore(root=str(art)),
+                                                                "wandb": WandbResource(mode="disabled")},
                              instance=inst, raise_on_error=False, tags={STUDY_TAG: sd.name})
         assert not res.success
         events = [e.dagster_event.event_type_value for e in inst.all_logs(res.run_id) if e.dagster_event]
@@ -187,7 +188,7 @@ def test_a_bad_judge_prompt_fails_the_judge_step_at_once(tmp_path):
     import dagster as dg
 
     from mt_assets import build
-    from mt_resources import ArtifactStore, JudgeResource
+    from mt_resources import ArtifactStore, JudgeResource, WandbResource
     from mt_run.runs import STUDY_TAG, failure_info
     from mt_settings import Settings
 
@@ -205,7 +206,9 @@ def test_a_bad_judge_prompt_fails_the_judge_step_at_once(tmp_path):
     shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home)) as inst:
         res = dg.materialize([sd.node("alignment_scores")], instance=inst,
-                             resources={"store": ArtifactStore(root=str(tmp_path / "a")), "judge": JudgeResource()}, raise_on_error=False, partition_key="C1_s42", tags={STUDY_TAG: sd.name})
+                             resources={"store": ArtifactStore(root=str(tmp_path / "a")), "judge": JudgeResource(),
+                                        "wandb": WandbResource(mode="disabled")},
+                             raise_on_error=False, partition_key="C1_s42", tags={STUDY_TAG: sd.name})
         assert not res.success
         events = [e.dagster_event.event_type_value for e in inst.all_logs(res.run_id) if e.dagster_event]
         assert "STEP_UP_FOR_RETRY" not in events and "STEP_RESTARTED" not in events, events

@@ -161,3 +161,37 @@ def test_tiny_task_metadata_has_wandb(tiny_model_dir, tmp_path, monkeypatch, mod
         hist = _history(tmp_path, meta["wandb_run_id"])
         assert len(hist) == meta["n_steps"] == 2
         assert [h["train/loss"] for h in hist] == pytest.approx(json.loads((out / Adapter.TRAIN_LOG).read_text())["losses"])
+
+
+def test_published_artefacts_become_artifacts_by_reference(offline):
+    """``log_artifacts``: one publish run; each artefact an artifact of its asset's type, its files by reference with
+    their md5s, the store's md5 as alias and metadata, the upstream by ``name:md5-…``; disabled logs nothing."""
+    import base64
+    import hashlib
+
+    from mt_core.model.tracking import Shared, WandbSettings, log_artifacts
+    from test_wandb_artifacts import offline_records
+
+    folder = offline / "store" / "cell_adapter" / "C1_s42"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "weights.bin").write_bytes(b"w" * 100)
+    (folder / "train_log.json").write_text("{}")
+    made = Shared("cell_adapter", "C1_s42", "d1", str(folder), "run-1", ("adapter/weights.bin", "train_log.json"))
+    used = Shared("coupling_adapter", "villain", "d0", str(offline / "elsewhere"), "run-0")
+    wb = WandbSettings(mode="offline", project="p", dir=str(offline / "wb"))
+    meta = log_artifacts(wb, step="cell_adapter[C1_s42]", group="C1_s42", logged=[made], used=[used],
+                         metadata={"study": "s"})
+    assert meta["wandb_artifacts"] == ["cell_adapter-C1_s42:md5-d1"] and meta["wandb_publish_run"]
+    recs = offline_records(offline / "wb")
+    (run,) = [r for k, r in recs if k == "run"]
+    (art,) = [r for k, r in recs if k == "artifact"]
+    assert (run.job_type, run.display_name, run.project) == ("publish", "cell_adapter[C1_s42]", "p")
+    assert (art.name, art.type, set(art.aliases)) == ("cell_adapter-C1_s42", "cell_adapter", {"md5-d1", "latest"})
+    md = json.loads(art.metadata)
+    assert (md["md5"], md["dagster_run_id"], md["study"]) == ("d1", "run-1", "s")
+    assert md["upstream"] == [{"artifact": "coupling_adapter-villain:md5-d0", "asset": "coupling_adapter",
+                               "partition": "villain", "md5": "d0"}]
+    entries = {e.path: (base64.b64decode(e.digest).hex(), e.ref) for e in art.manifest.contents}
+    assert entries == {f: (hashlib.md5((folder / f).read_bytes()).hexdigest(), (folder / f).as_uri())
+                       for f in made.files}
+    assert log_artifacts(WandbSettings(), step="x", group="g", logged=[made], used=[], metadata={}) == {}

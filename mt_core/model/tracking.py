@@ -75,3 +75,76 @@ def wandb_run(settings: WandbSettings, *, name: str, group: str, job_type: str,
         run.finish(exit_code=1)
         raise
     run.finish()
+
+
+# --- published artefacts as W&B artifacts ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shared:
+    """One published artefact as W&B sees it: named after its asset and partition, versioned by the store's md5
+    (the alias ``md5-<digest>``), its files by reference to where the store keeps them (the store stays the source of
+    truth: nothing is copied)."""
+    asset: str
+    partition: str | None  # None: unpartitioned
+    md5: str  # the artefact's digest in the store (its manifest's)
+    location: str  # the artefact's folder: a local path or the store's URL
+    run_id: str | None  # the Dagster run that published it
+    files: tuple[str, ...] = ()  # its files (the manifest's), relative to ``location``
+
+    @property
+    def name(self) -> str:
+        return self.asset if self.partition is None else f"{self.asset}-{self.partition}"
+
+    @property
+    def alias(self) -> str:
+        return f"md5-{self.md5}"
+
+    @property
+    def ref(self) -> str:
+        """``name:alias``, what ``use_artifact`` takes and what an artifact's ``upstream`` lists."""
+        return f"{self.name}:{self.alias}"
+
+    def uri(self, file: str) -> str:
+        if "://" in self.location:
+            return f"{self.location.rstrip('/')}/{file}"
+        return (Path(self.location) / file).resolve().as_uri()
+
+
+def log_artifacts(settings: WandbSettings, *, step: str, group: str, logged: list[Shared], used: list[Shared],
+                  metadata: dict) -> dict:
+    """One short W&B run (job type ``publish``) for a step's published artefacts: each becomes an artifact of its
+    asset's type, with the store's md5, the Dagster run and the upstream artefacts (by ``name:md5-…``) in its
+    metadata. Online, the run also uses the upstream artifacts, so W&B's lineage graph follows the asset graph; W&B
+    cannot record a use offline (``use_artifact`` needs its server), so there the ``upstream`` metadata carries the
+    edges. Returns the step's metadata entries (none when disabled)."""
+    if settings.mode == "disabled" or not logged:
+        return {}
+    import wandb
+
+    d = Path(settings.dir)
+    d.mkdir(parents=True, exist_ok=True)
+    extra = {"base_url": settings.host} if settings.host else {}
+    upstream = [{"artifact": u.ref, "asset": u.asset, "partition": u.partition, "md5": u.md5} for u in used]
+    run = wandb.init(project=settings.project, entity=settings.entity, name=step, group=group, job_type="publish",
+                     config={**metadata, "used": [u.ref for u in used]}, mode=settings.mode, dir=str(d),
+                     reinit="finish_previous", settings=wandb.Settings(quiet=True, silent=True, console="off", **extra))
+    missing = []
+    try:
+        if settings.mode == "online":
+            for u in used:
+                try:
+                    run.use_artifact(u.ref)
+                except Exception:  # noqa: BLE001 - logged before W&B was on, or to another project
+                    missing.append(u.ref)
+        for a in logged:
+            art = wandb.Artifact(a.name, type=a.asset, metadata={
+                **metadata, "asset": a.asset, "partition": a.partition, "md5": a.md5, "dagster_run_id": a.run_id,
+                "location": a.location, "upstream": upstream})
+            for f in a.files:  # W&B checksums each file as it adds it
+                art.add_reference(a.uri(f), name=f)
+            run.log_artifact(art, aliases=[a.alias])
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    run.finish()
+    return {"wandb_artifacts": [a.ref for a in logged], "wandb_publish_run": run.id,
+            **({"wandb_upstream_not_found": missing} if missing else {})}
