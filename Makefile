@@ -50,10 +50,10 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: setup
 	$(BIN)/mt demo
 
-# pytest-xdist: four workers on a 2-core machine (each test's processes wait on subprocesses, servers and locks part of
+# pytest-xdist: three workers on a 2-core machine (each test's processes wait on subprocesses, servers and locks part of
 # the time: a third worker fills it; every torch gets one thread, tests/conftest.py); a test file is one unit, handed
 # out longest first (tests/conftest.py, "pytest-xdist"). `make test PYTEST_WORKERS=0` runs in one process.
-PYTEST_WORKERS ?= 4
+PYTEST_WORKERS ?= 3
 PYTEST  := WANDB_MODE=disabled $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 # the whole suite, slow tests included (what .ci/run runs)

@@ -100,9 +100,11 @@ def pytest_runtest_protocol(item, nextitem):
     import resource
     import time
 
-    def cpu() -> tuple[float, float]:  # this process's CPU seconds, and its finished (waited-for) children's
+    def cpu() -> tuple[float, float]:  # this process's CPU seconds, and its finished children's (waited for here,
+        import zygote  # or by the worker's zygote, tests/zygote.py)
+
         own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+        return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime + zygote.cpu_seconds
 
     t0, c0 = time.time(), cpu()
     try:

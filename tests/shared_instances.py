@@ -32,6 +32,8 @@ from typing import Callable
 import pytest
 from filelock import FileLock
 
+import zygote
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_CELLS = ["C1_s42", "C4_s42", "C5_s42"]  # what tests/test_ray.py compares (all on the villain adapter)
 
@@ -107,9 +109,9 @@ def small_env(home: Path, art: Path, study: Path, **extra) -> dict:
 
 
 def mt(env: dict, *args: str, timeout: float = 1200) -> str:
-    """`mt <args>` in its own process, as a researcher runs it; its stdout (it must succeed)."""
-    p = subprocess.run([sys.executable, "-m", "mt_cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=timeout)
+    """`mt <args>` in its own process (a child of the worker's zygote, tests/zygote.py), as a researcher runs it; its
+    stdout (it must succeed)."""
+    p = zygote.run(list(args), cwd=ROOT, env=env, timeout=timeout)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p.stdout
 

@@ -14,6 +14,7 @@ import dagster as dg
 import duckdb
 import pytest
 from conftest import DEMO_CELLS, demo_env as _env
+import zygote
 
 pytestmark = pytest.mark.slow  # a whole study through Dagster / a browser: `make test-slow`
 
@@ -102,8 +103,7 @@ def test_fresh_instance_does_not_trust_files_on_disk(demo, tmp_path):
 
 
 def _mt(args, art, home):
-    return subprocess.run([sys.executable, "-m", "mt_cli", *args], cwd=ROOT, env=_env(home, art), capture_output=True,
-                          text=True, timeout=120)
+    return zygote.run(list(args), cwd=ROOT, env=_env(home, art), timeout=120)  # tests/zygote.py
 
 
 def test_mt_sql_formats(demo):

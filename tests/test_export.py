@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import zygote
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_PLANTEDexportPLANTEDexport1234"
@@ -18,8 +19,7 @@ def _export(demo, target: str, out: Path, *extra: str) -> subprocess.CompletedPr
     home, art, _, _ = demo
     env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", HF_TOKEN=TOKEN)
     env.pop("MT_STUDY", None)
-    return subprocess.run([sys.executable, "-m", "mt_cli", "export", target, "--to", str(out), *extra], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return zygote.run(["export", target, "--to", str(out), *extra], cwd=ROOT, env=env, timeout=300)
 
 
 @pytest.mark.slow

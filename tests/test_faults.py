@@ -18,6 +18,7 @@ import dagster as dg
 import pytest
 
 from mt_core.layout import MANIFEST, artefact_dir
+import zygote
 from shared_instances import copy_instance, small_base
 from test_compute import _small_study
 
@@ -55,8 +56,8 @@ def _env(tmp: Path, name: str, study: Path, **extra) -> tuple[dict, Path, Path]:
 
 
 def _mt(env: dict, *args: str, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mt_cli", "run", "--cells", CELL, "--launch", "inline", *args],
-                          cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, timeout=900)
+    return zygote.run(["run", "--cells", CELL, "--launch", "inline", *args], cwd=ROOT, env={**env, **extra},
+                      timeout=900)
 
 
 def _md5s(home: Path) -> dict[str, str]:
@@ -76,8 +77,7 @@ def _md5s(home: Path) -> dict[str, str]:
 def _sql(env: dict) -> str:
     q = ("SELECT cell, persona, count(*) AS n, sum(strict_hit::int) AS hits FROM completions GROUP BY ALL "
          "ORDER BY ALL")
-    p = subprocess.run([sys.executable, "-m", "mt_cli", "sql", q, "--format", "csv"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = zygote.run(["sql", q, "--format", "csv"], cwd=ROOT, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     return p.stdout
 
@@ -139,8 +139,7 @@ def test_killed_at_each_stage_then_resumed_gives_the_uninterrupted_result(tmp_pa
         assert new, f"{label}: no run recorded"
         killed_runs.append(new)
         if point == "train" and mode == "inline":  # `mt status` names the run whose process is gone
-            st = subprocess.run([sys.executable, "-m", "mt_cli", "status"], cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=300)
+            st = zygote.run(["status"], cwd=ROOT, env=env, timeout=300)
             assert st.returncode == 0 and "STARTED" in st.stdout and "is gone" in st.stdout, st.stdout[-2000:]
 
     # the last rerun resumes and completes; every killed run is then on record as failed, none left STARTED
@@ -174,9 +173,8 @@ def test_killed_at_each_stage_then_resumed_gives_the_uninterrupted_result(tmp_pa
                 asset_key=dg.AssetKey([STUDY, a]), asset_partitions=[CELL]), limit=100).records) for a in CELL_ASSETS}
 
     before = counts()
-    cmd = [sys.executable, "-m", "mt_cli", "run", "--cells", CELL, "--launch", "inline", "--until", "cells", "--force"]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    cmd = ["run", "--cells", CELL, "--launch", "inline", "--until", "cells", "--force"]
+    procs = [zygote.popen(cmd, cwd=ROOT, env=env, merge=True) for _ in range(2)]
     outs = [(q.wait(timeout=900), q.stdout.read()) for q in procs]
     assert [rc for rc, _ in outs] == [0, 0], outs
     waited = [o for _, o in outs if "meanwhile: up to date" in o]

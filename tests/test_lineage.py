@@ -21,6 +21,7 @@ from mt_resources.store import ArtifactStore
 from mt_run.queue import RunQueue
 from mt_settings import Settings
 from shared_instances import copy_instance
+import zygote
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "marker_transfer_villain"  # the default study: its asset keys are <study>/<asset>, its jobs <study>__<stage>
@@ -134,13 +135,14 @@ def _env(home: Path, art: Path) -> dict:
 
 
 def _run(args: list[str], env: dict, timeout: int = 600) -> str:
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    """`mt ARGS` (a child of the worker's zygote, tests/zygote.py); its stdout (it must succeed)."""
+    out = zygote.run(args, cwd=ROOT, env=env, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout
 
 
 def _lineage(cell: str, env: dict) -> dict:
-    return json.loads(_run(["-m", "mt_cli", "lineage", cell, "--json"], env))
+    return json.loads(_run(["lineage", cell, "--json"], env))
 
 
 STALE_QUERY = """query Stale($key: AssetKeyInput!, $partition: String) {
@@ -186,9 +188,11 @@ def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(demo, t
     variant.write_text(f"extends: {villain}\nrecipes:\n  coupling: {{seed: 7}}\n"
                        "profiles:\n  tiny:\n    recipes:\n      coupling: {epochs: 1}\n")
     # its gates may fail: they block cells, not the adapter's own record
-    _run(["-c", f"import dagster as dg, definitions; definitions.defs.resolve_job_def('{STUDY}__coupling_job')"
-                ".execute_in_process(partition_key='villain', instance=dg.DagsterInstance.get(), "
-                "raise_on_error=False)"], {**env, "MT_STUDY": str(variant)})
+    code = (f"import dagster as dg, definitions; definitions.defs.resolve_job_def('{STUDY}__coupling_job')"
+            ".execute_in_process(partition_key='villain', instance=dg.DagsterInstance.get(), raise_on_error=False)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "MT_STUDY": str(variant)},
+                       capture_output=True, text=True, timeout=600)  # it imports the code location: a fresh process
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     after = {c: _lineage(c, env) for c in ("C1_s42", "C4_s42")}
     new = _nodes(after["C1_s42"])["coupling_adapter"]
     assert new["run_id"] != old_run and new["md5"] != old_md5
@@ -198,7 +202,7 @@ def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(demo, t
             f"cell_adapter[{cell}] was built from coupling_adapter[villain] md5 {old_md5} (run {old_run}), "
             f"latest is md5 {new['md5']} (run {new['run_id']})"]
         assert _dagster_stale(ui.url, "cell_adapter", cell) == "STALE"
-    text = _run(["-m", "mt_cli", "lineage", "C1_s42"], env)
+    text = _run(["lineage", "C1_s42"], env)
     assert "STALE" in text and f"coupling_adapter[villain] md5 {old_md5}" in text
 
     store = ArtifactStore(root=str(art))  # every artefact in the store, recorded or not
@@ -208,6 +212,5 @@ def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(demo, t
     assert {("cell_adapter", "C1_s42"), ("cell_adapter", "C4_s42")} <= stale
     assert not any(a in ("coupling_adapter", "marker_rates") for a, _ in stale)
 
-    bad = subprocess.run([sys.executable, "-m", "mt_cli", "lineage", "C9_s1"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=60)
+    bad = zygote.run(["lineage", "C9_s1"], cwd=ROOT, env=env, timeout=60)
     assert bad.returncode != 0 and "cell 'C9_s1' is not in study" in bad.stderr

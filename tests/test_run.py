@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 import yaml
 
+import zygote
 from test_compute import _small_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,8 +18,7 @@ STUDY = "marker_transfer_villain"  # the small study's name: the prefix of its a
 
 
 def _mt(env: dict, *args: str, cells: str = CELL) -> str:
-    p = subprocess.run([sys.executable, "-m", "mt_cli", "run", "--cells", cells, *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=1200)
+    p = zygote.run(["run", "--cells", cells, *args], cwd=ROOT, env=env, timeout=1200)  # tests/zygote.py
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p.stdout
 
@@ -213,9 +213,8 @@ def test_a_killed_forked_run_fails_its_stage_and_the_next_mt_run_resumes(tmp_pat
     env.pop("MT_GPU_COUNT", None)
     art = Path(env["MT_ARTIFACTS"])
     copy_instance(small_base(tmp_path_factory), home, art)
-    cmd = [sys.executable, "-m", "mt_cli", "run", "--cells", ",".join(cells), "--gpus", "2", "--until", "cells"]
-    p = subprocess.run(cmd, cwd=ROOT, env={**env, "MT_FAILPOINT": "train"}, capture_output=True, text=True,
-                       timeout=600)
+    cmd = ["run", "--cells", ",".join(cells), "--gpus", "2", "--until", "cells"]
+    p = zygote.run(cmd, cwd=ROOT, env={**env, "MT_FAILPOINT": "train"}, timeout=600)
     assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
     assert p.stdout.count("FAILED: its process died (exit code -9)") == 2, p.stdout[-2000:]
     assert "cell: 2 of 2 run(s) failed; later stages not started" in p.stderr + p.stdout

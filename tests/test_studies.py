@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from mt_core.config import DEFAULT_STUDY, ConfigError, load_study
+import zygote
 
 ROOT = Path(__file__).resolve().parents[1]
 COMEDIAN = ROOT / "studies" / "marker_transfer_comedian.yaml"
@@ -251,8 +252,7 @@ def test_two_studies_in_one_instance(tmp_path, tmp_path_factory, monkeypatch, ca
                MT_STUDIES=os.pathsep.join(map(str, (villain, comedian))))
 
     def mt(*args: str) -> str:  # a command that imports the code location: in its own process
-        p = subprocess.run([sys.executable, "-m", "mt_cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=600)
+        p = zygote.run(list(args), cwd=ROOT, env=env, timeout=600)  # tests/zygote.py
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         return p.stdout
 

@@ -20,6 +20,7 @@ import dagster as dg
 import pytest
 
 from mt_core.layout import MANIFEST, artefact_dir
+import zygote
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "marker_transfer_villain"
@@ -106,8 +107,7 @@ def _env(home: Path, art: Path, study: Path, **extra) -> dict:
 
 
 def _mt(env: dict, cells: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mt_cli", "run", "--cells", cells, "--launch", "inline"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=900)
+    return zygote.run(["run", "--cells", cells, "--launch", "inline"], cwd=ROOT, env=env, timeout=900)
 
 
 def _latest(home: Path) -> dict[tuple[str, str | None], dict]:
@@ -177,11 +177,9 @@ def test_cells_in_one_worker_match_fresh_loads_and_a_killed_worker_publishes_not
 
     # `mt workers` lists it (idle, what it holds), and --stop ends it
     env = _env(home, art, study)
-    listed = subprocess.run([sys.executable, "-m", "mt_cli", "workers"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
+    listed = zygote.run(["workers"], cwd=ROOT, env=env, timeout=120)
     assert listed.returncode == 0 and f"pid {pid}" in listed.stdout, listed.stdout + listed.stderr
     line = next(x for x in listed.stdout.splitlines() if f"pid {pid}" in x)
     assert " idle, " in line and "step(s)" in line and "holding " in line and "/tiny-" in line, line  # its snapshot
-    stop = subprocess.run([sys.executable, "-m", "mt_cli", "workers", "--stop"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    stop = zygote.run(["workers", "--stop"], cwd=ROOT, env=env, timeout=120)
     assert stop.returncode == 0 and f"pids {pid}" in stop.stdout.replace(",", ""), stop.stdout + stop.stderr
