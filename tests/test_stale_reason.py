@@ -44,7 +44,7 @@ def test_a_study_edit_between_two_plans_is_named(tmp_path):
     import dagster as dg
 
     from mt_assets.location import CodeLocation
-    from mt_resources import ArtifactStore
+    from mt_resources import ArtifactStore, WandbResource
     from mt_resources.store import latest_metadata
     from mt_run.plan import plan_item
     from mt_run.runs import STUDY_TAG
@@ -64,8 +64,8 @@ def test_a_study_edit_between_two_plans_is_named(tmp_path):
             return sd, plan_item(loc.defs, sd, "inputs_job", None, lambda a, p: latest_metadata(inst, sd.key(a), p))
 
         sd, _ = plan()
-        res = dg.materialize([sd.node("em_dataset")], instance=inst, resources={"store": ArtifactStore(root=str(art))},
-                             tags={STUDY_TAG: sd.name})
+        res = dg.materialize([sd.node("em_dataset")], instance=inst, tags={STUDY_TAG: sd.name},
+                             resources={"store": ArtifactStore(root=str(art)), "wandb": WandbResource(mode="disabled")})
         assert res.success
         recorded = latest_metadata(inst, sd.key("em_dataset"), None)["code_version_inputs"]
         assert recorded["values"]["data.em"]["seed"] == 1 and "marker" in recorded["values"]
