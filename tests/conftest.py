@@ -82,13 +82,14 @@ def tiny_model_dir(tmp_path_factory, eval_set):
 # ---- pytest-xdist: `make test` and `make test-fast` run `-n 3 --dist loadfile --no-loadscope-reorder` ------------------
 # One test file is one unit of work (its module fixtures are built once, on one worker). Units are handed out in the
 # order below (not xdist's default, most tests first), the longest first, so that the long end-to-end files start at
-# once and the short ones fill the end; test_ui.py, which starts from the demo's first stages, comes after the files
-# that do not wait for them. The files not named follow in their own order. The populated instances several files
+# once and the short ones fill the end; test_catalog_integrity.py, which mostly waits (its race test), early, where the
+# cores are busiest; test_ui.py, which starts from the demo's first stages, after enough files that its worker does
+# not idle while they are built. The files not named follow in their own order. The populated instances several files
 # stand on are built once per session (tests/shared_instances.py), by whichever worker asks first. (Not `--dist loadgroup`: with pytest 9 its
 # groups are silently ignored, pytest-xdist 3.8 renames a node id that pytest no longer reads.)
-FIRST = ["test_e2e.py", "test_ray.py", "test_faults.py", "test_postgres.py", "test_ui.py", "test_run.py",
-         "test_objstore_study.py", "test_compute.py", "test_lineage.py", "test_worker.py", "test_studies.py",
-         "test_catalog_integrity.py", "test_view.py", "test_trl_oracle.py", "test_train.py"]
+FIRST = ["test_e2e.py", "test_ray.py", "test_faults.py", "test_catalog_integrity.py", "test_postgres.py",
+         "test_run.py", "test_objstore_study.py", "test_ui.py", "test_compute.py", "test_lineage.py", "test_worker.py",
+         "test_studies.py", "test_view.py", "test_trl_oracle.py", "test_train.py"]
 
 
 TIMELINE = os.environ.get("MT_TEST_TIMELINE")  # a file: one JSON line per test phase (worker, test, start, end)
