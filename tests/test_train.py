@@ -121,6 +121,7 @@ def test_fast_path_matches_reference_per_step(tiny_model_dir):
     assert out["varlen_reference"].padded_tokens == out["varlen_reference"].seen_tokens  # one row: none at all
 
 
+@pytest.mark.slow  # dynamo's tracing alone is half a minute: not the inner loop's
 def test_compiled_fast_path_matches_eager(tiny_model_dir, monkeypatch):
     """Regional torch.compile (the default on CUDA) changes no number: same per-step losses as eager, and the
     model's layers are back to eager afterwards. Dynamo's capture and AOT autograd are what run here (backend
