@@ -22,7 +22,7 @@ import dagster as dg
 from mt_assets.study import StudyDefs
 from mt_core.config import ConfigError
 from mt_core.io import DataError
-from mt_core.layout import UNPARTITIONED
+from mt_core.layout import UNPARTITIONED, partition_or_none
 from mt_core.model.tracking import Shared, WandbSettings, log_artifacts
 from mt_core.steps.registry import Step
 from mt_resources.compute import Compute
@@ -247,10 +247,7 @@ def share(sd: StudyDefs, context, wb: WandbSettings, arts: dict[str, Artifact], 
     """The step's published artefacts as W&B artifacts (``mt_core.model.tracking.log_artifacts``), the upstream
     artefacts as what they used; the metadata entries that say so. The store already holds the artefacts: a W&B
     failure is a warning on the step and a metadata entry, not a lost step."""
-    def part(p: str | None) -> str | None:
-        return None if p in (None, UNPARTITIONED) else p
-
-    study = sd.study
+    study, part = sd.study, partition_or_none
     logged = [Shared(a, part(art.partition), art.digest, art.location, context.run_id, tuple(art.manifest["files"]))
               for a, art in arts.items()]
     used = [Shared(p["asset"], part(p["partition"]), p["md5"], p["path"], p["run_id"]) for p in prov]

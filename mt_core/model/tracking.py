@@ -55,7 +55,7 @@ class WandbRun(NullRun):
 @contextlib.contextmanager
 def wandb_run(settings: WandbSettings, *, name: str, group: str, job_type: str,
               config: dict) -> Iterator[NullRun]:
-    """A W&B run around one training; finished on exit (``exit_code=1`` if the body raised). W&B prints nothing
+    """A W&B run around one training (or one step's publishing, ``log_artifacts``); finished on exit (``exit_code=1`` if the body raised). W&B prints nothing
     (``silent``: no "wandb: ..." banners; the run's id, URL and mode are the step's metadata) and leaves the process's
     console alone (``console="off"``: it neither captures nor echoes stdout/stderr)."""
     if settings.mode == "disabled":
@@ -120,15 +120,11 @@ def log_artifacts(settings: WandbSettings, *, step: str, group: str, logged: lis
         return {}
     import wandb
 
-    d = Path(settings.dir)
-    d.mkdir(parents=True, exist_ok=True)
-    extra = {"base_url": settings.host} if settings.host else {}
     upstream = [{"artifact": u.ref, "asset": u.asset, "partition": u.partition, "md5": u.md5} for u in used]
-    run = wandb.init(project=settings.project, entity=settings.entity, name=step, group=group, job_type="publish",
-                     config={**metadata, "used": [u.ref for u in used]}, mode=settings.mode, dir=str(d),
-                     reinit="finish_previous", settings=wandb.Settings(quiet=True, silent=True, console="off", **extra))
     missing = []
-    try:
+    with wandb_run(settings, name=step, group=group, job_type="publish",
+                   config={**metadata, "used": [u.ref for u in used]}) as wb:
+        run = wb.run
         if settings.mode == "online":
             for u in used:
                 try:
@@ -142,9 +138,5 @@ def log_artifacts(settings: WandbSettings, *, step: str, group: str, logged: lis
             for f in a.files:  # W&B checksums each file as it adds it
                 art.add_reference(a.uri(f), name=f)
             run.log_artifact(art, aliases=[a.alias])
-    except BaseException:
-        run.finish(exit_code=1)
-        raise
-    run.finish()
-    return {"wandb_artifacts": [a.ref for a in logged], "wandb_publish_run": run.id,
+    return {"wandb_artifacts": [a.ref for a in logged], "wandb_publish_run": wb.id,
             **({"wandb_upstream_not_found": missing} if missing else {})}
