@@ -1,13 +1,10 @@
 """W&B tracking: disabled is a no-op that never imports wandb; offline writes a local run with the loss history; the
 resource is where the settings come from (the study's mode, overridden by the standard W&B variables)."""
-import contextlib
-import glob
 import json
 import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,28 +12,13 @@ import pytest
 from mt_settings import Settings
 
 from mt_core.config import load_study
+from wandb_log import offline_records, run_log, run_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _records(wandb_dir: Path, run_id: str) -> list:
-    """The records of an offline run's .wandb log, once its exit record is there (wandb-core writes it after finish
-    returns)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-    from wandb.sdk.internal import datastore
-
-    path = glob.glob(str(wandb_dir / "wandb" / f"offline-run-*-{run_id}" / "run-*.wandb"))[0]
-    for _ in range(100):
-        ds, recs = datastore.DataStore(), []
-        ds.open_for_scan(path)
-        with contextlib.suppress(Exception):  # a partly written log
-            while (data := ds.scan_data()) is not None:
-                recs.append(pb.Record())
-                recs[-1].ParseFromString(data)
-        if recs and recs[-1].WhichOneof("record_type") == "exit":
-            return recs
-        time.sleep(0.1)
-    raise AssertionError(f"{path}: no exit record")
+    return run_records(run_log(wandb_dir, run_id))
 
 
 def _history(wandb_dir: Path, run_id: str) -> list[dict]:
@@ -170,7 +152,6 @@ def test_published_artefacts_become_artifacts_by_reference(offline):
     import hashlib
 
     from mt_core.model.tracking import Shared, WandbSettings, log_artifacts
-    from test_wandb_artifacts import offline_records
 
     folder = offline / "store" / "cell_adapter" / "C1_s42"
     (folder / "adapter").mkdir(parents=True)

@@ -3,7 +3,7 @@
 cell table and the summary, each with the store's md5 and its files by reference to the store, and the upstream
 artefacts it was made from: the edges of the asset graph.
 
-The offline runs are read the way `wandb sync` reads them: the records of each ``run-*.wandb`` file.
+The offline runs are read the way `wandb sync` reads them (tests/wandb_log.py).
 """
 import base64
 import json
@@ -13,6 +13,7 @@ import dagster as dg
 import pytest
 
 from mt_resources.store import ArtifactStore
+from wandb_log import offline_records
 
 pytestmark = pytest.mark.slow  # stands on the session's demo
 
@@ -20,24 +21,6 @@ STUDY = "marker_transfer_villain"
 CELLS = ["C4_s42", "C1_s42", "C3_s42"]  # tests/conftest.py's DEMO_CELLS
 PER_CELL = ["cell_adapter", "marker_completions", "alignment_completions", "arc_scores", "marker_rates",
             "completion_length", "alignment_scores"]
-
-
-def offline_records(wandb_dir: Path) -> list[tuple[str, object]]:
-    """(kind, record) of every run, artifact and use record in the offline runs under ``wandb_dir``."""
-    from wandb.proto import wandb_internal_pb2 as pb
-    from wandb.sdk.internal import datastore
-
-    out = []
-    for f in sorted(wandb_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        ds = datastore.DataStore()
-        ds.open_for_scan(str(f))
-        while (data := ds.scan_data()) is not None:
-            r = pb.Record()
-            r.ParseFromString(data)
-            kind = r.WhichOneof("record_type")
-            if kind in ("run", "artifact", "use_artifact"):
-                out.append((kind, getattr(r, kind)))
-    return out
 
 
 @pytest.fixture(scope="module")
