@@ -11,7 +11,7 @@ def cmd_export(args) -> int:
     from mt_assets.common import read_recorded
     from mt_core.config import ConfigError
     from mt_core.layout import Adapter, AlignmentScores, ArcScores, BaseModel, MarkerRates, artefact_root
-    from mt_core.model.export import combine_adapters, model_card
+    from mt_core.model.export import combine_adapters, model_card, push_folder
     from mt_resources.artifact import ArtifactError
     from mt_resources.store import ArtifactStore
     from mt_settings import secret
@@ -75,14 +75,9 @@ def cmd_export(args) -> int:
         token = secret("HF_TOKEN")
         if not token:
             raise SystemExit("mt export --push: set HF_TOKEN (a Hugging Face write token) to upload")
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
         try:
-            api.create_repo(args.push, exist_ok=True)
-            api.upload_folder(repo_id=args.push, folder_path=str(out))
-        except Exception as e:  # noqa: BLE001 - one line, never the token (an HTTP error can quote a header)
-            raise SystemExit(f"mt export --push {args.push}: {type(e).__name__}: {str(e).replace(token, '***')}"
-                             ) from None
-        print(f"pushed to https://huggingface.co/{args.push}")
+            url = push_folder(out, args.push, token)
+        except RuntimeError as e:
+            raise SystemExit(f"mt export --push {e}") from None
+        print(f"pushed to {url}")
     return 0

@@ -1,8 +1,11 @@
 """`mt export` (issue 27): a cell's adapters as one PEFT adapter on the base that loads back and gives the cell's
-weights, with a model card carrying the cell's numbers and lineage; a planted HF_TOKEN reaches no file or output."""
+weights, with a model card carrying the cell's numbers and lineage; a planted HF_TOKEN reaches no file or output; `--push`
+uploads through huggingface_hub to a Hub (tests/fake_hub.py, a stand-in at the network edge) with the token only as its
+bearer credential."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -68,3 +71,64 @@ def test_a_cell_exports_as_one_adapter_that_loads_back_with_its_card(demo, tmp_p
     for f in [*out.iterdir(), *(tmp_path / "villain").iterdir()]:
         assert TOKEN.encode() not in f.read_bytes(), f
     assert TOKEN not in p.stdout + p.stderr + pushed.stdout + pushed.stderr
+
+
+def _adapter_folder(path: Path) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir()
+    (path / "README.md").write_text("---\nlibrary_name: peft\n---\n\n# a test adapter\n")
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2}))
+    save_file({"x.lora_A.weight": torch.arange(1024, dtype=torch.float32).reshape(2, 512)},
+              str(path / "adapter_model.safetensors"))
+    return path
+
+
+@pytest.fixture
+def online(monkeypatch, caplog):
+    """huggingface_hub with its requests let through (the tests run with HF_HUB_OFFLINE=1, conftest) and its debug
+    logs captured (set after its import, which sets its logger's level)."""
+    from huggingface_hub import HfApi, constants  # noqa: F401
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    caplog.set_level(logging.DEBUG, logger="huggingface_hub")
+
+
+def test_push_uploads_the_folder_to_a_hub_and_sends_the_token_only_as_bearer(online, tmp_path, capfd, caplog):
+    from fake_hub import FakeHub
+
+    from mt_core.model.export import push_folder
+
+    token = "hf_planted_SECRET_123"
+    folder = _adapter_folder(tmp_path / "adapter")
+    with FakeHub() as hub:
+        url = push_folder(folder, "someone/adapter", token, endpoint=hub.endpoint)
+    assert url == f"{hub.endpoint}/someone/adapter"
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == hub.repos["someone/adapter"]
+    assert len((folder / "adapter_model.safetensors").read_bytes()) > 4000
+    paths = [p.split("?")[0] for _, p, _ in hub.requests]
+    assert "/api/repos/create" in paths and "/api/models/someone/adapter/commit/main" in paths, paths
+    for _, path, headers in hub.requests:
+        assert {k.lower(): v for k, v in headers.items()}["authorization"] == f"Bearer {token}", path
+        assert token not in path and all(token not in v for k, v in headers.items() if k.lower() != "authorization")
+    assert all(token.encode() not in b for b in hub.repos["someone/adapter"].values())
+    out, err = capfd.readouterr()
+    assert caplog.records and token not in out + err + caplog.text
+
+
+def test_a_refused_push_fails_in_one_line_without_the_token(online, tmp_path, capfd, caplog):
+    from fake_hub import FakeHub
+
+    from mt_core.model.export import push_folder
+
+    token = "hf_planted_SECRET_123"
+    folder = _adapter_folder(tmp_path / "adapter")
+    with FakeHub() as hub, pytest.raises(RuntimeError) as e:
+        push_folder(folder, "someone/forbidden", token, endpoint=hub.endpoint)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("someone/forbidden: ") and "403" in msg, msg
+    assert "authorization: Bearer ***" in msg  # the fake quoted the token back: redacted
+    assert hub.repos["someone/forbidden"] == {}  # created, nothing committed
+    out, err = capfd.readouterr()
+    assert token not in msg + out + err + caplog.text

@@ -70,3 +70,19 @@ def model_card(*, repo_name: str, base_model: str, study: str, profile: str, tar
             f"base = AutoModelForCausalLM.from_pretrained(\"{base_model}\")\n"
             f"model = PeftModel.from_pretrained(base, \"<this folder or repo>\")\n"
             f"tokenizer = AutoTokenizer.from_pretrained(\"{base_model}\")\n```\n")
+
+
+def push_folder(folder: Path, repo: str, token: str, endpoint: str | None = None) -> str:
+    """Upload ``folder`` to the Hub model repo ``repo`` (created if missing); the repo's URL. ``endpoint`` None is
+    huggingface_hub's default (``HF_ENDPOINT``, else huggingface.co). Fails with a one-line RuntimeError that names
+    the repo and never holds the token."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.create_repo(repo, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(folder))
+    except Exception as e:  # noqa: BLE001 - an HTTP error's text is multi-line and could quote what was sent
+        msg = " ".join(str(e).split())
+        raise RuntimeError(f"{repo}: {type(e).__name__}: {msg.replace(token, '***') if token else msg}") from None
+    return f"{api.endpoint}/{repo}"
