@@ -206,12 +206,16 @@ class Settings:
             os.environ.setdefault(k, v)
         return self
 
-    def install_forked(self) -> "Settings":
-        """Make these the settings of a process forked from this one (`mt run`'s side-by-side runs), with one torch
-        thread: the fork copies an OpenMP pool whose threads it does not copy, and a parallel region of more than one
-        thread then waits for them forever. Written to the environment too, for code that reads it again there."""
-        os.environ["MT_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
-        return dataclasses.replace(self, runtime=dataclasses.replace(self.runtime, threads=1)).install()
+    def install_forked(self, threads: int | None = 1) -> "Settings":
+        """Make these the settings of a process forked from this one (`mt run`'s side-by-side runs), with ``threads``
+        torch threads (None: as configured). Side by side each gets one: they share the cores. More than one is safe
+        only where the parent never started its OpenMP pool: the fork copies the pool without its threads, and a
+        parallel region of more than one thread then waits for them forever. Written to the environment too, for code
+        that reads it again there."""
+        if threads is None:
+            return self.install()
+        os.environ["MT_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(threads)
+        return dataclasses.replace(self, runtime=dataclasses.replace(self.runtime, threads=threads)).install()
 
 
 def secret(name: str) -> str | None:

@@ -168,7 +168,7 @@ class Runner:
             if self.launch == "queued":
                 self._queued(job, todo)
                 continue
-            if self.at_once > 1 and len(todo) > 1:
+            if self.at_once > 1:  # every stage, a lone run too: this process never runs a step (``_forked``)
                 self._forked(job, todo)
                 continue
             t_stage = time.perf_counter()
@@ -249,7 +249,11 @@ class Runner:
 
     def _forked(self, job: str, todo: list[Item]) -> None:
         """Up to ``at_once`` runs of the stage at once, each executed inline in a forked copy of this process (``_child``);
-        one status line per change; fail after the stage, as ``_queued``."""
+        one status line per change; fail after the stage, as ``_queued``.
+
+        A fork copies a library's thread pool without its threads: a child that uses a pool this process has used
+        waits forever (polars' writer did, after a lone coupling adapter had run here). So this process runs no step
+        at all, and a stage's lone run gets every torch thread: no pool here has been started."""
         import multiprocessing as mp
         from multiprocessing.connection import wait
 
@@ -261,7 +265,7 @@ class Runner:
                 while pending and len(flying) < self.at_once:
                     item = pending.pop(0)
                     r, w = ctx.Pipe(duplex=False)
-                    proc = ctx.Process(target=self._child, args=(item, w), name=f"mt {item.label}")
+                    proc = ctx.Process(target=self._child, args=(item, w, len(todo) == 1), name=f"mt {item.label}")
                     proc.start()
                     w.close()
                     flying[r] = (item, proc, time.perf_counter())
@@ -298,13 +302,14 @@ class Runner:
         if failed:
             raise _stage_failed(stage, failed, len(todo))
 
-    def _child(self, item: Item, conn) -> None:
-        """A forked run: its own connection to the instance, one torch thread, the outcome sent to the parent."""
+    def _child(self, item: Item, conn, alone: bool) -> None:
+        """A forked run: its own connection to the instance, one torch thread (every one if ``alone`` in its stage),
+        the outcome sent to the parent."""
         import dagster as dg
 
         outcome = ("failed", f"{item.label}: the run did not report", False)
         try:
-            self.settings = self.settings.install_forked()  # one torch thread
+            self.settings = self.settings.install_forked(None if alone else 1)
             self.instance = dg.DagsterInstance.from_ref(self.instance.get_ref())
             dt = self.execute(item)
             outcome = ("ok", f"{dt:.1f}", False) if dt is not None else ("made elsewhere", item.label, False)
