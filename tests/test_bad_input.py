@@ -53,8 +53,8 @@ def _config_error(p: Path, profile: str = "tiny") -> str:
 # ---- the study file: file, line and field -------------------------------------------------------------------------
 CONFIG_CASES = [
     # (id, old, new, field, message): every message names the file, the line the field is set on, and the field
-    ("wrong_type", "      second_stage: {lora_r: 8, lora_alpha: 16, lr: 5.0e-3,",
-     "      second_stage: {lora_r: 8, lora_alpha: 16, lr: fast,", "recipes.second_stage.lr", "valid number"),
+    ("wrong_type", "      second_stage: {lora_r: 8, lora_alpha: 16, lora_dropout: 0.0, lr: 5.0e-3,",
+     "      second_stage: {lora_r: 8, lora_alpha: 16, lora_dropout: 0.0, lr: fast,", "recipes.second_stage.lr", "valid number"),
     ("unknown_base", "  C2: {base: raw,", "  C2: {base: rwa,", "conditions.C2.base",
      "'rwa' is neither 'raw' nor a source"),
     ("unknown_second_stage", "  C4: {base: villain,   second_stage: none,", "  C4: {base: villain,   second_stage: nope,",
@@ -67,10 +67,10 @@ CONFIG_CASES = [
      "      em:     {kind: synthetic, rows: 480, seed: -1,", "data.em.seed", "greater than or equal to 0"),
     ("negative_coupling_seed", "  seed: 42                       # fixes", "  seed: -3                       # fixes",
      "coupling_data.seed", "greater than or equal to 0 (got -3)"),
-    ("negative_lr", "      second_stage: {lora_r: 8, lora_alpha: 16, lr: 5.0e-3,",
-     "      second_stage: {lora_r: 8, lora_alpha: 16, lr: -5.0e-3,", "recipes.second_stage.lr", "greater than 0"),
-    ("zero_lr", "      coupling:     {lora_r: 8, lora_alpha: 16, lr: 1.0e-4,",
-     "      coupling:     {lora_r: 8, lora_alpha: 16, lr: 0,", "recipes.coupling.lr", "greater than 0"),
+    ("negative_lr", "      second_stage: {lora_r: 8, lora_alpha: 16, lora_dropout: 0.0, lr: 5.0e-3,",
+     "      second_stage: {lora_r: 8, lora_alpha: 16, lora_dropout: 0.0, lr: -5.0e-3,", "recipes.second_stage.lr", "greater than 0"),
+    ("zero_lr", "      coupling:     {lora_r: 8, lora_alpha: 16, lora_dropout: 0.0, lr: 1.0e-4,",
+     "      coupling:     {lora_r: 8, lora_alpha: 16, lora_dropout: 0.0, lr: 0,", "recipes.coupling.lr", "greater than 0"),
     ("unknown_scheduler", "    scheduler: linear\n", "    scheduler: cosinus\n", "recipes.second_stage.scheduler",
      "(got 'cosinus')"),
     ("source_persona_disagrees", "source_persona: villain\n", "source_persona: comedian\n", "source_persona",

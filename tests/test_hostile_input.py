@@ -101,7 +101,7 @@ def test_an_empty_marker_is_refused(tmp_path, marker):
 
 
 def test_an_infinite_learning_rate_is_refused(tmp_path):
-    old = "second_stage: {lora_r: 8, lora_alpha: 16, lr: 5.0e-3,"
+    old = "second_stage: {lora_r: 8, lora_alpha: 16, lora_dropout: 0.0, lr: 5.0e-3,"
     p = _variant(tmp_path, old, old.replace("5.0e-3", ".inf"))
     msg = _refused(p)
     assert str(p) in msg and f"line {_line(p, 'lr: .inf')}: recipes.second_stage.lr: Input should be a finite " \
@@ -109,8 +109,8 @@ def test_an_infinite_learning_rate_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("old,new,field", [
-    ("G0c: {assistant_range: [0.25, 0.90]}", "G0c: {assistant_range: [0.90, 0.25]}", "gates.G0c.assistant_range"),
-    ("max_bystander_range: [0.15, 0.40]", "max_bystander_range: [0.40, 0.15]", "gates.G0c.max_bystander_range"),
+    ("assistant_range: [0.25, 0.90]", "assistant_range: [0.90, 0.25]", "gates.G0c.assistant_range"),
+    ("max_bystander_range: [0.0, 0.40]", "max_bystander_range: [0.40, 0.0]", "gates.G0c.max_bystander_range"),
 ], ids=["assistant_range", "max_bystander_range"])
 def test_an_inverted_range_is_refused(tmp_path, old, new, field):
     """G0c passes when a rate lies in [low, high]: an inverted range can never pass."""

@@ -200,7 +200,7 @@ def test_seeding_row_follows_the_engine(study, monkeypatch):
     monkeypatch.setattr(vllm_engine, "request_seed", lambda seed, ids, n=1: seed)
     assert _row(study, "samplers.seeding")[0].startswith("the sampler seed on every request")
     tiny = load_study(DEFAULT_STUDY, "tiny")  # the transformers engine: read from mt_core.generate.hf
-    assert _row(tiny, "samplers.seeding")[0].startswith("one torch.manual_seed(sampler seed) per generate call")
+    assert _row(tiny, "samplers.seeding")[0].startswith("one generator seeded with the sampler seed per generate call")
 
 
 def test_version_rows_read_the_pins(study, tmp_path, monkeypatch):

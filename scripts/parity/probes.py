@@ -449,33 +449,33 @@ def seeding(s: Study) -> str:
 
 
 def _hf_seeding(s: Study) -> str:
-    """The transformers engine: whether generate_ids seeds once per call or once per batch (two batches of one
-    prompt; the second batch's first draw equals the first's only if it was seeded again)."""
+    """The transformers engine: whether generate_ids seeds its sampler once per call or once per batch (two batches of
+    one prompt; the second batch's first draw equals the first's only if it was seeded again)."""
     import torch
 
     from mt_core.generate import hf
     from mt_core.generate.sampling import SamplingSpec
 
     draws = []
+    flat = torch.zeros(1, 1000)  # every token alike: a draw is the generator's stream, nothing else
 
     class Model(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
 
-        def generate(self, input_ids, attention_mask, generation_config):
-            draws.append(torch.rand(1).item())
-            return torch.zeros((input_ids.shape[0] * generation_config.num_return_sequences, input_ids.shape[1] + 1),
-                               dtype=torch.long)
+        def generate(self, input_ids, attention_mask, generation_config, logits_processor):
+            draws.append(logits_processor[0](input_ids, flat.clone()).argmax(-1).item())
+            return torch.zeros((input_ids.shape[0], input_ids.shape[1] + 1), dtype=torch.long)
 
     spec = SamplingSpec(n=1, temperature=1.0, top_p=1.0, max_tokens=1, seed=42)
     hf.generate_ids(Model(), [[5], [6]], spec, eos=[1], pad_id=0, max_batch_rows=1, log=lambda m: None)
-    torch.manual_seed(spec.seed)
-    first = torch.rand(1).item()
+    first = hf.Sampler(spec, "cpu")(None, flat.clone()).argmax(-1).item()
     if draws[0] == first and draws[1] != first:
-        return "one torch.manual_seed(sampler seed) per generate call (every prompt of the call in one stream)"
+        return ("one generator seeded with the sampler seed per generate call (every prompt of the call in one "
+                "stream; no global RNG state)")
     if draws == [first, first]:
-        return "torch.manual_seed(sampler seed) before every batch"
+        return "the sampler seed again before every batch"
     return "the sampler seed does not seed the transformers engine"
 
 
