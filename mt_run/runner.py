@@ -60,6 +60,12 @@ class Interrupted(KeyboardInterrupt):
                 f"run the same command again to resume")
 
 
+# What a step imports, imported once here before the stage's runs are forked, so that no child pays it (about 11 s of
+# a tiny cell's 35 s): none of them starts a thread at import. Polars, pyarrow and duckdb are not imported for this:
+# their pools would not survive a fork, and this process never uses them (``Runner._forked``).
+STEP_IMPORTS = ("torch", "transformers.models.qwen2.modeling_qwen2", "peft", "safetensors.torch")
+
+
 class Runner:
     """Executes a study's plan stage by stage (one Dagster run per item), printing progress.
     ``defs``: the code location's Definitions; ``sd``: the study's ``mt_assets.study.StudyDefs``. ``library_log``:
@@ -258,6 +264,10 @@ class Runner:
         from multiprocessing.connection import wait
 
         ctx = mp.get_context("fork")  # the child inherits this process's imports and code location: no start-up
+        for m in STEP_IMPORTS:
+            __import__(m)
+        if _wandb_mode(self.sd.study, self.settings) != "disabled":  # disabled never imports wandb
+            __import__("wandb")
         stage, t_stage = job.removesuffix("_job"), time.perf_counter()
         pending, flying, failed, done = list(todo), {}, [], 0
         try:
@@ -545,3 +555,9 @@ def _gpu_of(instance, run_id: str) -> str | None:
     leased = [e.user_message.split()[3] for e in instance.all_logs(run_id)
               if (e.user_message or "").startswith("gpu: leased device ")]
     return leased[-1] if leased else None
+
+
+def _wandb_mode(study, settings: Settings) -> str | None:
+    from mt_resources.wandb import WandbResource
+
+    return WandbResource.for_study(study, settings).mode

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# what every `mt` imports and most of its import time; not polars, pyarrow or duckdb (their threads start at import
-# and do not survive a fork), nor the code location (it reads the environment)
-PRELOAD = ("torch", "transformers.models.qwen2.modeling_qwen2", "peft", "dagster", "safetensors.torch",
-           "matplotlib.figure", "mt_cli", "mt_run.runner")
+# what every `mt` imports and most of its import time: `mt run`'s own preload for its forked runs
+# (mt_run.runner.STEP_IMPORTS) and the CLI's; not polars, pyarrow or duckdb (their pools do not survive a fork), nor
+# the code location (it reads the environment)
+PRELOAD = ("mt_run.runner", "dagster", "matplotlib.figure", "mt_cli")
 
 
 # ---- the server: one per xdist worker ------------------------------------------------------------------------------
@@ -92,6 +92,10 @@ def serve() -> None:
     """Import the libraries, then fork a child per request line on stdin; report each child's pid at once and its
     exit status when it ends, one JSON line each on stdout."""
     for m in PRELOAD:
+        __import__(m)
+    from mt_run.runner import STEP_IMPORTS
+
+    for m in STEP_IMPORTS:
         __import__(m)
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     sel = selectors.DefaultSelector()
