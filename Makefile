@@ -4,7 +4,6 @@ PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-BYTECODE := $(VENV)/.bytecode
 UV      := 0.13.9
 NOT_AT_RUN_TIME := '/(tests?|pip|setuptools|ray|moto|cfnlint|anthropic|botocore|boto3|playwright)/|/transformers/models/(?!(auto|qwen2)/)[a-z0-9_]+/'
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
@@ -13,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: setup bytecode-all browser services demo test test-fast test-slow ui clean-artifacts
 
-setup: $(STAMP) $(BYTECODE) $(DAGSTER_HOME)/dagster.yaml
+setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
 browser:
 	@# tests/test_ui.py drives Debian's chromium; where it cannot be installed (no apt, not root) the test skips
@@ -34,17 +33,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q uv==$(UV)
 	$(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match \
 	  $$($(BIN)/python scripts/uv_args.py) torch==2.13.0 -e '.[test,cluster]'
-	rm -f $(BYTECODE)
+	# Bytecode compiled on every core: it must be there, as Dagster starts its run workers with `python -B`, which
+	# would otherwise compile torch in every run. Its errors (files in packages that are not Python 3) pip ignores too.
+	# What only the tests import (Ray, moto and its AWS stack, playwright) and transformers' other model families are
+	# left to `make test` (bytecode-all): 8 of the 34 s, before the demo.
+	$(BIN)/python -m compileall -q -j 0 -x $(NOT_AT_RUN_TIME) $(VENV)/lib >/dev/null || true
 	touch $(STAMP)
-
-# Bytecode compiled on every core: it must be there, as Dagster starts its run workers with `python -B`, which
-# would otherwise compile torch in every run. Its errors (files in packages that are not Python 3) pip ignores too.
-# What only the tests import (Ray, moto and its AWS stack, playwright) and transformers' other model families are
-# left to `make test` (bytecode-all): 8 of the 34 s, before the demo.
-COMPILE := $(BIN)/python -m compileall -q -j 0 -x $(NOT_AT_RUN_TIME) $(VENV)/lib >/dev/null
-$(BYTECODE): $(STAMP)
-	$(COMPILE) || true
-	touch $(BYTECODE)
 
 bytecode-all: setup
 	@$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
@@ -53,10 +47,8 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-# The bytecode (27 s on 2 cores) compiles at the lowest priority beside the demo, in the half core its single-process
-# pretraining leaves idle; the demo's own imports compile what they load. `make` returns when both are done.
-demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	@test -f $(BYTECODE) || { (nice -n 19 $(COMPILE); touch $(BYTECODE)) & }; $(BIN)/mt demo; rc=$$?; wait; exit $$rc
+demo: setup
+	$(BIN)/mt demo
 
 # pytest-xdist: three workers on a 2-core machine (each test's processes wait on subprocesses, servers and locks part of
 # the time: a third worker fills it; every torch gets one thread, tests/conftest.py); a test file is one unit, handed
