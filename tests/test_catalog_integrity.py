@@ -385,6 +385,7 @@ def test_mt_sql_refuses_a_file_changed_after_the_catalog_was_built(env, capsys):
     assert code != 0 and str(target) in out and "marker_rates[C4_s42]" in out and "re-materialize" in out, out
 
 
+@pytest.mark.slow  # a stress loop (30 s): the full suite runs it, the inner loop does not
 def test_mt_sql_never_errors_while_the_catalog_is_rebuilt(cataloged, capsys, monkeypatch):
     """`mt sql` in a loop while a thread rebuilds the catalog. The two moments a reader can meet are widened: the
     catalog folder is briefly absent (between the store's two renames), and the new file is in place before the
