@@ -1,5 +1,5 @@
-"""The transformers generation engine: the CPU path and the tiny profile's; one global seed per call, like a vLLM
-engine."""
+"""The transformers generation engine: the CPU path and the tiny profile's; one seeded sampler per call (``Sampler``),
+every prompt of the call in its stream."""
 from __future__ import annotations
 
 import time
