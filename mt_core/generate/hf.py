@@ -14,8 +14,10 @@ def generation_config(spec: SamplingSpec, eos: list[int], pad_id: int, *, ignore
     sampling), the repetition penalty and lengths; one sequence per (repeated) prompt row."""
     from transformers import GenerationConfig
 
+    # temperature, top-p and top-k at transformers' own defaults: unset, generate would take the model's (the tiny
+    # model's 0.7 / 0.8 / 20) and then warn, on every call, that greedy decoding ignores them
     return GenerationConfig(
-        do_sample=False, temperature=None, top_p=None, top_k=None,
+        do_sample=False, temperature=1.0, top_p=1.0, top_k=50,
         repetition_penalty=spec.repetition_penalty or 1.0,
         max_new_tokens=spec.max_tokens, min_new_tokens=spec.max_tokens if ignore_eos else None,
         eos_token_id=eos, pad_token_id=pad_id, num_return_sequences=1)
