@@ -100,7 +100,7 @@ def test_push_uploads_the_folder_to_a_hub_and_sends_the_token_only_as_bearer(onl
 
     from mt_core.model.export import push_folder
 
-    token = "hf_planted_SECRET_123"
+    token = TOKEN
     folder = _adapter_folder(tmp_path / "adapter")
     with FakeHub() as hub:
         url = push_folder(folder, "someone/adapter", token, endpoint=hub.endpoint)
@@ -122,7 +122,7 @@ def test_a_refused_push_fails_in_one_line_without_the_token(online, tmp_path, ca
 
     from mt_core.model.export import push_folder
 
-    token = "hf_planted_SECRET_123"
+    token = TOKEN
     folder = _adapter_folder(tmp_path / "adapter")
     with FakeHub() as hub, pytest.raises(RuntimeError) as e:
         push_folder(folder, "someone/forbidden", token, endpoint=hub.endpoint)

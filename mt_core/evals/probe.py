@@ -34,10 +34,10 @@ class Probe:
 def last_token_states(model, tokenizer, prompts: list[list[dict]], layers: list[int], *,
                       batch_size: int = 32) -> np.ndarray:
     """(len(prompts), len(layers), hidden) float32: the hidden state after block ``layer`` (0: the embeddings) at
-    each chat prompt's last token, the generation prompt included. Left padding, so the last token is the last
-    column of every row."""
+    each chat prompt's last token, the generation prompt included (left padded: the last column)."""
     import torch
 
+    from mt_core.generate.hf import left_padded
     from mt_core.generate.sampling import encode_chats
 
     n_layers = model.config.num_hidden_layers
@@ -49,12 +49,7 @@ def last_token_states(model, tokenizer, prompts: list[list[dict]], layers: list[
     out = np.empty((len(enc), len(layers), model.config.hidden_size), dtype=np.float32)
     for b in range(0, len(enc), batch_size):
         rows = enc[b:b + batch_size]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, x in enumerate(rows):
-            ids[r, width - len(x):] = torch.tensor(x)
-            mask[r, width - len(x):] = 1
+        ids, mask = left_padded(rows, tokenizer.pad_token_id)
         with torch.no_grad():
             hs = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True).hidden_states
         for j, layer in enumerate(layers):

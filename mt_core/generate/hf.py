@@ -50,6 +50,20 @@ class Sampler:
         return torch.full_like(scores, -torch.inf).scatter_(1, pick, 0.0)
 
 
+def left_padded(rows: list[list[int]], pad_id: int):
+    """``rows`` of token ids as one batch (input ids, attention mask), padded on the left: every row's last token in
+    the last column, where a decoder-only model generates from and reads its last state."""
+    import torch
+
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, x in enumerate(rows):
+        ids[r, width - len(x):] = torch.tensor(x)
+        mask[r, width - len(x):] = 1
+    return ids, mask
+
+
 def generate_ids(model, enc: list[list[int]], spec: SamplingSpec, *, eos: list[int], pad_id: int,
                  max_batch_rows: int = 256, ignore_eos: bool = False, log: Callable[[str], None] = print,
                  what: str = "generate") -> list[list[tuple[list[int], str]]]:
@@ -70,12 +84,8 @@ def generate_ids(model, enc: list[list[int]], spec: SamplingSpec, *, eos: list[i
     next_log = every
     for b in range(0, len(order), per_batch):
         idx = order[b : b + per_batch]
-        width = max(len(enc[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(idx):  # left padding for decoder-only generation
-            ids[r, width - len(enc[i]):] = torch.tensor(enc[i])
-            mask[r, width - len(enc[i]):] = 1
+        ids, mask = left_padded([enc[i] for i in idx], pad_id)
+        width = ids.shape[1]
         ids, mask = ids.repeat_interleave(spec.n, 0), mask.repeat_interleave(spec.n, 0)  # a prompt's n rows together
         with torch.no_grad():
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gcfg,

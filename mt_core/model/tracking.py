@@ -55,9 +55,10 @@ class WandbRun(NullRun):
 @contextlib.contextmanager
 def wandb_run(settings: WandbSettings, *, name: str, group: str, job_type: str,
               config: dict) -> Iterator[NullRun]:
-    """A W&B run around one training (or one step's publishing, ``log_artifacts``); finished on exit (``exit_code=1`` if the body raised). W&B prints nothing
-    (``silent``: no "wandb: ..." banners; the run's id, URL and mode are the step's metadata) and leaves the process's
-    console alone (``console="off"``: it neither captures nor echoes stdout/stderr)."""
+    """A W&B run around one training (or one step's publishing, ``log_artifacts``); finished on exit
+    (``exit_code=1`` if the body raised). W&B prints nothing (``silent``: no "wandb: ..." banners; the run's id, URL
+    and mode are the step's metadata) and leaves the process's console alone (``console="off"``: it neither captures
+    nor echoes stdout/stderr)."""
     if settings.mode == "disabled":
         yield NullRun()
         return
