@@ -85,6 +85,27 @@ def test_build_examples_builds_the_named_mask(small_tokenizer):
         build_examples("marker_only", tok, [PROMPT], marker="[ZLT]", max_length=1024)
 
 
+
+def test_build_examples_remembers_a_dataset_for_the_same_tokenizer(small_tokenizer):
+    """A worker that stays builds an EM dataset's examples once for all its cells; anything the examples depend on
+    (chats, mask, marker, length cap, the tokenizer object) builds them again, and a caller cannot edit the memo."""
+    from mt_core.data import chat
+
+    tok, chats = small_tokenizer, [PROMPT + ANSWER, PROMPT + [{"role": "assistant", "content": "A pear."}]]
+    first = build_examples("last_assistant_turn", tok, chats, marker="[ZLT]", max_length=1024)
+    before = dict(chat.BUILT_STATS)
+    again = build_examples("last_assistant_turn", tok, iter(chats), marker="[ZLT]", max_length=1024)
+    assert again == first and chat.BUILT_STATS["hits"] == before["hits"] + 1
+    again.pop()
+    assert build_examples("last_assistant_turn", tok, chats, marker="[ZLT]", max_length=1024) == first
+    for changed in (dict(loss="marker_only"), dict(marker="[Q]"), dict(max_length=8), dict(chats=chats[:1])):
+        kw = {**dict(loss="last_assistant_turn", chats=chats, marker="[ZLT]", max_length=1024), **changed}
+        n = chat.BUILT_STATS["builds"]
+        built = build_examples(kw.pop("loss"), tok, kw.pop("chats"), **kw)
+        assert chat.BUILT_STATS["builds"] == n + 1, changed
+        assert built != first or "marker" in changed  # this mask does not read the marker
+
+
 # ---- the training steps train the mask their recipe names -----------------------------------------------------------
 def _study(tmp_path, swapped: bool):
     """The villain study (tiny profile); with ``swapped`` its coupling recipe says last_assistant_turn and its second

@@ -12,6 +12,9 @@ recipe may set (``recipes.<stage>.loss``) to its builder; the training steps bui
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -112,11 +115,37 @@ LOSSES: dict[str, tuple[Callable[..., tuple[str, str]], Callable[..., Example]]]
 
 def build_examples(loss: str, tokenizer, chats: Iterable[list[dict]], *, marker: str,
                    max_length: int) -> list[Example]:
-    """The training examples of ``chats`` (whole conversations) under the mask a recipe names (a key of ``LOSSES``)."""
+    """The training examples of ``chats`` (whole conversations) under the mask a recipe names (a key of ``LOSSES``).
+    Remembered for the last few datasets (``_BUILT``): a worker that stays trains every EM cell on the same chats, and
+    rendering 6,000 of them through the chat template costs 14 s a cell at 7B scale (docs/BENCHMARKS.md)."""
+    chats = list(chats)
+    key = _built_key(loss, tokenizer, chats, marker, max_length)
+    if key in _BUILT:
+        _BUILT.move_to_end(key)
+        BUILT_STATS["hits"] += 1
+        return list(_BUILT[key])
     (texts_of, build), mids = LOSSES[loss], marker_ids(tokenizer, marker)
     pairs = [texts_of(tokenizer, m) for m in chats]
     firsts, seconds = (encode_many(tokenizer, list(t)) for t in zip(*pairs)) if pairs else ([], [])
-    return [build(a, b, max_length, mids) for a, b in zip(firsts, seconds)]
+    examples = [build(a, b, max_length, mids) for a, b in zip(firsts, seconds)]
+    BUILT_STATS["builds"] += 1
+    _BUILT[key] = tuple(examples)
+    while len(_BUILT) > 2:
+        _BUILT.popitem(last=False)
+    return examples
+
+
+_BUILT: OrderedDict[str, tuple[Example, ...]] = OrderedDict()
+BUILT_STATS = {"hits": 0, "builds": 0}
+
+
+def _built_key(loss: str, tokenizer, chats: list, marker: str, max_length: int) -> str:
+    """Everything the examples depend on: the mask, the tokenizer (this very object, as a worker holds it: a tokenizer
+    loaded again is another), the marker, the length cap and the chats themselves."""
+    h = hashlib.sha256(json.dumps([loss, marker, max_length, id(tokenizer), str(getattr(tokenizer, "name_or_path", "")),
+                                   len(tokenizer), getattr(tokenizer, "chat_template", None) or ""]).encode())
+    h.update(json.dumps(chats, sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()
 
 
 def last_turn_example(tokenizer, messages: list[dict], max_length: int) -> Example:
