@@ -5,10 +5,11 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 UV      := 0.13.9
-NOT_AT_RUN_TIME := '/(tests?|pip|setuptools|ray|moto|cfnlint|anthropic|botocore|boto3|playwright)/|/transformers/models/(?!(auto|qwen2)/)[a-z0-9_]+/'
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
+# bytecode is written where Python would compile a module anyway (a machine may say otherwise in its environment)
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: setup bytecode-all browser services demo test test-fast test-slow ui clean-artifacts
 
@@ -33,13 +34,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q uv==$(UV)
 	$(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match \
 	  $$($(BIN)/python scripts/uv_args.py) torch==2.13.0 -e '.[test,cluster]'
-	# Bytecode compiled on every core: it must be there, as Dagster starts its run workers with `python -B`, which
-	# would otherwise compile torch in every run. Its errors (files in packages that are not Python 3) pip ignores too.
-	# What only the tests import (Ray, moto and its AWS stack, playwright) and transformers' other model families are
-	# left to `make test` (bytecode-all): 8 of the 34 s, before the demo.
-	$(BIN)/python -m compileall -q -j 0 -x $(NOT_AT_RUN_TIME) $(VENV)/lib >/dev/null || true
 	touch $(STAMP)
 
+# Bytecode of the whole venv compiled on every core, before the suite: its Dagster runs start with `python -B`, which
+# would otherwise compile torch in every run. Its errors (files in packages that are not Python 3) pip ignores too.
+# The demo does without it: its one process imports what every step needs before forking (mt_run.runner), writing the
+# bytecode of just those modules as it goes (10 s, where compiling the venv took 27 s; docs/BENCHMARKS.md).
 bytecode-all: setup
 	@$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 

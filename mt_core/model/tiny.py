@@ -113,7 +113,7 @@ def build_tiny_model(
     pretrain_lr: float = 3e-3,
     batch_size: int = 16,
     max_length: int = 192,
-    row_tokens: int = 512,
+    row_tokens: int = 256,  # packed rows of ~2.5 examples: 17 % faster than 512 on 2 cores (less masked attention)
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train a tokenizer, build a Qwen2ForCausalLM, pretrain it on ``conversations`` and save it.
