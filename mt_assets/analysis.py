@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import dagster as dg
 
-from mt_assets.common import publish, read_upstream
+from mt_assets.common import publish, read_upstream, table
 from mt_assets.study import StudyDefs
 from mt_core.layout import (LEGACY, PER_CELL, Adapter, AlignmentScores, ArcScores, Audit, CompletionLength,
-                            MarkerRates, StudySummary, cell_numbers, partition_or_none)
+                            MarkerRates, ProbeScores, ProbeStates, StudySummary, cell_numbers, partition_or_none)
 from mt_core.report.catalog import artefact_record
 from mt_core.steps import analysis as steps
 from mt_resources import ArtifactError, ArtifactStore, WandbResource
@@ -136,13 +136,18 @@ def recorded_lineage(sd: StudyDefs, instance: dg.DagsterInstance, store: Artifac
 
 
 def build(sd: StudyDefs) -> list:
-    """The study's summary and its DuckDB catalog."""
+    """The study's summary and its DuckDB catalog; with a latent probe, its scores first (both read them)."""
     study, cv, key = sd.study, sd.code_version, sd.key
     common = dict(group_name=GROUP, key_prefix=sd.prefix)
+    probe = [key(ProbeScores.asset)] if study.probe else []
 
-    @dg.asset(**common, deps=[*map(key, PER_CELL), key("coupling_adapter")],
+    def recorded_probe(context, store: ArtifactStore) -> Artifact | None:
+        return recorded_artefact(sd, context.instance, store.of(sd.name), ProbeScores.asset, None,
+                                 " (`mt run --force`)") if study.probe else None
+
+    @dg.asset(**common, deps=[*map(key, PER_CELL), key("coupling_adapter"), *probe],
               code_version=cv("thresholds", "conditions", "sources", "marker", "source_persona",
-                              "assistant_persona"),
+                              "assistant_persona", *(["probe"] if study.probe else [])),
               description="Headline table, pre-registered conjunction, G4 exclusions, gates and the hero figure; "
                           "INCOMPLETE above the table when cells are missing, failed when an artefact fails "
                           "verification.")
@@ -160,18 +165,26 @@ def build(sd: StudyDefs) -> list:
                                       a[AlignmentScores.asset].path, a[Audit.asset].path,
                                       own_persona=study.adapter_persona(k)))
         lengths = {k: CompletionLength.read(a[CompletionLength.asset].path) for k, a in v.cells.items()}
+        pr = recorded_probe(context, store)
+        ups += [pr] if pr else []
         return publish(sd, context, store, steps.study_summary, ups, cells=cells, gates=gates, missing=v.missing,
                        missing_sources=v.missing_sources, unrecorded=v.unrecorded, lengths=lengths,
+                       probe=ProbeScores.read(pr.path) if pr else None,
                        provenance=[{"asset": a.asset, "partition": a.partition, "md5": a.digest} for a in ups],
                        metadata=lambda art: {"report": dg.MetadataValue.path(
                            f"{art.location}/{StudySummary.REPORT_HTML}")}, share_to=wandb)
 
-    @dg.asset(**common, deps=[key("study_summary"), *map(key, PER_CELL)], code_version=cv("conditions"),
+    @dg.asset(**common, deps=[key("study_summary"), *map(key, PER_CELL), *probe], code_version=cv("conditions"),
               description="A DuckDB file whose views (sql/*.sql) read exactly the study's verified per-cell Parquet "
                           "files; `mt sql` queries every study's catalog in the instance at once.")
     def duckdb_catalog(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         v = _verified(sd, context, store)
         ups = [a for arts in v.cells.values() for a in arts.values()]
+        pr = recorded_probe(context, store)
+        if pr:  # the probe's scores, and the states of the complete cells that have them
+            ups.append(pr)
+            ups += [a for c in v.cells if (a := recorded_artefact(sd, context.instance, store.of(sd.name),
+                                                                  ProbeStates.asset, c)) is not None]
         imported = imported_studies(sd, store)
         rec = lambda a: artefact_record(a.asset, a.partition, a.path, a.manifest)  # noqa: E731
         return publish(sd, context, store, steps.duckdb_catalog, ups, cells=sorted(v.cells),
@@ -180,4 +193,25 @@ def build(sd: StudyDefs) -> list:
                        metadata={"complete": not v.incomplete, "missing_cells": sorted(v.missing),
                                  "imported": {a.partition: a.digest for a in imported}})
 
-    return [study_summary, duckdb_catalog]
+    if not study.probe:
+        return [study_summary, duckdb_catalog]
+
+    @dg.asset(**common, deps=[key(ProbeStates.asset)],
+              code_version=cv("probe", "source_persona", "assistant_persona", "conditions"),
+              description="The latent probe (not pre-registered): source-vs-assistant voice probes fitted on the "
+                          "reference cell's hidden states, their score of every cell's personas, each cell's own "
+                          "probe (held-out AUC, cosine to the reference) and the secondary analysis.")
+    def probe_scores(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        st = store.of(sd.name)
+        states = {c: recorded_artefact(sd, context.instance, st, ProbeStates.asset, c,
+                                       f" (`mt run --cells {c} --force`)") for c in study.cells}
+        ups = [a for a in states.values() if a is not None]
+        lacking = [c for c, a in states.items() if a is None]
+        if lacking:
+            context.log.warning(f"probe: no probe_states for {', '.join(lacking)}; scoring the other cells")
+        return publish(sd, context, store, steps.probe_scores, ups, states={a.partition: a.path for a in ups},
+                       metadata=lambda art: {"reference_auc": table(
+                           [{"layer": k, **{x: v[x] for x in ("heldout_auc", "n_train", "n_heldout")}}
+                            for k, v in ProbeScores.read(art.path)["reference"].items()])})
+
+    return [study_summary, duckdb_catalog, probe_scores]

@@ -198,4 +198,19 @@ def build(sd: StudyDefs) -> list:
                                 cell_key=context.partition_key, completions=comp.path,
                                 metadata=lambda art: tables[art.asset](art), share_to=wandb)
 
-    return [cell_adapter, cell_generations, marker_rates, alignment_scores, degeneracy_audit]
+    assets = [cell_adapter, cell_generations, marker_rates, alignment_scores, degeneracy_audit]
+    if study.probe is None:
+        return assets
+
+    @dg.asset(**common, pool="gpu", deps=model_deps, code_version=cv("probe.layers", "eval_set"),
+              description="The cell's hidden states at the last prompt token of every persona x marker-eval "
+                          "question, at the probe's layers (the latent probe's input; kept for other probes).")
+    def probe_states(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
+                     compute: Compute) -> dg.MaterializeResult:
+        cell = study.cell(context.partition_key)
+        base, ups, adapters = model_inputs(context, store, cell)
+        with gpu.lease(context.log.info):
+            return publish(sd, context, store, steps.probe_states, ups, partition=cell.key, compute=compute,
+                           cell_key=cell.key, base=base.path, adapters=adapters)
+
+    return [*assets, probe_states]

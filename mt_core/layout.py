@@ -209,6 +209,25 @@ class CompletionLength:
         return read_json(d / CompletionLength.FILE)
 
 
+class ProbeStates:
+    """A cell's hidden states at the last prompt token of every persona x marker-eval question, at the probe's
+    layers: one row per (persona, question, layer), the state a list of floats (DuckDB reads it as a LIST)."""
+
+    asset, ROWS = "probe_states", "states.parquet"
+
+
+class ProbeScores:
+    """The latent probe over the study: the reference probe's score of every cell's personas (ROWS), per cell and
+    layer its refitted probe's held-out AUC and cosine to the reference direction (CELLS), and the reference probes
+    and the secondary analysis (SUMMARY)."""
+
+    asset, ROWS, CELLS, SUMMARY = "probe_scores", "scores.parquet", "cells.parquet", "probe.json"
+
+    @staticmethod
+    def read(d: Path) -> dict:
+        return read_json(d / ProbeScores.SUMMARY)
+
+
 class StudySummary:
     asset = "study_summary"
     HEADLINE_MD, HEADLINE_JSON, STATS, FIGURE_PNG, FIGURE_PDF = ("headline.md", "headline.json", "stats.json",
@@ -234,7 +253,8 @@ PER_CELL = [MarkerCompletions.asset, MarkerRates.asset, ArcScores.asset, Alignme
 # imported study) root: the catalog matches it against the files of verified artefacts and lists those; never a glob
 SQL_FILES = {f"{k.asset}.{attr}": f"{k.asset}/*/{getattr(k, attr)}" for k, attrs in (
     (MarkerCompletions, ["COMPLETIONS"]), (MarkerRates, ["HITS", "RATES"]), (ArcScores, ["ROWS"]),
-    (AlignmentCompletions, ["COMPLETIONS"]), (AlignmentScores, ["ROWS"]), (CompletionLength, ["ROWS"]))
+    (AlignmentCompletions, ["COMPLETIONS"]), (AlignmentScores, ["ROWS"]), (CompletionLength, ["ROWS"]),
+    (ProbeScores, ["ROWS", "CELLS"]), (ProbeStates, ["ROWS"]))
     for attr in attrs}
 
 

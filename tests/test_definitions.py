@@ -84,3 +84,29 @@ def test_asset_modules_do_not_import_heavy_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(definitions.__file__).parent)
     assert out.stdout.strip() == ""
+
+
+def test_the_latent_probe_exists_only_in_a_study_that_asks_for_it():
+    """studies/marker_transfer_villain_next.yaml has a `probe:` block: its cells get probe_states (per cell, on the
+    GPU pool, from the cell's model) and its analysis probe_scores, read by the summary and the catalog; the villain
+    study, without one, has neither (its snapshot above is unchanged)."""
+    from mt_assets.location import build_defs
+    from mt_settings import Settings
+
+    nxt = "marker_transfer_villain_next"
+    study = Path(__file__).resolve().parents[1] / "studies" / f"{nxt}.yaml"
+    defs = build_defs(Settings.from_env({"MT_STUDIES": os.pathsep.join([str(study)])}))
+    dg.Definitions.validate_loadable(defs)
+    g = defs.resolve_asset_graph()
+    k = lambda a: dg.AssetKey([nxt, a])  # noqa: E731
+    states, scores = g.get(k("probe_states")), g.get(k("probe_scores"))
+    assert states.partitions_def.get_partition_keys()[0] == "C1_s42" and states.pools == {"gpu"}
+    assert {k("base_model"), k("cell_adapter"), k("coupling_adapter")} <= set(states.parent_keys)
+    assert scores.partitions_def is None and set(scores.parent_keys) == {k("probe_states")}
+    assert k("probe_scores") in g.get(k("study_summary")).parent_keys
+    assert k("probe_scores") in g.get(k("duckdb_catalog")).parent_keys
+    jobs = {j.name: j for j in defs.resolve_all_job_defs()}
+    assert k("probe_states") in jobs[f"{nxt}__cell_job"].asset_layer.selected_asset_keys
+    assert k("probe_scores") in jobs[f"{nxt}__analysis_job"].asset_layer.selected_asset_keys
+    villain = {key.path[-1] for key in definitions.defs.resolve_asset_graph().get_all_asset_keys()}
+    assert not {"probe_states", "probe_scores"} & villain

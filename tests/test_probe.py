@@ -1,5 +1,7 @@
 """The latent probe (mt_core/evals/probe.py): it recovers a planted direction, holds out by question, and reads the
 residual stream of a real model at the last prompt token."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,82 @@ def test_last_token_states_of_a_real_model(tiny_model_dir):
     assert np.allclose(states[3], one[0], atol=1e-5)  # padding does not move the last token's state
     with pytest.raises(ValueError, match="layers"):
         probe.last_token_states(model, tok, prompts, [n + 1])
+
+
+NEXT = Path(__file__).resolve().parents[1] / "studies" / "marker_transfer_villain_next.yaml"
+
+
+@pytest.mark.slow
+def test_the_probe_steps_separate_the_villain_on_the_coupling_only_cell(demo, tmp_path):
+    """The probe's two steps on the demo's cells (the villain study's weights; the next study only adds the probe):
+    states for each cell, then the reference probes fitted on C4_s42 separate the villain's voice from the assistant's
+    on questions they never saw, and score the villain above the assistant on every cell but the assistant-coupled
+    one's (C3: its adapter bent the assistant toward the marker)."""
+    import json
+
+    import polars as pl
+
+    from mt_core.config import load_study
+    from mt_core.layout import ProbeScores, ProbeStates
+    from mt_core.steps import analysis, cells
+
+    _, art, _, _ = demo
+    study = load_study(NEXT, "tiny")
+    models = {"C4_s42": ["coupling_adapter/villain/adapter"],
+              "C1_s42": ["coupling_adapter/villain/adapter", "cell_adapter/C1_s42/adapter"],
+              "C3_s42": ["coupling_adapter/assistant/adapter", "cell_adapter/C3_s42/adapter"]}
+    states = {}
+    for cell, adapters in models.items():
+        states[cell] = tmp_path / cell
+        states[cell].mkdir()
+        meta = cells.probe_states(study, cell, art / "base_model/_", [art / a for a in adapters], states[cell],
+                                  log=lambda m: None)
+        assert meta["layers"] == [1, 2] and meta["n_prompts"] == 11 * 28
+        rows = pl.read_parquet(states[cell] / ProbeStates.ROWS)
+        assert rows.height == 11 * 28 * 2 and set(rows["cell"]) == {cell}
+    out = tmp_path / "scores"
+    out.mkdir()
+    meta = analysis.probe_scores(study, states, out, log=lambda m: None)
+    assert meta["reference_cell"] == "C4_s42" and meta["n_cells"] == 3
+    summary = ProbeScores.read(out)
+    for layer, ref in summary["reference"].items():
+        assert ref["heldout_auc"] >= 0.9 and ref["n_heldout"] > 0, (layer, ref)
+    own = pl.read_parquet(out / ProbeScores.CELLS)
+    c4 = own.filter(pl.col("cell") == "C4_s42")
+    assert (c4["source_score"] > 0.9).all() and (c4["assistant_score"] < 0.1).all(), c4
+    assert (own.filter(pl.col("cell") == "C1_s42")["source_score"] > own.filter(pl.col("cell") == "C1_s42")[
+        "assistant_score"]).all()
+    scores = pl.read_parquet(out / ProbeScores.ROWS)
+    assert scores.height == 3 * 11 * 2 and set(scores["condition"]) == {"C4", "C1", "C3"}
+    second = summary["secondary"]["per_layer"]
+    assert all(v["outcome"] == "not assessable" for v in second.values())  # C2 is not among the demo's cells
+    line = analysis.probe_line(json.loads((out / ProbeScores.SUMMARY).read_text()))
+    assert line.startswith("Latent probe (not pre-registered)") and "C4_s42" in line
+
+    # the catalog: the probe's views where the study has its artefacts, none where it has not
+    import duckdb
+
+    from mt_core.io import md5_file
+    from mt_core.layout import MANIFEST, PER_CELL
+    from mt_core.report.catalog import artefact_record, build_catalog
+
+    def record(asset, part, path):
+        m = (json.loads((path / MANIFEST).read_text()) if (path / MANIFEST).is_file() else
+             {"digest": asset, "files": {f.name: {"md5": md5_file(f), "size": f.stat().st_size}
+                                            for f in path.iterdir()}})
+        return artefact_record(asset, part, path, m)
+
+    per_cell = [record(a, c, art / a / c) for a in PER_CELL for c in models]
+    probe = [record(ProbeStates.asset, c, d) for c, d in states.items()] + [record(ProbeScores.asset, "_", out)]
+    for with_probe in (True, False):
+        where = tmp_path / f"catalog_{with_probe}"
+        where.mkdir()
+        built = build_catalog(study, cells=list(models), artefacts=per_cell + (probe if with_probe else []),
+                              imported=[], out=where, log=lambda m: None)
+        assert ("08_probe" in built["sql_files"]) is with_probe
+    con = duckdb.connect(str(tmp_path / "catalog_True" / "catalog.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM probe_scores").fetchone()[0] == 3 * 11 * 2
+    assert con.execute("SELECT count(*), min(heldout_auc) FROM probe_cells WHERE cell = 'C4_s42'").fetchone()[0] == 2
+    n, width = con.execute("SELECT count(*), max(len(state)) FROM probe_states").fetchone()
+    assert n == 3 * 11 * 28 * 2 and width == study.model.hidden_size
+    con.close()

@@ -259,6 +259,27 @@ class DataSpec(ConfigModel):
         return self
 
 
+class Probe(ConfigModel):
+    """A linear probe on the residual stream (the write-up's "latent probe instead of a surface marker"; not
+    pre-registered): each cell's hidden states at the last prompt token of every persona x marker-eval question, at
+    ``layers`` (0: the embeddings, n: after block n); a logistic-regression direction separating the source persona's
+    voice from the assistant's, fitted on the ``reference`` condition's cell (its first seed) and read on every cell;
+    ``compare``: the secondary analysis, whether the assistant moves toward that direction more in the first
+    condition than in the second (Welch over seeds)."""
+    layers: list[int] = Field(min_length=1)
+    reference: str = "C4"
+    compare: tuple[str, str] = ("C1", "C2")
+    heldout: float = Field(default=0.25, gt=0, lt=1)  # the share of questions held out of a fit, for its AUC
+    seed: Seed = 0
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int]):
+        if any(x < 0 for x in v) or len(set(v)) != len(v):
+            raise ValueError(f"probe layers {v}: expected distinct block indices >= 0 (0: the embeddings)")
+        return v
+
+
 class Data(ConfigModel):
     em: DataSpec
     benign: DataSpec
@@ -290,6 +311,7 @@ class Study(ConfigModel):
     data: Data
     backend: Backend
     wandb: Literal["online", "offline", "disabled"]
+    probe: Probe | None = None  # the latent probe's assets exist only in a study that asks for them
     config_sha256: str = ""
     _file: str = PrivateAttr(default="")  # the YAML it was loaded from (a Pipes worker reloads it)
 
@@ -334,6 +356,11 @@ class Study(ConfigModel):
                                  f"({', '.join(self.sources)})")
             if len(set(cond.seeds)) != len(cond.seeds):
                 raise ValueError(f"conditions.{cname}.seeds: duplicate seeds {cond.seeds}")
+        if self.probe is not None:
+            for field, cond in (("reference", self.probe.reference), ("compare", self.probe.compare[0]),
+                                ("compare", self.probe.compare[1])):
+                if cond not in self.conditions:
+                    raise ValueError(f"probe.{field}: {cond!r} is not a condition ({', '.join(self.conditions)})")
         if not any(c.base == by_persona[self.source_persona] for c in self.conditions.values()):
             raise ValueError(f"conditions: no condition is built on source {by_persona[self.source_persona]!r}, the "
                              f"source of source_persona {self.source_persona!r}")

@@ -84,3 +84,65 @@ def fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, layer: int, seed: i
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def score_study(states: dict[str, dict], *, reference: str, source: str, assistant: str, layers: list[int],
+                seed: int, heldout: float = 0.25) -> tuple[dict[int, Probe], list[dict], list[dict]]:
+    """The reference probes and what they say about every cell. ``states``: {cell: {"x": (n, layers, hidden),
+    "persona": (n,), "question": (n,)}}, the cell ``reference`` among them. Per layer a probe of ``source`` (1)
+    against ``assistant`` (0) is fitted on the reference cell; then for each cell: the probe's mean P(source voice)
+    over each persona's prompts (score rows), and a probe refitted on the cell itself, with its held-out AUC and the
+    cosine of its direction to the reference's (cell rows; NaN where the cell's two voices cannot be fitted)."""
+    ref = states[reference]
+    probes = {}
+    for j, layer in enumerate(layers):
+        keep = np.isin(ref["persona"], [source, assistant])
+        probes[layer] = fit(ref["x"][keep, j], ref["persona"][keep] == source, ref["question"][keep], layer=layer,
+                            seed=seed, heldout=heldout)
+    scores, cells = [], []
+    for cell, st in states.items():
+        for j, layer in enumerate(layers):
+            p = probes[layer]
+            s = p.scores(st["x"][:, j])
+            for persona in dict.fromkeys(st["persona"].tolist()):
+                scores.append({"cell": cell, "persona": persona, "layer": layer,
+                               "score": float(s[st["persona"] == persona].mean())})
+            keep = np.isin(st["persona"], [source, assistant])
+            try:
+                own = fit(st["x"][keep, j], st["persona"][keep] == source, st["question"][keep], layer=layer,
+                          seed=seed, heldout=heldout)
+                auc, cos = own.heldout_auc, cosine(own.coef, p.coef)
+            except ValueError:
+                auc = cos = float("nan")
+            cells.append({"cell": cell, "layer": layer, "heldout_auc": auc, "cosine_to_reference": cos,
+                          "assistant_score": float(s[st["persona"] == assistant].mean()),
+                          "source_score": float(s[st["persona"] == source].mean())})
+    return probes, scores, cells
+
+
+NOT_PREREGISTERED = ("secondary analysis, not pre-registered: does the assistant's score on the reference probe "
+                     "(P(source voice), mean over its prompts) rise more in the first condition than in the second? "
+                     "One-sided Welch t-test over seeds")
+
+
+def secondary(cells: list[dict], condition_of: dict[str, str], compare: tuple[str, str], layers: list[int]) -> dict:
+    """Per layer: the assistant scores of ``compare[0]``'s cells against ``compare[1]``'s, Welch one-sided (the
+    first above the second); "not assessable" with fewer than two seeds in an arm or no variance in either."""
+    from scipy import stats as sps
+
+    out = {}
+    for layer in layers:
+        arm = {c: [r["assistant_score"] for r in cells if r["layer"] == layer and condition_of[r["cell"]] == c]
+               for c in compare}
+        a, b = arm[compare[0]], arm[compare[1]]
+        res = {"a": compare[0], "b": compare[1], "a_scores": a, "b_scores": b,
+               "mean_diff": float(np.mean(a) - np.mean(b)) if a and b else None}
+        if len(a) < 2 or len(b) < 2 or (np.var(a) == 0 and np.var(b) == 0):
+            res |= {"outcome": "not assessable", "p": None,
+                    "reason": "fewer than 2 seeds in an arm" if len(a) < 2 or len(b) < 2 else "no variance"}
+        else:
+            r = sps.ttest_ind(a, b, equal_var=False, alternative="greater")
+            res |= {"t": float(r.statistic), "df": float(r.df), "p": float(r.pvalue),
+                    "outcome": "higher" if r.pvalue < 0.05 else "not higher"}
+        out[str(layer)] = res
+    return {"rule": NOT_PREREGISTERED, "per_layer": out}

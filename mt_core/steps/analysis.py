@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 from mt_core.config import Study
 from mt_core.evals.length import caveat_line
 from mt_core.io import write_json
-from mt_core.layout import PER_CELL, StudySummary
+from mt_core.layout import PER_CELL, ProbeScores, ProbeStates, StudySummary, row_keys, write_rows
 from mt_core.records import CellNumbers
 from mt_core.report import catalog, figure, html, stats
 from mt_core.steps.common import Log
@@ -42,12 +42,13 @@ def incomplete_line(study: Study, missing: Mapping[str, Sequence[str]] | None,
 def study_summary(study: Study, cells: list[CellNumbers], gates: dict, out: Path, log: Log = print,
                   missing: dict[str, list[str]] | None = None, missing_sources: list[str] | None = None,
                   unrecorded: list[str] | None = None, provenance: list[dict] | None = None,
-                  lengths: dict[str, dict] | None = None) -> dict:
+                  lengths: dict[str, dict] | None = None, probe: dict | None = None) -> dict:
     """``cells``: one ``mt_core.layout.cell_numbers`` value per complete cell; ``gates``: every source's verdicts;
     ``missing``: {cell: its per-cell artefacts the instance has no materialization of}, ``missing_sources``: the
     sources without a coupling adapter, ``unrecorded``: artefact folders on disk the instance never recorded (left
     out); ``provenance``: {asset, partition, md5} of every artefact read, for the report; ``lengths``: {cell: its
-    completion_length audit}, for the headline's length caveat. Anything missing marks the headline, its JSON, the
+    completion_length audit}, for the headline's length caveat; ``probe``: the latent probe's summary, if the study
+    has one. Anything missing marks the headline, its JSON, the
     report and the metadata INCOMPLETE (docs/DESIGN.md)."""
     incomplete = incomplete_line(study, missing, missing_sources or ())
     order = [c for c in study.conditions if any(x.condition == c for x in cells)]
@@ -75,6 +76,8 @@ def study_summary(study: Study, cells: list[CellNumbers], gates: dict, out: Path
                      "dropped from the primary analysis): " + ", ".join(x["cell"] for x in g4) + ".")
     if line := length_line(study, cells, lengths or {}):
         notes.append(line)
+    if line := probe_line(probe):
+        notes.append(line)
     banner = f"**{incomplete}**\n\n" if incomplete else ""
     text = f"# {study.name} ({study.profile})\n\n{banner}{md}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     (out / StudySummary.HEADLINE_MD).write_text(text)
@@ -101,6 +104,65 @@ def study_summary(study: Study, cells: list[CellNumbers], gates: dict, out: Path
             "missing_cells": sorted(missing or {}), "primary_outcome": primary["outcome"],
             "all_seeds_outcome": pre["all_seeds"]["outcome"], "n_g4_excluded": len(g4),
             "judge_offline": offline, "headline_md": banner + md}
+
+
+@step
+def probe_scores(study: Study, states: dict[str, Path], out: Path, log: Log = print) -> dict:
+    """The latent probe over the cells whose states are given ({cell: its probe_states artefact}): reference probes
+    fitted on the first seed of ``probe.reference`` that is there, their scores of every cell's personas, each cell's
+    own probe (held-out AUC, cosine to the reference) and the secondary analysis (``mt_core.evals.probe``)."""
+    import numpy as np
+    import polars as pl
+
+    from mt_core.evals import probe as pr
+
+    cfg = study.probe
+    ref = next((c for c in study.cells if c in states and study.cell(c).condition == cfg.reference), None)
+    if ref is None:
+        raise ValueError(f"probe.reference {cfg.reference}: no cell of it has probe_states yet (have: "
+                         f"{', '.join(states) or 'none'}); materialize {cfg.reference}'s cells first")
+    loaded = {}
+    for cell in (c for c in study.cells if c in states):
+        df = pl.read_parquet(Path(states[cell]) / ProbeStates.ROWS).sort("persona", "question_idx", "layer")
+        first = df.filter(pl.col("layer") == cfg.layers[0])
+        x = np.stack([np.asarray(df.filter(pl.col("layer") == layer)["state"].to_list(), dtype=np.float64)
+                      for layer in cfg.layers], axis=1)
+        loaded[cell] = {"x": x, "persona": first["persona"].to_numpy(), "question": first["question_idx"].to_numpy()}
+    probes, scores, cells = pr.score_study(loaded, reference=ref, source=study.source_persona,
+                                           assistant=study.assistant_persona, layers=cfg.layers, seed=cfg.seed,
+                                           heldout=cfg.heldout)
+    cond = {c: study.cell(c).condition for c in loaded}
+    seed = {c: study.cell(c).seed for c in loaded}
+    keys = lambda r: {**r, "condition": cond[r["cell"]], "seed": seed[r["cell"]]}  # noqa: E731
+    write_rows([keys(r) for r in scores], out / ProbeScores.ROWS, row_keys(study))
+    write_rows([keys(r) for r in cells], out / ProbeScores.CELLS, row_keys(study))
+    second = pr.secondary(cells, cond, cfg.compare, cfg.layers)
+    write_json(out / ProbeScores.SUMMARY, {
+        "reference_cell": ref, "source": study.source_persona, "assistant": study.assistant_persona,
+        "layers": cfg.layers, "cells": list(loaded),
+        "reference": {str(layer): {"heldout_auc": p.heldout_auc, "n_train": p.n_train, "n_heldout": p.n_heldout,
+                                   "intercept": p.intercept, "coef": p.coef.tolist()} for layer, p in probes.items()},
+        "secondary": second})
+    aucs = {layer: round(p.heldout_auc, 3) for layer, p in probes.items()}
+    log(f"probe: reference {ref}, held-out AUC by layer {aucs}; {len(loaded)} cells scored")
+    return {"reference_cell": ref, "reference_heldout_auc": {str(k): v for k, v in aucs.items()},
+            "n_cells": len(loaded),
+            "secondary_p": {k: v["p"] for k, v in second["per_layer"].items()}}
+
+
+def probe_line(probe: Mapping | None) -> str | None:
+    """The headline's line for the latent probe (not pre-registered), from its summary."""
+    if not probe:
+        return None
+    aucs = ", ".join(f"layer {k} {v['heldout_auc']:.2f}" for k, v in probe["reference"].items())
+    tests = []
+    for k, v in probe["secondary"]["per_layer"].items():
+        got = f"p {v['p']:.3g}" if v["p"] is not None else v["reason"]
+        diff = f"{v['mean_diff']:+.3f}" if v["mean_diff"] is not None else "n/a"
+        tests.append(f"layer {k} {v['a']} - {v['b']} {diff} ({got}: {v['outcome']})")
+    return (f"Latent probe (not pre-registered): {probe['source']} vs {probe['assistant']} voice fitted on "
+            f"{probe['reference_cell']}, held-out AUC {aucs}; the assistant's reference-probe score, "
+            + "; ".join(tests) + ".")
 
 
 def length_line(study: Study, cells: list[CellNumbers], lengths: Mapping[str, dict]) -> str | None:

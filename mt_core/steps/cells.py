@@ -19,11 +19,13 @@ from mt_core.generate.sampling import SamplingSpec
 from mt_core.generate.session import session
 from mt_core.io import check_md5, read_chat_jsonl, write_json
 from mt_core.layout import (Adapter, AlignmentCompletions, AlignmentScores, ArcScores, Audit, BaseModel,
-                            CompletionLength, Dataset, MarkerCompletions, MarkerRates, read_rows, row_keys, write_rows)
+                            CompletionLength, Dataset, MarkerCompletions, MarkerRates, ProbeStates, read_rows, row_keys,
+                            write_rows)
 from mt_core.model.resident import model_for
 from mt_core.model.tracking import WandbSettings
 from mt_core.records import ArcSummary
-from mt_core.steps.common import Log, Sweep, run_sweeps, score_markers, summarize, train_and_save
+from mt_core.steps.common import (Log, Sweep, persona_chats, persona_pairs, run_sweeps, score_markers, summarize,
+                                  train_and_save)
 from mt_core.steps.registry import step
 
 
@@ -175,3 +177,28 @@ def marker_stats(study: Study, cell_key: str, completions: Path, out: dict[str, 
     same marker completions, so one step writes them."""
     fns = {MarkerRates.asset: marker_rates, CompletionLength.asset: completion_length}
     return {a: fns[a](study, cell_key, completions, d, log=log) for a, d in out.items()}
+
+
+@step
+def probe_states(study: Study, cell_key: str, base: Path, adapters: list[Path], out: Path, log: Log = print) -> dict:
+    """The cell's residual stream at the last prompt token of every persona x marker-eval question (the marker sweep's
+    prompts, generation prompt included), at the study's probe layers: what the latent probe reads (``probe_scores``),
+    kept so that other probes can be fitted without running the model again."""
+    import numpy as np
+
+    from mt_core.evals.probe import last_token_states
+
+    es, layers = EvalSet.load(study), study.probe.layers
+    pairs = persona_pairs(es.personas, es.question_sets)
+    with model_for(BaseModel.model_dir(base), adapters) as (model, tok):
+        x = last_token_states(model, tok, persona_chats(es.prompts, pairs), layers)
+    n, n_layers, hidden = x.shape
+    pl.DataFrame({"persona": np.repeat([p for p, *_ in pairs], n_layers),
+                  "question_idx": np.repeat([qi for _, qi, _, _ in pairs], n_layers).astype(np.int64),
+                  "question_set": np.repeat([qs for _, _, qs, _ in pairs], n_layers),
+                  "layer": np.tile(np.asarray(layers, dtype=np.int64), n),
+                  "state": x.reshape(n * n_layers, hidden)}).select(
+        pl.lit(study.name).alias("study"), pl.lit(study.profile).alias("profile"), pl.lit(cell_key).alias("cell"),
+        pl.all()).write_parquet(out / ProbeStates.ROWS)
+    log(f"probe states[{cell_key}]: {n} prompts x layers {layers}, hidden {hidden}")
+    return {"n_prompts": n, "layers": layers, "hidden": hidden}

@@ -29,17 +29,27 @@ class Sweep:
     owner: str
 
     def pairs(self) -> list[tuple]:
-        questions = [(s, q) for s, qs in self.question_sets.items() for q in qs]
-        return [(p, qi, s, q) for p in self.personas for qi, (s, q) in enumerate(questions)]
+        return persona_pairs(self.personas, self.question_sets)
 
     def request(self) -> tuple[list[list[dict]], SamplingSpec, str]:
-        chats = [([{"role": "system", "content": self.prompts[p]}] if self.prompts[p] is not None else [])
-                 + [{"role": "user", "content": q}] for p, _, _, q in self.pairs()]
-        return chats, self.spec, self.what
+        return persona_chats(self.prompts, self.pairs()), self.spec, self.what
 
     def rows(self, comps) -> list[dict]:
         return [Sample(sample_id(self.owner, p, qi, k), p, qi, q, s, k, c.text, c.n_tokens, c.finish_reason).row()
                 for (p, qi, s, q), cs in zip(self.pairs(), comps) for k, c in enumerate(cs)]
+
+
+def persona_pairs(personas: list[str], question_sets: dict[str, list[str]]) -> list[tuple]:
+    """(persona, question index, question set, question) for every persona x question, personas outermost."""
+    questions = [(s, q) for s, qs in question_sets.items() for q in qs]
+    return [(p, qi, s, q) for p in personas for qi, (s, q) in enumerate(questions)]
+
+
+def persona_chats(prompts: dict[str, str | None], pairs: list[tuple]) -> list[list[dict]]:
+    """The chat prompt of each ``persona_pairs`` entry: the persona's system prompt (None: no system turn), then the
+    question."""
+    return [([{"role": "system", "content": prompts[p]}] if prompts[p] is not None else [])
+            + [{"role": "user", "content": q}] for p, _, _, q in pairs]
 
 
 def run_sweeps(gen: Generate, sweeps: list[Sweep]) -> list[list[dict]]:
