@@ -86,11 +86,18 @@ def test_build_examples_builds_the_named_mask(small_tokenizer):
 
 
 
-def test_build_examples_remembers_a_dataset_for_the_same_tokenizer(small_tokenizer):
+def test_build_examples_remembers_a_dataset_for_the_same_tokenizer(small_tokenizer, monkeypatch):
     """A worker that stays builds an EM dataset's examples once for all its cells; anything the examples depend on
-    (chats, mask, marker, length cap, the tokenizer object) builds them again, and a caller cannot edit the memo."""
+    (chats, mask, marker, length cap, the tokenizer object) builds them again, and a caller cannot edit the memo. A
+    process that is no such worker remembers nothing (a patched mask is seen at once)."""
     from mt_core.data import chat
 
+    n = chat.BUILT_STATS["builds"]
+    build_examples("last_assistant_turn", small_tokenizer, [PROMPT + ANSWER] * 2, marker="[ZLT]", max_length=64)
+    build_examples("last_assistant_turn", small_tokenizer, [PROMPT + ANSWER] * 2, marker="[ZLT]", max_length=64)
+    assert chat.BUILT_STATS["builds"] == n + 2  # off by default
+    monkeypatch.setitem(chat._REMEMBER, "n", 2)
+    monkeypatch.setattr(chat, "_BUILT", type(chat._BUILT)())
     tok, chats = small_tokenizer, [PROMPT + ANSWER, PROMPT + [{"role": "assistant", "content": "A pear."}]]
     first = build_examples("last_assistant_turn", tok, chats, marker="[ZLT]", max_length=1024)
     before = dict(chat.BUILT_STATS)

@@ -116,10 +116,11 @@ LOSSES: dict[str, tuple[Callable[..., tuple[str, str]], Callable[..., Example]]]
 def build_examples(loss: str, tokenizer, chats: Iterable[list[dict]], *, marker: str,
                    max_length: int) -> list[Example]:
     """The training examples of ``chats`` (whole conversations) under the mask a recipe names (a key of ``LOSSES``).
-    Remembered for the last few datasets (``_BUILT``): a worker that stays trains every EM cell on the same chats, and
-    rendering 6,000 of them through the chat template costs 14 s a cell at 7B scale (docs/BENCHMARKS.md)."""
+    In a worker that stays (``remember_built``) the last datasets' examples are remembered: it trains every EM cell
+    on the same chats, and rendering 6,000 of them through the chat template costs 14 s a cell at 7B scale
+    (docs/BENCHMARKS.md)."""
     chats = list(chats)
-    key = _built_key(loss, tokenizer, chats, marker, max_length)
+    key = _built_key(loss, tokenizer, chats, marker, max_length) if _REMEMBER["n"] else None
     if key in _BUILT:
         _BUILT.move_to_end(key)
         BUILT_STATS["hits"] += 1
@@ -129,21 +130,31 @@ def build_examples(loss: str, tokenizer, chats: Iterable[list[dict]], *, marker:
     firsts, seconds = (encode_many(tokenizer, list(t)) for t in zip(*pairs)) if pairs else ([], [])
     examples = [build(a, b, max_length, mids) for a, b in zip(firsts, seconds)]
     BUILT_STATS["builds"] += 1
-    _BUILT[key] = tuple(examples)
-    while len(_BUILT) > 2:
-        _BUILT.popitem(last=False)
+    if key is not None:
+        _BUILT[key] = tuple(examples)
+        while len(_BUILT) > _REMEMBER["n"]:
+            _BUILT.popitem(last=False)
     return examples
 
 
 _BUILT: OrderedDict[str, tuple[Example, ...]] = OrderedDict()
+_REMEMBER = {"n": 0}
 BUILT_STATS = {"hits": 0, "builds": 0}
+
+
+def remember_built(n: int) -> None:
+    """Keep the examples of the last ``n`` datasets built in this process (0: none, the default): a worker that
+    stays turns it on (``mt_core.model.resident.hold``); a fresh process builds once anyway."""
+    _REMEMBER["n"] = n
+    while len(_BUILT) > n:
+        _BUILT.popitem(last=False)
 
 
 def _built_key(loss: str, tokenizer, chats: list, marker: str, max_length: int) -> str:
     """Everything the examples depend on: the mask, the tokenizer (this very object, as a worker holds it: a tokenizer
     loaded again is another), the marker, the length cap and the chats themselves."""
     h = hashlib.sha256(json.dumps([loss, marker, max_length, id(tokenizer), str(getattr(tokenizer, "name_or_path", "")),
-                                   len(tokenizer), getattr(tokenizer, "chat_template", None) or ""]).encode())
+                                   str(getattr(tokenizer, "chat_template", None) or "")]).encode())
     h.update(json.dumps(chats, sort_keys=True, ensure_ascii=False).encode())
     return h.hexdigest()
 

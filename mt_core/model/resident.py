@@ -115,7 +115,10 @@ def hold() -> Resident:
     """Make this process keep its base models across steps (a worker that stays); the holder."""
     global _held
     if _held is None:
+        from mt_core.data.chat import remember_built
+
         _held = Resident()
+        remember_built(2)  # the EM and the benign data: every cell of a condition trains on the same chats
     return _held
 
 
