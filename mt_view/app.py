@@ -143,6 +143,7 @@ def create_app(catalogs: Catalogs, studies: Sequence[Study], hosts: Sequence[str
         return {"template": "grid.html", "cells": cells,
                 "personas": personas(db, study, cfg, rates), "rates": {(r["cell"], r["persona"]): r for r in rates},
                 "lengths": {(r["cell"], r["persona"]): r for r in db.rows("grid.length", study=study)},
+                "probe": _by_cell(db.rows("grid.probe", study=study)) if db.has("probe") else {},
                 "rate": rate, "cfg": cfg}
 
     def completions(db: Session, p: Params, study: str, cfg: Study) -> dict:
@@ -214,6 +215,13 @@ def create_app(catalogs: Catalogs, studies: Sequence[Study], hosts: Sequence[str
 
     return Starlette(routes=routes, lifespan=lifespan,
                      middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))])
+
+
+def _by_cell(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["cell"], []).append(r)
+    return out
 
 
 def _marker(cfg: Study):

@@ -51,10 +51,16 @@ class _Open:
                                                               {s: md5 for s, (_, md5) in recorded.items()}))
             files = files_by_placeholder({"placeholder": k, "path": p} for k, p in
                                          self.con.execute("SELECT placeholder, path FROM catalog_files").fetchall())
+            views = {t for (t,) in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            self.tables: set[str] = set()
             for name, sql in queries.items():
                 if name.startswith(SNAPSHOT + "."):
+                    needs = re.search(r"^-- with: (\w+)", sql, flags=re.M)  # a view only some studies' catalogs have
+                    if needs and needs.group(1) not in views:
+                        continue
                     table = "v_" + name.split(".", 1)[1]
                     self.con.execute(f"CREATE TEMPORARY TABLE {table} AS {expand_files(sql, files)}")
+                    self.tables.add(table)
         except BaseException:
             self.stack.close()
             raise
@@ -101,7 +107,8 @@ class Catalogs:
     def session(self) -> Iterator["Session"]:
         """The current catalogs, for one request (the others wait their turn)."""
         with self._lock:
-            yield Session(self._current().con, self._queries)
+            cur = self._current()
+            yield Session(cur.con, self._queries, cur.tables)
 
     def close(self) -> None:
         with self._lock:
@@ -113,8 +120,12 @@ class Catalogs:
 class Session:
     """Runs the named queries of ``sql/view/``; each gets the parameters its SQL names, and only those."""
 
-    def __init__(self, con, queries: Mapping[str, str]):
-        self.con, self.queries = con, queries
+    def __init__(self, con, queries: Mapping[str, str], tables: set[str] | None = None):
+        self.con, self.queries, self.tables = con, queries, tables or set()
+
+    def has(self, name: str) -> bool:
+        """Whether the snapshot has ``v_<name>`` (a table of a view that only some studies' catalogs have)."""
+        return f"v_{name}" in self.tables
 
     def rows(self, name: str, **params) -> list[dict]:
         sql = self.queries[name]

@@ -144,3 +144,20 @@ def test_the_probe_steps_separate_the_villain_on_the_coupling_only_cell(demo, tm
     n, width = con.execute("SELECT count(*), max(len(state)) FROM probe_states").fetchone()
     assert n == 3 * 11 * 28 * 2 and width == study.model.hidden_size
     con.close()
+    # `mt view`'s grid: a probe column for the study with a probe, none for one without
+    from starlette.testclient import TestClient
+
+    from mt_view.app import create_app
+    from mt_view.db import Catalogs
+
+    for with_probe in (True, False):
+        db = tmp_path / f"catalog_{with_probe}" / "catalog.duckdb"
+        (db.parent / MANIFEST).write_text(json.dumps({"digest": "recorded",  # as the store writes it
+                                                       "files": {db.name: {"md5": md5_file(db)}}}))
+        rec = {study.name: (db, "recorded")}
+        with TestClient(create_app(Catalogs(lambda: rec), [study])) as client:
+            page = client.get("/", params={"study": study.name})
+            assert page.status_code == 200, page.text[-2000:]
+            assert ('data-probe="C4_s42"' in page.text) is with_probe
+            if with_probe:
+                assert "layer 2 · AUC" in page.text

@@ -27,3 +27,7 @@ LEFT JOIN alignment_completions a USING (study, cell, sample_id)
 LEFT JOIN (SELECT study, cell, sample_id, raw_text
            FROM read_parquet({files:alignment_scores.ROWS}, union_by_name = true)) r USING (study, cell, sample_id)
 ORDER BY j.study, j.condition, j.seed, j.question_idx, j.sample_idx
+-- name: probe
+-- with: probe_cells
+SELECT study, cell, layer, heldout_auc, cosine_to_reference, assistant_score, source_score
+FROM probe_cells
