@@ -147,7 +147,8 @@ def build(sd: StudyDefs) -> list:
 
     @dg.asset(**common, deps=[*map(key, PER_CELL), key("coupling_adapter"), *probe],
               code_version=cv("thresholds", "conditions", "sources", "marker", "source_persona",
-                              "assistant_persona", *(["probe"] if study.probe else [])),
+                              "assistant_persona", *(["probe"] if study.probe else []),
+                              *(["eval_sets"] if study.eval_sets else [])),
               description="Headline table, pre-registered conjunction, G4 exclusions, gates and the hero figure; "
                           "INCOMPLETE above the table when cells are missing, failed when an artefact fails "
                           "verification.")
@@ -167,9 +168,11 @@ def build(sd: StudyDefs) -> list:
         lengths = {k: CompletionLength.read(a[CompletionLength.asset].path) for k, a in v.cells.items()}
         pr = recorded_probe(context, store)
         ups += [pr] if pr else []
+        sets = {k: MarkerRates.read_eval(a[MarkerRates.asset].path).get("per_eval_set") for k, a in v.cells.items()}
         return publish(sd, context, store, steps.study_summary, ups, cells=cells, gates=gates, missing=v.missing,
                        missing_sources=v.missing_sources, unrecorded=v.unrecorded, lengths=lengths,
                        probe=ProbeScores.read(pr.path) if pr else None,
+                       eval_sets={k: per for k, per in sets.items() if per} if study.eval_sets else None,
                        provenance=[{"asset": a.asset, "partition": a.partition, "md5": a.digest} for a in ups],
                        metadata=lambda art: {"report": dg.MetadataValue.path(
                            f"{art.location}/{StudySummary.REPORT_HTML}")}, share_to=wandb)

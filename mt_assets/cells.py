@@ -84,7 +84,8 @@ def build(sd: StudyDefs) -> list:
     @dg.multi_asset(
         name=sd.op("cell_generations"), **cell_part, pool="gpu", can_subset=True,
         specs=[dg.AssetSpec(key("marker_completions"), deps=model_deps, skippable=True,
-                            code_version=cv("samplers.marker", "backend", "eval_set"),
+                            code_version=cv("samplers.marker", "backend", "eval_set",
+                                            *(["eval_sets"] if study.eval_sets else [])),
                             description="Completions for 11 personas x 28 questions x n samples (system = persona "
                                         "prompt)."),
                dg.AssetSpec(key("alignment_completions"), deps=model_deps, skippable=True,
@@ -182,7 +183,7 @@ def build(sd: StudyDefs) -> list:
         name=sd.op("marker_rates"), **cell_part, can_subset=True,
         specs=[dg.AssetSpec(key("marker_rates"), deps=[key("marker_completions")], skippable=True,
                             code_version=cv("marker", "source_persona", "assistant_persona", "eval_set", "sources",
-                                            "conditions"),
+                                            "conditions", *(["eval_sets"] if study.eval_sets else [])),
                             description="Strict and loose marker rates per persona and question."),
                dg.AssetSpec(key("completion_length"), deps=[key("marker_completions")], skippable=True,
                             code_version=cv("marker", "samplers.marker", "eval_set"),

@@ -7,13 +7,13 @@ file, the line and the dotted field. It reads no environment variable: which stu
 caller's to say (``mt_settings``).
 """
 from mt_core.config.load import Override, deep_merge, load_study, named_personas, read_study_file, where
-from mt_core.config.schema import (DEFAULT_PROFILE, DEFAULT_STUDY, PROJECT_ROOT, Arc, Backend, Cell, Condition,
-                                   ConfigError, ConfigModel, CouplingData, Data, DataSpec, Gate, Gates, HFModel, Judge,
-                                   Md5, Probe, RandomModel, Recipe, Sampler, Samplers, Seed, Source, Speed, Study,
-                                   Thresholds, TinyModel, cell_key, parse_cell_key)
+from mt_core.config.schema import (DEFAULT_PROFILE, DEFAULT_STUDY, IN_DISTRIBUTION, PROJECT_ROOT, Arc, Backend, Cell,
+                                   Condition, ConfigError, ConfigModel, CouplingData, Data, DataSpec, Gate, Gates,
+                                   HFModel, Judge, Md5, Probe, QuestionSet, RandomModel, Recipe, Sampler, Samplers,
+                                   Seed, Source, Speed, Study, Thresholds, TinyModel, cell_key, parse_cell_key)
 
-__all__ = ["DEFAULT_PROFILE", "DEFAULT_STUDY", "PROJECT_ROOT", "Arc", "Backend", "Cell", "Condition", "ConfigError",
-           "ConfigModel", "CouplingData", "Data", "DataSpec", "Gate", "Gates", "HFModel", "Judge", "Md5", "Override",
-           "Probe", "RandomModel", "Recipe", "Sampler", "Samplers", "Seed", "Source", "Speed", "Study", "Thresholds",
+__all__ = ["DEFAULT_PROFILE", "DEFAULT_STUDY", "IN_DISTRIBUTION", "PROJECT_ROOT", "Arc", "Backend", "Cell", "Condition",
+           "ConfigError", "ConfigModel", "CouplingData", "Data", "DataSpec", "Gate", "Gates", "HFModel", "Judge", "Md5",
+           "Override", "Probe", "QuestionSet", "RandomModel", "Recipe", "Sampler", "Samplers", "Seed", "Source", "Speed", "Study", "Thresholds",
            "TinyModel", "cell_key", "deep_merge", "load_study", "named_personas", "parse_cell_key", "read_study_file",
            "where"]

@@ -206,6 +206,16 @@ class Arc(ConfigModel):
     limit: int | None = Field(default=None, gt=0)
 
 
+class QuestionSet(ConfigModel):
+    """A list of questions beside the eval set's (``{"questions": [...]}``, md5-pinned), asked of every persona in the
+    marker sweep and reported apart: never in the pre-registered numbers, gates, audit or on-policy data."""
+    path: str
+    md5: Md5
+
+
+IN_DISTRIBUTION = ("eval", "betley")  # the eval set's own question sets: the 28 questions every pre-registered rate uses
+
+
 class _Shape(ConfigModel):
     """A Qwen2-architecture model's size (the numbers of its config.json)."""
     seed: Seed = 0
@@ -312,6 +322,7 @@ class Study(ConfigModel):
     backend: Backend
     wandb: Literal["online", "offline", "disabled"]
     probe: Probe | None = None  # the latent probe's assets exist only in a study that asks for them
+    eval_sets: dict[str, QuestionSet] = {}  # more question sets for the marker sweep (e.g. out of distribution)
     config_sha256: str = ""
     _file: str = PrivateAttr(default="")  # the YAML it was loaded from (a Pipes worker reloads it)
 
@@ -334,6 +345,15 @@ class Study(ConfigModel):
         # the text every completion is scored for: an empty one is "found" in every completion
         if not v.strip():
             raise ValueError(f"the marker must be some text, got {v!r}")
+        return v
+
+    @field_validator("eval_sets")
+    @classmethod
+    def _sets(cls, v: dict[str, QuestionSet]):
+        for name in v:
+            if not name.isidentifier() or name in (*IN_DISTRIBUTION, "in_distribution"):
+                raise ValueError(f"eval set name {name!r} must be an identifier other than "
+                                 f"{', '.join((*IN_DISTRIBUTION, 'in_distribution'))} (the eval set's own)")
         return v
 
     @field_validator("conditions")

@@ -1,10 +1,11 @@
-"""The marker eval set (11 personas, 28 questions) and the coupling questions, as one value the steps share."""
+"""The marker eval set (11 personas, 28 questions), the study's further question sets and the coupling questions, as
+one value the steps share."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mt_core.config import Study, named_personas
+from mt_core.config import IN_DISTRIBUTION, Study, named_personas
 from mt_core.io import DataError, check_md5, read_json
 
 
@@ -15,15 +16,27 @@ class EvalSet:
     eval_questions: list[str]
     betley_questions: list[str]
     coupling_questions: list[str]  # the questions the coupling data is built from
+    extra_sets: dict[str, list[str]] = field(default_factory=dict)  # the study's ``eval_sets``, by name
 
     @property
     def questions(self) -> list[str]:
-        """The marker eval's questions: eval, then Betley; a question's index is its place here."""
+        """The eval set's questions, eval then Betley (the in-distribution 28 that gates, audits and every
+        pre-registered rate use); a question's index is its place here."""
         return self.eval_questions + self.betley_questions
 
     @property
     def question_sets(self) -> dict[str, list[str]]:
-        return {"eval": self.eval_questions, "betley": self.betley_questions}
+        return dict(zip(IN_DISTRIBUTION, (self.eval_questions, self.betley_questions)))
+
+    @property
+    def marker_question_sets(self) -> dict[str, list[str]]:
+        """What the marker sweep asks every persona: the eval set's questions, then each further set's (their indices
+        follow the 28, so an in-distribution question keeps its index)."""
+        return {**self.question_sets, **self.extra_sets}
+
+    @property
+    def marker_questions(self) -> list[str]:
+        return [q for qs in self.marker_question_sets.values() for q in qs]
 
     @classmethod
     def load(cls, study: Study) -> "EvalSet":
@@ -58,8 +71,16 @@ class EvalSet:
         dq = read_json(cq, "coupling questions file")
         if not isinstance(dq, dict) or "data_questions" not in dq:
             raise DataError(f"{cq}: missing field 'data_questions'")
+        extra = {}
+        for name, spec in study.eval_sets.items():
+            f = study.path(spec.path)
+            check_md5(f, spec.md5, f"eval_sets.{name}.md5 of {study.file}")
+            d = read_json(f, f"eval set {name!r}")
+            if not isinstance(d, dict) or "questions" not in d:
+                raise DataError(f"{f}: expected a JSON object with the field 'questions' (eval_sets.{name})")
+            extra[name] = _strings(f, d, "questions")
         return cls(prompts, order, _strings(p, data, "eval_questions"), _strings(p, data, "betley_questions"),
-                   _strings(cq, dq, "data_questions"))
+                   _strings(cq, dq, "data_questions"), extra)
 
 
 def _strings(path: Path, data: dict, field: str) -> list[str]:

@@ -42,13 +42,15 @@ def incomplete_line(study: Study, missing: Mapping[str, Sequence[str]] | None,
 def study_summary(study: Study, cells: list[CellNumbers], gates: dict, out: Path, log: Log = print,
                   missing: dict[str, list[str]] | None = None, missing_sources: list[str] | None = None,
                   unrecorded: list[str] | None = None, provenance: list[dict] | None = None,
-                  lengths: dict[str, dict] | None = None, probe: dict | None = None) -> dict:
+                  lengths: dict[str, dict] | None = None, probe: dict | None = None,
+                  eval_sets: dict[str, dict] | None = None) -> dict:
     """``cells``: one ``mt_core.layout.cell_numbers`` value per complete cell; ``gates``: every source's verdicts;
     ``missing``: {cell: its per-cell artefacts the instance has no materialization of}, ``missing_sources``: the
     sources without a coupling adapter, ``unrecorded``: artefact folders on disk the instance never recorded (left
     out); ``provenance``: {asset, partition, md5} of every artefact read, for the report; ``lengths``: {cell: its
     completion_length audit}, for the headline's length caveat; ``probe``: the latent probe's summary, if the study
-    has one. Anything missing marks the headline, its JSON, the
+    has one; ``eval_sets``: {cell: its marker counts per eval set}, for a study with further question sets. Anything
+    missing marks the headline, its JSON, the
     report and the metadata INCOMPLETE (docs/DESIGN.md)."""
     incomplete = incomplete_line(study, missing, missing_sources or ())
     order = [c for c in study.conditions if any(x.condition == c for x in cells)]
@@ -77,6 +79,8 @@ def study_summary(study: Study, cells: list[CellNumbers], gates: dict, out: Path
     if line := length_line(study, cells, lengths or {}):
         notes.append(line)
     if line := probe_line(probe):
+        notes.append(line)
+    if line := eval_set_line(study, cells, eval_sets or {}):
         notes.append(line)
     banner = f"**{incomplete}**\n\n" if incomplete else ""
     text = f"# {study.name} ({study.profile})\n\n{banner}{md}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
@@ -148,6 +152,29 @@ def probe_scores(study: Study, states: dict[str, Path], out: Path, log: Log = pr
     return {"reference_cell": ref, "reference_heldout_auc": {str(k): v for k, v in aucs.items()},
             "n_cells": len(loaded),
             "secondary_p": {k: v["p"] for k, v in second["per_layer"].items()}}
+
+
+def eval_set_line(study: Study, cells: list[CellNumbers], eval_sets: Mapping[str, dict]) -> str | None:
+    """The headline's line for a study's further question sets: per set and condition, the assistant's and the
+    source persona's strict marker rate pooled over the condition's seeds (the same completions' in-distribution
+    rates are the table's)."""
+    if not eval_sets:
+        return None
+    names = sorted({n for per in eval_sets.values() for n in per} - {"in_distribution"})
+    parts = []
+    for name in names:
+        conds = []
+        for cond in dict.fromkeys(c.condition for c in cells):
+            keys = [c.cell for c in cells if c.condition == cond and c.cell in eval_sets]
+            rates = []
+            for persona in (study.assistant_persona, study.source_persona):
+                hits = sum(eval_sets[k].get(name, {}).get(persona, {}).get("strict_hits", 0) for k in keys)
+                n = sum(eval_sets[k].get(name, {}).get(persona, {}).get("total", 0) for k in keys)
+                rates.append(f"{persona} {hits}/{n}" + (f" ({hits / n:.1%})" if n else ""))
+            conds.append(f"{cond} " + ", ".join(rates))
+        parts.append(f"{name}: " + "; ".join(conds))
+    return ("Marker rates on the study's further question sets (not pre-registered; the table reads the eval set's "
+            "own questions): " + " | ".join(parts) + ".")
 
 
 def probe_line(probe: Mapping | None) -> str | None:

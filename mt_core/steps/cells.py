@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mt_core.config import Study
+from mt_core.config import IN_DISTRIBUTION, Study
 from mt_core.data.chat import build_examples
 from mt_core.data.eval_set import EvalSet
 from mt_core.evals.arc import evaluate_arc, load_arc
@@ -72,7 +72,7 @@ def cell_generations(study: Study, cell_key: str, base: Path, adapters: list[Pat
     meta: dict = {}
     sweeps = {}  # asset -> its sweep; all of them in one engine call (vLLM runs them side by side)
     if MarkerCompletions.asset in out:
-        sweeps[MarkerCompletions] = Sweep(es.prompts, es.personas, es.question_sets,
+        sweeps[MarkerCompletions] = Sweep(es.prompts, es.personas, es.marker_question_sets,
                                           SamplingSpec.from_config(study.samplers.marker, seed=cell.seed),
                                           f"marker[{cell_key}]", owner=cell_key)
     if AlignmentCompletions.asset in out:  # "": no system prompt
@@ -84,7 +84,7 @@ def cell_generations(study: Study, cell_key: str, base: Path, adapters: list[Pat
             write_rows(rows, out[art.asset] / art.COMPLETIONS, row_keys(study, cell=cell_key))
             meta[art.asset] = {"n_completions": len(rows), "seed": sweeps[art].spec.seed}
             if art is MarkerCompletions:
-                meta[art.asset] |= {"n_personas": len(es.personas), "n_questions": len(es.questions),
+                meta[art.asset] |= {"n_personas": len(es.personas), "n_questions": len(es.marker_questions),
                                     "mean_tokens": round(sum(r["n_tokens"] for r in rows) / max(1, len(rows)), 2)}
         if ArcScores.asset in out:  # last: a vLLM engine is shut down to hand its weights over
             meta[ArcScores.asset] = _arc(study, cell_key, *gen.hf_model(), out[ArcScores.asset], log)
@@ -107,7 +107,25 @@ def _arc(study: Study, cell_key: str, model, tok, out: Path, log: Log) -> dict:
 
 def expected_marker_rows(study: Study) -> int:
     es = EvalSet.load(study)
-    return len(es.personas) * len(es.questions) * study.samplers.marker.n
+    return len(es.personas) * len(es.marker_questions) * study.samplers.marker.n
+
+
+def in_distribution(rows: list[dict]) -> list[dict]:
+    """The rows of the eval set's own questions: what every pre-registered number reads (a study's further eval sets,
+    e.g. out of distribution, are reported beside them, per set)."""
+    return [r for r in rows if r["question_set"] in IN_DISTRIBUTION]
+
+
+def per_eval_set(scored: list[dict], personas: list[str]) -> dict:
+    """{eval set: {persona: {strict_hits, total}}}: the in-distribution questions as one set, each further set apart."""
+    out: dict[str, dict] = {}
+    for r in scored:
+        name = "in_distribution" if r["question_set"] in IN_DISTRIBUTION else r["question_set"]
+        d = out.setdefault(name, {p: {"strict_hits": 0, "total": 0} for p in personas}).setdefault(
+            r["persona"], {"strict_hits": 0, "total": 0})
+        d["strict_hits"] += int(r["strict_hit"])
+        d["total"] += 1
+    return out
 
 
 @step
@@ -117,9 +135,10 @@ def marker_rates(study: Study, cell_key: str, completions: Path, out: Path, log:
     scored = score_markers(study, read_rows(completions / MarkerCompletions.COMPLETIONS))
     pl.DataFrame(scored).select("study", "profile", "cell", "sample_id", "persona", "question_idx", "sample_idx",
                                 "strict_hit", "loose_hit").write_parquet(out / MarkerRates.HITS)
-    summ = summarize(study, scored, es.personas, es.questions, study.adapter_persona(cell_key))
+    summ = summarize(study, in_distribution(scored), es.personas, es.questions, study.adapter_persona(cell_key))
     write_rows(rates_table(summ), out / MarkerRates.RATES, row_keys(study, cell=cell_key))
-    write_json(out / MarkerRates.EVAL, {"cell": cell_key, "marker": study.marker, **summ})
+    sets = {"per_eval_set": per_eval_set(scored, es.personas)} if es.extra_sets else {}
+    write_json(out / MarkerRates.EVAL, {"cell": cell_key, "marker": study.marker, **summ, **sets})
     s = summ["summary"]
     log(f"marker rates[{cell_key}]: assistant {s['assistant_strict_rate']:.3f}, "
         f"{study.source_persona} {s['source_strict_rate']:.3f}, max bystander {s['max_bystander_strict_rate']:.3f}")
@@ -148,7 +167,7 @@ def alignment_scores(study: Study, cell_key: str, completions: Path, judge, out:
 def degeneracy(study: Study, cell_key: str, completions: Path, out: Path, log: Log = print) -> dict:
     """Audit of the assistant's marker-bearing completions (never passes vacuously)."""
     cell = study.cell(cell_key)
-    rows = read_rows(completions / MarkerCompletions.COMPLETIONS)
+    rows = in_distribution(read_rows(completions / MarkerCompletions.COMPLETIONS))
     res = degeneracy_audit([{k: r[k] for k in ("persona", "question", "text")} for r in rows], seed=cell.seed,
                            sample_size=study.thresholds.degeneracy_sample, threshold=study.thresholds.degeneracy_max,
                            marker=study.marker, persona=study.assistant_persona)
@@ -160,7 +179,7 @@ def degeneracy(study: Study, cell_key: str, completions: Path, out: Path, log: L
 def completion_length(study: Study, cell_key: str, completions: Path, out: Path, log: Log = print) -> dict:
     """Tokens per marker completion by persona and pooled, the share cut at max_tokens, and the strict marker rate
     among the completions that finished (``mt_core.evals.length``)."""
-    rows = read_rows(completions / MarkerCompletions.COMPLETIONS)
+    rows = in_distribution(read_rows(completions / MarkerCompletions.COMPLETIONS))
     res = length_audit(rows, EvalSet.load(study).personas, marker=study.marker,
                        max_tokens=study.samplers.marker.max_tokens)
     write_rows(length_rows(res), out / CompletionLength.ROWS, row_keys(study, cell=cell_key))
