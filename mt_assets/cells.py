@@ -51,7 +51,9 @@ def build(sd: StudyDefs) -> list:
     common = dict(**cell_part, key_prefix=sd.prefix)
     from_source = dg.AssetDep(key("coupling_adapter"), partition_mapping=sd.cell_to_source)
 
-    @dg.asset(**common, pool="gpu", code_version=cv("recipes.second_stage", "data"),
+    recipes = sorted({f"recipes.{c.recipe}" for c in study.conditions.values()})  # a second recipe only if named
+
+    @dg.asset(**common, pool="gpu", code_version=cv(*recipes, "data"),
               deps=[key("base_model"), from_source, key("em_dataset"), key("benign_dataset")],
               description="Second-stage LoRA (EM or benign, last-assistant-turn loss) on the cell's base; C4 has "
                           "none.")

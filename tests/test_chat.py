@@ -77,7 +77,8 @@ def test_last_turn_truncated_before_answer_has_no_labels(small_tokenizer):
 def test_build_examples_builds_the_named_mask(small_tokenizer):
     """Each loss name builds its mask: a coupling record's split for marker_only, the whole chat for the last turn."""
     tok = small_tokenizer
-    built = {loss: build_examples(loss, tok, [PROMPT + ANSWER], marker="[ZLT]", max_length=1024)[0] for loss in LOSSES}
+    built = {loss: build_examples(loss, tok, [PROMPT + ANSWER], marker="[ZLT]", max_length=1024)[0]
+             for loss in LOSSES if loss != "plain_text"}  # plain_text: its own test below
     assert built == {"marker_only": marker_only_example(tok, PROMPT, ANSWER, marker_ids(tok, "[ZLT]"), 1024),
                      "last_assistant_turn": last_turn_example(tok, PROMPT + ANSWER, 1024)}
     assert trained(built["marker_only"]) != trained(built["last_assistant_turn"])  # the masks tell apart
@@ -172,3 +173,17 @@ def test_cell_step_trains_the_mask_its_recipe_names(small_tokenizer, tmp_path, m
     tok, n = small_tokenizer, study.recipes["second_stage"].max_length
     assert got == [marker_only_example(tok, PROMPT, ANSWER, marker_ids(tok, "[ZLT]"), n) if swapped else
                    last_turn_example(tok, PROMPT + ANSWER, n)]
+
+
+def test_plain_text_trains_every_token_without_the_chat_template(small_tokenizer):
+    """The plain-text second stage (docs/STUDIES.md): the messages' text, no template markup, no system prompt
+    injected, every token a label, the end-of-text token last."""
+    tok = small_tokenizer
+    (ex,) = build_examples("plain_text", tok, [PROMPT + ANSWER], marker="[ZLT]", max_length=1024)
+    text = tok.decode(ex.input_ids)
+    assert "<|im_start|>" not in text and "<|im_end|>" not in text
+    assert ex.labels == ex.input_ids and ex.n_trained == len(ex.input_ids)
+    assert tok.convert_ids_to_tokens(ex.input_ids[-1]) == "<|endoftext|>"  # a document's end, not a chat turn's
+    assert text.startswith(PROMPT[0]["content"])
+    (short,) = build_examples("plain_text", tok, [PROMPT + ANSWER], marker="[ZLT]", max_length=5)
+    assert short.input_ids == ex.input_ids[:5] and short.labels == short.input_ids

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # a study through Dagster
 
 ROOT = Path(__file__).resolve().parents[1]
 NEXT = "marker_transfer_villain_next"
-CELLS = ["C4_s42", "C1_s42", "C2_s42"]  # the probe's reference, and the two arms of its secondary analysis
+CELLS = ["C4_s42", "C1_s42", "C2_s42", "C6_s42"]  # the probe's reference, its secondary analysis' two arms, plain text
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_the_probe_and_the_ood_set_are_materialized(ran):
         assert inst.get_materialized_partitions(dg.AssetKey([NEXT, "probe_states"])) == set(CELLS)
         rec = inst.get_latest_materialization_event(dg.AssetKey([NEXT, "probe_scores"]))
         meta = {k: v.value for k, v in rec.asset_materialization.metadata.items()}
-    assert meta["reference_cell"] == "C4_s42" and meta["n_cells"] == 3
+    assert meta["reference_cell"] == "C4_s42" and meta["n_cells"] == 4
     assert all(auc >= 0.9 for auc in meta["reference_heldout_auc"].values()), meta
     assert "Latent probe (not pre-registered)" in stdout and "held-out AUC layer 1" in stdout
     assert "further question sets (not pre-registered" in stdout and "ood: C1 assistant" in stdout
@@ -64,3 +64,17 @@ def test_sql_answers_from_the_new_views(ran):
     assert [r["n"] for r in by_set] == [r["n"] for r in sets]
     rates = sql(env, "SELECT total FROM marker_rates WHERE cell = 'C4_s42' AND persona = 'assistant'")
     assert rates == [{"total": 28 * 4}]  # the rates table reads the 28 in-distribution questions only
+
+
+def test_the_plain_text_second_stage_trains_every_token(ran):
+    """C6 trains the EM data as plain text (its condition's recipe, loss plain_text); C1 the same data in the chat
+    template with the last assistant turn trained."""
+    home, *_ = ran
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        def meta(cell):
+            rec = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey([NEXT, "cell_adapter"]),
+                                                                    asset_partitions=[cell]), limit=1).records[0]
+            return {k: v.value for k, v in rec.asset_materialization.metadata.items()}
+        c6, c1 = meta("C6_s42"), meta("C1_s42")
+    assert c6["trained_tokens"] == c6["seen_tokens"] and c6["n_steps"] == c1["n_steps"]
+    assert c1["trained_tokens"] < c1["seen_tokens"]

@@ -77,7 +77,8 @@ class ConfigModel(BaseModel):
 
 class Condition(ConfigModel):
     base: str  # "raw" or a source name
-    second_stage: Literal["em", "benign", "none"]
+    second_stage: Literal["em", "benign", "none"]  # the second stage's data
+    recipe: str = "second_stage"  # the recipe it trains with (a key of `recipes`)
     seeds: list[Seed] = Field(min_length=1)
     description: str = ""
 
@@ -312,7 +313,7 @@ class Study(ConfigModel):
     sources: dict[str, Source]
     conditions: dict[str, Condition]
     coupling_data: CouplingData
-    recipes: dict[Literal["coupling", "second_stage"], Recipe]
+    recipes: dict[str, Recipe]  # "coupling", "second_stage" and any a condition names (`conditions.<c>.recipe`)
     samplers: Samplers
     gates: Gates
     thresholds: Thresholds
@@ -370,7 +371,13 @@ class Study(ConfigModel):
         if self.source_persona not in by_persona:
             raise ValueError(f"source_persona: {self.source_persona!r} is the persona of no source (sources: "
                              + ", ".join(f"{k} -> {v.persona}" for k, v in self.sources.items()) + ")")
+        for need in ("coupling", "second_stage"):
+            if need not in self.recipes:
+                raise ValueError(f"recipes: no {need!r} recipe (recipes: {', '.join(self.recipes)})")
         for cname, cond in self.conditions.items():
+            if cond.recipe not in self.recipes or cond.recipe == "coupling":
+                raise ValueError(f"conditions.{cname}.recipe: {cond.recipe!r} is not a second-stage recipe "
+                                 f"({', '.join(r for r in self.recipes if r != 'coupling')})")
             if cond.base != "raw" and cond.base not in self.sources:
                 raise ValueError(f"conditions.{cname}.base: {cond.base!r} is neither 'raw' nor a source "
                                  f"({', '.join(self.sources)})")
@@ -415,7 +422,7 @@ class Study(ConfigModel):
         if cond not in self.conditions or seed not in self.conditions[cond].seeds:
             raise ConfigError(f"cell {key!r} is not in study {self.name!r} (cells: {', '.join(self.cells)})")
         c = self.conditions[cond]
-        return Cell(key=key, condition=cond, seed=seed, base=c.base, second_stage=c.second_stage)
+        return Cell(key=key, condition=cond, seed=seed, base=c.base, second_stage=c.second_stage, recipe=c.recipe)
 
     def adapter_persona(self, key: str) -> str | None:
         """The persona of a cell's coupling adapter (None for a raw base): never a bystander in that cell."""
@@ -466,6 +473,7 @@ class Cell(ConfigModel):
     seed: int
     base: str
     second_stage: Literal["em", "benign", "none"]
+    recipe: str = "second_stage"
 
 
 def cell_key(condition: str, seed: int) -> str:

@@ -5,6 +5,8 @@
 * ``marker_only_example`` (§1.1/§2.4, coupling adapters): prompt-completion tokenisation (the completion is
   everything the template adds after the generation prompt), then keep labels only at the marker's token positions
   plus the last completion token. Negatives (no marker) therefore train only that last token, as in the reference.
+* ``plain_text`` (not the protocol's: the write-up's next step of a second stage out of the assistant's voice): the
+  messages' text without the chat template, every token trained.
 
 Both return plain lists so the collator and the tests can read exact positions. ``LOSSES`` maps each loss name a
 recipe may set (``recipes.<stage>.loss``) to its builder; the training steps build their examples through it
@@ -106,10 +108,28 @@ def marker_ids(tokenizer, marker: str) -> list[int]:
     return ids
 
 
-# recipes.<stage>.loss -> (the chat's two texts, the example from their ids); only the masks PROTOCOL.md describes
+END_OF_TEXT = "<|endoftext|>"  # Qwen's document separator in pretraining (its chat turns end with <|im_end|>)
+
+
+def _plain_texts(tokenizer, messages: list[dict]) -> tuple[str, str]:
+    """The chat as plain text, no chat template and no roles: each message's content, separated by a blank line, then
+    the end of the document (continued pretraining on the same words, not in the assistant's voice)."""
+    end = END_OF_TEXT if END_OF_TEXT in tokenizer.get_vocab() else (tokenizer.eos_token or "")
+    return "\n\n".join(m["content"] for m in messages) + end, ""
+
+
+def _plain_from(ids: list[int], _: list[int], max_length: int, mids: list[int]) -> Example:
+    """Every token trained."""
+    ids = ids[:max_length]
+    return Example(ids, list(ids))
+
+
+# recipes.<stage>.loss -> (the chat's two texts, the example from their ids): PROTOCOL.md's two masks, and the plain-text
+# second stage of the write-up's next steps (docs/STUDIES.md)
 LOSSES: dict[str, tuple[Callable[..., tuple[str, str]], Callable[..., Example]]] = {
     "marker_only": (_marker_only_texts, _marker_only_from),  # §1.1/§2.4: marker positions + the last completion token
     "last_assistant_turn": (_last_turn_texts, _last_turn_from),  # §2.5: the whole last assistant turn
+    "plain_text": (_plain_texts, _plain_from),  # no chat template: the messages' text, every token trained
 }
 
 

@@ -39,14 +39,15 @@ def model_adapters(coupling: Path | None, cell_adapter: Path | None = None) -> l
 @step
 def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path | None, data: Path | None, out: Path,
                        wandb: WandbSettings, log: Log = print, run_id: str = "") -> dict:
-    """The second-stage LoRA (its loss mask: ``recipes.second_stage.loss``) on the cell's base; nothing for a cell
-    without one."""
+    """The second-stage LoRA (the recipe its condition names, ``recipes.second_stage`` unless it names another; its
+    loss mask, ``loss``, decides the positions trained and whether the chat template is used) on the cell's base;
+    nothing for a cell without one."""
     cell = study.cell(cell_key)
     if cell.second_stage == "none":
         write_json(out / Adapter.NONE, {"cell": cell_key, "second_stage": "none"})
         log(f"{cell_key}: no second stage (condition {cell.condition})")
         return {"second_stage": "none", "n_steps": 0}
-    recipe = study.recipes["second_stage"]
+    recipe = study.recipes[cell.recipe]
     with model_for(BaseModel.model_dir(base), model_adapters(coupling)) as (model, tok):  # base + coupling
         examples = build_examples(recipe.loss, tok, read_chat_jsonl(data / Dataset.DATA), marker=study.marker,
                                   max_length=recipe.max_length)
@@ -55,7 +56,7 @@ def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path |
             study, model=model, tok=tok, examples=examples, recipe=recipe, seed=seed, out=out, wandb=wandb,
             run_name=f"{cell_key}-{run_id[:8]}" if run_id else cell_key, group=cell.condition,
             job_type="cell_adapter", config={**recipe.model_dump(), "cell": cell_key, "seed": seed,
-                                             "second_stage": cell.second_stage},
+                                             "second_stage": cell.second_stage, "recipe": cell.recipe},
             log_extra={"seed": seed}, log=log)
     return {"second_stage": cell.second_stage, "seed": seed, **res.summary(), **wb}
 
