@@ -71,3 +71,27 @@ def test_unknown_profile_and_missing_file(tmp_path):
         load_study(profile="huge")
     with pytest.raises(ConfigError, match="not found"):
         load_study(tmp_path / "nope.yaml")
+
+
+def test_a_condition_names_its_second_stage_recipe(tmp_path):
+    """Recipes beyond coupling and second_stage are the conditions' (`conditions.<c>.recipe`): one no condition names,
+    or a condition naming none or the coupling recipe, fails at load naming the field."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "studies"
+    nxt = (root / "marker_transfer_villain_next.yaml").read_text().replace(
+        "extends: marker_transfer_villain.yaml", f"extends: {root / 'marker_transfer_villain.yaml'}")
+    s = load_study_text(tmp_path, nxt)
+    assert s.cell("C6_s42").recipe == "second_stage_plain" and s.recipes["second_stage_plain"].loss == "plain_text"
+    assert s.cell("C1_s42").recipe == "second_stage"
+    for bad, field in ((nxt.replace("recipe: second_stage_plain, ", ""), "recipes.second_stage_plain"),
+                       (nxt.replace("recipe: second_stage_plain", "recipe: coupling"), "conditions.C6.recipe"),
+                       (nxt.replace("recipe: second_stage_plain", "recipe: nope"), "conditions.C6.recipe")):
+        with pytest.raises(ConfigError, match=field):
+            load_study_text(tmp_path, bad)
+
+
+def load_study_text(tmp_path, text: str):
+    p = tmp_path / "study.yaml"
+    p.write_text(text)
+    return load_study(p, "tiny")

@@ -383,6 +383,11 @@ class Study(ConfigModel):
                                  f"({', '.join(self.sources)})")
             if len(set(cond.seeds)) != len(cond.seeds):
                 raise ValueError(f"conditions.{cname}.seeds: duplicate seeds {cond.seeds}")
+        named = {c.recipe for c in self.conditions.values()}
+        for r in self.recipes:
+            if r not in ("coupling", "second_stage") and r not in named:
+                raise ValueError(f"recipes.{r}: no condition trains with it (conditions.<c>.recipe); a recipe nothing "
+                                 f"reads would be a setting without effect")
         if self.probe is not None:
             for field, cond in (("reference", self.probe.reference), ("compare", self.probe.compare[0]),
                                 ("compare", self.probe.compare[1])):
