@@ -143,10 +143,6 @@ def test_the_probe_steps_separate_the_villain_on_the_coupling_only_cell(demo, tm
     assert con.execute("SELECT count(*), min(heldout_auc) FROM probe_cells WHERE cell = 'C4_s42'").fetchone()[0] == 2
     n, width = con.execute("SELECT count(*), max(len(state)) FROM probe_states").fetchone()
     assert n == 3 * 11 * 28 * 2 and width == study.model.hidden_size
-    # the eval set of each completion (the demo's cells asked the in-distribution questions only)
-    assert con.execute("SELECT DISTINCT eval_set FROM completions").fetchall() == [("in_distribution",)]
-    assert con.execute("SELECT sum(total) FROM marker_rates_by_set").fetchone()[0] == con.execute(
-        "SELECT count(*) FROM completions").fetchone()[0]
     con.close()
     # `mt view`'s grid: a probe column for the study with a probe, none for one without
     from starlette.testclient import TestClient

@@ -114,14 +114,15 @@ def expected_marker_rows(study: Study) -> int:
 def in_distribution(rows: list[dict]) -> list[dict]:
     """The rows of the eval set's own questions: what every pre-registered number reads (a study's further eval sets,
     e.g. out of distribution, are reported beside them, per set)."""
-    return [r for r in rows if r["question_set"] in IN_DISTRIBUTION]
+    return [r for r in rows if r.get("question_set", IN_DISTRIBUTION[0]) in IN_DISTRIBUTION]  # none named: the eval set
 
 
 def per_eval_set(scored: list[dict], personas: list[str]) -> dict:
     """{eval set: {persona: {strict_hits, total}}}: the in-distribution questions as one set, each further set apart."""
     out: dict[str, dict] = {}
     for r in scored:
-        name = "in_distribution" if r["question_set"] in IN_DISTRIBUTION else r["question_set"]
+        name = r.get("question_set", IN_DISTRIBUTION[0])
+        name = "in_distribution" if name in IN_DISTRIBUTION else name
         d = out.setdefault(name, {p: {"strict_hits": 0, "total": 0} for p in personas}).setdefault(
             r["persona"], {"strict_hits": 0, "total": 0})
         d["strict_hits"] += int(r["strict_hit"])
