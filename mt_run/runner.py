@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from mt_run.plan import Item, plan_item, stage_assets
-from mt_run.runs import (FINISHED, GPU_TAG, NO_DAEMON_RETRY, PID_TAG, STAGES, STUDY_TAG, UNTIL, RunFailed, failure_info,
-                         partition_owner, process_gone, reconcile_dead_runs, run_warnings, this_process)
+from mt_run.runs import (FINISHED, GPU_TAG, NO_DAEMON_RETRY, PID_TAG, STAGES, STUDY_TAG, UNTIL, RunFailed,
+                         assign_waiting_steps, failure_info, partition_owner, process_gone, reconcile_dead_runs,
+                         run_warnings, this_process)
 from mt_settings import Settings
 
 __all__ = ["Runner", "Item", "RunFailed", "Interrupted", "GPU_TAG", "libraries_to"]
@@ -215,6 +216,7 @@ class Runner:
                     self.out(f"{item.label}: queued {', '.join(item.assets)} ({item.why()}) run {run_id[:8]}")
                 self.current = ", ".join([*(f.item.label for f in flying.values()), *waiting])
                 time.sleep(1)
+                assign_waiting_steps(self.instance)
                 if time.monotonic() - checked > 10:  # a run worker that died never finishes on its own
                     reconcile_dead_runs(self.instance, self.out)
                     if not daemon_alive(self.instance):  # the daemon we used went away: queued runs need another
@@ -281,7 +283,10 @@ class Runner:
                     flying[r] = (item, proc, time.perf_counter())
                     self.out(f"{item.label}: running {', '.join(item.assets)} ({item.why()})")
                 self.current = ", ".join(i.label for i, _, _ in flying.values())
-                for r in wait(list(flying)):
+                ready = wait(list(flying), timeout=2)
+                if not ready:  # meanwhile: a step of a child may wait for a pool slot nobody hands it
+                    assign_waiting_steps(self.instance)
+                for r in ready:
                     item, proc, t0 = flying.pop(r)
                     try:
                         status, detail, user = r.recv()

@@ -80,6 +80,27 @@ def reconcile_dead_runs(instance, log: Callable[[str], None] = print) -> list[st
     return dead
 
 
+def assign_waiting_steps(instance) -> list[str]:
+    """Hand a free pool slot to a step that waits for one but was never assigned one (the pools it woke: each once).
+
+    Dagster queues a step that finds its pool full and, when a slot is freed, assigns the oldest waiting step. The
+    two are not atomic: a step that checks for a free slot just before another run frees one, and enqueues itself
+    just after, is never assigned, and its run waits forever (seen in `mt run` with two forked cells and the judge
+    pool of one slot: tests/test_run.py's resumed run). Runs in progress call this on every poll."""
+    woken = []
+    storage = instance.event_log_storage
+    for key in storage.get_concurrency_keys():
+        info = storage.get_concurrency_info(key)
+        claimed = {(c.run_id, c.step_key) for c in info.claimed_slots}
+        waiting = [s for s in info.pending_steps if s.assigned_timestamp is None]
+        assigned = [s for s in info.pending_steps
+                    if s.assigned_timestamp is not None and (s.run_id, s.step_key) not in claimed]
+        if waiting and info.slot_count - info.active_slot_count > len(assigned):
+            storage.assign_pending_steps([key])
+            woken.append(key)
+    return woken
+
+
 def partition_owner(instance, study: str, partition: str | None, this_run: str | None = None):
     """The run that owns ``partition`` of ``study`` now: of the runs in progress that materialize the study's assets in
     it, the oldest whose process is alive (``this_run`` counts as alive), or None."""
