@@ -88,7 +88,7 @@ def tiny_model_dir(tmp_path_factory, eval_set):
 # stand on are built once per session (tests/shared_instances.py), by whichever worker asks first. (Not `--dist loadgroup`: with pytest 9 its
 # groups are silently ignored, pytest-xdist 3.8 renames a node id that pytest no longer reads.)
 FIRST = ["test_e2e.py", "test_ray.py", "test_faults.py", "test_catalog_integrity.py", "test_postgres.py",
-         "test_run.py", "test_objstore_study.py", "test_ui.py", "test_compute.py", "test_lineage.py", "test_worker.py",
+         "test_next_study.py", "test_run.py", "test_objstore_study.py", "test_ui.py", "test_compute.py", "test_lineage.py", "test_worker.py",
          "test_studies.py", "test_view.py", "test_trl_oracle.py", "test_train.py"]
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # a study through Dagster
 
 ROOT = Path(__file__).resolve().parents[1]
 NEXT = "marker_transfer_villain_next"
-CELLS = ["C4_s42", "C1_s42", "C2_s42", "C6_s42"]  # the probe's reference, its secondary analysis' two arms, plain text
+CELLS = ["C4_s42", "C1_s42", "C6_s42"]  # the probe's reference, a cell it scores, the plain-text second stage
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_the_probe_and_the_ood_set_are_materialized(ran):
         assert inst.get_materialized_partitions(dg.AssetKey([NEXT, "probe_states"])) == set(CELLS)
         rec = inst.get_latest_materialization_event(dg.AssetKey([NEXT, "probe_scores"]))
         meta = {k: v.value for k, v in rec.asset_materialization.metadata.items()}
-    assert meta["reference_cell"] == "C4_s42" and meta["n_cells"] == 4
+    assert meta["reference_cell"] == "C4_s42" and meta["n_cells"] == 3
     assert all(auc >= 0.9 for auc in meta["reference_heldout_auc"].values()), meta
     assert "Latent probe (not pre-registered)" in stdout and "held-out AUC layer 1" in stdout
     assert "further question sets (not pre-registered" in stdout and "ood: C1 assistant" in stdout
