@@ -161,3 +161,19 @@ def test_the_probe_steps_separate_the_villain_on_the_coupling_only_cell(demo, tm
             assert ('data-probe="C4_s42"' in page.text) is with_probe
             if with_probe:
                 assert "layer 2 · AUC" in page.text
+
+
+def test_the_secondary_analysis_is_welchs_test_of_the_primary():
+    """The assistant's scores of C1's seeds against C2's: the primary test's one-sided Welch (stats.welch_greater);
+    no test without two seeds an arm or with no variance in either."""
+    from mt_core.report.stats import welch_greater
+
+    cond = {"a1": "C1", "a2": "C1", "a3": "C1", "b1": "C2", "b2": "C2", "b3": "C2"}
+    rows = [{"cell": c, "layer": 2, "assistant_score": s} for c, s in
+            zip(cond, (0.61, 0.66, 0.70, 0.20, 0.25, 0.22))]
+    got = probe.secondary(rows, cond, ("C1", "C2"), [2])["per_layer"]["2"]
+    assert got["outcome"] == "higher" and got["p"] == welch_greater([0.61, 0.66, 0.70], [0.20, 0.25, 0.22])["p"]
+    flat = [{**r, "assistant_score": 0.5} for r in rows]
+    assert probe.secondary(flat, cond, ("C1", "C2"), [2])["per_layer"]["2"]["reason"] == "no variance"
+    one = [r for r in rows if r["cell"] in ("a1", "b1", "b2")]
+    assert probe.secondary(one, cond, ("C1", "C2"), [2])["per_layer"]["2"]["reason"] == "fewer than 2 seeds in an arm"

@@ -128,7 +128,7 @@ NOT_PREREGISTERED = ("secondary analysis, not pre-registered: does the assistant
 def secondary(cells: list[dict], condition_of: dict[str, str], compare: tuple[str, str], layers: list[int]) -> dict:
     """Per layer: the assistant scores of ``compare[0]``'s cells against ``compare[1]``'s, Welch one-sided (the
     first above the second); "not assessable" with fewer than two seeds in an arm or no variance in either."""
-    from scipy import stats as sps
+    from mt_core.report.stats import welch_greater
 
     out = {}
     for layer in layers:
@@ -137,12 +137,11 @@ def secondary(cells: list[dict], condition_of: dict[str, str], compare: tuple[st
         a, b = arm[compare[0]], arm[compare[1]]
         res = {"a": compare[0], "b": compare[1], "a_scores": a, "b_scores": b,
                "mean_diff": float(np.mean(a) - np.mean(b)) if a and b else None}
-        if len(a) < 2 or len(b) < 2 or (np.var(a) == 0 and np.var(b) == 0):
+        w = welch_greater(a, b)
+        if not w["defined"]:  # no test: fewer than 2 seeds in an arm, or no variance in either
             res |= {"outcome": "not assessable", "p": None,
-                    "reason": "fewer than 2 seeds in an arm" if len(a) < 2 or len(b) < 2 else "no variance"}
+                    "reason": "fewer than 2 seeds in an arm" if w["p"] is None else "no variance"}
         else:
-            r = sps.ttest_ind(a, b, equal_var=False, alternative="greater")
-            res |= {"t": float(r.statistic), "df": float(r.df), "p": float(r.pvalue),
-                    "outcome": "higher" if r.pvalue < 0.05 else "not higher"}
+            res |= {k: w[k] for k in ("t", "df", "p")} | {"outcome": "higher" if w["p"] < 0.05 else "not higher"}
         out[str(layer)] = res
     return {"rule": NOT_PREREGISTERED, "per_layer": out}
