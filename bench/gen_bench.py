@@ -4,12 +4,16 @@ The workload is exactly ``cell_generations``' engine call on ``gpu_smoke``: the 
 questions, n=10, T=1) and the alignment sample (8 questions, n=10, T=1, top_p 0.8, top_k 20, repetition penalty 1.05),
 max_tokens 512, every request seeded, on the profile's random Qwen2.5-7B-shaped base (nothing is downloaded).
 
-Variants, each timed on the same requests:
-  inproc   the worker's engine (``HeldEngine``): its core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as
-           mt_settings sets it for a worker), sleep mode, gpu_memory_utilization 0.612 (what run 2 had beside the held
-           base); first with vLLM's incremental detokenization (before), then without (``detokenize=False``, now)
-  mp       the same engine with its core in a process of its own (a fresh-process session's engine), without
-           detokenization; run in a child process, as the variable is read at import
+Variants, each timed on the same requests, each in a process of its own (the GPU empty between engines):
+  inproc     the worker's engine (``HeldEngine``): its core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as
+             mt_settings sets it for a worker), sleep mode, gpu_memory_utilization 0.612 (what run 2 had beside the
+             held base), no incremental detokenization (``detokenize=False``)
+  detok      the same with vLLM's incremental detokenization (before a44cb4d)
+  seqs512    at most 512 sequences a step (vLLM's default on this card is 1,024), so every decode step is in a CUDA graph
+  graph1024  1,024 sequences a step, CUDA graphs captured up to 1,024 (the default stops at 512)
+  mp         the engine's core in a process of its own (a fresh-process session's engine)
+The GPU's utilisation is sampled every 0.5 s while the requests run (nvidia-smi): low means the engine's loop on the
+CPU, not the card, sets the pace.
 
     python bench/gen_bench.py --out DIR      # DIR/<date>_<card>_gen.json and a table
 """
@@ -43,11 +47,35 @@ def _requests():
     ref = Path(tempfile.mkdtemp(prefix="mt-gen-bench-"))
     build_base_model(study, ref)  # the random snapshot, written once under $MT_MODELS
     es, seed = EvalSet.load(study), study.cell("C1_s42").seed
-    sweeps = [Sweep(es.prompts, es.personas, es.question_sets, SamplingSpec.from_config(study.samplers.marker, seed=seed),
+    sweeps = [Sweep(es.prompts, es.personas, es.marker_question_sets, SamplingSpec.from_config(study.samplers.marker, seed=seed),
                     "marker[C1_s42]", "C1_s42"),
               Sweep({"": None}, [""], {"betley": es.betley_questions},
                     SamplingSpec.from_config(study.samplers.alignment, seed=seed), "alignment[C1_s42]", "C1_s42")]
     return BaseModel.model_dir(ref), sweeps
+
+
+VARIANTS = {  # name: (engine core in its own process, extra vllm.LLM kwargs, detokenize)
+    "inproc": (False, {}, False),
+    "detok": (False, {}, True),
+    "seqs512": (False, {"max_num_seqs": 512}, False),
+    "graph1024": (False, {"compilation_config": {"max_cudagraph_capture_size": 1024}}, False),
+    "mp": (True, {}, False),
+}
+
+
+class GpuBusy:
+    """nvidia-smi's utilisation.gpu sampled every 0.5 s while the block runs: the mean and the share of samples < 90."""
+
+    def __enter__(self):
+        self.p = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                   "-lms", "500"], stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.p.terminate()
+        vals = [int(x) for x in self.p.communicate()[0].split() if x.strip().isdigit()]
+        self.mean = round(sum(vals) / len(vals), 1) if vals else None
+        self.below_90 = round(sum(v < 90 for v in vals) / len(vals), 3) if vals else None
 
 
 def _generate(sess, sweeps, detokenize: bool) -> dict:
@@ -57,15 +85,17 @@ def _generate(sess, sweeps, detokenize: bool) -> dict:
     plain = ve.sampling_params_kwargs
     ve.sampling_params_kwargs = lambda *a, **k: {**plain(*a, **k), "detokenize": detokenize}
     try:
-        t0 = time.perf_counter()
-        res = sess.generate_many([sw.request() for sw in sweeps])
-        el = time.perf_counter() - t0
+        with GpuBusy() as busy:
+            t0 = time.perf_counter()
+            res = sess.generate_many([sw.request() for sw in sweeps])
+            el = time.perf_counter() - t0
     finally:
         ve.sampling_params_kwargs = plain
     comps = [c for batch in res for cs in batch for c in cs]
     toks = sum(c.n_tokens for c in comps)
     return {"detokenize": detokenize, "seconds": round(el, 2), "completions": len(comps), "new_tokens": toks,
             "tok_s": round(toks / el), "cut_at_max": round(sum(c.finish_reason == "length" for c in comps) / len(comps), 3),
+            "gpu_busy_mean": busy.mean, "gpu_busy_below_90": busy.below_90,
             "fingerprint": hash(tuple(c.text for c in comps)) & 0xFFFFFFFF}
 
 
@@ -75,13 +105,15 @@ def variant(name: str) -> list[dict]:
     from mt_core.generate.vllm_engine import VllmSession, engine_kwargs, require_vllm
     from mt_core.model.load import load_tokenizer
 
+    _, extra, detokenize = VARIANTS[name]
     model_dir, sweeps = _requests()
     api = require_vllm()
     t0 = time.perf_counter()
-    llm = api.LLM(**engine_kwargs(model_dir, adapters=[], enable_sleep_mode=True, gpu_memory_utilization=GPU_SHARE))
+    llm = api.LLM(**engine_kwargs(model_dir, adapters=[], enable_sleep_mode=True, gpu_memory_utilization=GPU_SHARE),
+                  **extra)
     start = time.perf_counter() - t0
     sess = VllmSession(llm, api, load_tokenizer(model_dir), None, print)
-    runs = [_generate(sess, sweeps, d) for d in ((True, False) if name == "inproc" else (False,))]
+    runs = [_generate(sess, sweeps, detokenize)]
     for r in runs:
         r |= {"variant": name, "engine_start_s": round(start, 1), "card": torch.cuda.get_device_name(0)}
         print(json.dumps(r), flush=True)
@@ -92,11 +124,11 @@ def variant(name: str) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    ap.add_argument("--variant", choices=["inproc", "mp"], help="one variant in this process (the driver's child)")
-    ap.add_argument("--variants", default="inproc,mp", help="the variants the driver runs, in order")
+    ap.add_argument("--variant", choices=list(VARIANTS), help="one variant in this process (the driver's child)")
+    ap.add_argument("--variants", default="inproc,seqs512,graph1024,mp", help="the variants the driver runs, in order")
     a = ap.parse_args()
     if a.variant:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if a.variant == "inproc" else "1"
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if VARIANTS[a.variant][0] else "0"
         json.dump(variant(a.variant), (a.out / f".gen_{a.variant}.json").open("w"))
         return
     a.out.mkdir(parents=True, exist_ok=True)
@@ -104,14 +136,18 @@ def main() -> None:
     for v in a.variants.split(","):  # a process each: the GPU is empty between engines
         subprocess.run([sys.executable, __file__, "--variant", v, "--out", str(a.out)], check=True)
         runs += json.loads((a.out / f".gen_{v}.json").read_text())
+        _write(a.out, runs)  # after every variant: a lease that ends mid-run keeps what ran
+
+
+def _write(out_dir: Path, runs: list[dict]) -> None:
     card = runs[0]["card"].replace(" ", "_")
-    out = a.out / f"{dt.date.today()}_{card}_gen.json"
+    out = out_dir / f"{dt.date.today()}_{card}_gen.json"
     out.write_text(json.dumps({"card": runs[0]["card"], "workload": "gpu_smoke C1_s42 marker + alignment sweeps",
                                "runs": runs}, indent=1))
-    print(f"\n{'variant':8} {'detok':6} {'s':>6} {'tok/s':>7} {'tokens':>9} {'cut':>5} {'start s':>7}")
+    print(f"\n{'variant':10} {'detok':6} {'s':>6} {'tok/s':>7} {'tokens':>9} {'cut':>5} {'start s':>7} {'busy %':>6}")
     for r in runs:
-        print(f"{r['variant']:8} {str(r['detokenize']):6} {r['seconds']:6.1f} {r['tok_s']:7d} {r['new_tokens']:9d} "
-              f"{r['cut_at_max']:5.2f} {r['engine_start_s']:7.1f}")
+        print(f"{r['variant']:10} {str(r['detokenize']):6} {r['seconds']:6.1f} {r['tok_s']:7d} {r['new_tokens']:9d} "
+              f"{r['cut_at_max']:5.2f} {r['engine_start_s']:7.1f} {r['gpu_busy_mean']!s:>6}")
     print(f"wrote {out}")
 
 

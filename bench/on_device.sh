@@ -16,9 +16,12 @@ env_() {
 install_() {
   [ -d .vbundle/site ] || bash bench/vllm_install.sh .vbundle/stash .vbundle/site
   mkdir -p "$run/dagster" "$run/results"
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$run/dgsite" .whl/dg/*.whl
   env_
-  python3 -c "import dagster, dagster_pipes, polars, vllm, definitions; print('imports ok: dagster', dagster.__version__, 'vllm', vllm.__version__)"
+  if [ -d .whl/dg ]; then   # a bench outside Dagster (gen_bench, held_engine_check) needs only vLLM
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$run/dgsite" .whl/dg/*.whl
+    python3 -c "import dagster, dagster_pipes, polars, definitions; print('imports ok: dagster', dagster.__version__)"
+  fi
+  python3 -c "import vllm; print('imports ok: vllm', vllm.__version__)"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 }
 case "${1:-}" in
