@@ -7,10 +7,11 @@ max_tokens 512, every request seeded, on the profile's random Qwen2.5-7B-shaped 
 Variants, each timed on the same requests, each in a process of its own (the GPU empty between engines):
   inproc     the worker's engine (``HeldEngine``): its core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as
              mt_settings sets it for a worker), sleep mode, gpu_memory_utilization 0.612 (what run 2 had beside the
-             held base), no incremental detokenization (``detokenize=False``)
+             held base), no incremental detokenization (``detokenize=False``), CUDA graphs up to
+             ``CUDA_GRAPH_MAX_BATCH`` sequences
   detok      the same with vLLM's incremental detokenization (before a44cb4d)
   seqs512    at most 512 sequences a step (vLLM's default on this card is 1,024), so every decode step is in a CUDA graph
-  graph1024  1,024 sequences a step, CUDA graphs captured up to 1,024 (the default stops at 512)
+  graph512   CUDA graphs captured up to 512 sequences only (vLLM's default; ours before 2026-12-07)
   mp         the engine's core in a process of its own (a fresh-process session's engine)
 The GPU's utilisation is sampled every 0.5 s while the requests run (nvidia-smi): low means the engine's loop on the
 CPU, not the card, sets the pace.
@@ -58,7 +59,7 @@ VARIANTS = {  # name: (engine core in its own process, extra vllm.LLM kwargs, de
     "inproc": (False, {}, False),
     "detok": (False, {}, True),
     "seqs512": (False, {"max_num_seqs": 512}, False),
-    "graph1024": (False, {"compilation_config": {"max_cudagraph_capture_size": 1024}}, False),
+    "graph512": (False, {"compilation_config": {"max_cudagraph_capture_size": 512}}, False),
     "mp": (True, {}, False),
 }
 
@@ -109,8 +110,8 @@ def variant(name: str) -> list[dict]:
     model_dir, sweeps = _requests()
     api = require_vllm()
     t0 = time.perf_counter()
-    llm = api.LLM(**engine_kwargs(model_dir, adapters=[], enable_sleep_mode=True, gpu_memory_utilization=GPU_SHARE),
-                  **extra)
+    llm = api.LLM(**{**engine_kwargs(model_dir, adapters=[], enable_sleep_mode=True, gpu_memory_utilization=GPU_SHARE),
+                     **extra})
     start = time.perf_counter() - t0
     sess = VllmSession(llm, api, load_tokenizer(model_dir), None, print)
     runs = [_generate(sess, sweeps, detokenize)]
@@ -125,7 +126,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--variant", choices=list(VARIANTS), help="one variant in this process (the driver's child)")
-    ap.add_argument("--variants", default="inproc,seqs512,graph1024,mp", help="the variants the driver runs, in order")
+    ap.add_argument("--variants", default="inproc,graph512,seqs512,mp", help="the variants the driver runs, in order")
     a = ap.parse_args()
     if a.variant:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if VARIANTS[a.variant][0] else "0"
