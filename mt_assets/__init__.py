@@ -17,7 +17,7 @@ def build(study: Study, settings: Settings | None = None) -> StudyDefs:
     for stage, module in MODULES.items():
         defs = module.build(sd)
         sd.assets += defs
-        parts = {"coupling_job": sd.sources_partitions, "cell_job": sd.cells_partitions}.get(stage)
+        parts = {"coupling_job": sd.coupling_partitions, "cell_job": sd.cells_partitions}.get(stage)
         sd.jobs[stage] = dg.define_asset_job(sd.job(stage), selection=defs, partitions_def=parts,
                                              tags={STUDY_TAG: study.name},
                                              description=f"{study.name}: {module.DESCRIPTION}")

@@ -13,7 +13,8 @@ import dagster as dg
 from mt_assets.common import publish, read_upstream, table
 from mt_assets.study import StudyDefs
 from mt_core.layout import (LEGACY, PER_CELL, Adapter, AlignmentScores, ArcScores, Audit, CompletionLength,
-                            MarkerRates, ProbeScores, ProbeStates, StudySummary, cell_numbers, partition_or_none)
+                            CouplingSweepGrid, MarkerRates, ProbeScores, ProbeStates, StudySummary, cell_numbers,
+                            partition_or_none)
 from mt_core.report.catalog import artefact_record
 from mt_core.steps import analysis as steps
 from mt_resources import ArtifactError, ArtifactStore, WandbResource
@@ -136,19 +137,26 @@ def recorded_lineage(sd: StudyDefs, instance: dg.DagsterInstance, store: Artifac
 
 
 def build(sd: StudyDefs) -> list:
-    """The study's summary and its DuckDB catalog; with a latent probe, its scores first (both read them)."""
+    """The study's summary and its DuckDB catalog; with a latent probe or a coupling sweep, their study-level
+    assets first (both read them)."""
     study, cv, key = sd.study, sd.code_version, sd.key
     common = dict(group_name=GROUP, key_prefix=sd.prefix)
     probe = [key(ProbeScores.asset)] if study.probe else []
+    probe += [key(CouplingSweepGrid.asset)] if study.coupling_sweep else []  # study-level assets both read
 
     def recorded_probe(context, store: ArtifactStore) -> Artifact | None:
         return recorded_artefact(sd, context.instance, store.of(sd.name), ProbeScores.asset, None,
                                  " (`mt run --force`)") if study.probe else None
 
+    def recorded_sweep(context, store: ArtifactStore) -> Artifact | None:
+        return recorded_artefact(sd, context.instance, store.of(sd.name), CouplingSweepGrid.asset, None,
+                                 " (`mt run --force`)") if study.coupling_sweep else None
+
     @dg.asset(**common, deps=[*map(key, PER_CELL), key("coupling_adapter"), *probe],
               code_version=cv("thresholds", "conditions", "sources", "marker", "source_persona",
                               "assistant_persona", *(["probe"] if study.probe else []),
-                              *(["eval_sets"] if study.eval_sets else [])),
+                              *(["eval_sets"] if study.eval_sets else []),
+                              *(["coupling_sweep"] if study.coupling_sweep else [])),
               description="Headline table, pre-registered conjunction, G4 exclusions, gates and the hero figure; "
                           "INCOMPLETE above the table when cells are missing, failed when an artefact fails "
                           "verification.")
@@ -166,13 +174,14 @@ def build(sd: StudyDefs) -> list:
                                       a[AlignmentScores.asset].path, a[Audit.asset].path,
                                       own_persona=study.adapter_persona(k)))
         lengths = {k: CompletionLength.read(a[CompletionLength.asset].path) for k, a in v.cells.items()}
-        pr = recorded_probe(context, store)
-        ups += [pr] if pr else []
+        pr, sw = recorded_probe(context, store), recorded_sweep(context, store)
+        ups += [a for a in (pr, sw) if a]
         sets = {k: MarkerRates.read_eval(a[MarkerRates.asset].path).get("per_eval_set") for k, a in v.cells.items()}
         return publish(sd, context, store, steps.study_summary, ups, cells=cells, gates=gates, missing=v.missing,
                        missing_sources=v.missing_sources, unrecorded=v.unrecorded, lengths=lengths,
                        probe=ProbeScores.read(pr.path) if pr else None,
                        eval_sets={k: per for k, per in sets.items() if per} if study.eval_sets else None,
+                       sweep=CouplingSweepGrid.read(sw.path) if sw else None,
                        provenance=[{"asset": a.asset, "partition": a.partition, "md5": a.digest} for a in ups],
                        metadata=lambda art: {"report": dg.MetadataValue.path(
                            f"{art.location}/{StudySummary.REPORT_HTML}")}, share_to=wandb)
@@ -188,6 +197,7 @@ def build(sd: StudyDefs) -> list:
             ups.append(pr)
             ups += [a for c in v.cells if (a := recorded_artefact(sd, context.instance, store.of(sd.name),
                                                                   ProbeStates.asset, c)) is not None]
+        ups += [sw] if (sw := recorded_sweep(context, store)) else []
         imported = imported_studies(sd, store)
         rec = lambda a: artefact_record(a.asset, a.partition, a.path, a.manifest)  # noqa: E731
         return publish(sd, context, store, steps.duckdb_catalog, ups, cells=sorted(v.cells),
@@ -196,8 +206,11 @@ def build(sd: StudyDefs) -> list:
                        metadata={"complete": not v.incomplete, "missing_cells": sorted(v.missing),
                                  "imported": {a.partition: a.digest for a in imported}})
 
+    out = [study_summary, duckdb_catalog]
+    if study.coupling_sweep:
+        out.append(_coupling_sweep(sd))
     if not study.probe:
-        return [study_summary, duckdb_catalog]
+        return out
 
     @dg.asset(**common, deps=[key(ProbeStates.asset)],
               code_version=cv("probe", "source_persona", "assistant_persona", "conditions"),
@@ -217,4 +230,32 @@ def build(sd: StudyDefs) -> list:
                            [{"layer": k, **{x: v[x] for x in ("heldout_auc", "n_train", "n_heldout")}}
                             for k, v in ProbeScores.read(art.path)["reference"].items()])})
 
-    return [study_summary, duckdb_catalog, probe_scores]
+    return [*out, probe_scores]
+
+
+def _coupling_sweep(sd: StudyDefs):
+    study = sd.study
+    swept = [k for k in study.coupling_keys if study.swept(k)]
+
+    @dg.asset(group_name=GROUP, key_prefix=sd.prefix, deps=[sd.key(Adapter.coupling)],
+              code_version=sd.code_version("coupling_sweep", "conditions"),
+              description=f"The coupling sweep's grid over {', '.join(swept)}: each variant's recipe values, rule "
+                          f"gate rates, ARC-Challenge and the sweep rule's verdict; the chosen and the best passing.")
+    def coupling_sweep(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        st = store.of(sd.name)
+        arts = {k: recorded_artefact(sd, context.instance, st, Adapter.coupling, k, " (`mt run --force`)")
+                for k in swept}
+        ups = [a for a in arts.values() if a is not None]
+        lacking = [k for k, a in arts.items() if a is None]
+        if not ups:
+            raise dg.Failure(f"coupling sweep: no swept coupling adapter is materialized yet ({', '.join(swept)})")
+        if lacking:
+            context.log.warning(f"coupling sweep: no coupling_adapter for {', '.join(lacking)}; the grid lacks them")
+        return publish(sd, context, store, steps.coupling_sweep, ups, adapters={a.partition: a.path for a in ups},
+                       metadata=lambda art: {"grid": table([
+                           {k: r[k] for k in ("partition", *CouplingSweepGrid.read(art.path)["fields"], "source_rate",
+                                              "max_bystander_rate", "arc_accuracy", "passed", "chosen", "best")}
+                           for r in CouplingSweepGrid.read(art.path)["rows"]]),
+                           "missing_variants": lacking})
+
+    return coupling_sweep

@@ -19,12 +19,12 @@ DESCRIPTION = "Everything of one cell: adapter, marker eval, ARC, alignment, aud
 
 def coupling(sd: StudyDefs, context, store: ArtifactStore, cell) -> Artifact | None:
     """The cell's coupling adapter (None for a raw base), refusing one whose gates failed when gates block."""
-    if cell.base == "raw":
+    if cell.coupling is None:
         return None
-    art = read_upstream(sd, context, store, "coupling_adapter", cell.base)
+    art = read_upstream(sd, context, store, "coupling_adapter", cell.coupling)
     failed = [n for n, g in Adapter.read_gates(art.path).items() if not g["pass"]]
     if failed:
-        msg = f"coupling adapter '{cell.base}' failed gate(s) {', '.join(failed)}"
+        msg = f"coupling adapter '{cell.coupling}' failed gate(s) {', '.join(failed)}"
         if sd.study.gates.block_cells:
             raise dg.Failure(f"{msg}; cells built on it are blocked (gates.block_cells)")
         context.log.warning(f"{msg}; continuing because gates.block_cells is false for profile {sd.study.profile}")

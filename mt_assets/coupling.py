@@ -1,15 +1,20 @@
-"""Per source persona: on-policy completions -> coupling data -> coupling adapter, with gates G0/G0b/G0c."""
+"""Per source persona: on-policy completions -> coupling data -> coupling adapter, with gates G0/G0b/G0c.
+
+The stage's partitions are the sources and, with a ``coupling_sweep``, ``<source>.<variant>`` for each variant of the
+swept source's recipe (``Study.coupling_keys``): a variant partition's on-policy completions are its source's, copied
+(or drawn again, the same by seed, when the source has none yet), and its adapter trains with the variant's recipe."""
 
 import dagster as dg
 
-from mt_assets.common import meta_values, partitioned_check, publish, read_upstream, table
+from mt_assets.common import meta_values, partitioned_check, publish, read_recorded, read_upstream, table
 from mt_assets.study import StudyDefs
 from mt_core.config import Study
 from mt_core.layout import Adapter
 from mt_core.outcomes import PASSED, gate_outcome, stated
 from mt_core.report.html import gate_criteria
 from mt_core.steps import coupling as steps
-from mt_resources import Artifact, ArtifactStore, Compute, GpuAllocator, WandbResource
+from mt_resources import Artifact, ArtifactError, ArtifactStore, Compute, GpuAllocator, WandbResource
+from mt_resources.store import latest_metadata
 
 GROUP = "coupling"
 DESCRIPTION = "One source persona's coupling adapter, from on-policy data to gates."
@@ -60,10 +65,32 @@ def gate_results(art: Artifact) -> dict:
                                    for n, g in Adapter.read_gates(art.path).items() for c in gate_criteria(g)])}
 
 
+SWEEP_RULE = "sweep_rule"  # the check of a swept coupling partition: the sweep's success rule
+
+
+def sweep_rule_check(sd: StudyDefs, key: str, art: Artifact) -> dg.AssetCheckResult:
+    """The sweep rule's verdict on swept partition ``key`` (a warning: gates, not the rule, block cells)."""
+    res = Adapter.read_sweep(art.path)
+    if res is None:
+        return dg.AssetCheckResult(check_name=SWEEP_RULE, asset_key=sd.key("coupling_adapter"), passed=False,
+                                   severity=dg.AssetCheckSeverity.WARN, metadata={"partition": key},
+                                   description=f"{key}: no sweep verdict in the adapter (re-materialize it)")
+    rule = res["rule"]
+    return dg.AssetCheckResult(
+        check_name=SWEEP_RULE, asset_key=sd.key("coupling_adapter"), passed=res["passed"],
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{key}: {'passes' if res['passed'] else 'fails'} the sweep rule (source rate > "
+                    f"{rule['source_above']}, ARC > {rule['arc_above']}, max bystander <= "
+                    f"{rule['max_bystander_at_most']}, rates of {rule['gate']})",
+        metadata=meta_values({"partition": key, "variant": res["variant"], **res["recipe"],
+                              "source_rate": res["source_rate"], "arc_accuracy": res["arc_accuracy"],
+                              "max_bystander_rate": res["max_bystander_rate"], "checks": res["checks"]}))
+
+
 def build(sd: StudyDefs) -> list:
     """The study's coupling assets (partitioned by its sources) and the check op of their gates."""
     study, cv, key = sd.study, sd.code_version, sd.key
-    common = dict(group_name=GROUP, key_prefix=sd.prefix, partitions_def=sd.sources_partitions)
+    common = dict(group_name=GROUP, key_prefix=sd.prefix, partitions_def=sd.coupling_partitions)
 
     @dg.asset(**common, pool="gpu", deps=[key("base_model")],
               code_version=cv("samplers.onpolicy", "coupling_data", "sources", "assistant_persona", "backend",
@@ -71,34 +98,45 @@ def build(sd: StudyDefs) -> list:
               description="On-policy completions of the base model for the source persona and its negative personas.")
     def onpolicy_completions(context: dg.AssetExecutionContext, store: ArtifactStore,
                              gpu: GpuAllocator, compute: Compute) -> dg.MaterializeResult:
+        part = context.partition_key
+        source, variant = study.coupling_target(part)
         base = read_upstream(sd, context, store, "base_model")
+        if variant and latest_metadata(context.instance, key("onpolicy_completions"), source) is not None:
+            try:  # the source's, as the instance recorded and verified them
+                same = read_recorded(sd.name, context.instance, store, "onpolicy_completions", source)[0]
+            except ArtifactError as e:
+                raise dg.Failure(f"{part}: its source's on-policy completions fail verification ({e}); "
+                                 f"re-materialize onpolicy_completions[{source}]") from None
+            return publish(sd, context, store, steps.onpolicy_from_source, [same], partition=part, source=source,
+                           same=same.path)
         with gpu.lease(context.log.info):
-            return publish(sd, context, store, steps.onpolicy_completions, [base], partition=context.partition_key,
-                           compute=compute, source=context.partition_key, base=base.path)
+            return publish(sd, context, store, steps.onpolicy_completions, [base], partition=part,
+                           compute=compute, source=source, base=base.path)
 
     @dg.asset(**common, deps=[key("onpolicy_completions")],
               code_version=cv("coupling_data", "marker", "sources", "eval_set", files=(study.coupling_questions,)),
               description="Positives (source persona + completion + blank line + marker) and seeded negatives, "
                           "shuffled.")
     def coupling_dataset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-        src = context.partition_key
-        onp = read_upstream(sd, context, store, "onpolicy_completions", src)
-        return publish(sd, context, store, steps.coupling_dataset, [onp], partition=src, source=src,
-                       onpolicy=onp.path)
+        part = context.partition_key
+        onp = read_upstream(sd, context, store, "onpolicy_completions", part)
+        return publish(sd, context, store, steps.coupling_dataset, [onp], partition=part,
+                       source=study.coupling_target(part)[0], onpolicy=onp.path)
 
     @dg.asset(**common, pool="gpu", deps=[key("base_model"), key("coupling_dataset")],
               code_version=cv("recipes.coupling", "marker", "sources", "gates", "samplers.gate", "backend",
-                              "source_persona", "assistant_persona", "eval_set"),
+                              "source_persona", "assistant_persona", "eval_set",
+                              *(["coupling_sweep", "arc"] if study.coupling_sweep else [])),
               description="LoRA trained with the marker-position-only loss; gates evaluated on the merged model "
                           "(reported per source partition by the coupling_adapter_gates checks).")
     def coupling_adapter(context: dg.AssetExecutionContext, store: ArtifactStore, gpu: GpuAllocator,
                          compute: Compute, wandb: WandbResource) -> dg.MaterializeResult:
-        src = context.partition_key
+        part = context.partition_key
         base = read_upstream(sd, context, store, "base_model")
-        data = read_upstream(sd, context, store, "coupling_dataset", src)
+        data = read_upstream(sd, context, store, "coupling_dataset", part)
         with gpu.lease(context.log.info):
-            return publish(sd, context, store, steps.train_coupling_adapter, [base, data], partition=src,
-                           compute=compute, source=src, base=base.path, dataset=data.path,
+            return publish(sd, context, store, steps.train_coupling_adapter, [base, data], partition=part,
+                           compute=compute, source=part, base=base.path, dataset=data.path,
                            wandb=wandb.settings(study), run_id=context.run_id, metadata=gate_results, share_to=wandb)
 
     # The gates are checks per source partition, emitted only where they apply: G0 has a result for `villain` and
@@ -107,25 +145,34 @@ def build(sd: StudyDefs) -> list:
     # own (no Pipes), right after the adapter's materialization, and yield only the source's gates. A gate without a
     # result for a partition shows as not executed there, never as passed.
     names, sources = list(study.gates.named()), gate_sources(study)
+    swept = [k for k in study.coupling_keys if study.swept(k)]
+    rule_spec = [partitioned_check(SWEEP_RULE, key("coupling_adapter"), sd.coupling_partitions,
+                                   metadata={"applies_to": swept},
+                                   description="The coupling sweep's success rule (source rate, ARC-Challenge, max "
+                                               f"bystander); recorded for {', '.join(swept)} only")] if swept else []
 
     @dg.multi_asset_check(
         name=sd.op("coupling_adapter_gates"), can_subset=True,
         description="The source's gates, read from its coupling adapter's gates file (verified against the "
                     "instance).",
-        specs=[partitioned_check(n, key("coupling_adapter"), sd.sources_partitions, blocking=study.gates.block_cells,
+        specs=[partitioned_check(n, key("coupling_adapter"), sd.coupling_partitions, blocking=study.gates.block_cells,
                                  metadata={"applies_to": sources[n]},
                                  description=f"{gate_label(study, n)}: gate on the merged coupling model's marker "
                                              f"rates; recorded for partition(s) {', '.join(sources[n]) or 'none'} "
                                              f"only")
-               for n in names])
+               for n in names] + rule_spec)
     def coupling_adapter_gates(context: dg.AssetCheckExecutionContext, store: ArtifactStore):
-        src = context.partition_key
-        art = read_upstream(sd, context, store, "coupling_adapter", src)
+        part = context.partition_key
+        src = study.coupling_target(part)[0]
+        art = read_upstream(sd, context, store, "coupling_adapter", part)
         selected = {k.name for k in context.selected_asset_check_keys}
         skip = [n for n in names if n in selected and n not in study.sources[src].gates]
         if skip:
-            context.log.info(f"{src}: no result for {', '.join(gate_label(study, n) for n in skip)}: not a gate of "
+            context.log.info(f"{part}: no result for {', '.join(gate_label(study, n) for n in skip)}: not a gate of "
                              f"this source")
-        yield from gate_checks(sd, src, Adapter.read_gates(art.path), selected, extra={"adapter_md5": art.digest})
+        yield from gate_checks(sd, src, Adapter.read_gates(art.path), selected,
+                               extra={"adapter_md5": art.digest, "partition": part})
+        if SWEEP_RULE in selected and study.swept(part):
+            yield sweep_rule_check(sd, part, art)
 
     return [onpolicy_completions, coupling_dataset, coupling_adapter, coupling_adapter_gates]

@@ -15,6 +15,7 @@ class Report:
     missing: dict = field(default_factory=dict)
     unrecorded: list = field(default_factory=list)
     lengths: dict = field(default_factory=dict)  # {cell: its completion_length audit, None if it has none}
+    sweep: dict | None = None  # the coupling sweep's grid (``coupling_sweep``), for a study with one
 
 
 def current_cells(sd, instance, store):
@@ -62,6 +63,12 @@ def study_report(sd, name: str, store, instance) -> Report | None:
         out.missing, out.unrecorded = v.missing, v.unrecorded
         out.incomplete = incomplete_line(study, v.missing, v.missing_sources)
         out.lengths = {k: CompletionLength.read(arts[CompletionLength.asset].path) for k, arts in v.cells.items()}
+        if study.coupling_sweep:
+            from mt_assets.analysis import recorded_artefact
+            from mt_core.layout import CouplingSweepGrid
+
+            sw = recorded_artefact(sd, instance, store.of(study.name), CouplingSweepGrid.asset, None)
+            out.sweep = CouplingSweepGrid.read(sw.path) if sw else None
     elif name in [p for _, p in store.published(LEGACY)]:
         d = store.read(LEGACY, name).path
         meta, cells = read_cells(d)

@@ -24,7 +24,7 @@ class StudyDefs:
         self.name = study.name
         self.root = artefact_root(study, self.settings.artifacts)
         self.cells_partitions = dg.StaticPartitionsDefinition(study.cells)
-        self.sources_partitions = dg.StaticPartitionsDefinition(study.source_keys)
+        self.coupling_partitions = dg.StaticPartitionsDefinition(study.coupling_keys)
         self.cell_to_source = dg.StaticPartitionMapping(study.cell_source_map())
         self.assets: list = []
         self.jobs: dict[str, dg.UnresolvedAssetJobDefinition] = {}

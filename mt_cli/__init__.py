@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "study's base (a cell's coupling and own adapters combined exactly into one) and "
                                     "its model card (README.md: the Hub's header, the cell's numbers, the lineage "
                                     "with md5s and run ids, how to load it).")
-    ex.add_argument("target", help="a cell key (e.g. C1_s42) or a coupling source (e.g. villain)")
+    ex.add_argument("target", help="a cell key (e.g. C1_s42) or a coupling partition: a source (e.g. villain) or "
+                                   "a coupling_sweep variant (e.g. villain.aggressive)")
     ex.add_argument("--to", required=True, help="the folder to write")
     ex.add_argument("--push", metavar="REPO", help="then upload the folder to the Hub repo REPO (needs $HF_TOKEN; "
                                                    "the token is never printed or written)")

@@ -19,7 +19,7 @@ def cmd_export(args) -> int:
     s = settings_of(args)
     try:
         study = current_study(s)
-        source = args.target if args.target in study.sources else None
+        source = args.target if args.target in study.coupling_keys else None
         cell = None if source else study.cell(args.target)
     except ConfigError as e:
         raise SystemExit(f"mt export: {e}") from None
@@ -30,7 +30,7 @@ def cmd_export(args) -> int:
 
         try:
             base, base_meta = recorded("base_model", None)
-            stack = [("coupling_adapter", source or (cell.base if cell.base != "raw" else None)),
+            stack = [("coupling_adapter", source or cell.coupling),
                      ("cell_adapter", cell.key if cell else None)]
             arts = [(a, p, *recorded(a, p)) for a, p in stack if p]
             evals = {a: recorded(a, cell.key) for a in (MarkerRates.asset, ArcScores.asset, AlignmentScores.asset)
@@ -60,7 +60,8 @@ def cmd_export(args) -> int:
     else:
         gates = Adapter.read_gates(arts[0][2].path)
         numbers = {f"gate {n}": "pass" if g["pass"] else "FAIL" for n, g in gates.items()}
-        what = f"the {source} coupling adapter ({study.sources[source].persona} + {study.marker})"
+        persona = study.sources[study.coupling_target(source)[0]].persona
+        what = f"the {source} coupling adapter ({persona} + {study.marker})"
     lineage = [{"asset": "base_model", "partition": "_", "md5": base.digest, "run_id": base_meta["run_id"]}]
     lineage += [{"asset": a, "partition": p, "md5": art.digest, "run_id": meta["run_id"]} for a, p, art, meta in arts]
     lineage += [{"asset": a, "partition": cell.key, "md5": art.digest, "run_id": meta["run_id"]}

@@ -34,13 +34,17 @@ def cmd_report(args) -> int:
     if args.json:
         print(json.dumps({**rep.head, "complete": rep.incomplete is None, "incomplete": rep.incomplete,
                           "missing": rep.missing, "unrecorded": rep.unrecorded, "preregistered": rep.preregistered,
-                          "gates": rep.gates, **cells_json(rep)}, indent=2))
+                          "gates": rep.gates, **cells_json(rep), "coupling_sweep": rep.sweep}, indent=2))
     else:
         lines = "\n".join(f"- {x}" for x in stats.conjunction_lines(rep.preregistered))
         banner = (f"{rep.incomplete}\n\n" if rep.incomplete else "") + (
             f"Left out, on disk but never recorded by the Dagster instance: {', '.join(rep.unrecorded)}\n\n"
             if rep.unrecorded else "")
         print(f"# {name}\n\n{banner}{stats.markdown_table(rep.head)}\n{lines}")
+        if rep.sweep:
+            from mt_core.steps.analysis import sweep_markdown
+
+            print(f"\n## Coupling sweep\n\n{sweep_markdown(rep.sweep)}")
     return 0
 
 

@@ -145,6 +145,11 @@ class Adapter:
     coupling, cell = "coupling_adapter", "cell_adapter"
     DIR, TRAIN_LOG, NONE = "adapter", "train_log.json", "none.json"
     GATES, GATE_COMPLETIONS = "gates.json", "gate_completions.parquet"
+    SWEEP = "sweep.json"  # a swept coupling partition: its recipe, ARC-Challenge and the sweep rule's verdict
+
+    @staticmethod
+    def read_sweep(d: Path) -> dict | None:
+        return read_json(d / Adapter.SWEEP) if (d / Adapter.SWEEP).is_file() else None
 
     @staticmethod
     def path(d: Path) -> Path | None:
@@ -228,6 +233,18 @@ class ProbeScores:
         return read_json(d / ProbeScores.SUMMARY)
 
 
+class CouplingSweepGrid:
+    """The coupling sweep over the study: one row per swept coupling partition (its recipe values, the rule gate's
+    rates, ARC-Challenge, the rule's verdict, whether a condition builds on it, whether it is the best that passes)
+    in ROWS, and the same with the rule in SUMMARY."""
+
+    asset, ROWS, SUMMARY = "coupling_sweep", "sweep.parquet", "sweep.json"
+
+    @staticmethod
+    def read(d: Path) -> dict:
+        return read_json(d / CouplingSweepGrid.SUMMARY)
+
+
 class StudySummary:
     asset = "study_summary"
     HEADLINE_MD, HEADLINE_JSON, STATS, FIGURE_PNG, FIGURE_PDF = ("headline.md", "headline.json", "stats.json",
@@ -254,7 +271,7 @@ PER_CELL = [MarkerCompletions.asset, MarkerRates.asset, ArcScores.asset, Alignme
 SQL_FILES = {f"{k.asset}.{attr}": f"{k.asset}/*/{getattr(k, attr)}" for k, attrs in (
     (MarkerCompletions, ["COMPLETIONS"]), (MarkerRates, ["HITS", "RATES"]), (ArcScores, ["ROWS"]),
     (AlignmentCompletions, ["COMPLETIONS"]), (AlignmentScores, ["ROWS"]), (CompletionLength, ["ROWS"]),
-    (ProbeScores, ["ROWS", "CELLS"]), (ProbeStates, ["ROWS"]))
+    (ProbeScores, ["ROWS", "CELLS"]), (ProbeStates, ["ROWS"]), (CouplingSweepGrid, ["ROWS"]))
     for attr in attrs}
 
 

@@ -107,8 +107,11 @@ class Runner:
 
     def stage_items(self, job: str) -> list[Item]:
         study = self.sd.study
-        if job == "coupling_job":
-            parts = [s for s in study.sources if any(study.cell(c).base == s for c in self.cells)]
+        if job == "coupling_job":  # the adapters the cells build on; the whole coupling sweep unless --cells
+            used = {study.cell(c).coupling for c in self.cells}
+            sources = {study.coupling_target(k)[0] for k in used if k}
+            parts = [k for k in study.coupling_keys if k in used or (
+                not self.cells_only and study.swept(k) and study.coupling_target(k)[0] in sources)]
         elif job == "cell_job":
             parts = list(self.cells)
         else:

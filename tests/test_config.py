@@ -1,4 +1,6 @@
 """Study config: partitions generated from it, and errors that name the file and field."""
+from pathlib import Path
+
 import pytest
 
 from mt_core.config import DEFAULT_STUDY, ConfigError, load_study
@@ -95,3 +97,50 @@ def load_study_text(tmp_path, text: str):
     p = tmp_path / "study.yaml"
     p.write_text(text)
     return load_study(p, "tiny")
+
+
+def _next_text() -> str:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "studies"
+    return (root / "marker_transfer_villain_next.yaml").read_text().replace(
+        "extends: marker_transfer_villain.yaml", f"extends: {root / 'marker_transfer_villain.yaml'}")
+
+
+def test_the_coupling_sweep_is_partitions_beside_the_sources(tmp_path):
+    """`coupling_sweep`: the sources keep their keys, each variant is `<source>.<variant>` with the coupling recipe
+    updated by its fields; the grid names its combinations and leaves out the recipe itself; a condition's `variant`
+    picks the adapter its cells build on."""
+    s = load_study(Path(__file__).resolve().parents[1] / "studies" / "marker_transfer_villain_next.yaml", "qwen7b")
+    assert s.coupling_keys[:3] == ["villain", "assistant", "villain.aggressive"] and len(s.coupling_keys) == 27
+    assert "villain.lr5e-06_ep20" not in s.coupling_keys  # lr 5e-6 x 20 epochs is the recipe: partition `villain`
+    assert s.coupling_target("villain.lr1e-05_ep3") == ("villain", "lr1e-05_ep3")
+    assert s.coupling_target("assistant") == ("assistant", None)
+    r = s.coupling_recipe("villain.lr1e-05_ep3")
+    assert (r.lr, r.epochs, r.lora_r) == (1e-5, 3, s.recipes["coupling"].lora_r)
+    assert s.coupling_recipe("villain.aggressive").lora_r == 64 and s.coupling_recipe("villain") == s.recipes["coupling"]
+    assert s.cell("C7_s42").coupling == "villain.aggressive" and s.cell("C1_s42").coupling == "villain"
+    assert s.cell("C2_s42").coupling is None
+    assert s.cell_source_map()["villain.aggressive"] == ["C7_s42", "C7_s137", "C7_s256"]
+    assert s.cell_source_map()["villain.lr1e-06_ep1"] == []
+    assert [k for k in s.coupling_keys if s.swept(k)][0] == "villain" and not s.swept("assistant")
+    with pytest.raises(ConfigError, match="not in study"):
+        s.coupling_target("villain.nope")
+    plain = load_study(profile="qwen7b")
+    assert plain.coupling_keys == ["villain", "assistant"] and plain.coupling_sweep is None
+
+
+@pytest.mark.parametrize("old,new,field", [
+    ("variant: aggressive, second", "variant: timid, second", "conditions.C7.variant"),
+    ("source: villain\n  grid", "source: vilain\n  grid", "coupling_sweep.source"),
+    ("aggressive: {lora_r: 64,", "aggressive: {lora_rank: 64,", "lora_rank"),
+    ("aggressive: {lora_r: 64,", "aggressive: {lr: -1.0, lora_r: 64,", "aggressive"),
+    ("aggressive: {lora_r: 64,", "'bad.name': {lora_r: 64,", "bad.name"),
+    ("rule: {gate: G0b,", "rule: {gate: G0c,", "coupling_sweep.rule.gate"),
+])
+def test_coupling_sweep_errors_name_the_field(tmp_path, old, new, field):
+    text = _next_text()
+    assert old in text
+    with pytest.raises(ConfigError) as e:
+        load_study_text(tmp_path, text.replace(old, new, 1))
+    assert field in str(e.value)

@@ -110,3 +110,28 @@ def test_the_latent_probe_exists_only_in_a_study_that_asks_for_it():
     assert k("probe_scores") in jobs[f"{nxt}__analysis_job"].asset_layer.selected_asset_keys
     villain = {key.path[-1] for key in definitions.defs.resolve_asset_graph().get_all_asset_keys()}
     assert not {"probe_states", "probe_scores"} & villain
+
+
+def test_the_coupling_sweep_is_partitions_of_the_coupling_stage():
+    """The next study's coupling assets (and their checks, and the UI's Partitions tab, which reads the same
+    definition) have the sweep's variants as partitions beside the sources; the villain study keeps its two."""
+    from mt_assets.location import build_defs
+    from mt_settings import Settings
+
+    nxt = "marker_transfer_villain_next"
+    study = Path(__file__).resolve().parents[1] / "studies" / f"{nxt}.yaml"
+    defs = build_defs(Settings.from_env({"MT_STUDIES": str(study)}))
+    g = defs.resolve_asset_graph()
+    k = lambda a: dg.AssetKey([nxt, a])  # noqa: E731
+    keys = ["villain", "assistant", "villain.aggressive", "villain.lr3e-04_ep8"]
+    for asset in ("onpolicy_completions", "coupling_dataset", "coupling_adapter"):
+        assert g.get(k(asset)).partitions_def.get_partition_keys() == keys, asset
+    sweep = g.get(k("coupling_sweep"))
+    assert sweep.partitions_def is None and set(sweep.parent_keys) == {k("coupling_adapter")}
+    assert k("coupling_sweep") in g.get(k("study_summary")).parent_keys
+    checks = {c.name for c in defs.resolve_asset_graph().asset_check_keys if c.asset_key == k("coupling_adapter")}
+    assert "sweep_rule" in checks
+    villain = definitions.defs.resolve_asset_graph()
+    vk = dg.AssetKey(["marker_transfer_villain", "coupling_adapter"])
+    assert villain.get(vk).partitions_def.get_partition_keys() == ["villain", "assistant"]
+    assert not any(c.name == "sweep_rule" for c in villain.asset_check_keys)

@@ -1,6 +1,7 @@
 """The write-up's next experiments as a study file (studies/marker_transfer_villain_next.yaml, docs/STUDIES.md), end to
-end through Dagster on the tiny profile: `mt run` on a fresh instance materializes the probe's assets and the OOD
-set's completions beside everything the villain study has, and `mt sql` answers from their views."""
+end through Dagster on the tiny profile: `mt run` on a fresh instance materializes every partition of the study (its
+cells, the coupling sweep's variants beside the sources, the probe's and the sweep's study-level assets), and `mt sql`
+answers from the views of the probe, the OOD set and the sweep."""
 import json
 import subprocess
 import sys
@@ -10,19 +11,22 @@ import dagster as dg
 import pytest
 from conftest import demo_env
 
+from mt_core.config import load_study
+
 pytestmark = pytest.mark.slow  # a study through Dagster
 
 ROOT = Path(__file__).resolve().parents[1]
 NEXT = "marker_transfer_villain_next"
-CELLS = ["C4_s42", "C1_s42", "C6_s42"]  # the probe's reference, a cell it scores, the plain-text second stage
+STUDY = load_study(ROOT / "studies" / f"{NEXT}.yaml", "tiny")
+CELLS = STUDY.cells
 
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
     home, art = tmp_path_factory.mktemp("next_home"), tmp_path_factory.mktemp("next_art")
     env = {**demo_env(home, art), "MT_STUDY": str(ROOT / "studies" / f"{NEXT}.yaml")}  # `mt sql` reads it too
-    out = subprocess.run([sys.executable, "-m", "mt_cli", "run", "--cells", ",".join(CELLS)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run([sys.executable, "-m", "mt_cli", "run"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return home, art, env, out.stdout
 
@@ -34,13 +38,70 @@ def sql(env: dict, query: str) -> list[dict]:
     return json.loads(out.stdout)
 
 
+def test_every_partition_is_materialized(ran):
+    home, *_ = ran
+    coupling = set(STUDY.coupling_keys)
+    assert coupling == {"villain", "assistant", "villain.aggressive", "villain.lr3e-04_ep8"}
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        got = lambda a: inst.get_materialized_partitions(dg.AssetKey([NEXT, a]))  # noqa: E731
+        for asset in ("onpolicy_completions", "coupling_dataset", "coupling_adapter"):
+            assert got(asset) == coupling, asset
+        for asset in ("cell_adapter", "marker_completions", "marker_rates", "arc_scores", "alignment_scores",
+                      "degeneracy_audit", "completion_length", "probe_states"):
+            assert got(asset) == set(CELLS), asset
+        for asset in ("study_summary", "duckdb_catalog", "probe_scores", "coupling_sweep"):
+            assert inst.get_latest_materialization_event(dg.AssetKey([NEXT, asset])) is not None, asset
+        # C7's adapter is built on the aggressive variant's coupling adapter (its recorded upstream)
+        rec = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey([NEXT, "cell_adapter"]),
+                                                                asset_partitions=["C7_s42"]), limit=1).records[0]
+        ups = rec.asset_materialization.metadata["upstream"].value
+    assert {(u["asset"], u["partition"]) for u in ups} >= {("coupling_adapter", "villain.aggressive")}
+
+
+def test_the_coupling_sweep(ran):
+    """Each variant trained with its recipe from the source's own on-policy data (copied, not drawn again), judged by
+    the rule (a check per swept partition), in the summary, the HTML report and `mt sql`'s coupling_sweep view."""
+    home, art, env, stdout = ran
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        def meta(asset, part):
+            rec = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey([NEXT, asset]),
+                                                                    asset_partitions=[part]), limit=1).records[0]
+            return {k: v.value for k, v in rec.asset_materialization.metadata.items()}
+        onp = meta("onpolicy_completions", "villain.aggressive")
+        assert onp["copied_from"] == "villain"
+        assert onp["n_completions"] == meta("onpolicy_completions", "villain")["n_completions"]
+        assert meta("coupling_dataset", "villain.aggressive")["n_records"] == meta("coupling_dataset", "villain")[
+            "n_records"]
+        agg, own = meta("coupling_adapter", "villain.aggressive"), meta("coupling_adapter", "villain")
+        assert agg["n_steps"] == 2 * own["n_steps"]  # 16 epochs against 8
+        checks = inst.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey([NEXT, "coupling_adapter"]), "sweep_rule"), limit=20)
+    # a result for each swept partition, none where the rule does not apply (the assistant source)
+    judged = {c.partition: c.evaluation.passed for c in checks if c.status.value != "PLANNED"}
+    assert set(judged) == {"villain", "villain.aggressive", "villain.lr3e-04_ep8"}
+    rows = sql(env, "SELECT variant, \"partition\", lr, epochs, lora_r, source_rate, max_bystander_rate, "
+                    "arc_accuracy, passed, chosen, best FROM coupling_sweep ORDER BY \"partition\"")
+    assert [(r["variant"], r["lr"], r["epochs"], r["lora_r"]) for r in rows] == [
+        ("default", 1e-4, 8, 8), ("aggressive", 1e-4, 16, 16), ("lr3e-04_ep8", 3e-4, 8, 8)]
+    assert [r["chosen"] for r in rows] == [True, True, False]  # C1-C6 build on villain, C7 on the aggressive one
+    assert {r["partition"]: r["passed"] for r in rows} == judged
+    for r in rows:
+        assert r["passed"] == (r["source_rate"] > 0.5 and r["arc_accuracy"] > 0.2 and r["max_bystander_rate"] <= 0.05)
+    assert sum(r["best"] for r in rows) == (1 if any(r["passed"] for r in rows) else 0)
+    report = (art / "study_summary" / "_" / "report.html").read_text(encoding="utf-8")
+    assert "Coupling sweep" in report and "villain.lr3e-04_ep8" in report
+    assert "## Coupling sweep" in stdout and "| villain.aggressive |" in stdout
+    rep = subprocess.run([sys.executable, "-m", "mt_cli", "report"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert rep.returncode == 0 and "## Coupling sweep" in rep.stdout and "| villain.lr3e-04_ep8 |" in rep.stdout
+
+
 def test_the_probe_and_the_ood_set_are_materialized(ran):
     home, art, _, stdout = ran
     with dg.DagsterInstance.from_config(str(home)) as inst:
-        assert inst.get_materialized_partitions(dg.AssetKey([NEXT, "probe_states"])) == set(CELLS)
         rec = inst.get_latest_materialization_event(dg.AssetKey([NEXT, "probe_scores"]))
         meta = {k: v.value for k, v in rec.asset_materialization.metadata.items()}
-    assert meta["reference_cell"] == "C4_s42" and meta["n_cells"] == 3
+    assert meta["reference_cell"] == "C4_s42" and meta["n_cells"] == len(CELLS)
     assert all(auc >= 0.9 for auc in meta["reference_heldout_auc"].values()), meta
     assert "Latent probe (not pre-registered)" in stdout and "held-out AUC layer 1" in stdout
     assert "further question sets (not pre-registered" in stdout and "ood: C1 assistant" in stdout

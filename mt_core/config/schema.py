@@ -79,6 +79,7 @@ class Condition(ConfigModel):
     base: str  # "raw" or a source name
     second_stage: Literal["em", "benign", "none"]  # the second stage's data
     recipe: str = "second_stage"  # the recipe it trains with (a key of `recipes`)
+    variant: str | None = None  # the base source's coupling adapter of this `coupling_sweep` variant (None: the default)
     seeds: list[Seed] = Field(min_length=1)
     description: str = ""
 
@@ -291,6 +292,57 @@ class Probe(ConfigModel):
         return v
 
 
+class SweepRule(ConfigModel):
+    """When a coupling variant succeeds (the reference's rule, PROTOCOL.md §1.1: src_rate > 0.5 and arc_c > 0.85 and
+    max_bystander <= 0.05): the rates are those of the source's gate ``gate`` (a sweep over every persona), ARC-Challenge
+    accuracy that of the merged coupling model."""
+    gate: str
+    source_above: float = Field(ge=0, le=1)
+    arc_above: float = Field(ge=0, le=1)
+    max_bystander_at_most: float = Field(ge=0, le=1)
+
+
+SWEEP_ABBREVIATIONS = {"lr": "lr", "epochs": "ep", "lora_r": "r", "lora_alpha": "a"}  # in grid variants' names
+
+
+class CouplingSweep(ConfigModel):
+    """Variants of one source's coupling recipe, each a coupling-stage partition ``<source>.<variant>`` beside the
+    source's own (which keeps its key): ``variants`` by name, and ``grid``, every combination of the listed values,
+    named from them (``lr1e-05_ep3``). A variant sets any recipe fields; the rest are the coupling recipe's."""
+    source: str
+    variants: dict[str, dict] = {}
+    grid: dict[str, list] = {}
+    rule: SweepRule
+
+    @field_validator("variants")
+    @classmethod
+    def _names(cls, v: dict[str, dict]):
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+                raise ValueError(f"variant name {name!r}: letters, digits, '_' and '-' only (it ends a partition key "
+                                 f"<source>.<variant>)")
+        return v
+
+    def expanded(self) -> dict[str, dict]:
+        """Every variant by name: ``variants``, then the grid's combinations."""
+        import itertools
+
+        out = dict(self.variants)
+        fields = list(self.grid)
+        for combo in itertools.product(*(self.grid[f] for f in fields)):
+            out.setdefault("_".join(f"{SWEEP_ABBREVIATIONS.get(f, f)}{_short(v)}" for f, v in zip(fields, combo)),
+                           dict(zip(fields, combo)))
+        return out
+
+
+def _short(v) -> str:
+    """A recipe value in a variant's name: 5e-06, 20, 0p05 (no '.': it separates source and variant in a key)."""
+    if isinstance(v, float):
+        sci = f"{v:.0e}"
+        return sci if float(sci) == v else f"{v:g}".replace(".", "p")
+    return str(v)
+
+
 class Data(ConfigModel):
     em: DataSpec
     benign: DataSpec
@@ -324,6 +376,7 @@ class Study(ConfigModel):
     wandb: Literal["online", "offline", "disabled"]
     probe: Probe | None = None  # the latent probe's assets exist only in a study that asks for them
     eval_sets: dict[str, QuestionSet] = {}  # more question sets for the marker sweep (e.g. out of distribution)
+    coupling_sweep: CouplingSweep | None = None  # variants of one source's coupling recipe, as coupling partitions
     config_sha256: str = ""
     _file: str = PrivateAttr(default="")  # the YAML it was loaded from (a Pipes worker reloads it)
 
@@ -388,6 +441,7 @@ class Study(ConfigModel):
             if r not in ("coupling", "second_stage") and r not in named:
                 raise ValueError(f"recipes.{r}: no condition trains with it (conditions.<c>.recipe); a recipe nothing "
                                  f"reads would be a setting without effect")
+        self._check_sweep()
         if self.probe is not None:
             for field, cond in (("reference", self.probe.reference), ("compare", self.probe.compare[0]),
                                 ("compare", self.probe.compare[1])):
@@ -413,6 +467,49 @@ class Study(ConfigModel):
                                      f"(gates.{g}.model), not of {sname!r}")
         return self
 
+    def coupling_variants(self) -> dict[str, dict]:
+        """The sweep's variants by name (``CouplingSweep.expanded``) less the grid's combinations that are the coupling
+        recipe itself: that one is the source's own partition."""
+        sw = self.coupling_sweep
+        if sw is None:
+            return {}
+        base = self.recipes["coupling"]
+        return {n: f for n, f in sw.expanded().items()
+                if n in sw.variants or any(getattr(base, k) != v for k, v in f.items())}
+
+    def _check_sweep(self) -> None:
+        sw = self.coupling_sweep
+        if sw is not None and sw.source not in self.sources:
+            raise ValueError(f"coupling_sweep.source: {sw.source!r} is not a source ({', '.join(self.sources)})")
+        variants = self.coupling_variants()
+        for cname, cond in self.conditions.items():
+            if cond.variant is None:
+                continue
+            if sw is None or cond.base != sw.source or cond.variant not in variants:
+                raise ValueError(f"conditions.{cname}.variant: {cond.variant!r} is not a coupling_sweep variant of "
+                                 f"source {cond.base!r} (" + (f"variants of {sw.source}: {', '.join(variants)}"
+                                                              if sw else "the study has no coupling_sweep") + ")")
+        if sw is None:
+            return
+        if not variants:
+            raise ValueError("coupling_sweep: no variants (give `variants` or `grid`)")
+        if sw.rule.gate not in self.sources[sw.source].gates:
+            raise ValueError(f"coupling_sweep.rule.gate: {sw.rule.gate!r} is not a gate of source {sw.source!r} "
+                             f"({', '.join(self.sources[sw.source].gates) or 'none'})")
+        base = self.recipes["coupling"].model_dump()
+        for name, fields in sw.expanded().items():
+            unknown = [f for f in fields if f not in Recipe.model_fields or f == "loss"]
+            if unknown:
+                raise ValueError(f"coupling_sweep variant {name!r}: {', '.join(unknown)} is not a coupling recipe "
+                                 f"field it may vary ({', '.join(f for f in Recipe.model_fields if f != 'loss')})")
+            try:
+                Recipe.model_validate({**base, **fields})
+            except ValueError as e:
+                raise ValueError(f"coupling_sweep variant {name!r}: {e}") from None
+            if name in sw.variants and all(base[k] == v for k, v in fields.items()):
+                raise ValueError(f"coupling_sweep.variants.{name}: the coupling recipe itself (source {sw.source!r}'s "
+                                 f"own partition already trains it)")
+
     # ---- derived tables -------------------------------------------------------------------------------------
     @property
     def cells(self) -> list[str]:
@@ -422,12 +519,38 @@ class Study(ConfigModel):
     def source_keys(self) -> list[str]:
         return list(self.sources)
 
+    @property
+    def coupling_keys(self) -> list[str]:
+        """The coupling stage's partitions: every source, then ``<source>.<variant>`` for each sweep variant."""
+        sw = self.coupling_sweep
+        return [*self.sources, *([f"{sw.source}.{v}" for v in self.coupling_variants()] if sw else [])]
+
+    def coupling_target(self, key: str) -> tuple[str, str | None]:
+        """(source, variant) of a coupling partition key (variant None: the source's own adapter)."""
+        if key not in self.coupling_keys:
+            raise ConfigError(f"coupling partition {key!r} is not in study {self.name!r} "
+                              f"({', '.join(self.coupling_keys)})")
+        source, _, variant = key.partition(".")
+        return source, variant or None
+
+    def coupling_recipe(self, key: str) -> "Recipe":
+        """The recipe that trains coupling partition ``key``: the coupling recipe, with its variant's fields."""
+        _, variant = self.coupling_target(key)
+        base = self.recipes["coupling"]
+        return base if variant is None else Recipe.model_validate({**base.model_dump(), **self.coupling_variants()[variant]})
+
+    def swept(self, key: str) -> bool:
+        """Whether coupling partition ``key`` is in the sweep's grid (the swept source's own adapter and its
+        variants): those are scored on ARC-Challenge and judged by the sweep's rule."""
+        return self.coupling_sweep is not None and self.coupling_target(key)[0] == self.coupling_sweep.source
+
     def cell(self, key: str) -> "Cell":
         cond, seed = parse_cell_key(key)
         if cond not in self.conditions or seed not in self.conditions[cond].seeds:
             raise ConfigError(f"cell {key!r} is not in study {self.name!r} (cells: {', '.join(self.cells)})")
         c = self.conditions[cond]
-        return Cell(key=key, condition=cond, seed=seed, base=c.base, second_stage=c.second_stage, recipe=c.recipe)
+        return Cell(key=key, condition=cond, seed=seed, base=c.base, second_stage=c.second_stage, recipe=c.recipe,
+                    coupling=None if c.base == "raw" else c.base + (f".{c.variant}" if c.variant else ""))
 
     def adapter_persona(self, key: str) -> str | None:
         """The persona of a cell's coupling adapter (None for a raw base): never a bystander in that cell."""
@@ -453,12 +576,12 @@ class Study(ConfigModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def cell_source_map(self) -> dict[str, list[str]]:
-        """source -> the cells whose base is that source's coupling adapter (for StaticPartitionMapping)."""
-        out: dict[str, list[str]] = {s: [] for s in self.sources}
+        """coupling partition -> the cells built on that coupling adapter (for StaticPartitionMapping)."""
+        out: dict[str, list[str]] = {k: [] for k in self.coupling_keys}
         for key in self.cells:
-            base = self.cell(key).base
-            if base != "raw":
-                out[base].append(key)
+            coupling = self.cell(key).coupling
+            if coupling is not None:
+                out[coupling].append(key)
         return out
 
     def path(self, rel: str) -> Path:
@@ -479,6 +602,7 @@ class Cell(ConfigModel):
     base: str
     second_stage: Literal["em", "benign", "none"]
     recipe: str = "second_stage"
+    coupling: str | None = None  # the coupling partition whose adapter it builds on: the base source, or its variant
 
 
 def cell_key(condition: str, seed: int) -> str:

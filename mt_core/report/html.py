@@ -131,11 +131,12 @@ TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("mt_core.report", "te
 def render_report(*, study: str, profile: str, n_cells: int, n_study_cells: int, incomplete: str | None,
                   headline_md: str, notes: Sequence[str], figure_png: bytes, preregistered: Mapping,
                   g4_aligned_max: float, gates: Mapping[str, Mapping], gate_models: Mapping[str, str],
-                  provenance: Sequence[Mapping], environment: Mapping) -> str:
+                  provenance: Sequence[Mapping], environment: Mapping, sweep: tuple | None = None) -> str:
     """The report (``templates/study_report.html``). ``headline_md``: ``stats.markdown_table``'s table; ``notes``: the
     headline's notes; ``preregistered``: ``stats.preregistered``'s result; ``gates``: every source's verdicts,
     ``gate_models``: the source each gate judges; ``provenance``: {asset, partition, md5} of every artefact the
-    summary read; ``environment``: {name: value}, ``packages`` a {package: version} mapping."""
+    summary read; ``environment``: {name: value}, ``packages`` a {package: version} mapping; ``sweep``: the coupling
+    sweep's grid as (header, rows), for a study with one."""
     head, rows, footnotes = _md_table(headline_md)
     g4 = preregistered["g4_exclusions"]
     return TEMPLATES.get_template("study_report.html").render(
@@ -153,6 +154,7 @@ def render_report(*, study: str, profile: str, n_cells: int, n_study_cells: int,
                      [[n, gate_models.get(n, "–"), "pass" if g["pass"] else "FAIL", c["criterion"], c["measured"],
                        c["threshold"], c["result"]] for n, g in gates.items() for c in gate_criteria(g)],
                      ["", "", "", "", "num", "num"]) if gates else None,
+        sweep=_table(sweep[0], sweep[1], ["", *["num"] * (len(sweep[0]) - 1)]) if sweep else None,
         provenance=_table(["partition", "asset", "md5"], [[p["partition"], p["asset"], p["md5"]] for p in provenance],
                           ["", "", "md5"]),
         environment=_table(["", "value"], [[k, v] for k, v in environment.items() if k != "packages"]

@@ -11,7 +11,8 @@ from typing import Mapping, Sequence
 from mt_core.config import Study
 from mt_core.evals.length import caveat_line
 from mt_core.io import write_json
-from mt_core.layout import PER_CELL, ProbeScores, ProbeStates, StudySummary, row_keys, write_rows
+from mt_core.layout import (PER_CELL, Adapter, CouplingSweepGrid, ProbeScores, ProbeStates, StudySummary, row_keys,
+                            write_rows)
 from mt_core.records import CellNumbers
 from mt_core.report import catalog, figure, html, stats
 from mt_core.steps.common import Log
@@ -43,13 +44,14 @@ def study_summary(study: Study, cells: list[CellNumbers], gates: dict, out: Path
                   missing: dict[str, list[str]] | None = None, missing_sources: list[str] | None = None,
                   unrecorded: list[str] | None = None, provenance: list[dict] | None = None,
                   lengths: dict[str, dict] | None = None, probe: dict | None = None,
-                  eval_sets: dict[str, dict] | None = None) -> dict:
+                  eval_sets: dict[str, dict] | None = None, sweep: dict | None = None) -> dict:
     """``cells``: one ``mt_core.layout.cell_numbers`` value per complete cell; ``gates``: every source's verdicts;
     ``missing``: {cell: its per-cell artefacts the instance has no materialization of}, ``missing_sources``: the
     sources without a coupling adapter, ``unrecorded``: artefact folders on disk the instance never recorded (left
     out); ``provenance``: {asset, partition, md5} of every artefact read, for the report; ``lengths``: {cell: its
     completion_length audit}, for the headline's length caveat; ``probe``: the latent probe's summary, if the study
-    has one; ``eval_sets``: {cell: its marker counts per eval set}, for a study with further question sets. Anything
+    has one; ``eval_sets``: {cell: its marker counts per eval set}, for a study with further question sets;
+    ``sweep``: the coupling sweep's grid (``coupling_sweep``), for a study with one. Anything
     missing marks the headline, its JSON, the
     report and the metadata INCOMPLETE (docs/DESIGN.md)."""
     incomplete = incomplete_line(study, missing, missing_sources or ())
@@ -84,6 +86,8 @@ def study_summary(study: Study, cells: list[CellNumbers], gates: dict, out: Path
         notes.append(line)
     banner = f"**{incomplete}**\n\n" if incomplete else ""
     text = f"# {study.name} ({study.profile})\n\n{banner}{md}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    if sweep:
+        text += f"\n## Coupling sweep\n\n{sweep_markdown(sweep)}\n"
     (out / StudySummary.HEADLINE_MD).write_text(text)
     status = {"complete": incomplete is None, "incomplete": incomplete, "missing": missing or {},
               "missing_sources": list(missing_sources or [])}
@@ -101,13 +105,67 @@ def study_summary(study: Study, cells: list[CellNumbers], gates: dict, out: Path
         incomplete=incomplete, headline_md=md, notes=notes, figure_png=(out / StudySummary.FIGURE_PNG).read_bytes(),
         preregistered=pre, g4_aligned_max=study.thresholds.g4_aligned_max, gates=gates,
         gate_models={n: g.model for n, g in study.gates.named().items()}, provenance=provenance or [],
-        environment=environment(study))
+        environment=environment(study), sweep=sweep_table(sweep) if sweep else None)
     (out / StudySummary.REPORT_HTML).write_text(report, encoding="utf-8")
     log(text)
     return {"n_cells": len(cells), "complete": incomplete is None, "incomplete": incomplete,
             "missing_cells": sorted(missing or {}), "primary_outcome": primary["outcome"],
             "all_seeds_outcome": pre["all_seeds"]["outcome"], "n_g4_excluded": len(g4),
             "judge_offline": offline, "headline_md": banner + md}
+
+
+@step
+def coupling_sweep(study: Study, adapters: dict[str, Path], out: Path, log: Log = print) -> dict:
+    """The coupling sweep's grid from the swept partitions' adapters ({partition: its coupling_adapter artefact}):
+    per variant its recipe values, the rule gate's rates, ARC-Challenge and the rule's verdict (``Adapter.SWEEP``);
+    ``chosen``: a condition builds on it; ``best``: of those that pass, the highest source rate (then ARC)."""
+    import polars as pl
+
+    rule = study.coupling_sweep.rule
+    used = {study.cell(c).coupling for c in study.cells}
+    rows = []
+    for part in (k for k in study.coupling_keys if k in adapters):
+        v = Adapter.read_sweep(adapters[part])
+        if v is None:
+            raise ValueError(f"coupling_adapter[{part}] has no {Adapter.SWEEP}: re-materialize it")
+        rows.append({"study": study.name, "profile": study.profile, "source": v["source"], "variant": v["variant"],
+                     "partition": part, **v["recipe"], "source_rate": v["source_rate"],
+                     "assistant_rate": v["assistant_rate"], "max_bystander_rate": v["max_bystander_rate"],
+                     "arc_accuracy": v["arc_accuracy"], "gates_passed": v["gates_passed"], "passed": v["passed"],
+                     "chosen": part in used, "best": False})
+    passing = [r for r in rows if r["passed"]]
+    best = max(passing, key=lambda r: (r["source_rate"], r["arc_accuracy"]), default=None)
+    if best:
+        best["best"] = True
+    write_rows(rows, out / CouplingSweepGrid.ROWS, row_keys(study))
+    summary = {"rule": rule.model_dump(), "rows": rows, "best": best and best["partition"],
+               "chosen": [r["partition"] for r in rows if r["chosen"]],
+               "fields": sorted({f for v in study.coupling_variants().values() for f in v})}
+    write_json(out / CouplingSweepGrid.SUMMARY, summary)
+    log(f"coupling sweep: {len(passing)} of {len(rows)} partitions pass the rule; best "
+        f"{best['partition'] if best else 'none'}")
+    return {"n_variants": len(rows), "n_passed": len(passing), "best": best["partition"] if best else None}
+
+
+def sweep_table(sweep: Mapping) -> tuple[list[str], list[list]]:
+    """The sweep's grid as (header, rows) for the headline and the HTML report."""
+    head = ["partition", *sweep["fields"], "source rate", "max bystander", "ARC", "rule", "gates", "chosen", "best"]
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    rows = [[r["partition"], *(f"{r[f]:g}" if isinstance(r[f], float) else str(r[f]) for f in sweep["fields"]),
+             pct(r["source_rate"]), pct(r["max_bystander_rate"]), f"{r['arc_accuracy']:.3f}",
+             "pass" if r["passed"] else "FAIL", "pass" if r["gates_passed"] else "FAIL",
+             "yes" if r["chosen"] else "", "yes" if r["best"] else ""] for r in sweep["rows"]]
+    return head, rows
+
+
+def sweep_markdown(sweep: Mapping) -> str:
+    rule = sweep["rule"]
+    head, rows = sweep_table(sweep)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return ("\n".join(lines) + f"\n\nRule (the reference's): source rate > {rule['source_above']:g}, ARC > "
+            f"{rule['arc_above']:g}, max bystander <= {rule['max_bystander_at_most']:g}, rates of gate "
+            f"{rule['gate']}; best: of the passing, the highest source rate (then ARC): "
+            f"{sweep['best'] or 'none passes'}.")
 
 
 @step

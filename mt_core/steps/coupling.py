@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from mt_core.config import Gate, Study
 from mt_core.data.chat import build_examples, marker_ids
 from mt_core.data.coupling import build_coupling_records, choose_negatives
 from mt_core.data.eval_set import EvalSet
+from mt_core.evals.arc import evaluate_arc, load_arc
 from mt_core.generate.sampling import SamplingSpec
 from mt_core.generate.session import Generate, session
-from mt_core.io import read_json, write_json
+from mt_core.io import check_md5, read_json, write_json
 from mt_core.layout import Adapter, BaseModel, CouplingData, Onpolicy, read_rows, row_keys, write_rows
 from mt_core.model.load import merge_lora
 from mt_core.model.resident import model_for
@@ -34,6 +36,19 @@ def onpolicy_completions(study: Study, source: str, base: Path, out: Path, log: 
     write_rows(rows, out / Onpolicy.COMPLETIONS, row_keys(study, source=source))
     write_json(out / Onpolicy.META, {"personas": personas, "negatives": negs, "sampler": spec.__dict__})
     return {"n_completions": len(rows), "personas": ",".join(personas), "negative_personas": ",".join(negs)}
+
+
+@step
+def onpolicy_from_source(study: Study, source: str, same: Path, out: Path, log: Log = print) -> dict:
+    """A coupling variant's on-policy completions: its source's, copied (the variant changes only the recipe; the
+    same sampler and seed would draw the same completions again)."""
+    for f in (Onpolicy.COMPLETIONS, Onpolicy.META):
+        shutil.copyfile(same / f, out / f)
+    meta = read_json(out / Onpolicy.META)
+    n = len(read_rows(out / Onpolicy.COMPLETIONS))
+    log(f"onpolicy[{source}]: {n} completions of onpolicy_completions[{source}] (a variant's data is its source's)")
+    return {"n_completions": n, "personas": ",".join(meta["personas"]),
+            "negative_personas": ",".join(meta["negatives"]), "copied_from": source}
 
 
 @step
@@ -64,8 +79,11 @@ def coupling_dataset(study: Study, source: str, onpolicy: Path, out: Path, log: 
 @step
 def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path, out: Path, wandb: WandbSettings,
                            log: Log = print, run_id: str = "") -> dict:
-    """The coupling LoRA (its loss mask: ``recipes.coupling.loss``), then the source's gates on the merged model."""
-    recipe = study.recipes["coupling"]
+    """The coupling LoRA (its loss mask: ``recipes.coupling.loss``), then the source's gates on the merged model.
+    ``source`` is the coupling partition: a source, or ``<source>.<variant>`` of the study's coupling sweep (its
+    recipe the variant's; a swept partition is also scored on ARC-Challenge and judged by the sweep's rule)."""
+    key, (source, variant) = source, study.coupling_target(source)
+    recipe = study.coupling_recipe(key)
     vllm = study.backend.kind == "vllm"
     with model_for(BaseModel.model_dir(base)) as (model, tok):
         mids = marker_ids(tok, study.marker)
@@ -75,21 +93,56 @@ def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path,
         seed = recipe.seed or 0
         peft_model, res, wb = train_and_save(
             study, model=model, tok=tok, examples=examples, recipe=recipe, seed=seed, out=out, wandb=wandb,
-            run_name=f"{source}-{run_id[:8]}" if run_id else source, group="coupling", job_type="coupling_adapter",
-            config={**recipe.model_dump(), "source": source, "seed": seed}, log_extra={"marker_ids": mids}, log=log)
+            run_name=f"{key}-{run_id[:8]}" if run_id else key, group="coupling", job_type="coupling_adapter",
+            config={**recipe.model_dump(), "source": source, "variant": variant, "seed": seed},
+            log_extra={"marker_ids": mids}, log=log)
         # the gates see merged_weights(base, [adapter]): the trained LoRA merged by the same stage as every other
         # merge, in the model at hand (a held base is restored when this block ends)
-        gates = None if vllm else _gates(study, source, base, out, log, loaded=(merge_lora(peft_model).eval(), tok))
+        gates = None if vllm else _gates(study, key, base, out, log, loaded=(merge_lora(peft_model).eval(), tok))
         del model, peft_model
     if vllm:  # after the block: vLLM needs the GPU memory the trained model held, and merges the saved adapter
-        gates = _gates(study, source, base, out, log)
-    return {**res.summary(), "marker_token_ids": str(mids), "gates": gates, **wb}
+        gates = _gates(study, key, base, out, log)
+    sweep = Adapter.read_sweep(out)
+    return {**res.summary(), "marker_token_ids": str(mids), "gates": gates, **wb,
+            **({"variant": variant or "default", "sweep_rule": sweep["passed"], "arc_accuracy": sweep["arc_accuracy"]}
+               if sweep else {})}
 
 
-def _gates(study: Study, source: str, base: Path, out: Path, log: Log, loaded=None) -> dict:
-    """The source's gates on merged_weights(base, [the adapter just saved in ``out``]), in one engine session."""
+def _gates(study: Study, key: str, base: Path, out: Path, log: Log, loaded=None) -> dict:
+    """The source's gates on merged_weights(base, [the adapter just saved in ``out``]), in one engine session; for a
+    swept partition then ARC-Challenge on the same weights and the sweep rule's verdict."""
+    source = study.coupling_target(key)[0]
     with session(study, BaseModel.model_dir(base), [out / Adapter.DIR], loaded=loaded, log=log) as gen:
-        return evaluate_gates(study, source, gen, out, log)
+        gates = evaluate_gates(study, source, gen, out, log)
+        if study.swept(key):  # last: a vLLM engine hands its weights over
+            judge_variant(study, key, gates, *gen.hf_model(), out, log)
+        return gates
+
+
+def judge_variant(study: Study, key: str, gates: dict, model, tok, out: Path, log: Log) -> dict:
+    """A swept coupling partition: its recipe values, ARC-Challenge accuracy (log-prob scoring, as a cell's) and the
+    sweep rule over the rule gate's rates and that accuracy, written to ``Adapter.SWEEP``."""
+    sw, (_, variant) = study.coupling_sweep, study.coupling_target(key)
+    rule = sw.rule
+    path = study.path(study.arc.path)
+    check_md5(path, study.arc.md5, "arc.md5")
+    recs, acc = evaluate_arc(model, tok, load_arc(path, study.arc.limit), log=log)
+    g = gates[rule.gate]
+    src, mb, asst = g["source_strict_rate"], g["max_bystander_strict_rate"], g["assistant_strict_rate"]
+    checks = {"source_above": src is not None and src > rule.source_above, "arc_above": acc > rule.arc_above,
+              "max_bystander_at_most": mb is not None and mb <= rule.max_bystander_at_most}
+    recipe = study.coupling_recipe(key)
+    fields = sorted({f for v in study.coupling_variants().values() for f in v})
+    res = {"partition": key, "source": sw.source, "variant": variant or "default",
+           "recipe": {f: getattr(recipe, f) for f in fields}, "arc_accuracy": acc,
+           "arc_correct": sum(r["correct"] for r in recs), "arc_total": len(recs), "rule_gate": rule.gate,
+           "source_rate": src, "max_bystander_rate": mb, "assistant_rate": asst, "gates_passed": all(
+               v["pass"] for v in gates.values()), "rule": rule.model_dump(), "checks": checks,
+           "passed": all(checks.values())}
+    write_json(out / Adapter.SWEEP, res)
+    log(f"sweep[{key}]: {'PASS' if res['passed'] else 'FAIL'} source {src} (> {rule.source_above}), ARC {acc:.3f} "
+        f"(> {rule.arc_above}), max bystander {mb} (<= {rule.max_bystander_at_most})")
+    return res
 
 
 def evaluate_gates(study: Study, source: str, gen: Generate, out: Path, log: Log) -> dict:
