@@ -144,3 +144,11 @@ def test_coupling_sweep_errors_name_the_field(tmp_path, old, new, field):
     with pytest.raises(ConfigError) as e:
         load_study_text(tmp_path, text.replace(old, new, 1))
     assert field in str(e.value)
+
+
+def test_a_condition_without_a_variant_keeps_its_code_version():
+    """`variant` came after studies had been run: unset, it is left out of the code versions (an instance made before
+    it has nothing stale); set, it is part of them."""
+    s = load_study(Path(__file__).resolve().parents[1] / "studies" / "marker_transfer_villain_next.yaml", "tiny")
+    conds = s.values_of("conditions")["conditions"]
+    assert "variant" not in conds["C1"] and conds["C7"]["variant"] == "aggressive"

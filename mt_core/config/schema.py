@@ -589,9 +589,15 @@ class Study(ConfigModel):
         return p if p.is_absolute() else PROJECT_ROOT / p
 
 
+# fields added after studies had been run: left out of a code version while unset, so that an instance made before them
+# keeps its code versions (nothing is stale after an upgrade)
+UNHASHED_WHILE_UNSET = {"variant"}
+
+
 def _drop_speed(v):
     if isinstance(v, dict):
-        return {k: _drop_speed(x) for k, x in v.items() if k != "speed"}
+        return {k: _drop_speed(x) for k, x in v.items()
+                if k != "speed" and not (k in UNHASHED_WHILE_UNSET and x is None)}
     return v
 
 
