@@ -34,14 +34,17 @@ def main() -> None:
     per_step = rc.per_device_batch * rc.grad_accum
     examples = sft_examples(per_step * a.steps * 2, QWEN7B["vocab_size"], a.mean_tokens, random.Random(0))
     for run, data in (("cold", examples[: per_step * a.steps]), ("warm", examples[per_step * a.steps:])):
-        marks = []
-
-        def log(msg: str, _t0=[time.perf_counter()]) -> None:  # noqa: B006 - the training's start, per run
-            marks.append((time.perf_counter() - _t0[0], msg))
-            print(f"[{run} {marks[-1][0]:7.1f}s] {msg}", flush=True)
         sync()
-        t0 = time.perf_counter()
-        pm, res = train_lora(model, data, rc.model_copy(update={"epochs": 1}), seed=42, pad_id=0, log=log)
+        t0 = last = time.perf_counter()
+
+        def on_step(d: dict) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            print(f"[{run}] step {d['step']:3d} {now - last:6.2f}s ({d['tokens']} tokens) at {now - t0:6.1f}s",
+                  flush=True)
+            last = now
+        pm, res = train_lora(model, data, rc, seed=42, pad_id=0, log=lambda m: print(f"[{run}] {m}", flush=True),
+                             on_step=on_step)
         sync()
         wall = time.perf_counter() - t0
         model = pm.unload()
