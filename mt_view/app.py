@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.routing import Route
 
-from mt_core.config import Study
+from mt_core.config import IN_DISTRIBUTION, Study
 from mt_core.layout import PER_CELL
 from mt_core.outcomes import audit_word
 from mt_core.report.catalog import CatalogError
@@ -138,13 +138,16 @@ def create_app(catalogs: Catalogs, studies: Sequence[Study], hosts: Sequence[str
     def grid(db: Session, p: Params, study: str, cfg: Study) -> dict:
         rate = p.text("rate", ("", "strict", "loose")) or "strict"
         rates, cells = db.rows("grid.rates", study=study), db.rows("grid.cells", study=study)
+        sets: dict[tuple, dict] = {}  # (cell, further eval set) -> {persona: its row}
+        for r in db.rows("grid.sets", study=study):
+            sets.setdefault((r["cell"], r["eval_set"]), {})[r["persona"]] = r
         for c in cells:
             c["nothing"] = set(c["missing"] or ()) >= set(PER_CELL)
         return {"template": "grid.html", "cells": cells,
                 "personas": personas(db, study, cfg, rates), "rates": {(r["cell"], r["persona"]): r for r in rates},
                 "lengths": {(r["cell"], r["persona"]): r for r in db.rows("grid.length", study=study)},
                 "probe": _by_cell(db.rows("grid.probe", study=study)) if db.has("probe") else {},
-                "rate": rate, "cfg": cfg}
+                "sets": sets, "set_names": sorted({k[1] for k in sets}), "rate": rate, "cfg": cfg}
 
     def completions(db: Session, p: Params, study: str, cfg: Study) -> dict:
         cells = db.rows("grid.cells", study=study)
@@ -152,13 +155,13 @@ def create_app(catalogs: Catalogs, studies: Sequence[Study], hosts: Sequence[str
         check_cell(cells, cell)
         n, per = p.page()
         args = dict(study=study, cell=cell, persona=persona, question=p.number("question", 0, 10**6),
-                    hit=p.text("hit", list(HITS)), q=p.text("q"))
+                    hit=p.text("hit", list(HITS)), q=p.text("q"), qset=p.opt("qset"))
         stats = db.rows("completions.stats", **args)
         chosen = [s for s in stats if args["question"] in (None, s["question_idx"])]
         summary = {k: sum(s[k] for s in chosen) for k in ("n", "strict", "loose", "shown")}
         rows = db.rows("completions.page", **args, limit=per, offset=(n - 1) * per)
         return {"template": "completions.html", "cells": cells, "personas": personas(db, study, cfg),
-                "questions": stats, "summary": summary, "rows": rows,
+                "qsets": [*IN_DISTRIBUTION, *cfg.eval_sets], "questions": stats, "summary": summary, "rows": rows,
                 "args": args, "pager": _pager(n, per, summary["shown"]), "mark": _marker(cfg)}
 
     def completion(db: Session, p: Params, study: str, cfg: Study) -> dict:
@@ -194,7 +197,7 @@ def create_app(catalogs: Catalogs, studies: Sequence[Study], hosts: Sequence[str
                     hit=p.text("hit", list(COMPARE_HITS)), q=p.text("q"))
         summary = db.one("compare.summary", **args)
         rows = db.rows("compare.page", **args, limit=per, offset=(n - 1) * per)
-        questions = db.rows("completions.stats", study=study, cell=a, persona=args["persona"], hit="", q="")
+        questions = db.rows("completions.stats", study=study, cell=a, persona=args["persona"], hit="", q="", qset=None)
         return {"template": "compare.html", "cells": cells, "personas": personas(db, study, cfg),
                 "questions": questions, "summary": summary, "rows": rows, "args": args,
                 "pager": _pager(n, per, summary["shown"]), "mark": _marker(cfg)}

@@ -25,7 +25,8 @@ CELLS = STUDY.cells
 def ran(tmp_path_factory):
     home, art = tmp_path_factory.mktemp("next_home"), tmp_path_factory.mktemp("next_art")
     env = {**demo_env(home, art), "MT_STUDY": str(ROOT / "studies" / f"{NEXT}.yaml")}  # `mt sql` reads it too
-    out = subprocess.run([sys.executable, "-m", "mt_cli", "run"], cwd=ROOT, env=env,
+    run_env = {k: v for k, v in env.items() if k != "MT_STUDY"}  # the study named on the command line, as a user does
+    out = subprocess.run([sys.executable, "-m", "mt_cli", "run", "--study", env["MT_STUDY"]], cwd=ROOT, env=run_env,
                          capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return home, art, env, out.stdout
@@ -139,3 +140,26 @@ def test_the_plain_text_second_stage_trains_every_token(ran):
         c6, c1 = meta("C6_s42"), meta("C1_s42")
     assert c6["trained_tokens"] == c6["seen_tokens"] and c6["n_steps"] == c1["n_steps"]
     assert c1["trained_tokens"] < c1["seen_tokens"]
+
+
+def test_mt_view_shows_the_eval_sets_and_the_probe_per_cell(ran):
+    """The viewer's grid has a column per further question set (the source's and the assistant's rate there, linked to
+    those completions) and the probe's; the completions page filters by question set."""
+    from starlette.testclient import TestClient
+
+    from mt_core.layout import Catalog
+    from mt_view.app import create_app
+    from mt_view.db import Catalogs
+
+    home, art, *_ = ran
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        rec = inst.get_latest_materialization_event(dg.AssetKey([NEXT, Catalog.asset]))
+        digest = rec.asset_materialization.metadata["md5"].value
+    catalogs = {NEXT: (art / Catalog.asset / "_" / Catalog.FILE, digest)}
+    with TestClient(create_app(Catalogs(lambda: catalogs), [STUDY])) as client:
+        grid = client.get("/", params={"study": NEXT})
+        assert grid.status_code == 200, grid.text[-2000:]
+        assert 'data-set="C4_s42/ood"' in grid.text and 'data-probe="C4_s42"' in grid.text
+        page = client.get("/completions", params={"study": NEXT, "cell": "C4_s42", "qset": "ood"})
+        assert page.status_code == 200 and "ood questions" in page.text
+        assert page.text.count('class="card completion"') > 0 and "(eval):" not in page.text

@@ -1,5 +1,5 @@
--- The marker completions of one study under a page's filters (NULL or '' = no filter). `base`: study, cell, persona
--- and search, with `shown` saying which rows the hit filter keeps; `page` is one page of the shown rows of the chosen
+-- The marker completions of one study under a page's filters (NULL or '' = no filter). `base`: study, cell, persona,
+-- question set (`qset`: eval, betley or a further set such as ood) and search, with `shown` saying which rows the hit filter keeps; `page` is one page of the shown rows of the chosen
 -- question (or all), `stats` counts `base` per question: what the page's summary and question breakdown show.
 WITH base AS (
     SELECT cell, condition, seed, sample_id, persona, question_idx, question, question_set, sample_idx, text, n_tokens,
@@ -13,6 +13,7 @@ WITH base AS (
     WHERE study = $study
       AND ($cell IS NULL OR cell = $cell)
       AND ($persona IS NULL OR persona = $persona)
+      AND ($qset IS NULL OR question_set = $qset)
       AND ($q = '' OR contains(lower(text), lower($q)))
 )
 -- name: page

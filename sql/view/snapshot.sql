@@ -10,6 +10,10 @@ FROM cells
 -- name: rates
 SELECT study, cell, persona, strict_hits, loose_hits, total, strict_rate, loose_rate
 FROM marker_rates
+-- name: sets
+SELECT study, cell, eval_set, persona, strict_hits, total, strict_rate
+FROM marker_rates_by_set
+WHERE eval_set <> 'in_distribution'
 -- name: length
 SELECT study, cell, persona, n, mean_tokens, p50, p90, max_tokens, n_truncated, truncated_share, finished_strict_rate
 FROM completion_length
