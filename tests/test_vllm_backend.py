@@ -371,3 +371,17 @@ def test_a_held_engine_starts_once_and_serves_each_session_its_merged_weights(ti
     assert [t[0][0].n_tokens for t in texts] == [4, 4]  # each session generated from its engine
     holder.release()
     assert holder.engine is None and holder.model is None
+
+
+def test_gc_pauses_counts_the_collector_passes_of_the_block():
+    """The engine call's log line says how much of it Python's garbage collector took (a worker's heap is large)."""
+    import gc
+
+    before = list(gc.callbacks)
+    with vb.gc_pauses() as g:
+        gc.collect()
+        gc.collect()
+    assert g["n"] >= 2 and g["seconds"] > 0
+    with vb.gc_pauses() as quiet:
+        pass
+    assert quiet == {"n": 0, "seconds": 0.0} and gc.callbacks == before  # the callback leaves with the block

@@ -175,6 +175,27 @@ def scratch_checkpoint(model_dir, adapters: list[Path], *, artefacts: Path | Non
             log(f"vllm: WARNING could not delete the scratch checkpoint {tmp}")
 
 
+@contextlib.contextmanager
+def gc_pauses():
+    """How often and how long Python's garbage collector ran during the block ({n, seconds}, filled on exit): the
+    engine's loop runs in this process in a worker, whose heap (a held model, training data) each full pass walks."""
+    import gc
+
+    out, start = {"n": 0, "seconds": 0.0}, [0.0]
+
+    def cb(phase, info):
+        if phase == "start":
+            start[0] = time.perf_counter()
+        else:
+            out["n"] += 1
+            out["seconds"] += time.perf_counter() - start[0]
+    gc.callbacks.append(cb)
+    try:
+        yield out
+    finally:
+        gc.callbacks.remove(cb)
+
+
 def shutdown(llm) -> None:
     """Shut an engine down (its core, in this process or its own, and its GPU memory)."""
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
@@ -226,12 +247,13 @@ class VllmSession:
                      f"T={spec.temperature}, top_p={spec.top_p}, top_k={spec.top_k}, seed={spec.seed} (per request), "
                      f"lora={self.lora.lora_name if self.lora else None}")
         t0 = time.perf_counter()
-        outs = self.llm.generate([{"prompt_token_ids": ids} for enc in encs for ids in enc], params,
-                                 lora_request=self.lora)
+        with gc_pauses() as gc_s:
+            outs = self.llm.generate([{"prompt_token_ids": ids} for enc in encs for ids in enc], params,
+                                     lora_request=self.lora)
         res = to_completions(outs, self.tok, stop)
         el = time.perf_counter() - t0
         self.log(f"{' + '.join(w for _, _, w in batches)}: {sum(c.n_tokens for cs in res for c in cs) / el:.0f} "
-                 f"new tok/s, {el:.0f}s")
+                 f"new tok/s, {el:.0f}s (Python's garbage collector: {gc_s['n']} passes, {gc_s['seconds']:.1f}s)")
         split, i = [], 0
         for enc in encs:
             split.append(res[i:i + len(enc)])
