@@ -10,7 +10,7 @@ Variants, each timed on the same requests, each in a process of its own (the GPU
              held base), no incremental detokenization (``detokenize=False``), CUDA graphs up to
              ``CUDA_GRAPH_MAX_BATCH`` sequences
   detok      the same with vLLM's incremental detokenization (before a44cb4d)
-  seqs512    at most 512 sequences a step (vLLM's default on this card is 1,024), so every decode step is in a CUDA graph
+  seqs512    at most 512 sequences a step (vLLM's default on this card is 1,024): every decode step in a CUDA graph
   graph512   CUDA graphs captured up to 512 sequences only (vLLM's default; ours before 2026-12-07)
   mp         the engine's core in a process of its own (a fresh-process session's engine)
 The GPU's utilisation is sampled every 0.5 s while the requests run (nvidia-smi): low means the engine's loop on the
@@ -48,7 +48,8 @@ def _requests():
     ref = Path(tempfile.mkdtemp(prefix="mt-gen-bench-"))
     build_base_model(study, ref)  # the random snapshot, written once under $MT_MODELS
     es, seed = EvalSet.load(study), study.cell("C1_s42").seed
-    sweeps = [Sweep(es.prompts, es.personas, es.marker_question_sets, SamplingSpec.from_config(study.samplers.marker, seed=seed),
+    sweeps = [Sweep(es.prompts, es.personas, es.marker_question_sets,
+                    SamplingSpec.from_config(study.samplers.marker, seed=seed),
                     "marker[C1_s42]", "C1_s42"),
               Sweep({"": None}, [""], {"betley": es.betley_questions},
                     SamplingSpec.from_config(study.samplers.alignment, seed=seed), "alignment[C1_s42]", "C1_s42")]

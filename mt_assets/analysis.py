@@ -247,8 +247,6 @@ def _coupling_sweep(sd: StudyDefs):
                 for k in swept}
         ups = [a for a in arts.values() if a is not None]
         lacking = [k for k, a in arts.items() if a is None]
-        if not ups:
-            raise dg.Failure(f"coupling sweep: no swept coupling adapter is materialized yet ({', '.join(swept)})")
         if lacking:
             context.log.warning(f"coupling sweep: no coupling_adapter for {', '.join(lacking)}; the grid lacks them")
         return publish(sd, context, store, steps.coupling_sweep, ups, adapters={a.partition: a.path for a in ups},

@@ -35,7 +35,8 @@ def cmd_lineage(args) -> int:
     except ConfigError as e:
         raise SystemExit(f"mt lineage: {e}") from None
     with instance(s) as inst:
-        lin = cell_lineage(cell.key, cell.coupling or "raw", lambda a, p: latest_metadata(inst, dg.AssetKey([study.name, a]), p),
+        lin = cell_lineage(cell.key, cell.coupling or "raw",
+                           lambda a, p: latest_metadata(inst, dg.AssetKey([study.name, a]), p),
                            study=study.name)
     print(json.dumps(lin, indent=2, default=str) if args.json else render(lin))
     return 1 if lin["wrong_study"] else 0

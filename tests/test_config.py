@@ -118,7 +118,8 @@ def test_the_coupling_sweep_is_partitions_beside_the_sources(tmp_path):
     assert s.coupling_target("assistant") == ("assistant", None)
     r = s.coupling_recipe("villain.lr1e-05_ep3")
     assert (r.lr, r.epochs, r.lora_r) == (1e-5, 3, s.recipes["coupling"].lora_r)
-    assert s.coupling_recipe("villain.aggressive").lora_r == 64 and s.coupling_recipe("villain") == s.recipes["coupling"]
+    assert s.coupling_recipe("villain.aggressive").lora_r == 64
+    assert s.coupling_recipe("villain") == s.recipes["coupling"]
     assert s.cell("C7_s42").coupling == "villain.aggressive" and s.cell("C1_s42").coupling == "villain"
     assert s.cell("C2_s42").coupling is None
     assert s.cell_source_map()["villain.aggressive"] == ["C7_s42", "C7_s137", "C7_s256"]
@@ -152,3 +153,19 @@ def test_a_condition_without_a_variant_keeps_its_code_version():
     s = load_study(Path(__file__).resolve().parents[1] / "studies" / "marker_transfer_villain_next.yaml", "tiny")
     conds = s.values_of("conditions")["conditions"]
     assert "variant" not in conds["C1"] and conds["C7"]["variant"] == "aggressive"
+
+
+def test_an_empty_coupling_sweep_grid_keeps_its_columns(tmp_path):
+    """Before any swept adapter exists (`mt run --cells` of raw-base cells), the grid is empty but readable: the
+    summary and the catalog do not fail over it."""
+    import polars as pl
+
+    from mt_core.layout import CouplingSweepGrid
+    from mt_core.steps.analysis import coupling_sweep, sweep_markdown
+
+    s = load_study(Path(__file__).resolve().parents[1] / "studies" / "marker_transfer_villain_next.yaml", "tiny")
+    meta = coupling_sweep(s, {}, tmp_path, log=lambda m: None)
+    assert meta == {"n_variants": 0, "n_passed": 0, "best": None}
+    grid = pl.read_parquet(tmp_path / CouplingSweepGrid.ROWS)
+    assert grid.height == 0 and {"variant", "lr", "epochs", "lora_r", "passed", "arc_accuracy"} <= set(grid.columns)
+    assert sweep_markdown(CouplingSweepGrid.read(tmp_path)) == "No swept coupling adapter is materialized yet."

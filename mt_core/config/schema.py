@@ -79,7 +79,7 @@ class Condition(ConfigModel):
     base: str  # "raw" or a source name
     second_stage: Literal["em", "benign", "none"]  # the second stage's data
     recipe: str = "second_stage"  # the recipe it trains with (a key of `recipes`)
-    variant: str | None = None  # the base source's coupling adapter of this `coupling_sweep` variant (None: the default)
+    variant: str | None = None  # build on this `coupling_sweep` variant of the base source (None: the source's own)
     seeds: list[Seed] = Field(min_length=1)
     description: str = ""
 
@@ -294,8 +294,8 @@ class Probe(ConfigModel):
 
 class SweepRule(ConfigModel):
     """When a coupling variant succeeds (the reference's rule, PROTOCOL.md §1.1: src_rate > 0.5 and arc_c > 0.85 and
-    max_bystander <= 0.05): the rates are those of the source's gate ``gate`` (a sweep over every persona), ARC-Challenge
-    accuracy that of the merged coupling model."""
+    max_bystander <= 0.05): the rates are those of the source's gate ``gate`` (a sweep over every persona),
+    ARC-Challenge accuracy that of the merged coupling model."""
     gate: str
     source_above: float = Field(ge=0, le=1)
     arc_above: float = Field(ge=0, le=1)
@@ -537,7 +537,9 @@ class Study(ConfigModel):
         """The recipe that trains coupling partition ``key``: the coupling recipe, with its variant's fields."""
         _, variant = self.coupling_target(key)
         base = self.recipes["coupling"]
-        return base if variant is None else Recipe.model_validate({**base.model_dump(), **self.coupling_variants()[variant]})
+        if variant is None:
+            return base
+        return Recipe.model_validate({**base.model_dump(), **self.coupling_variants()[variant]})
 
     def swept(self, key: str) -> bool:
         """Whether coupling partition ``key`` is in the sweep's grid (the swept source's own adapter and its

@@ -137,10 +137,18 @@ def coupling_sweep(study: Study, adapters: dict[str, Path], out: Path, log: Log 
     best = max(passing, key=lambda r: (r["source_rate"], r["arc_accuracy"]), default=None)
     if best:
         best["best"] = True
-    write_rows(rows, out / CouplingSweepGrid.ROWS, row_keys(study))
+    fields = sorted({f for v in study.coupling_variants().values() for f in v})
+    if rows:
+        write_rows(rows, out / CouplingSweepGrid.ROWS, row_keys(study))
+    else:  # no swept adapter yet (e.g. `mt run --cells` of raw-base cells): an empty grid with its columns
+        text = ("study", "profile", "source", "variant", "partition")
+        flag = ("gates_passed", "passed", "chosen", "best")
+        pl.DataFrame(schema={**{c: pl.Utf8 for c in text}, **{f: pl.Float64 for f in fields},
+                             **{c: pl.Float64 for c in ("source_rate", "assistant_rate", "max_bystander_rate",
+                                                        "arc_accuracy")},
+                             **{c: pl.Boolean for c in flag}}).write_parquet(out / CouplingSweepGrid.ROWS)
     summary = {"rule": rule.model_dump(), "rows": rows, "best": best and best["partition"],
-               "chosen": [r["partition"] for r in rows if r["chosen"]],
-               "fields": sorted({f for v in study.coupling_variants().values() for f in v})}
+               "chosen": [r["partition"] for r in rows if r["chosen"]], "fields": fields}
     write_json(out / CouplingSweepGrid.SUMMARY, summary)
     log(f"coupling sweep: {len(passing)} of {len(rows)} partitions pass the rule; best "
         f"{best['partition'] if best else 'none'}")
@@ -160,6 +168,8 @@ def sweep_table(sweep: Mapping) -> tuple[list[str], list[list]]:
 
 def sweep_markdown(sweep: Mapping) -> str:
     rule = sweep["rule"]
+    if not sweep["rows"]:
+        return "No swept coupling adapter is materialized yet."
     head, rows = sweep_table(sweep)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     return ("\n".join(lines) + f"\n\nRule (the reference's): source rate > {rule['source_above']:g}, ARC > "
