@@ -163,3 +163,18 @@ def test_mt_view_shows_the_eval_sets_and_the_probe_per_cell(ran):
         page = client.get("/completions", params={"study": NEXT, "cell": "C4_s42", "qset": "ood"})
         assert page.status_code == 200 and "ood questions" in page.text
         assert page.text.count('class="card completion"') > 0 and "(eval):" not in page.text
+
+
+def test_a_variant_and_a_cell_on_it_export(ran, tmp_path):
+    """`mt export` takes a coupling variant's partition key, and a cell on a variant exports on that variant's
+    adapter (its card's lineage names it)."""
+    *_, env, _ = ran
+    for target in ("villain.aggressive", "C7_s42"):
+        out = tmp_path / target
+        p = subprocess.run([sys.executable, "-m", "mt_cli", "export", target, "--to", str(out)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        card = (out / "README.md").read_text()
+        assert "villain.aggressive" in card and (out / "adapter_model.safetensors").is_file()
+    cfg = json.loads((tmp_path / "villain.aggressive" / "adapter_config.json").read_text())
+    assert cfg["r"] == STUDY.coupling_recipe("villain.aggressive").lora_r == 16
