@@ -3,12 +3,11 @@ end through Dagster on the tiny profile: `mt run` on a fresh instance materializ
 cells, the coupling sweep's variants beside the sources, the probe's and the sweep's study-level assets), and `mt sql`
 answers from the views of the probe, the OOD set and the sweep."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import zygote
 from conftest import demo_env
 
 from mt_core.config import load_study
@@ -26,15 +25,13 @@ def ran(tmp_path_factory):
     home, art = tmp_path_factory.mktemp("next_home"), tmp_path_factory.mktemp("next_art")
     env = {**demo_env(home, art), "MT_STUDY": str(ROOT / "studies" / f"{NEXT}.yaml")}  # `mt sql` reads it too
     run_env = {k: v for k, v in env.items() if k != "MT_STUDY"}  # the study named on the command line, as a user does
-    out = subprocess.run([sys.executable, "-m", "mt_cli", "run", "--study", env["MT_STUDY"]], cwd=ROOT, env=run_env,
-                         capture_output=True, text=True, timeout=1200)
+    out = zygote.run(["run", "--study", env["MT_STUDY"]], cwd=ROOT, env=run_env, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return home, art, env, out.stdout
 
 
 def sql(env: dict, query: str) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "mt_cli", "sql", "--format", "json", query], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = zygote.run(["sql", "--format", "json", query], cwd=ROOT, env=env, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return json.loads(out.stdout)
 
@@ -92,8 +89,7 @@ def test_the_coupling_sweep(ran):
     report = (art / "study_summary" / "_" / "report.html").read_text(encoding="utf-8")
     assert "Coupling sweep" in report and "villain.lr3e-04_ep8" in report
     assert "## Coupling sweep" in stdout and "| villain.aggressive |" in stdout
-    rep = subprocess.run([sys.executable, "-m", "mt_cli", "report"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)
+    rep = zygote.run(["report"], cwd=ROOT, env=env, timeout=120)
     assert rep.returncode == 0 and "## Coupling sweep" in rep.stdout and "| villain.lr3e-04_ep8 |" in rep.stdout
 
 
@@ -171,8 +167,7 @@ def test_a_variant_and_a_cell_on_it_export(ran, tmp_path):
     *_, env, _ = ran
     for target in ("villain.aggressive", "C7_s42"):
         out = tmp_path / target
-        p = subprocess.run([sys.executable, "-m", "mt_cli", "export", target, "--to", str(out)], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
+        p = zygote.run(["export", target, "--to", str(out)], cwd=ROOT, env=env, timeout=300)
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
         card = (out / "README.md").read_text()
         assert "villain.aggressive" in card and (out / "adapter_model.safetensors").is_file()
