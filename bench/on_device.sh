@@ -17,6 +17,9 @@ install_() {
   [ -d .vbundle/site ] || bash bench/vllm_install.sh .vbundle/stash .vbundle/site
   mkdir -p "$run/dagster" "$run/results"
   env_
+  if [ -d .whl/pyd ]; then  # pydantic alone, for a bench without vLLM's bundle (compile_probe, lora_fuse_probe)
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$run/dgsite" .whl/pyd/*.whl
+  fi
   if [ -d .whl/dg ]; then   # a bench outside Dagster (gen_bench, held_engine_check) needs only vLLM
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$run/dgsite" .whl/dg/*.whl
     python3 -c "import dagster, dagster_pipes, polars, definitions; print('imports ok: dagster', dagster.__version__)"
