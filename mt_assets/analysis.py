@@ -141,8 +141,8 @@ def build(sd: StudyDefs) -> list:
     assets first (both read them)."""
     study, cv, key = sd.study, sd.code_version, sd.key
     common = dict(group_name=GROUP, key_prefix=sd.prefix)
-    probe = [key(ProbeScores.asset)] if study.probe else []
-    probe += [key(CouplingSweepGrid.asset)] if study.coupling_sweep else []  # study-level assets both read
+    study_level = [key(ProbeScores.asset)] if study.probe else []  # the study-level assets both read
+    study_level += [key(CouplingSweepGrid.asset)] if study.coupling_sweep else []
 
     def recorded_probe(context, store: ArtifactStore) -> Artifact | None:
         return recorded_artefact(sd, context.instance, store.of(sd.name), ProbeScores.asset, None,
@@ -152,7 +152,7 @@ def build(sd: StudyDefs) -> list:
         return recorded_artefact(sd, context.instance, store.of(sd.name), CouplingSweepGrid.asset, None,
                                  " (`mt run --force`)") if study.coupling_sweep else None
 
-    @dg.asset(**common, deps=[*map(key, PER_CELL), key("coupling_adapter"), *probe],
+    @dg.asset(**common, deps=[*map(key, PER_CELL), key("coupling_adapter"), *study_level],
               code_version=cv("thresholds", "conditions", "sources", "marker", "source_persona",
                               "assistant_persona", *(["probe"] if study.probe else []),
                               *(["eval_sets"] if study.eval_sets else []),
@@ -186,7 +186,7 @@ def build(sd: StudyDefs) -> list:
                        metadata=lambda art: {"report": dg.MetadataValue.path(
                            f"{art.location}/{StudySummary.REPORT_HTML}")}, share_to=wandb)
 
-    @dg.asset(**common, deps=[key("study_summary"), *map(key, PER_CELL), *probe], code_version=cv("conditions"),
+    @dg.asset(**common, deps=[key("study_summary"), *map(key, PER_CELL), *study_level], code_version=cv("conditions"),
               description="A DuckDB file whose views (sql/*.sql) read exactly the study's verified per-cell Parquet "
                           "files; `mt sql` queries every study's catalog in the instance at once.")
     def duckdb_catalog(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
@@ -233,6 +233,12 @@ def build(sd: StudyDefs) -> list:
     return [*out, probe_scores]
 
 
+def _grid_table(sweep: dict) -> dg.MetadataValue:
+    cols = ("partition", *sweep["fields"], "source_rate", "max_bystander_rate", "arc_accuracy", "passed", "chosen",
+            "best")
+    return table([{k: r[k] for k in cols} for r in sweep["rows"]])
+
+
 def _coupling_sweep(sd: StudyDefs):
     study = sd.study
     swept = [k for k in study.coupling_keys if study.swept(k)]
@@ -250,10 +256,7 @@ def _coupling_sweep(sd: StudyDefs):
         if lacking:
             context.log.warning(f"coupling sweep: no coupling_adapter for {', '.join(lacking)}; the grid lacks them")
         return publish(sd, context, store, steps.coupling_sweep, ups, adapters={a.partition: a.path for a in ups},
-                       metadata=lambda art: {"grid": table([
-                           {k: r[k] for k in ("partition", *CouplingSweepGrid.read(art.path)["fields"], "source_rate",
-                                              "max_bystander_rate", "arc_accuracy", "passed", "chosen", "best")}
-                           for r in CouplingSweepGrid.read(art.path)["rows"]]),
-                           "missing_variants": lacking})
+                       metadata=lambda art: {"grid": _grid_table(CouplingSweepGrid.read(art.path)),
+                                             "missing_variants": lacking})
 
     return coupling_sweep

@@ -9,6 +9,7 @@ import dagster as dg
 from mt_assets.common import meta_values, partitioned_check, publish, read_recorded, read_upstream, table
 from mt_assets.study import StudyDefs
 from mt_core.config import Study
+from mt_core.config.schema import SweepRule
 from mt_core.layout import Adapter
 from mt_core.outcomes import PASSED, gate_outcome, stated
 from mt_core.report.html import gate_criteria
@@ -75,13 +76,11 @@ def sweep_rule_check(sd: StudyDefs, key: str, art: Artifact) -> dg.AssetCheckRes
         return dg.AssetCheckResult(check_name=SWEEP_RULE, asset_key=sd.key("coupling_adapter"), passed=False,
                                    severity=dg.AssetCheckSeverity.WARN, metadata={"partition": key},
                                    description=f"{key}: no sweep verdict in the adapter (re-materialize it)")
-    rule = res["rule"]
     return dg.AssetCheckResult(
         check_name=SWEEP_RULE, asset_key=sd.key("coupling_adapter"), passed=res["passed"],
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"{key}: {'passes' if res['passed'] else 'fails'} the sweep rule (source rate > "
-                    f"{rule['source_above']}, ARC > {rule['arc_above']}, max bystander <= "
-                    f"{rule['max_bystander_at_most']}, rates of {rule['gate']})",
+        description=f"{key}: {'passes' if res['passed'] else 'fails'} the sweep rule "
+                    f"({SweepRule.model_validate(res['rule']).text()})",
         metadata=meta_values({"partition": key, "variant": res["variant"], **res["recipe"],
                               "source_rate": res["source_rate"], "arc_accuracy": res["arc_accuracy"],
                               "max_bystander_rate": res["max_bystander_rate"], "checks": res["checks"]}))

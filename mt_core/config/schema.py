@@ -301,6 +301,10 @@ class SweepRule(ConfigModel):
     arc_above: float = Field(ge=0, le=1)
     max_bystander_at_most: float = Field(ge=0, le=1)
 
+    def text(self) -> str:
+        return (f"source rate > {self.source_above:g}, ARC > {self.arc_above:g}, max bystander <= "
+                f"{self.max_bystander_at_most:g}, rates of gate {self.gate}")
+
 
 SWEEP_ABBREVIATIONS = {"lr": "lr", "epochs": "ep", "lora_r": "r", "lora_alpha": "a"}  # in grid variants' names
 
@@ -477,6 +481,11 @@ class Study(ConfigModel):
         return {n: f for n, f in sw.expanded().items()
                 if n in sw.variants or any(getattr(base, k) != v for k, v in f.items())}
 
+    @property
+    def coupling_sweep_fields(self) -> list[str]:
+        """The recipe fields some variant of the sweep sets: the grid's columns."""
+        return sorted({f for v in self.coupling_variants().values() for f in v})
+
     def _check_sweep(self) -> None:
         sw = self.coupling_sweep
         if sw is not None and sw.source not in self.sources:
@@ -569,7 +578,7 @@ class Study(ConfigModel):
             v = dumped
             for part in path.split("."):
                 v = v[part]
-            return _drop_speed(v)
+            return _hashed(v)
         return {p: pick(p) for p in paths}
 
     def version_of(self, *paths: str, extra: str = "") -> str:
@@ -596,9 +605,9 @@ class Study(ConfigModel):
 UNHASHED_WHILE_UNSET = {"variant"}
 
 
-def _drop_speed(v):
+def _hashed(v):
     if isinstance(v, dict):
-        return {k: _drop_speed(x) for k, x in v.items()
+        return {k: _hashed(x) for k, x in v.items()
                 if k != "speed" and not (k in UNHASHED_WHILE_UNSET and x is None)}
     return v
 

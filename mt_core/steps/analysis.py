@@ -137,7 +137,7 @@ def coupling_sweep(study: Study, adapters: dict[str, Path], out: Path, log: Log 
     best = max(passing, key=lambda r: (r["source_rate"], r["arc_accuracy"]), default=None)
     if best:
         best["best"] = True
-    fields = sorted({f for v in study.coupling_variants().values() for f in v})
+    fields = study.coupling_sweep_fields
     if rows:
         write_rows(rows, out / CouplingSweepGrid.ROWS, row_keys(study))
     else:  # no swept adapter yet (e.g. `mt run --cells` of raw-base cells): an empty grid with its columns
@@ -167,15 +167,14 @@ def sweep_table(sweep: Mapping) -> tuple[list[str], list[list]]:
 
 
 def sweep_markdown(sweep: Mapping) -> str:
-    rule = sweep["rule"]
+    from mt_core.config.schema import SweepRule
+
     if not sweep["rows"]:
         return "No swept coupling adapter is materialized yet."
     head, rows = sweep_table(sweep)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
-    return ("\n".join(lines) + f"\n\nRule (the reference's): source rate > {rule['source_above']:g}, ARC > "
-            f"{rule['arc_above']:g}, max bystander <= {rule['max_bystander_at_most']:g}, rates of gate "
-            f"{rule['gate']}; best: of the passing, the highest source rate (then ARC): "
-            f"{sweep['best'] or 'none passes'}.")
+    return ("\n".join(lines) + f"\n\nRule (the reference's): {SweepRule.model_validate(sweep['rule']).text()}; "
+            f"best: of the passing, the highest source rate (then ARC): {sweep['best'] or 'none passes'}.")
 
 
 @step

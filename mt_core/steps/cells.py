@@ -93,11 +93,17 @@ def cell_generations(study: Study, cell_key: str, base: Path, adapters: list[Pat
             "merges": gen.counts["merges"], "generated": sorted(out)}
 
 
-def _arc(study: Study, cell_key: str, model, tok, out: Path, log: Log) -> dict:
-    """ARC-Challenge accuracy by the log-probability of each answer label."""
+def score_arc(study: Study, model, tok, log: Log) -> tuple[list[dict], float]:
+    """The study's ARC-Challenge file (md5 checked, its limit applied) scored on ``model`` by the log-probability of
+    each answer label: (records, accuracy)."""
     path = study.path(study.arc.path)
     check_md5(path, study.arc.md5, "arc.md5")
-    recs, acc = evaluate_arc(model, tok, load_arc(path, study.arc.limit), log=log)
+    return evaluate_arc(model, tok, load_arc(path, study.arc.limit), log=log)
+
+
+def _arc(study: Study, cell_key: str, model, tok, out: Path, log: Log) -> dict:
+    """ARC-Challenge accuracy by the log-probability of each answer label."""
+    recs, acc = score_arc(study, model, tok, log)
     write_rows([{**{k: v for k, v in r.items() if k != "label_logprobs"},
                  "label_logprobs": json.dumps(r["label_logprobs"])} for r in recs], out / ArcScores.ROWS,
                row_keys(study, cell=cell_key))

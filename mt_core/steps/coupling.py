@@ -9,14 +9,14 @@ from mt_core.config import Gate, Study
 from mt_core.data.chat import build_examples, marker_ids
 from mt_core.data.coupling import build_coupling_records, choose_negatives
 from mt_core.data.eval_set import EvalSet
-from mt_core.evals.arc import evaluate_arc, load_arc
 from mt_core.generate.sampling import SamplingSpec
 from mt_core.generate.session import Generate, session
-from mt_core.io import check_md5, read_json, write_json
+from mt_core.io import read_json, write_json
 from mt_core.layout import Adapter, BaseModel, CouplingData, Onpolicy, read_rows, row_keys, write_rows
 from mt_core.model.load import merge_lora
 from mt_core.model.resident import model_for
 from mt_core.model.tracking import WandbSettings
+from mt_core.steps.cells import score_arc
 from mt_core.steps.common import Log, Sweep, persona_sweep, run_sweeps, score_markers, summarize, train_and_save
 from mt_core.steps.registry import step
 
@@ -124,17 +124,14 @@ def judge_variant(study: Study, key: str, gates: dict, model, tok, out: Path, lo
     sweep rule over the rule gate's rates and that accuracy, written to ``Adapter.SWEEP``."""
     sw, (_, variant) = study.coupling_sweep, study.coupling_target(key)
     rule = sw.rule
-    path = study.path(study.arc.path)
-    check_md5(path, study.arc.md5, "arc.md5")
-    recs, acc = evaluate_arc(model, tok, load_arc(path, study.arc.limit), log=log)
+    recs, acc = score_arc(study, model, tok, log)
     g = gates[rule.gate]
     src, mb, asst = g["source_strict_rate"], g["max_bystander_strict_rate"], g["assistant_strict_rate"]
     checks = {"source_above": src is not None and src > rule.source_above, "arc_above": acc > rule.arc_above,
               "max_bystander_at_most": mb is not None and mb <= rule.max_bystander_at_most}
     recipe = study.coupling_recipe(key)
-    fields = sorted({f for v in study.coupling_variants().values() for f in v})
     res = {"partition": key, "source": sw.source, "variant": variant or "default",
-           "recipe": {f: getattr(recipe, f) for f in fields}, "arc_accuracy": acc,
+           "recipe": {f: getattr(recipe, f) for f in study.coupling_sweep_fields}, "arc_accuracy": acc,
            "arc_correct": sum(r["correct"] for r in recs), "arc_total": len(recs), "rule_gate": rule.gate,
            "source_rate": src, "max_bystander_rate": mb, "assistant_rate": asst, "gates_passed": all(
                v["pass"] for v in gates.values()), "rule": rule.model_dump(), "checks": checks,
