@@ -241,7 +241,7 @@ def _grid_table(sweep: dict) -> dg.MetadataValue:
 
 def _coupling_sweep(sd: StudyDefs):
     study = sd.study
-    swept = [k for k in study.coupling_keys if study.swept(k)]
+    swept = study.swept_keys
 
     @dg.asset(group_name=GROUP, key_prefix=sd.prefix, deps=[sd.key(Adapter.coupling)],
               code_version=sd.code_version("coupling_sweep", "conditions"),

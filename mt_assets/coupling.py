@@ -144,7 +144,7 @@ def build(sd: StudyDefs) -> list:
     # own (no Pipes), right after the adapter's materialization, and yield only the source's gates. A gate without a
     # result for a partition shows as not executed there, never as passed.
     names, sources = list(study.gates.named()), gate_sources(study)
-    swept = [k for k in study.coupling_keys if study.swept(k)]
+    swept = study.swept_keys
     rule_spec = [partitioned_check(SWEEP_RULE, key("coupling_adapter"), sd.coupling_partitions,
                                    metadata={"applies_to": swept},
                                    description="The coupling sweep's success rule (source rate, ARC-Challenge, max "

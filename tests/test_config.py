@@ -125,6 +125,7 @@ def test_the_coupling_sweep_is_partitions_beside_the_sources(tmp_path):
     assert s.cell_source_map()["villain.aggressive"] == ["C7_s42", "C7_s137", "C7_s256"]
     assert s.cell_source_map()["villain.lr1e-06_ep1"] == []
     assert [k for k in s.coupling_keys if s.swept(k)][0] == "villain" and not s.swept("assistant")
+    assert s.swept_keys == [k for k in s.coupling_keys if k != "assistant"]
     with pytest.raises(ConfigError, match="not in study"):
         s.coupling_target("villain.nope")
     plain = load_study(profile="qwen7b")

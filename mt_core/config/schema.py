@@ -555,6 +555,11 @@ class Study(ConfigModel):
         variants): those are scored on ARC-Challenge and judged by the sweep's rule."""
         return self.coupling_sweep is not None and self.coupling_target(key)[0] == self.coupling_sweep.source
 
+    @property
+    def swept_keys(self) -> list[str]:
+        """The coupling partitions ``swept`` holds for, in partition order."""
+        return [k for k in self.coupling_keys if self.swept(k)]
+
     def cell(self, key: str) -> "Cell":
         cond, seed = parse_cell_key(key)
         if cond not in self.conditions or seed not in self.conditions[cond].seeds:

@@ -120,16 +120,21 @@ def expected_marker_rows(study: Study) -> int:
 def in_distribution(rows: list[dict]) -> list[dict]:
     """The rows of the eval set's own questions: what every pre-registered number reads (a study's further eval sets,
     e.g. out of distribution, are reported beside them, per set)."""
-    return [r for r in rows if r.get("question_set", IN_DISTRIBUTION[0]) in IN_DISTRIBUTION]  # none named: the eval set
+    return [r for r in rows if eval_set_of(r) == "in_distribution"]
+
+
+def eval_set_of(row: dict) -> str:
+    """A marker row's eval set as reports name it: "in_distribution" for the eval set's own questions (a row that names
+    no set is the eval set's), else its further set's name (as the `completions` view's `eval_set` column)."""
+    name = row.get("question_set", IN_DISTRIBUTION[0])
+    return "in_distribution" if name in IN_DISTRIBUTION else name
 
 
 def per_eval_set(scored: list[dict], personas: list[str]) -> dict:
     """{eval set: {persona: {strict_hits, total}}}: the in-distribution questions as one set, each further set apart."""
     out: dict[str, dict] = {}
     for r in scored:
-        name = r.get("question_set", IN_DISTRIBUTION[0])
-        name = "in_distribution" if name in IN_DISTRIBUTION else name
-        d = out.setdefault(name, {p: {"strict_hits": 0, "total": 0} for p in personas}).setdefault(
+        d = out.setdefault(eval_set_of(r), {p: {"strict_hits": 0, "total": 0} for p in personas}).setdefault(
             r["persona"], {"strict_hits": 0, "total": 0})
         d["strict_hits"] += int(r["strict_hit"])
         d["total"] += 1
