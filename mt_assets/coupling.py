@@ -32,13 +32,17 @@ def gate_label(study: Study, name: str) -> str:
     return f"{name} ({study.gates.named()[name].model} adapter)"
 
 
-def gate_checks(sd: StudyDefs, source: str, gates: dict, selected: set[str] | None = None,
+def gate_checks(sd: StudyDefs, part: str, gates: dict, selected: set[str] | None = None,
                 extra: dict | None = None) -> list[dg.AssetCheckResult]:
-    """Results for partition ``source``: one per gate of that source (``selected`` ones only), none for other
+    """Results for coupling partition ``part``: one per gate of its source (``selected`` ones only), none for other
     sources' gates, which do not apply to this adapter (they are never recorded as passed, or at all). ``extra`` is
-    metadata every result carries."""
+    metadata every result carries. A failed gate is an error (it stops the run when gates block cells) only where a
+    cell builds on the adapter: a swept variant that no condition uses failing a gate is one of the sweep's outcomes,
+    a warning, as the reference's sweep found most of its grid degenerate."""
     study, key = sd.study, sd.key("coupling_adapter")
-    sev = dg.AssetCheckSeverity.ERROR if study.gates.block_cells else dg.AssetCheckSeverity.WARN
+    source = study.coupling_target(part)[0]
+    blocks = study.gates.block_cells and bool(study.cell_source_map()[part])
+    sev = dg.AssetCheckSeverity.ERROR if blocks else dg.AssetCheckSeverity.WARN
     out = []
     for name in study.sources[source].gates:
         if selected is not None and name not in selected:
@@ -54,7 +58,7 @@ def gate_checks(sd: StudyDefs, source: str, gates: dict, selected: set[str] | No
         word, why = gate_outcome(g)
         out.append(dg.AssetCheckResult(
             check_name=name, asset_key=key, passed=word == PASSED, severity=sev,
-            description=f"{gate_label(study, name)} on partition {source}: {stated(word, why)}",
+            description=f"{gate_label(study, name)} on partition {part}: {stated(word, why)}",
             metadata=meta_values({"outcome": word, "reason": why, "source": source, **(extra or {}),
                                   "criteria": table(gate_criteria(g)), **rates})))
     return out
@@ -169,7 +173,7 @@ def build(sd: StudyDefs) -> list:
         if skip:
             context.log.info(f"{part}: no result for {', '.join(gate_label(study, n) for n in skip)}: not a gate of "
                              f"this source")
-        yield from gate_checks(sd, src, Adapter.read_gates(art.path), selected,
+        yield from gate_checks(sd, part, Adapter.read_gates(art.path), selected,
                                extra={"adapter_md5": art.digest, "partition": part})
         if SWEEP_RULE in selected and study.swept(part):
             yield sweep_rule_check(sd, part, art)
