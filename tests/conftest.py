@@ -124,41 +124,6 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
 
 
-PREBUILT = pytest.StashKey[str]()
-
-
-def pytest_configure(config):
-    """Under pytest-xdist with the slow tests selected (`make test`): the tiny organism that every study test stands on
-    is pretrained here, in the controller, before the workers start, on every core with nothing else running. Built
-    inside the first study test instead, it was the suite's critical path: 800 steps on one torch thread among busy
-    workers took 360 s, against 100 s here (docs/TESTING.md). The snapshot is the same bits whoever builds it
-    (``mt_core.model.snapshots``: one build per content under $MT_MODELS; the thread count does not change them), and
-    the study tests' base_model steps reuse it."""
-    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
-        return
-    if "not slow" in (config.getoption("markexpr") or ""):
-        return
-    import tempfile
-    import time
-
-    from mt_core import runtime
-    from mt_core.config import load_study
-    from mt_core.steps.inputs import build_base_model
-    from mt_settings import Settings
-
-    t0 = time.perf_counter()
-    with runtime.using(Settings.from_env(dict(os.environ)).runtime), tempfile.TemporaryDirectory() as out:
-        info = build_base_model(load_study(ROOT / "studies" / "marker_transfer_villain.yaml", "tiny"), Path(out),
-                                log=lambda m: None)
-    how = "reused" if info["reused"] else f"pretrained in {time.perf_counter() - t0:.0f}s"
-    config.stash[PREBUILT] = f"the tiny organism ({info['snapshot']}): {how}, before the workers started"
-
-
-def pytest_terminal_summary(terminalreporter, config):
-    if PREBUILT in config.stash:
-        terminalreporter.write_line(config.stash[PREBUILT])
-
-
 @pytest.fixture
 def gpu_locks(tmp_path_factory):
     """Held by a test whose runs lease simulated GPUs: every instance's leases are flocks in the repository's
