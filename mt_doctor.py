@@ -169,7 +169,8 @@ def check_disk(study, root: Path | str, *, scratch: Path | None = None, cache: P
     disk, var = ArtifactStore(root=str(root), cache=str(cache) if cache else None).disk
     need = MIN_FREE_GB["tiny" if study.model.kind == "tiny" else "hf"]
     if study.model.kind == "random":
-        from mt_core.model.random_snapshot import COMPLETE, n_params, snapshot_dir
+        from mt_core.model.random_snapshot import n_params, snapshot_dir
+        from mt_core.model.snapshots import COMPLETE
 
         if not (snapshot_dir(study.model) / COMPLETE).is_file():  # the snapshot is still to be written (bf16)
             need += round(2 * n_params(study.model) / GB)

@@ -127,6 +127,18 @@ def test_disk(tmp_path):
     assert doc.check_disk(s, tmp_path / "art", usage=lambda p: SimpleNamespace(free=500 * doc.GB)) == []
 
 
+def test_disk_counts_a_random_snapshot_still_to_be_written(tmp_path, monkeypatch):
+    """gpu_smoke's random 7B base, not yet on disk: its bf16 weights (14 GiB) are added to what the study needs."""
+    from mt_core.model.random_snapshot import n_params
+
+    monkeypatch.setattr("mt_core.model.random_snapshot.snapshot_dir", lambda m: tmp_path / "no_snapshot")
+    s = load_study(profile="gpu_smoke")
+    weights = round(2 * n_params(s.model) / doc.GB)
+    assert weights == 14
+    (p, _) = doc.check_disk(s, tmp_path / "art", usage=lambda p: SimpleNamespace(free=doc.MIN_FREE_GB["hf"] * doc.GB))
+    assert p.check == "disk" and f"needs about {doc.MIN_FREE_GB['hf'] + weights} GB" in p.message, p.message
+
+
 def test_instance_not_writable(tmp_path):
     f = tmp_path / "a_file"
     f.write_text("")

@@ -298,13 +298,13 @@ class HeldEngine:
     def load(self, model) -> None:
         """Wake the engine (start it the first time) and give it ``model``'s weights; sync: the copy is done when
         this returns."""
-        t0 = time.perf_counter()
         if self.llm is None:
             self._start()
         elif not self.awake:
             free_cuda()  # what training left in torch's cache goes back before the engine takes its memory again
             self.llm.wake_up()
             self.awake = True
+        t0 = time.perf_counter()  # the push alone (a first session's start is logged by _start)
         state = model.state_dict()
         loaded = self.llm.apply_model(lambda m: m.load_weights(state.items()))
         self.llm.reset_prefix_cache()
