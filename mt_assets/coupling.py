@@ -173,8 +173,12 @@ def build(sd: StudyDefs) -> list:
         if skip:
             context.log.info(f"{part}: no result for {', '.join(gate_label(study, n) for n in skip)}: not a gate of "
                              f"this source")
-        yield from gate_checks(sd, part, Adapter.read_gates(art.path), selected,
-                               extra={"adapter_md5": art.digest, "partition": part})
+        for r in gate_checks(sd, part, Adapter.read_gates(art.path), selected,
+                             extra={"adapter_md5": art.digest, "partition": part}):
+            if not r.passed and r.severity == dg.AssetCheckSeverity.WARN:  # on the console of `mt run` too
+                why = "no cell builds on this adapter" if study.gates.block_cells else "gates.block_cells is false"
+                context.log.warning(f"{r.description} (a warning: {why})")
+            yield r
         if SWEEP_RULE in selected and study.swept(part):
             yield sweep_rule_check(sd, part, art)
 
