@@ -32,17 +32,23 @@ def gate_label(study: Study, name: str) -> str:
     return f"{name} ({study.gates.named()[name].model} adapter)"
 
 
+def gates_warn(study: Study, part: str) -> str | None:
+    """Why a failed gate on coupling partition ``part`` is a warning rather than an error (None: it is an error and
+    stops the run). Gates block only where cells are built on the adapter: a swept variant that no condition uses
+    failing a gate is one of the sweep's outcomes, as the reference's sweep found most of its grid degenerate."""
+    if not study.gates.block_cells:
+        return "gates.block_cells is false"
+    return None if study.cell_source_map()[part] else "no cell builds on this adapter"
+
+
 def gate_checks(sd: StudyDefs, part: str, gates: dict, selected: set[str] | None = None,
                 extra: dict | None = None) -> list[dg.AssetCheckResult]:
     """Results for coupling partition ``part``: one per gate of its source (``selected`` ones only), none for other
     sources' gates, which do not apply to this adapter (they are never recorded as passed, or at all). ``extra`` is
-    metadata every result carries. A failed gate is an error (it stops the run when gates block cells) only where a
-    cell builds on the adapter: a swept variant that no condition uses failing a gate is one of the sweep's outcomes,
-    a warning, as the reference's sweep found most of its grid degenerate."""
+    metadata every result carries. Their severity: ``gates_warn``."""
     study, key = sd.study, sd.key("coupling_adapter")
     source = study.coupling_target(part)[0]
-    blocks = study.gates.block_cells and bool(study.cell_source_map()[part])
-    sev = dg.AssetCheckSeverity.ERROR if blocks else dg.AssetCheckSeverity.WARN
+    sev = dg.AssetCheckSeverity.WARN if gates_warn(study, part) else dg.AssetCheckSeverity.ERROR
     out = []
     for name in study.sources[source].gates:
         if selected is not None and name not in selected:
@@ -173,10 +179,10 @@ def build(sd: StudyDefs) -> list:
         if skip:
             context.log.info(f"{part}: no result for {', '.join(gate_label(study, n) for n in skip)}: not a gate of "
                              f"this source")
+        why = gates_warn(study, part)
         for r in gate_checks(sd, part, Adapter.read_gates(art.path), selected,
                              extra={"adapter_md5": art.digest, "partition": part}):
-            if not r.passed and r.severity == dg.AssetCheckSeverity.WARN:  # on the console of `mt run` too
-                why = "no cell builds on this adapter" if study.gates.block_cells else "gates.block_cells is false"
+            if not r.passed and why:  # on the console of `mt run` too
                 context.log.warning(f"{r.description} (a warning: {why})")
             yield r
         if SWEEP_RULE in selected and study.swept(part):
