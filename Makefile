@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 # bytecode is written where Python would compile a module anyway (a machine may say otherwise in its environment)
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: setup bytecode-all browser services demo test test-fast test-slow ui clean-artifacts
+.PHONY: setup bytecode browser services demo test test-fast test-slow ui clean-artifacts
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
@@ -36,12 +36,16 @@ $(STAMP): pyproject.toml
 	  $$($(BIN)/python scripts/uv_args.py) torch==2.13.0 -e '.[test,cluster]'
 	touch $(STAMP)
 
-# Bytecode of the whole venv compiled on every core, before the suite: its Dagster runs start with `python -B`, which
-# would otherwise compile torch in every run. Its errors (files in packages that are not Python 3) pip ignores too.
-# The demo does without it: its one process imports what every step needs before forking (mt_run.runner), writing the
-# bytecode of just those modules as it goes (10 s, where compiling the venv took 27 s; docs/BENCHMARKS.md).
-bytecode-all: setup
-	@$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
+# The bytecode of what the suite's processes import, written once per install, before the suite: a few hundred
+# processes (`mt` commands, Dagster's servers and run workers, Ray's) would otherwise each compile what they import.
+# scripts/warm_bytecode.py imports it, where compiling the whole venv wrote far more than the suite reads
+# (docs/TESTING.md). The demo does without it: its one process imports what every step needs before forking
+# (mt_run.runner), writing the bytecode of just those modules.
+BYTECODE := $(VENV)/.bytecode
+bytecode: $(BYTECODE)
+$(BYTECODE): $(STAMP) scripts/warm_bytecode.py
+	$(BIN)/python scripts/warm_bytecode.py
+	touch $(BYTECODE)
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
@@ -57,15 +61,15 @@ PYTEST_WORKERS ?= 3
 PYTEST  := WANDB_MODE=disabled $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 # the whole suite, slow tests included (what .ci/run runs)
-test: setup bytecode-all browser services
+test: setup bytecode browser services
 	$(PYTEST)
 
 # the inner loop: everything but the tests marked slow
-test-fast: setup bytecode-all
+test-fast: setup bytecode
 	$(PYTEST) -m 'not slow'
 
 # only the slow ones: a study end to end through Dagster, the Pipes runs, lineage through Dagster, the browser
-test-slow: setup bytecode-all browser services
+test-slow: setup bytecode browser services
 	$(PYTEST) -m slow
 
 # `dagster dev` on 127.0.0.1:3000 in a process group of its own: Ctrl-C or SIGTERM stops all of it in 5 s (mt_cli/ui.py)
