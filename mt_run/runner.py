@@ -107,11 +107,10 @@ class Runner:
 
     def stage_items(self, job: str) -> list[Item]:
         study = self.sd.study
-        if job == "coupling_job":  # the adapters the cells build on; the whole coupling sweep unless --cells
+        if job == "coupling_job":  # with --cells the adapters those cells build on; else every partition (the whole
+            # sweep, and a source no cell of this profile builds on: its adapter and gates are the study's too)
             used = {study.cell(c).coupling for c in self.cells}
-            sources = {study.coupling_target(k)[0] for k in used if k}
-            parts = [k for k in study.coupling_keys if k in used or (
-                not self.cells_only and study.swept(k) and study.coupling_target(k)[0] in sources)]
+            parts = [k for k in study.coupling_keys if k in used or not self.cells_only]
         elif job == "cell_job":
             parts = list(self.cells)
         else:

@@ -7,6 +7,7 @@ tmp_path; CLI cases call ``mt_cli.main`` in this process (and two run ``python -
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,7 +60,6 @@ CONFIG_CASES = [
      "'rwa' is neither 'raw' nor a source"),
     ("unknown_second_stage", "  C4: {base: villain,   second_stage: none,", "  C4: {base: villain,   second_stage: nope,",
      "conditions.C4.second_stage", "Input should be 'em', 'benign' or 'none' (got 'nope')"),
-    ("empty_seeds", "seeds: [42],", "seeds: [],", "conditions.C4.seeds", "at least 1 item"),
     ("duplicate_seeds", "  C2: {base: raw,       second_stage: em,     seeds: [42, 137, 256]",
      "  C2: {base: raw,       second_stage: em,     seeds: [42, 42]", "conditions.C2.seeds", "duplicate seeds"),
     ("negative_seed", "seeds: [42],", "seeds: [-1],", "conditions.C4.seeds.0", "greater than or equal to 0 (got -1)"),
@@ -92,6 +92,20 @@ def test_study_file_errors_name_file_line_and_field(tmp_path, old, new, field, m
     line = _line(p, new.strip().splitlines()[-1] if new else "  coupling:\n")
     msg = _config_error(p)
     assert str(p) in msg and f"line {line}: {field}: " in msg and message in msg, msg
+
+
+def test_a_condition_without_seeds_has_no_cells_but_a_study_needs_one(tmp_path):
+    """``seeds: []`` leaves a condition out (a profile's choice); a study none of whose conditions has a seed, or a
+    probe fitted on a condition without one, is refused at load, naming the file, line and field."""
+    p = _study(tmp_path, "seeds: [42],", "seeds: [],")  # C4
+    assert [c for c in load_study(p, "tiny").cells if c.startswith("C4")] == []
+    p.write_text(re.sub(r"seeds: \[[0-9, ]+\]", "seeds: []", VILLAIN))
+    msg = _config_error(p)
+    assert str(p) in msg and f"line {_line(p, 'conditions:')}: conditions: no condition has a seed" in msg, msg
+    nxt = tmp_path / "next.yaml"
+    nxt.write_text(f"extends: {ROOT / 'studies' / 'marker_transfer_villain_next.yaml'}\n"
+                   "profiles: {tiny: {conditions: {C4: {seeds: []}}}}\n")
+    assert "probe.reference: condition 'C4' has no seeds, so no cell to fit the probe on" in _config_error(nxt)
 
 
 def test_a_study_file_that_is_not_utf8(tmp_path):

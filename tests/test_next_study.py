@@ -38,6 +38,7 @@ def sql(env: dict, query: str) -> list[dict]:
 
 def test_every_partition_is_materialized(ran):
     home, *_ = ran
+    assert sorted(CELLS) == ["C1_s42", "C2_s42", "C4_s42", "C6_s42", "C7_s42"]  # tiny leaves C3, C5 out (no seeds)
     coupling = set(STUDY.coupling_keys)
     assert coupling == {"villain", "assistant", "villain.aggressive", "villain.lr3e-04_ep3"}
     with dg.DagsterInstance.from_config(str(home)) as inst:
@@ -92,7 +93,7 @@ def test_the_coupling_sweep(ran):
                     "arc_accuracy, passed, chosen, best FROM coupling_sweep ORDER BY \"partition\"")
     assert [(r["variant"], r["lr"], r["epochs"], r["lora_r"]) for r in rows] == [
         ("default", 1e-4, 8, 8), ("aggressive", 1e-4, 12, 16), ("lr3e-04_ep3", 3e-4, 3, 8)]
-    assert [r["chosen"] for r in rows] == [True, True, False]  # C1-C6 build on villain, C7 on the aggressive one
+    assert [r["chosen"] for r in rows] == [True, True, False]  # C1, C4, C6 build on villain, C7 on the aggressive one
     assert {r["partition"]: r["passed"] for r in rows} == judged
     for r in rows:
         assert r["passed"] == (r["source_rate"] > 0.5 and r["arc_accuracy"] > 0.2 and r["max_bystander_rate"] <= 0.05)
@@ -132,7 +133,8 @@ def test_sql_answers_from_the_new_views(ran):
                       "GROUP BY ALL ORDER BY ALL")
     assert [r["n"] for r in by_set] == [r["n"] for r in sets]
     rates = sql(env, "SELECT total FROM marker_rates WHERE cell = 'C4_s42' AND persona = 'assistant'")
-    assert rates == [{"total": 28 * 4}]  # the rates table reads the 28 in-distribution questions only
+    # the rates table reads the 28 in-distribution questions only
+    assert rates == [{"total": 28 * STUDY.samplers.marker.n}]
 
 
 def test_the_plain_text_second_stage_trains_every_token(ran):

@@ -80,7 +80,7 @@ class Condition(ConfigModel):
     second_stage: Literal["em", "benign", "none"]  # the second stage's data
     recipe: str = "second_stage"  # the recipe it trains with (a key of `recipes`)
     variant: str | None = None  # build on this `coupling_sweep` variant of the base source (None: the source's own)
-    seeds: list[Seed] = Field(min_length=1)
+    seeds: list[Seed]  # empty: the condition has no cells (a profile leaving it out)
     description: str = ""
 
 
@@ -440,6 +440,8 @@ class Study(ConfigModel):
                                  f"({', '.join(self.sources)})")
             if len(set(cond.seeds)) != len(cond.seeds):
                 raise ValueError(f"conditions.{cname}.seeds: duplicate seeds {cond.seeds}")
+        if not any(cond.seeds for cond in self.conditions.values()):
+            raise ValueError("conditions: no condition has a seed, so the study has no cells")
         named = {c.recipe for c in self.conditions.values()}
         for r in self.recipes:
             if r not in ("coupling", "second_stage") and r not in named:
@@ -451,6 +453,9 @@ class Study(ConfigModel):
                                 ("compare", self.probe.compare[1])):
                 if cond not in self.conditions:
                     raise ValueError(f"probe.{field}: {cond!r} is not a condition ({', '.join(self.conditions)})")
+            if not self.conditions[self.probe.reference].seeds:
+                raise ValueError(f"probe.reference: condition {self.probe.reference!r} has no seeds, so no cell to fit "
+                                 f"the probe on")
         if not any(c.base == by_persona[self.source_persona] for c in self.conditions.values()):
             raise ValueError(f"conditions: no condition is built on source {by_persona[self.source_persona]!r}, the "
                              f"source of source_persona {self.source_persona!r}")
