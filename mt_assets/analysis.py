@@ -41,12 +41,15 @@ class Verified:
 
 
 def recorded_artefact(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactStore, asset: str,
-                      partition: str | None, fix: str = "") -> Artifact | None:
+                      partition: str | None, fix: str = "", recorded: bool | None = None) -> Artifact | None:
     """The artefact the instance's latest materialization of ``asset[partition]`` recorded, verified as
     ``read_upstream`` does (files against the manifest, digest against that record, the manifest the study's own);
-    None when the instance has no materialization of it (files on disk without a record are not read). A recorded
+    None when the instance has no materialization of it (files on disk without a record are not read). ``recorded``:
+    whether it has one, where the caller already knows (one query per asset for a study's partitions). A recorded
     artefact that fails verification raises ArtifactError naming it and the fix."""
-    if latest_metadata(instance, sd.key(asset), partition) is None:
+    if recorded is None:
+        recorded = latest_metadata(instance, sd.key(asset), partition) is not None
+    if not recorded:
         return None
     try:
         return read_upstream(sd, SimpleNamespace(instance=instance), store, asset, partition)
@@ -62,27 +65,28 @@ def verify_study(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactSto
     per-cell artefacts are there; the others are ``missing`` what they lack."""
     store = store.of(sd.name)
     v = Verified()
+    # which partitions the instance recorded, and which the store holds: once per asset, not per partition
+    recorded = {a: instance.get_materialized_partitions(sd.key(a)) for a in (*PER_CELL, Adapter.coupling)}
+    on_disk = {a: set(store.published(a)) for a in recorded}
+
+    def artefact(a: str, key: str, fix: str) -> Artifact | None:
+        art = recorded_artefact(sd, instance, store, a, key, fix, recorded=key in recorded[a])
+        if art is None and (a, key) in on_disk[a]:
+            v.unrecorded.append(f"{a}[{key}]")
+        return art
+
     for key in sd.study.cells:
-        arts, lacks = {}, []
-        for a in PER_CELL:
-            art = recorded_artefact(sd, instance, store, a, key, f" (the UI's Partitions tab, or `mt run --cells "
-                                                                 f"{key} --force`)")
-            if art is None:
-                lacks.append(a)
-                if (a, key) in store.published(a):
-                    v.unrecorded.append(f"{a}[{key}]")
-            else:
-                arts[a] = art
+        arts = {a: artefact(a, key, f" (the UI's Partitions tab, or `mt run --cells {key} --force`)")
+                for a in PER_CELL}
+        lacks = [a for a, art in arts.items() if art is None]
         if lacks:
             v.missing[key] = lacks
         else:
             v.cells[key] = arts
     for src in sd.study.sources:
-        art = recorded_artefact(sd, instance, store, Adapter.coupling, src, " (`mt run --force`)")
+        art = artefact(Adapter.coupling, src, " (`mt run --force`)")
         if art is None:
             v.missing_sources.append(src)
-            if (Adapter.coupling, src) in store.published(Adapter.coupling):
-                v.unrecorded.append(f"{Adapter.coupling}[{src}]")
         else:
             v.sources[src] = art
     return v

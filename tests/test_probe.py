@@ -85,7 +85,10 @@ def test_the_probe_steps_separate_the_villain_on_the_coupling_only_cell(demo, tm
     from mt_core.steps import analysis, cells
 
     _, art, _, _ = demo
-    study = load_study(NEXT, "tiny")
+    # the next study's tiny profile with C3 back (it leaves C3 out: seeds [])
+    f = tmp_path / "next_with_c3.yaml"
+    f.write_text(f"extends: {NEXT}\nprofiles: {{tiny: {{conditions: {{C3: {{seeds: [42]}}}}}}}}\n")
+    study = load_study(f, "tiny")
     models = {"C4_s42": ["coupling_adapter/villain/adapter"],
               "C1_s42": ["coupling_adapter/villain/adapter", "cell_adapter/C1_s42/adapter"],
               "C3_s42": ["coupling_adapter/assistant/adapter", "cell_adapter/C3_s42/adapter"]}

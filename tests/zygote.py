@@ -29,9 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # what every `mt` imports and most of its import time: `mt run`'s own preload for its forked runs
-# (mt_run.runner.STEP_IMPORTS) and the CLI's; not polars, pyarrow or duckdb (their pools do not survive a fork), nor
-# the code location (it reads the environment)
-PRELOAD = ("mt_run.runner", "dagster", "matplotlib.figure", "mt_cli")
+# (mt_run.runner.STEP_IMPORTS) and the CLI's, and the summary's (its figure, its tests); not polars, pyarrow or duckdb
+# (their pools do not survive a fork), nor the code location (it reads the environment)
+PRELOAD = ("mt_run.runner", "dagster", "matplotlib.figure", "scipy.stats", "mt_cli")
 
 
 # ---- the server: one per xdist worker ------------------------------------------------------------------------------
