@@ -15,6 +15,7 @@ from mt_run.runs import cause
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a study's `mt run` through Dagster, stopped mid-run: about 15 s each
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_mt_run_says_so_in_one_line_and_publishes_nothing(tmp_path, sig):
     import dagster as dg
