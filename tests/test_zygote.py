@@ -2,9 +2,11 @@
 own. (A kill reading as ``-signal``: tests/test_faults.py's kill chain, which asserts ``-SIGKILL`` through it.)"""
 import os
 
+import pytest
 import zygote
 
 
+@pytest.mark.slow  # the zygote serves the slow tests' `mt` commands; starting one costs its imports (about 10 s)
 def test_exit_codes_and_streams_as_a_process_of_its_own():
     ok = zygote.run(["--help"], timeout=120)
     assert ok.returncode == 0 and "usage: mt" in ok.stdout and ok.stderr == ""
