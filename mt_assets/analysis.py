@@ -5,6 +5,7 @@ The rule for a study that is not whole (docs/DESIGN.md): an artefact the instanc
 study) FAILS the summary and the catalog, naming the cell, the artefact and the fix; an artefact the instance has no
 materialization of is missing, and the summary, the catalog and `mt report` say INCOMPLETE (which cells lack what)
 above their numbers. Files on disk the instance never recorded are never read."""
+import functools
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -65,13 +66,14 @@ def verify_study(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactSto
     per-cell artefacts are there; the others are ``missing`` what they lack."""
     store = store.of(sd.name)
     v = Verified()
-    # which partitions the instance recorded, and which the store holds: once per asset, not per partition
+    # which partitions the instance recorded: once per asset, not per partition; what the store holds (a listing,
+    # remote on an object store) only for an asset with a partition missing, once
     recorded = {a: instance.get_materialized_partitions(sd.key(a)) for a in (*PER_CELL, Adapter.coupling)}
-    on_disk = {a: set(store.published(a)) for a in recorded}
+    on_disk = functools.cache(lambda a: set(store.published(a)))
 
     def artefact(a: str, key: str, fix: str) -> Artifact | None:
         art = recorded_artefact(sd, instance, store, a, key, fix, recorded=key in recorded[a])
-        if art is None and (a, key) in on_disk[a]:
+        if art is None and (a, key) in on_disk(a):
             v.unrecorded.append(f"{a}[{key}]")
         return art
 
