@@ -17,6 +17,8 @@ MT_PROFILE            the profile every study is loaded under (default ``tiny``)
 MT_ARTIFACTS          the artefact root (``{study}``/``{profile}`` filled in; a path or an object store URL)
 MT_COMPUTE            where heavy steps run: inline | pipes | worker | ray (default inline for tiny, else worker)
 MT_WORKER_IDLE_S      how long a worker that stays (MT_COMPUTE=worker) waits for its next step (default 900)
+MT_CHILD_PREFIX       a command the pipes and ray modes start a step's process under (shell words, e.g.
+                      ``nsys profile -o step``, ``numactl -N 0``, ``nice -n 10``; default none)
 RAY_ADDRESS           the Ray dashboard under MT_COMPUTE=ray
 MT_GPU_COUNT          GPUs to assume instead of counting /dev/nvidia*
 MT_CPU_JOBS           on a machine without GPUs, runs of a stage at once (the gpu pool's default; default: cores, at most 8)
@@ -38,6 +40,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -76,6 +79,7 @@ class Settings:
     compute: str | None = None  # None: inline for tiny, pipes otherwise (``compute_mode``)
     ray_address: str | None = None
     worker_idle_s: float = 900.0  # a worker that stays exits after this long without a step
+    child_prefix: tuple[str, ...] = ()  # words before ``python -m mt_worker`` of a pipes or ray step's process
     gpu_count: int | None = None
     cpu_jobs: int = 0  # 0: every core, at most 8 (``jobs``)
     cache: Path = Path.home() / ".cache" / "mt"
@@ -107,6 +111,7 @@ class Settings:
             compute=get("MT_COMPUTE"),
             ray_address=get("RAY_ADDRESS"),
             worker_idle_s=float(get("MT_WORKER_IDLE_S") or cls.worker_idle_s),
+            child_prefix=tuple(shlex.split(get("MT_CHILD_PREFIX") or "")),
             gpu_count=int(env["MT_GPU_COUNT"]) if get("MT_GPU_COUNT") else None,
             cpu_jobs=int(get("MT_CPU_JOBS") or 0),
             cache=Path(get("MT_CACHE") or Path.home() / ".cache" / "mt"),

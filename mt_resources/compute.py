@@ -8,7 +8,8 @@ a few seconds a step). The child inherits the environment, so inside a ``gpu.lea
 child raises ``ChildTaskError`` with its error text (the store's writer then discards the staging directory); an
 interrupted step sends the child SIGINT, then SIGKILL after ``grace_s``.
 
-``ray`` submits the same ``python -m mt_worker`` as a Ray job asking for ``num_gpus: 1`` (dagster-ray's
+``MT_CHILD_PREFIX`` (``child_prefix``) puts a command in front of the child of both (a profiler, ``numactl``, the
+test suite's fork server). ``ray`` submits the same ``python -m mt_worker`` as a Ray job asking for ``num_gpus: 1`` (dagster-ray's
 ``PipesRayJobClient``): Ray, not ``GpuAllocator``, picks the node and the GPU and queues a step until one is free; the
 job's log carries the Pipes messages, so the step's logs and metadata arrive as in ``pipes``, plus where it ran. The
 job starts in the project directory with the same Python, so every node needs the project at the same path and the
@@ -45,6 +46,7 @@ class Compute(dg.ConfigurableResource):
     ray_address: str = ""  # the Ray dashboard (http://host:8265; the settings' $RAY_ADDRESS)
     ray_poll_s: float = 1.0  # how often the step asks Ray whether its job ended
     workers: str = ""  # mode worker: the folder of the workers' locks, pid files and logs (``Settings.workers``)
+    child_prefix: list[str] = []  # modes pipes and ray: the command a step's process starts under ($MT_CHILD_PREFIX)
     # the science code's process-wide values for an inline step (a Pipes child or a Ray job reads its own)
     models: str = str(runtime.Runtime.models)
     scratch: str | None = None
@@ -55,6 +57,7 @@ class Compute(dg.ConfigurableResource):
     def of(cls, settings: Settings) -> "Compute":
         rt = settings.runtime
         return cls(mode=settings.compute_mode(), ray_address=settings.ray_address or "", workers=str(settings.workers),
+                   child_prefix=list(settings.child_prefix),
                    models=str(rt.models), scratch=str(rt.scratch) if rt.scratch else None, threads=rt.threads,
                    artifacts=rt.artifacts)
 
@@ -76,6 +79,10 @@ class Compute(dg.ConfigurableResource):
                   "study": str(study.file), "profile": study.profile, "config_sha256": study.config_sha256}
         return {"ray": self._ray, "worker": self._worker}.get(self.mode, self._pipes)(context, extras, log)
 
+    def child_command(self) -> list[str]:
+        """The command of a pipes or ray step's process: ``python -m mt_worker`` under the settings' prefix."""
+        return [*self.child_prefix, sys.executable, "-m", "mt_worker"]
+
     def _pipes(self, context, extras: dict, log) -> dict:
         fn_name, cvd = extras["step"], visible_devices()  # set by gpu.lease for the work under it; the child inherits it
         # Dagster's client: the child in the step's cwd and environment (the project importable); an interrupted step
@@ -88,7 +95,7 @@ class Compute(dg.ConfigurableResource):
         with warnings.catch_warnings():  # Dagster's own message handler calls one of its preview APIs: not ours
             warnings.filterwarnings("ignore", message=".*expected_writer_count.*")
             try:
-                done = client.run(context=context, command=[sys.executable, "-m", "mt_worker"], extras=extras)
+                done = client.run(context=context, command=self.child_command(), extras=extras)
             except Exception as e:  # the child exited non-zero ("... failed with code N"): its error is logged
                 if type(e).__name__ != "DagsterPipesExecutionError":  # not exported by dagster: named, not imported
                     raise
@@ -119,7 +126,7 @@ class Compute(dg.ConfigurableResource):
             raise ValueError("compute mode ray needs the Ray dashboard's address: set RAY_ADDRESS (e.g. "
                              "http://head:8265) or the compute resource's ray_address")
         env = ray_job_env()
-        params = {"entrypoint": f"cd {shlex.quote(str(PROJECT_ROOT))} && {shlex.quote(sys.executable)} -m mt_worker",
+        params = {"entrypoint": f"cd {shlex.quote(str(PROJECT_ROOT))} && {shlex.join(self.child_command())}",
                   "entrypoint_num_gpus": 1, "entrypoint_num_cpus": 1, "runtime_env": {"env_vars": env}}
         client = PipesRayJobClient(address=address, poll_interval=self.ray_poll_s)
         log(f"ray: submitting {extras['step']} to {address} (num_gpus=1)")

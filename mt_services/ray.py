@@ -89,8 +89,11 @@ class RayCluster:
 def _start(name: str, args: list[str], folder: Path, env: dict) -> Node:
     log = folder / f"{name}.log"
     with open(log, "ab") as out:  # the child keeps its own handle
-        proc = subprocess.Popen([_ray_bin(), "start", "--block", "--disable-usage-stats", "--node-ip-address", HOST,
-                                 *args], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # no log monitor: it streams remote tasks' prints to a driver's console, which a job has none of (a job's
+        # output is its log file, read through the dashboard), and it polled every log file of the node
+        proc = subprocess.Popen([_ray_bin(), "start", "--block", "--disable-usage-stats", "--include-log-monitor",
+                                 "false", "--node-ip-address", HOST, *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
     return Node(name, proc, log)
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: a small tokenizer and a small, quickly pretrained tiny model (built once per session)."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,10 @@ os.environ.setdefault("MT_CPU_JOBS", "1")
 # $MT_THREADS) gets its share. Two workers each running torch on every core of a 2-core machine oversubscribe it, and
 # OpenMP's spinning threads then make a tiny training many times slower (docs/TESTING.md).
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+# the process of a pipes or ray step that an `mt` of the tests starts: forked by this worker's zygote, which has torch,
+# transformers and PEFT imported, rather than a fresh interpreter importing them (tests/zygote.py, ``client``)
+os.environ.setdefault("MT_TEST_ZYGOTE", f"/tmp/mt-zygote-{os.getpid()}.sock")
+os.environ.setdefault("MT_CHILD_PREFIX", shlex.join([sys.executable, str(ROOT / "tests" / "zygote.py")]))
 if WORKERS > 1:
     os.environ.setdefault("MT_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
     os.environ.setdefault("OMP_NUM_THREADS", os.environ["MT_THREADS"])  # torch's default where nothing sets threads

@@ -6,8 +6,6 @@ provenance naming the coupling adapter's partition/run/md5, the DuckDB views, an
 treat files on disk as finished work. The run also records which study fields the code read (tests/test_config_reads.py).
 """
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -96,8 +94,7 @@ def test_fresh_instance_does_not_trust_files_on_disk(demo, tmp_path):
     code = (f"import dagster as dg, definitions; r = definitions.defs.resolve_job_def('{STUDY}__cell_job').execute_in_process("
             "partition_key='C4_s42', instance=dg.DagsterInstance.get(), raise_on_error=False); "
             "print('SUCCESS' if r.success else 'FAILED')")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path, art), capture_output=True,
-                         text=True, timeout=300)
+    out = zygote.run([], code=code, cwd=ROOT, env=_env(tmp_path, art), timeout=300)
     assert "FAILED" in out.stdout
     assert "has no materialization of it" in out.stdout + out.stderr
 

@@ -1,17 +1,17 @@
 """Pinned inputs through Dagster: md5 checked both ways, and bad rows named by file, row and field.
 
-Each scenario runs the `em_dataset` asset in a subprocess with a study file whose tiny profile points the EM dataset at
-a fixture file, in a temporary DAGSTER_HOME.
+Each scenario runs the `em_dataset` asset in a process of its own (tests/zygote.py) with a study file whose tiny
+profile points the EM dataset at a fixture file, in a temporary DAGSTER_HOME.
 """
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
 import pytest
+
+import zygote
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "marker_transfer_villain"  # the fixture study's name: its asset keys are <study>/<asset>, its jobs <study>__…
@@ -44,7 +44,7 @@ def _run(tmp: Path, rows: list, md5: str | None = None, raw: str | None = None):
             "'em_dataset'])], raise_on_error=False); print('RESULT', r.success)")
     env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_STUDY=str(_study(tmp, data, md5)),
                MT_PROFILE="tiny")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = zygote.run([], code=code, cwd=ROOT, env=env, timeout=300)
     return out.stdout + out.stderr, home, art, data
 
 
@@ -144,7 +144,7 @@ def test_real_profile_needs_the_judge_key_before_gpu_work(tmp_path, key, expect)
     code = (f"import dagster as dg, definitions; r = definitions.defs.resolve_job_def('{STUDY}__inputs_job')"
             f".execute_in_process(instance=dg.DagsterInstance.get(), asset_selection=[dg.AssetKey(['{STUDY}', "
             "'base_model'])], raise_on_error=False); print('RESULT', r.success)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = zygote.run([], code=code, cwd=ROOT, env=env, timeout=300)
     text = out.stdout + out.stderr
     assert "RESULT False" in text and expect in text
     assert not (tmp_path / "art" / "base_model" / "_").exists()

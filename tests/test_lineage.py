@@ -6,8 +6,6 @@ stale, for `mt lineage`, the DuckDB `lineage` view and the Dagster webserver's G
 shows as "Upstream data changed")."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -190,8 +188,8 @@ def test_lineage_through_dagster_detects_rematerialized_coupling_adapter(demo, t
     # its gates may fail: they block cells, not the adapter's own record
     code = (f"import dagster as dg, definitions; definitions.defs.resolve_job_def('{STUDY}__coupling_job')"
             ".execute_in_process(partition_key='villain', instance=dg.DagsterInstance.get(), raise_on_error=False)")
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "MT_STUDY": str(variant)},
-                       capture_output=True, text=True, timeout=600)  # it imports the code location: a fresh process
+    # a process of its own (the zygote's child), which imports the code location for this study
+    p = zygote.run([], code=code, cwd=ROOT, env={**env, "MT_STUDY": str(variant)}, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     after = {c: _lineage(c, env) for c in ("C1_s42", "C4_s42")}
     new = _nodes(after["C1_s42"])["coupling_adapter"]

@@ -142,6 +142,18 @@ def lineage_rows(artefacts: Iterable[Mapping]) -> list[dict]:
     return rows
 
 
+def _table(con, name: str, df, scratch: Path) -> None:
+    """``CREATE TABLE <name>`` from a polars frame through a Parquet file that polars writes and DuckDB reads (then
+    removed): the same types as an Arrow hand-over, without importing pyarrow, which took most of a small study's
+    catalog step. The path is a literal: a bound parameter makes DuckDB import pyarrow to inspect it."""
+    f = scratch / f".{name}.parquet"
+    df.write_parquet(f)
+    try:
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet('{str(f).replace(chr(39), chr(39) * 2)}')")
+    finally:
+        f.unlink()
+
+
 def build_catalog(study: Study, *, cells: list[str], artefacts: list[dict], imported: list[dict],
                   lineage: list[Mapping] | None = None, missing: Mapping[str, list[str]] | None = None,
                   out: Path, log: Callable[[str], None] = print) -> dict:
@@ -161,12 +173,9 @@ def build_catalog(study: Study, *, cells: list[str], artefacts: list[dict], impo
         lin = lineage_rows(lineage or [])
         lineage_df = (pl.DataFrame(lin, infer_schema_length=None) if lin
                       else pl.DataFrame(schema={c: pl.Utf8 for c in LINEAGE_COLUMNS}))
-        con.register("cells_df", cells_df.to_arrow())
-        con.register("lineage_df", lineage_df.to_arrow())
-        con.register("files_df", pl.DataFrame(files, infer_schema_length=None).to_arrow())
-        con.execute("CREATE TABLE cells AS SELECT * FROM cells_df")
-        con.execute("CREATE TABLE artefact_lineage AS SELECT * FROM lineage_df")
-        con.execute(f"CREATE TABLE {FILES_TABLE} AS SELECT * FROM files_df")
+        _table(con, "cells", cells_df, out)
+        _table(con, "artefact_lineage", lineage_df, out)
+        _table(con, FILES_TABLE, pl.DataFrame(files, infer_schema_length=None), out)
         failpoint("catalog")  # the catalog half built (tests/test_faults.py kills the step here)
         views = []
         present = {a["asset"] for a in artefacts}
