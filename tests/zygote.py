@@ -371,8 +371,12 @@ def client(argv: list[str]) -> None:
     Ray send this process (SIGINT, SIGTERM, SIGHUP) go to it; this process ends as it ended (its exit code, or killed
     by its signal); killed, this process takes the child with it (the zygote sees the connection close). Without a
     zygote to ask (none started in this worker yet), it execs ``argv`` itself."""
+    import ctypes
     import socket
 
+    # as mt_worker does: killed when the process that started it dies (a Ray node's job supervisor, a step process),
+    # and the zygote then kills the child
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     path = os.environ.get(SOCKET_ENV)
     if argv[1:2] == ["-m"] and path and os.path.exists(path):
         s = socket.socket(socket.AF_UNIX)
