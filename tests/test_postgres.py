@@ -76,7 +76,9 @@ def _webserver_run_ids(env: dict, port: int, log: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_a_study_on_postgres(gpu_locks, pg, tmp_path, monkeypatch):
-    _, home, env = _setup(tmp_path, MT_PG_URL=pg.dagster_url, MT_GPU_COUNT="2", MT_THREADS="1")  # 2 runs on 2 cores
+    # 2 runs on 2 cores; each run's heavy steps in Pipes children (forked by the tests' zygote: MT_CHILD_PREFIX), so a
+    # run worker the daemon starts imports Dagster and the code location, not the model stack
+    _, home, env = _setup(tmp_path, MT_PG_URL=pg.dagster_url, MT_GPU_COUNT="2", MT_THREADS="1", MT_COMPUTE="pipes")
     shutil.copyfile(ROOT / "dagster.postgres.yaml", home / "dagster.yaml")
     monkeypatch.setenv("MT_PG_URL", pg.dagster_url)  # for DagsterInstance.from_config in this process
     # `mt run` sets every pool before the runs start: Dagster 1.13 writes a pool's default limit at a step's first
