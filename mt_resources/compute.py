@@ -9,14 +9,14 @@ child raises ``ChildTaskError`` with its error text (the store's writer then dis
 interrupted step sends the child SIGINT, then SIGKILL after ``grace_s``.
 
 ``MT_CHILD_PREFIX`` (``child_prefix``) puts a command in front of the child of both (a profiler, ``numactl``, the
-test suite's fork server). ``ray`` submits the same ``python -m mt_worker`` as a Ray job asking for ``num_gpus: 1`` (dagster-ray's
-``PipesRayJobClient``): Ray, not ``GpuAllocator``, picks the node and the GPU and queues a step until one is free; the
-job's log carries the Pipes messages, so the step's logs and metadata arrive as in ``pipes``, plus where it ran. The
-job starts in the project directory with the same Python, so every node needs the project at the same path and the
-artefact root shared (docs/SCALING.md). Under an object store root the step still hands the job local paths (its
-staging folder and its inputs' copies, all in the launching host's $MT_CACHE): every node then needs $MT_CACHE on a
-shared filesystem at the same path. Only non-secret settings travel in the job's environment (Ray shows it in its
-dashboard and logs): a node brings its own credentials.
+test suite's fork server). ``ray`` submits the same ``python -m mt_worker`` as a Ray job asking for ``num_gpus: 1``
+(dagster-ray's ``PipesRayJobClient``): Ray, not ``GpuAllocator``, picks the node and the GPU and queues a step
+until one is free; the job's log carries the Pipes messages, so the step's logs and metadata arrive as in ``pipes``,
+plus where it ran. The job starts in the project directory with the same Python, so every node needs the project at
+the same path and the artefact root shared (docs/SCALING.md). Under an object store root the step still hands the job
+local paths (its staging folder and its inputs' copies, all in the launching host's $MT_CACHE): every node then needs
+$MT_CACHE on a shared filesystem at the same path. Only non-secret settings travel in the job's environment (Ray
+shows it in its dashboard and logs): a node brings its own credentials.
 """
 from __future__ import annotations
 

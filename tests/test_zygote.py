@@ -51,7 +51,7 @@ def test_a_client_stands_in_for_its_child(tmp_path):
         return int(line.split()[1])
 
     p = start("60", "0")  # SIGTERM to the client reaches the child, and the client dies of it too
-    child = child_of(p)
+    child_of(p)  # the child is running
     p.send_signal(signal.SIGTERM)
     assert p.wait(30) == -signal.SIGTERM
 

@@ -144,6 +144,31 @@ def serve() -> None:
     pending = b""
     stdin_open = True
 
+    def drop(pid: int) -> socket.socket:
+        """A socket client's connection, no longer watched (the caller answers on it and closes it)."""
+        conn = conns.pop(pid)
+        sel.unregister(conn)
+        return conn
+
+    def reap(pid: int, flags: int) -> None:
+        """Report a child's exit (its code, and the CPU seconds it and its own waited children used), to its socket
+        client too."""
+        done, status, usage = os.wait4(pid, flags)
+        if not done:
+            return
+        children.discard(pid)
+        rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        if pid in conns:
+            with drop(pid) as conn:
+                try:
+                    conn.sendall(json.dumps({"rc": rc}).encode() + b"\n")
+                except OSError:
+                    pass
+        try:
+            reply.write(json.dumps({"pid": pid, "rc": rc, "cpu": usage.ru_utime + usage.ru_stime}) + "\n")
+        except BrokenPipeError:
+            pass
+
     def fork(req: dict, fds: list[int] | None = None, conn=None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -185,37 +210,15 @@ def serve() -> None:
                 sel.register(conn, selectors.EVENT_READ, pid)
             else:  # a client's connection closed before its child ended: the client is gone, so is the child
                 pid = key.data
-                sel.unregister(conns[pid])
-                conns.pop(pid).close()
+                drop(pid).close()
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
         for pid in list(children):
-            _reap(pid, os.WNOHANG, children, reply, conns, sel)
+            reap(pid, os.WNOHANG)
     for pid in list(children):  # the client is gone: wait for what it started
-        _reap(pid, 0, children, reply, conns, sel)
-
-
-def _reap(pid: int, flags: int, children: set[int], reply, conns: dict, sel) -> None:
-    """Report a child's exit (its code, and the CPU seconds it and its own waited children used), to its socket
-    client too."""
-    done, status, usage = os.wait4(pid, flags)
-    if done:
-        children.discard(pid)
-        rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        if pid in conns:
-            conn = conns.pop(pid)
-            sel.unregister(conn)
-            try:
-                conn.sendall(json.dumps({"rc": rc}).encode() + b"\n")
-            except OSError:
-                pass
-            conn.close()
-        try:
-            reply.write(json.dumps({"pid": pid, "rc": rc, "cpu": usage.ru_utime + usage.ru_stime}) + "\n")
-        except BrokenPipeError:
-            pass
+        reap(pid, 0)
 
 
 # ---- the client ----------------------------------------------------------------------------------------------------
