@@ -7,11 +7,10 @@ materialization of is missing, and the summary, the catalog and `mt report` say 
 above their numbers. Files on disk the instance never recorded are never read."""
 import functools
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import dagster as dg
 
-from mt_assets.common import publish, read_upstream, table
+from mt_assets.common import publish, read_recorded, table
 from mt_assets.study import StudyDefs
 from mt_core.layout import (LEGACY, PER_CELL, Adapter, AlignmentScores, ArcScores, Audit, CompletionLength,
                             CouplingSweepGrid, MarkerRates, ProbeScores, ProbeStates, StudySummary, cell_numbers,
@@ -19,7 +18,7 @@ from mt_core.layout import (LEGACY, PER_CELL, Adapter, AlignmentScores, ArcScore
 from mt_core.report.catalog import artefact_record
 from mt_core.steps import analysis as steps
 from mt_resources import ArtifactError, ArtifactStore, WandbResource
-from mt_resources.store import Artifact, latest_metadata
+from mt_resources.store import Artifact, LatestRecords
 
 GROUP = "analysis"
 DESCRIPTION = "Study summary, figure and DuckDB catalog."
@@ -42,18 +41,17 @@ class Verified:
 
 
 def recorded_artefact(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactStore, asset: str,
-                      partition: str | None, fix: str = "", recorded: bool | None = None) -> Artifact | None:
+                      partition: str | None, fix: str = "", latest: LatestRecords | None = None) -> Artifact | None:
     """The artefact the instance's latest materialization of ``asset[partition]`` recorded, verified as
     ``read_upstream`` does (files against the manifest, digest against that record, the manifest the study's own);
-    None when the instance has no materialization of it (files on disk without a record are not read). ``recorded``:
-    whether it has one, where the caller already knows (one query per asset for a study's partitions). A recorded
-    artefact that fails verification raises ArtifactError naming it and the fix."""
-    if recorded is None:
-        recorded = latest_metadata(instance, sd.key(asset), partition) is not None
-    if not recorded:
+    None when the instance has no materialization of it (files on disk without a record are not read). ``latest``:
+    the records to read it from, where the caller reads many (a study's partitions). A recorded artefact that fails
+    verification raises ArtifactError naming it and the fix."""
+    latest = latest or LatestRecords(instance)
+    if latest(sd.key(asset), partition) is None:
         return None
     try:
-        return read_upstream(sd, SimpleNamespace(instance=instance), store, asset, partition)
+        return read_recorded(sd.name, instance, store, asset, partition, latest)[0]
     except ArtifactError as e:
         raise ArtifactError(f"study {sd.name}: {asset}[{partition or '_'}] fails verification, and nothing is "
                             f"reported over a study with a corrupt artefact in it: {e}. Fix: re-materialize "
@@ -66,13 +64,13 @@ def verify_study(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactSto
     per-cell artefacts are there; the others are ``missing`` what they lack."""
     store = store.of(sd.name)
     v = Verified()
-    # which partitions the instance recorded: once per asset, not per partition; what the store holds (a listing,
-    # remote on an object store) only for an asset with a partition missing, once
-    recorded = {a: instance.get_materialized_partitions(sd.key(a)) for a in (*PER_CELL, Adapter.coupling)}
+    # the instance's records read once per asset, not per partition; what the store holds (a listing, remote on an
+    # object store) only for an asset with a partition missing, once
+    latest = LatestRecords(instance)
     on_disk = functools.cache(lambda a: set(store.published(a)))
 
     def artefact(a: str, key: str, fix: str) -> Artifact | None:
-        art = recorded_artefact(sd, instance, store, a, key, fix, recorded=key in recorded[a])
+        art = recorded_artefact(sd, instance, store, a, key, fix, latest)
         if art is None and (a, key) in on_disk(a):
             v.unrecorded.append(f"{a}[{key}]")
         return art
@@ -129,12 +127,12 @@ def recorded_lineage(sd: StudyDefs, instance: dg.DagsterInstance, store: Artifac
     """{path, manifest} (``Artifact.location`` and its manifest) of every artefact in the study's store whose
     manifest digest is the instance's latest record of that asset partition, and of the verified imports, by asset
     and partition: the only ones the lineage table lists."""
-    st = store.of(sd.name)
+    st, latest = store.of(sd.name), LatestRecords(instance)
     keep = [{"path": a.location, "manifest": a.manifest} for a in imported]
     for asset, part in st.published():
         if asset == LEGACY:
             continue
-        meta = latest_metadata(instance, sd.key(asset), partition_or_none(part))
+        meta = latest(sd.key(asset), partition_or_none(part))
         if meta and meta.get("md5"):
             where, manifest = st.manifest(asset, part)
             if manifest["digest"] == meta["md5"]:
@@ -201,8 +199,9 @@ def build(sd: StudyDefs) -> list:
         pr = recorded_probe(context, store)
         if pr:  # the probe's scores, and the states of the complete cells that have them
             ups.append(pr)
+            latest = LatestRecords(context.instance)
             ups += [a for c in v.cells if (a := recorded_artefact(sd, context.instance, store.of(sd.name),
-                                                                  ProbeStates.asset, c)) is not None]
+                                                                  ProbeStates.asset, c, latest=latest)) is not None]
         ups += [sw] if (sw := recorded_sweep(context, store)) else []
         imported = imported_studies(sd, store)
         rec = lambda a: artefact_record(a.asset, a.partition, a.path, a.manifest)  # noqa: E731
@@ -224,9 +223,9 @@ def build(sd: StudyDefs) -> list:
                           "reference cell's hidden states, their score of every cell's personas, each cell's own "
                           "probe (held-out AUC, cosine to the reference) and the secondary analysis.")
     def probe_scores(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-        st = store.of(sd.name)
+        st, latest = store.of(sd.name), LatestRecords(context.instance)
         states = {c: recorded_artefact(sd, context.instance, st, ProbeStates.asset, c,
-                                       f" (`mt run --cells {c} --force`)") for c in study.cells}
+                                       f" (`mt run --cells {c} --force`)", latest) for c in study.cells}
         ups = [a for a in states.values() if a is not None]
         lacking = [c for c, a in states.items() if a is None]
         if lacking:
@@ -254,8 +253,8 @@ def _coupling_sweep(sd: StudyDefs):
               description=f"The coupling sweep's grid over {', '.join(swept)}: each variant's recipe values, rule "
                           f"gate rates, ARC-Challenge and the sweep rule's verdict; the chosen and the best passing.")
     def coupling_sweep(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-        st = store.of(sd.name)
-        arts = {k: recorded_artefact(sd, context.instance, st, Adapter.coupling, k, " (`mt run --force`)")
+        st, latest = store.of(sd.name), LatestRecords(context.instance)
+        arts = {k: recorded_artefact(sd, context.instance, st, Adapter.coupling, k, " (`mt run --force`)", latest)
                 for k in swept}
         ups = [a for a in arts.values() if a is not None]
         lacking = [k for k, a in arts.items() if a is None]

@@ -26,7 +26,7 @@ from mt_core.layout import UNPARTITIONED, partition_or_none
 from mt_core.model.tracking import Shared, WandbSettings, log_artifacts
 from mt_core.steps.registry import Step
 from mt_resources.compute import Compute
-from mt_resources.store import Artifact, ArtifactError, ArtifactStore, latest_metadata
+from mt_resources.store import Artifact, ArtifactError, ArtifactStore, LatestRecords, latest_metadata
 from mt_resources.wandb import WandbResource
 from mt_run.runs import claim_partition, tag_run_process
 from mt_settings import Settings, secret
@@ -40,15 +40,16 @@ def read_upstream(sd: StudyDefs, context: dg.AssetExecutionContext, store: Artif
 
 
 def read_recorded(study: str, instance: dg.DagsterInstance, store: ArtifactStore, asset: str,
-                  partition: str | None = None) -> tuple[Artifact, dict]:
+                  partition: str | None = None, latest: LatestRecords | None = None) -> tuple[Artifact, dict]:
     """``study``'s artefact and the instance's latest record of it: its hashes checked, its manifest the study's own,
-    its md5 the one recorded (a step's upstream, or what `mt export` hands out)."""
+    its md5 the one recorded (a step's upstream, or what `mt export` hands out). ``latest``: the records to read
+    that record from, where the caller reads many."""
     art, key = store.of(study).read(asset, partition), dg.AssetKey([study, asset])
     owner = art.manifest.get("study")
     if owner != study:
         raise ArtifactError(f"{asset}[{art.partition}] at {art.path} was built for study {owner!r}, not {study!r} "
                             f"which reads it; re-materialize {key.to_user_string()}")
-    meta = latest_metadata(instance, key, partition)
+    meta = latest(key, partition) if latest else latest_metadata(instance, key, partition)
     if meta is None:
         raise ArtifactError(f"{asset}[{art.partition}]: an artefact exists at {art.path} but this Dagster instance "
                             f"has no materialization of it; materialize it through Dagster first")

@@ -26,7 +26,7 @@ def cmd_lineage(args) -> int:
 
     from mt_core.config import ConfigError
     from mt_core.report.lineage import cell_lineage, render
-    from mt_resources.store import latest_metadata
+    from mt_resources.store import LatestRecords
 
     s = settings_of(args)
     try:
@@ -35,8 +35,8 @@ def cmd_lineage(args) -> int:
     except ConfigError as e:
         raise SystemExit(f"mt lineage: {e}") from None
     with instance(s) as inst:
-        lin = cell_lineage(cell.key, cell.coupling or "raw",
-                           lambda a, p: latest_metadata(inst, dg.AssetKey([study.name, a]), p),
+        records = LatestRecords(inst)
+        lin = cell_lineage(cell.key, cell.coupling or "raw", lambda a, p: records(dg.AssetKey([study.name, a]), p),
                            study=study.name)
     print(json.dumps(lin, indent=2, default=str) if args.json else render(lin))
     return 1 if lin["wrong_study"] else 0

@@ -186,8 +186,37 @@ def latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetKey | str, part
     key = asset if isinstance(asset, dg.AssetKey) else dg.AssetKey(asset)
     recs = instance.fetch_materializations(dg.AssetRecordsFilter(
         asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
-    if not recs or not recs[0].asset_materialization:
+    return _record_metadata(recs[0]) if recs else None
+
+
+def _record_metadata(rec) -> dict | None:
+    mat = rec.asset_materialization
+    if not mat:
         return None
-    mat = recs[0].asset_materialization
     meta = {k: v.value for k, v in mat.metadata.items()}
-    return {**meta, "run_id": recs[0].run_id, "code_version": (mat.tags or {}).get("dagster/code_version")}
+    return {**meta, "run_id": rec.run_id, "code_version": (mat.tags or {}).get("dagster/code_version")}
+
+
+class LatestRecords:
+    """``latest_metadata`` for many partitions of a few assets, as a planner, a status table or the analysis asks:
+    an asset's materializations are read newest first, a page at a time, and only as far back as the partitions
+    asked for need (one query per asset and page rather than one per partition, each about 10 ms on SQLite). What
+    it read is kept: make a new one to see what was materialized since."""
+    PAGE = 1000
+
+    def __init__(self, instance: dg.DagsterInstance):
+        self.instance = instance
+        self._assets: dict[dg.AssetKey, list] = {}  # key -> [{partition: metadata or None}, cursor, more]
+
+    def __call__(self, asset: dg.AssetKey | str, partition: str | None) -> dict | None:
+        key = asset if isinstance(asset, dg.AssetKey) else dg.AssetKey(asset)
+        seen, cursor, more = self._assets.setdefault(key, [{}, None, True])
+        while partition not in seen and more:
+            res = self.instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=self.PAGE,
+                                                       cursor=cursor)
+            for rec in res.records:  # newest first: a partition's first record is its latest
+                if rec.partition_key not in seen:
+                    seen[rec.partition_key] = _record_metadata(rec)
+            cursor, more = res.cursor, res.has_more
+            self._assets[key] = [seen, cursor, more]
+        return seen.get(partition)

@@ -100,10 +100,13 @@ class Runner:
         console."""
         return self.log_level == "WARNING" and not self.settings.debug
 
-    def latest(self, asset: str, partition: str | None):
-        from mt_resources.store import latest_metadata
+    def latest(self) -> Callable[[str, str | None], dict | None]:
+        """The study's record of a bare asset name, ``latest(asset, partition)``, as the instance holds it now (read
+        once per asset: a plan asks for every partition of a stage and their upstreams)."""
+        from mt_resources.store import LatestRecords
 
-        return latest_metadata(self.instance, self.sd.key(asset), partition)
+        records = LatestRecords(self.instance)
+        return lambda asset, partition: records(self.sd.key(asset), partition)
 
     def stage_items(self, job: str) -> list[Item]:
         study = self.sd.study
@@ -117,7 +120,8 @@ class Runner:
             parts = [None]
         # --cells: inputs and coupling adapters are redone only when stale, never forced
         force = self.force and not (self.cells_only and job in ("inputs_job", "coupling_job"))
-        return [plan_item(self.defs, self.sd, job, p, self.latest, force=force) for p in parts]
+        latest = self.latest()
+        return [plan_item(self.defs, self.sd, job, p, latest, force=force) for p in parts]
 
     def _whole(self, item: Item, why: str) -> None:
         """Every asset of the item's job runs (the analysis reads all cells: it runs after any of them ran)."""
@@ -375,7 +379,7 @@ class Runner:
     def _left_by(self, owner, item: Item) -> bool:
         """``item`` planned again once ``owner`` ended, never forced: whether that run left any of it undone (then
         ``item`` holds what is left)."""
-        left = plan_item(self.defs, self.sd, item.job, item.partition, self.latest)
+        left = plan_item(self.defs, self.sd, item.job, item.partition, self.latest())
         if not left.assets:
             self.out(f"{item.label}: made by run {owner.run_id[:8]} meanwhile: up to date")
             return False

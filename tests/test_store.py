@@ -106,3 +106,36 @@ def test_manifest_digest_changes_with_content(tmp_path):
             (out / "f").write_text(text)
         digests.append(json.loads((store.path("x") / MANIFEST).read_text())["digest"])
     assert digests[0] != digests[1] and digests[0] == digests[2]
+
+
+def test_latest_records_agree_with_one_query_per_partition(monkeypatch):
+    """The batched reader of a plan or the analysis gives, for every partition, what ``latest_metadata`` gives (the
+    newest materialization's metadata, run id and code version), also when the records span several pages, and None
+    for a partition never materialized; an unpartitioned asset too."""
+    import dagster as dg
+
+    from mt_resources.store import LatestRecords, latest_metadata
+
+    parts = dg.StaticPartitionsDefinition(["a", "b", "c"])
+
+    @dg.asset(partitions_def=parts, code_version="v1")
+    def cell(context) -> dg.MaterializeResult:
+        n = context.run.tags["n"]
+        return dg.MaterializeResult(metadata={"md5": f"{context.partition_key}-{n}"})
+
+    @dg.asset(code_version="v2")
+    def whole() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"md5": "w"})
+
+    with dg.instance_for_test() as inst:
+        for n, p in enumerate(["b", "a", "a", "a", "a"]):  # b once, then a four times; c never
+            assert dg.materialize([cell], instance=inst, partition_key=p, tags={"n": str(n)}).success
+        assert dg.materialize([whole], instance=inst).success
+        monkeypatch.setattr(LatestRecords, "PAGE", 2)  # five records of `cell`, newest first: b's is on the third page
+        records = LatestRecords(inst)
+        for p in ["a", "b", "c"]:
+            assert records(dg.AssetKey("cell"), p) == latest_metadata(inst, "cell", p)
+        assert records(dg.AssetKey("cell"), "a")["md5"] == "a-4" and records(dg.AssetKey("cell"), "b")["md5"] == "b-0"
+        assert records(dg.AssetKey("cell"), "c") is None
+        assert records("whole", None) == latest_metadata(inst, "whole", None) and records("whole", None)["md5"] == "w"
+        assert records("whole", None)["code_version"] == "v2"
