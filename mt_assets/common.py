@@ -69,6 +69,15 @@ def partitioned_check(name: str, asset: dg.AssetKey, partitions_def: dg.Partitio
         return dg.AssetCheckSpec(name, asset=asset, partitions_def=partitions_def, **kwargs)
 
 
+def _inputs_line(prov: list[dict], most: int = 6) -> str:
+    """``inputs: base_model[_] md5 1f3a… (run 0c9e…), …``: the step's inputs in one log line, the first ``most`` of
+    them named (an analysis step reads a hundred; the materialization's ``upstream`` lists them all in full)."""
+    named = [f"{p['asset']}[{p['partition']}] md5 {p['md5'][:12]} (run {str(p['run_id'])[:8]})" for p in prov[:most]]
+    more = len(prov) - most
+    return "inputs: " + ", ".join(named) + (f" and {more} more (the materialization's `upstream` lists all)"
+                                           if more > 0 else "")
+
+
 def _rounded(v):
     """Floats to 4 significant digits, inside JSON too: a rate 0.6161, a loss 2.346, an accuracy 0.2534, a judge mean
     52.35, 1235 seconds, a learning rate 5e-06; what a reader compares, never a 17-digit float. Ints stay exact."""
@@ -180,8 +189,8 @@ def _publish(sd: StudyDefs, context, store: ArtifactStore, fn: Step, upstream: l
         require_judge_credentials(study, secret("ANTHROPIC_API_KEY"))
     prov = [a.provenance() for a in upstream]
     wb = share_to.settings(study) if share_to is not None else None  # before the work: online needs its key
-    for p in prov:
-        context.log.info(f"input {p['asset']}[{p['partition']}] md5 {p['md5']} from run {p['run_id']}")
+    if prov:  # one line (each is an event the instance writes); every input's md5 and run is in `upstream`
+        context.log.info(_inputs_line(prov))
     t0 = time.perf_counter()
     extra = {"study": study.name, "profile": study.profile, "config_sha256": study.config_sha256}
     try:  # leaving the writers on an exception removes their staging: nothing is published
