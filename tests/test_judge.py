@@ -10,7 +10,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import anthropic
 import polars as pl
 import pytest
 
@@ -122,7 +121,10 @@ def fake():
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
     """The SDK's own exponential backoff zeroed, so retried calls here never sleep (a server's retry-after is still
-    honoured: test_retry_after_is_honoured)."""
+    honoured: test_retry_after_is_honoured). The SDK is imported here, not at collection: the xdist workers that do
+    not run this file do not pay its import (about 3 s)."""
+    import anthropic
+
     monkeypatch.setattr(anthropic._base_client, "INITIAL_RETRY_DELAY", 0.0)
 
 

@@ -296,7 +296,8 @@ class Proc:
     def __init__(self, args: list[str], env: dict | None, cwd: Path | str | None, merge: bool, new_group: bool,
                  code: str | None = None):
         self.args = [sys.executable, "-c", code] if code is not None else [sys.executable, "-m", "mt_cli", *args]
-        self._dir = Path(tempfile.mkdtemp(prefix="mt-zygote-"))
+        self._tmp = tempfile.TemporaryDirectory(prefix="mt-zygote-")  # removed with this object (or at exit)
+        self._dir = Path(self._tmp.name)
         out, err = self._dir / "stdout", self._dir / ("stdout" if merge else "stderr")
         self._merge = merge
         self.returncode: int | None = None
