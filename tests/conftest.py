@@ -2,11 +2,11 @@
 import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import zygote
 from shared_instances import built_once, copy_instance, session_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,8 +107,7 @@ def pytest_runtest_protocol(item, nextitem):
     import time
 
     def cpu() -> tuple[float, float]:  # this process's CPU seconds, and its finished children's (waited for here,
-        import zygote  # or by the worker's zygote, tests/zygote.py)
-
+        # or by the worker's zygote, tests/zygote.py)
         own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime + zygote.cpu_seconds
 
@@ -151,16 +150,15 @@ def demo_env(home: Path, art: Path, **extra) -> dict:
 
 
 def _demo_run(folder: Path, *args: str, **extra) -> str:
-    """`mt demo --cells <DEMO_CELLS> <args>` on the instance in ``folder`` (home, art), recording the study fields it
-    reads in ``folder/config_reads.json``; its stdout. W&B is the tiny profile's own, offline, into ``folder/wandb``
+    """`mt demo --cells <DEMO_CELLS> <args>` on the instance in ``folder`` (home, art), in a child of the worker's
+    zygote, recording the study fields it reads in ``folder/config_reads.json``; its stdout. W&B is the tiny profile's own, offline, into ``folder/wandb``
     (tests/test_wandb_artifacts.py reads it back)."""
     from config_reads import subprocess_env  # the study fields the run reads (tests/test_config_reads.py)
 
     home, art, reads = folder / "home", folder / "art", folder / "config_reads.json"
     env = demo_env(home, art, **subprocess_env(reads), WANDB_MODE="offline", WANDB_DIR=str(folder / "wandb"), **extra)
-    out = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", ",".join(DEMO_CELLS), "--log-level",
-                          "WARNING", *args], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=1200)
+    out = zygote.run(["demo", "--cells", ",".join(DEMO_CELLS), "--log-level", "WARNING", *args], cwd=ROOT, env=env,
+                     timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout
 

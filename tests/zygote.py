@@ -80,6 +80,12 @@ def _child(req: dict, server_fds: tuple[int, ...], fds: list[int] | None = None)
         atexit.register(logging.shutdown)
         if "multiprocessing.util" in sys.modules:  # joins the command's own child processes, as at any exit
             atexit.register(sys.modules["multiprocessing.util"]._exit_function)
+        if os.environ.get("MT_RECORD_CONFIG_READS"):  # what record_config_reads/sitecustomize.py does in a fresh
+            # process, whose `mt_core.config` is imported after it: here it was imported already, and `record` patches
+            # the names that bind `load_study` (no module that binds it at import is preloaded: the code location)
+            import config_reads
+
+            config_reads._write_at_exit(config_reads.record(), Path(os.environ["MT_RECORD_CONFIG_READS"]))
         import mt_cli
 
         try:
