@@ -199,24 +199,25 @@ def _record_metadata(rec) -> dict | None:
 
 class LatestRecords:
     """``latest_metadata`` for many partitions of a few assets, as a planner, a status table or the analysis asks:
-    an asset's materializations are read newest first, a page at a time, and only as far back as the partitions
-    asked for need (one query per asset and page rather than one per partition, each about 10 ms on SQLite). What
-    it read is kept: make a new one to see what was materialized since."""
+    an asset's newest materializations are read once, a page of them, and a partition whose latest record is older
+    than that page is looked up alone (one query per asset rather than one per partition, each about 10 ms on SQLite,
+    and never more than that on an instance with a long history). What it read is kept: make a new one to see what
+    was materialized since."""
     PAGE = 1000
 
     def __init__(self, instance: dg.DagsterInstance):
         self.instance = instance
-        self._assets: dict[dg.AssetKey, list] = {}  # key -> [{partition: metadata or None}, cursor, more]
+        self._assets: dict[dg.AssetKey, tuple[dict, bool]] = {}  # key -> ({partition: metadata or None}, more)
 
     def __call__(self, asset: dg.AssetKey | str, partition: str | None) -> dict | None:
         key = asset if isinstance(asset, dg.AssetKey) else dg.AssetKey(asset)
-        seen, cursor, more = self._assets.setdefault(key, [{}, None, True])
-        while partition not in seen and more:
-            res = self.instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=self.PAGE,
-                                                       cursor=cursor)
+        if key not in self._assets:
+            res = self.instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=self.PAGE)
+            seen: dict = {}
             for rec in res.records:  # newest first: a partition's first record is its latest
-                if rec.partition_key not in seen:
-                    seen[rec.partition_key] = _record_metadata(rec)
-            cursor, more = res.cursor, res.has_more
-            self._assets[key] = [seen, cursor, more]
+                seen.setdefault(rec.partition_key, _record_metadata(rec))
+            self._assets[key] = (seen, res.has_more)
+        seen, more = self._assets[key]
+        if partition not in seen and more:  # its latest, if any, is older than the page
+            seen[partition] = latest_metadata(self.instance, key, partition)
         return seen.get(partition)

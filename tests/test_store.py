@@ -110,8 +110,8 @@ def test_manifest_digest_changes_with_content(tmp_path):
 
 def test_latest_records_agree_with_one_query_per_partition(monkeypatch):
     """The batched reader of a plan or the analysis gives, for every partition, what ``latest_metadata`` gives (the
-    newest materialization's metadata, run id and code version), also when the records span several pages, and None
-    for a partition never materialized; an unpartitioned asset too."""
+    newest materialization's metadata, run id and code version), also for a partition whose latest record is older
+    than the page it reads, and None for a partition never materialized; an unpartitioned asset too."""
     import dagster as dg
 
     from mt_resources.store import LatestRecords, latest_metadata
@@ -131,7 +131,7 @@ def test_latest_records_agree_with_one_query_per_partition(monkeypatch):
         for n, p in enumerate(["b", "a", "a", "a", "a"]):  # b once, then a four times; c never
             assert dg.materialize([cell], instance=inst, partition_key=p, tags={"n": str(n)}).success
         assert dg.materialize([whole], instance=inst).success
-        monkeypatch.setattr(LatestRecords, "PAGE", 2)  # five records of `cell`, newest first: b's is on the third page
+        monkeypatch.setattr(LatestRecords, "PAGE", 2)  # five records of `cell`, newest first: b's is not on the page
         records = LatestRecords(inst)
         for p in ["a", "b", "c"]:
             assert records(dg.AssetKey("cell"), p) == latest_metadata(inst, "cell", p)
