@@ -18,7 +18,7 @@ from mt_core.layout import (LEGACY, PER_CELL, Adapter, AlignmentScores, ArcScore
 from mt_core.report.catalog import artefact_record
 from mt_core.steps import analysis as steps
 from mt_resources import ArtifactError, ArtifactStore, WandbResource
-from mt_resources.store import Artifact, LatestRecords
+from mt_resources.store import Artifact, LatestRecords, latest_metadata
 
 GROUP = "analysis"
 DESCRIPTION = "Study summary, figure and DuckDB catalog."
@@ -47,8 +47,8 @@ def recorded_artefact(sd: StudyDefs, instance: dg.DagsterInstance, store: Artifa
     None when the instance has no materialization of it (files on disk without a record are not read). ``latest``:
     the records to read it from, where the caller reads many (a study's partitions). A recorded artefact that fails
     verification raises ArtifactError naming it and the fix."""
-    latest = latest or LatestRecords(instance)
-    if latest(sd.key(asset), partition) is None:
+    key = sd.key(asset)
+    if (latest(key, partition) if latest else latest_metadata(instance, key, partition)) is None:
         return None
     try:
         return read_recorded(sd.name, instance, store, asset, partition, latest)[0]
