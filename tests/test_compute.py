@@ -9,7 +9,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+import zygote
 
 from mt_assets.common import publish
 from mt_assets.study import StudyDefs
@@ -161,8 +161,7 @@ def runs(tmp_path_factory):
         env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(art), MT_PROFILE="tiny", MT_STUDY=str(study),
                    MT_COMPUTE=mode, WANDB_MODE="disabled")
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "mt_cli", "demo", "--cells", CELL, "--log-level", "WARNING"],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        p = zygote.run(["demo", "--cells", CELL, "--log-level", "WARNING"], cwd=ROOT, env=env, timeout=600)
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         print(f"{mode}: {time.perf_counter() - t0:.1f}s")
         out[mode] = home, art

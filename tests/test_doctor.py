@@ -2,8 +2,6 @@
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -11,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+import zygote
 
 import mt_doctor as doc
 from mt_core.config import load_study
@@ -154,8 +153,7 @@ def test_mt_run_stops_before_any_work(tmp_path):
     env = dict(os.environ, DAGSTER_HOME=str(home), MT_ARTIFACTS=str(tmp_path / "art"), MT_PROFILE="qwen7b",
                HF_HOME=str(tmp_path / "hf"))
     env.pop("ANTHROPIC_API_KEY", None)
-    p = subprocess.run([sys.executable, "-m", "mt_cli", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
+    p = zygote.run(["run"], cwd=ROOT, env=env, timeout=300)
     assert p.returncode != 0
     assert "mt doctor found problems; nothing was run" in p.stderr and "[judge]" in p.stderr and "[model]" in p.stderr
     with dg.DagsterInstance.from_config(str(home)) as inst:

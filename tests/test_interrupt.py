@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zygote
 
 from mt_run.runs import cause
 
@@ -55,8 +56,7 @@ def test_an_interrupted_mt_run_says_so_in_one_line_and_publishes_nothing(tmp_pat
         assert inst.get_latest_materialization_event(key) is None
     assert not (art / "base_model").exists() or not any((art / "base_model").iterdir())
     # and a rerun plans it again
-    plan = subprocess.run([sys.executable, "-m", "mt_cli", "run", "--until", "inputs", "--dry-run"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    plan = zygote.run(["run", "--until", "inputs", "--dry-run"], cwd=ROOT, env=env, timeout=300)
     assert plan.returncode == 0 and "base_model" in plan.stdout, plan.stdout + plan.stderr
 
 

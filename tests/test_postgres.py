@@ -5,7 +5,6 @@ Debian's)."""
 import contextlib
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,6 +15,7 @@ import dagster as dg
 import psycopg2
 import pytest
 import yaml
+import zygote
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
 from mt_services import start_group, stop_group
@@ -117,8 +117,7 @@ def test_a_study_on_postgres(gpu_locks, pg, tmp_path, monkeypatch):
         assert isinstance(inst.event_log_storage, PostgresEventLogStorage)
         assert {r.run_id for r in inst.get_runs()} == {r for r, *_ in runs}
 
-    st = subprocess.run([sys.executable, "-m", "mt_cli", "status"], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+    st = zygote.run(["status"], cwd=ROOT, env=env, timeout=300)
     assert st.returncode == 0, st.stdout[-3000:] + st.stderr[-3000:]
     line = next(x for x in st.stdout.splitlines() if x.split()[:1] == ["cell_adapter"])
     assert line.split()[1].startswith(f"{len(CELLS)}/") and not any(c in line for c in CELLS), line
