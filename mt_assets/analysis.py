@@ -58,15 +58,17 @@ def recorded_artefact(sd: StudyDefs, instance: dg.DagsterInstance, store: Artifa
                             f"{sd.key(asset).to_user_string()}[{partition or '_'}]{fix}") from None
 
 
-def verify_study(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactStore) -> Verified:
+def verify_study(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactStore,
+                 latest: LatestRecords | None = None) -> Verified:
     """Every cell's per-cell artefacts and every source's coupling adapter, as the instance recorded them
     (``recorded_artefact``: a recorded artefact that fails verification raises). A cell is complete when all its
-    per-cell artefacts are there; the others are ``missing`` what they lack."""
+    per-cell artefacts are there; the others are ``missing`` what they lack. ``latest``: the records to read, where
+    the caller reads more of them."""
     store = store.of(sd.name)
     v = Verified()
     # the instance's records read once per asset, not per partition; what the store holds (a listing, remote on an
     # object store) only for an asset with a partition missing, once
-    latest = LatestRecords(instance)
+    latest = latest or LatestRecords(instance)
     on_disk = functools.cache(lambda a: set(store.published(a)))
 
     def artefact(a: str, key: str, fix: str) -> Artifact | None:
@@ -92,9 +94,9 @@ def verify_study(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactSto
     return v
 
 
-def _verified(sd: StudyDefs, context, store: ArtifactStore) -> Verified:
+def _verified(sd: StudyDefs, context, store: ArtifactStore, latest: LatestRecords | None = None) -> Verified:
     try:
-        v = verify_study(sd, context.instance, store)
+        v = verify_study(sd, context.instance, store, latest)
     except ArtifactError as e:
         raise dg.Failure(str(e)) from None
     if not v.cells:
@@ -123,11 +125,11 @@ def imported_studies(sd: StudyDefs, store: ArtifactStore) -> list[Artifact]:
 
 
 def recorded_lineage(sd: StudyDefs, instance: dg.DagsterInstance, store: ArtifactStore,
-                     imported: list[Artifact]) -> list[dict]:
+                     imported: list[Artifact], latest: LatestRecords | None = None) -> list[dict]:
     """{path, manifest} (``Artifact.location`` and its manifest) of every artefact in the study's store whose
     manifest digest is the instance's latest record of that asset partition, and of the verified imports, by asset
     and partition: the only ones the lineage table lists."""
-    st, latest = store.of(sd.name), LatestRecords(instance)
+    st, latest = store.of(sd.name), latest or LatestRecords(instance)
     keep = [{"path": a.location, "manifest": a.manifest} for a in imported]
     for asset, part in st.published():
         if asset == LEGACY:
@@ -194,12 +196,12 @@ def build(sd: StudyDefs) -> list:
               description="A DuckDB file whose views (sql/*.sql) read exactly the study's verified per-cell Parquet "
                           "files; `mt sql` queries every study's catalog in the instance at once.")
     def duckdb_catalog(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-        v = _verified(sd, context, store)
+        latest = LatestRecords(context.instance)  # one read of each asset's records for the whole step
+        v = _verified(sd, context, store, latest)
         ups = [a for arts in v.cells.values() for a in arts.values()]
         pr = recorded_probe(context, store)
         if pr:  # the probe's scores, and the states of the complete cells that have them
             ups.append(pr)
-            latest = LatestRecords(context.instance)
             ups += [a for c in v.cells if (a := recorded_artefact(sd, context.instance, store.of(sd.name),
                                                                   ProbeStates.asset, c, latest=latest)) is not None]
         ups += [sw] if (sw := recorded_sweep(context, store)) else []
@@ -207,7 +209,7 @@ def build(sd: StudyDefs) -> list:
         rec = lambda a: artefact_record(a.asset, a.partition, a.path, a.manifest)  # noqa: E731
         return publish(sd, context, store, steps.duckdb_catalog, ups, cells=sorted(v.cells),
                        artefacts=[rec(a) for a in ups], imported=[rec(a) for a in imported],
-                       lineage=recorded_lineage(sd, context.instance, store, imported), missing=v.missing,
+                       lineage=recorded_lineage(sd, context.instance, store, imported, latest), missing=v.missing,
                        metadata={"complete": not v.incomplete, "missing_cells": sorted(v.missing),
                                  "imported": {a.partition: a.digest for a in imported}})
 

@@ -151,8 +151,8 @@ def demo_env(home: Path, art: Path, **extra) -> dict:
 
 def _demo_run(folder: Path, *args: str, **extra) -> str:
     """`mt demo --cells <DEMO_CELLS> <args>` on the instance in ``folder`` (home, art), in a child of the worker's
-    zygote, recording the study fields it reads in ``folder/config_reads.json``; its stdout. W&B is the tiny profile's own, offline, into ``folder/wandb``
-    (tests/test_wandb_artifacts.py reads it back)."""
+    zygote, recording the study fields it reads in ``folder/config_reads.json``; its stdout. W&B is the tiny profile's
+    own, offline, into ``folder/wandb`` (tests/test_wandb_artifacts.py reads it back)."""
     from config_reads import subprocess_env  # the study fields the run reads (tests/test_config_reads.py)
 
     home, art, reads = folder / "home", folder / "art", folder / "config_reads.json"
