@@ -23,6 +23,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -270,6 +272,44 @@ class VllmSession:
         return [prompt_logprobs_of(o, len(p)) for o, p in zip(outs, prompt_ids)]
 
 
+_registry_warmups: dict[Path, subprocess.Popen] = {}
+# vLLM inspects a model's architecture in a fresh Python that imports torch and vLLM (24 s of a cold engine start,
+# docs/BENCHMARKS.md) and caches the answer on disk: run it early, in a process of its own, and the engine finds it
+_WARM_REGISTRY = ("import json, sys; from vllm.model_executor.models.registry import ModelRegistry; "
+                  "[ModelRegistry.models[a].inspect_model_cls() for a in json.loads(sys.argv[1]) "
+                  "if a in ModelRegistry.models]")
+
+
+def warm_registry(model_dir) -> None:
+    """Start vLLM's inspection of ``model_dir``'s architecture now, beside whatever this process does next (a worker:
+    while it loads the base); ``HeldEngine`` waits for it before it starts. Nothing without vLLM or a GPU."""
+    import importlib.util
+
+    import torch
+
+    model_dir = Path(model_dir).resolve()
+    if model_dir in _registry_warmups or not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
+        return
+    archs = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
+    _registry_warmups[model_dir] = subprocess.Popen([sys.executable, "-c", _WARM_REGISTRY, json.dumps(archs)],
+                                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def _registry_warmed(model_dir: Path, log: Callable[[str], None]) -> None:
+    """Wait for ``warm_registry(model_dir)``, if it was started (the engine would otherwise inspect again)."""
+    proc = _registry_warmups.get(model_dir)
+    if proc is None:
+        return
+    t0 = time.perf_counter()
+    try:
+        rc = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = "killed after 120 s"
+    log(f"vllm: the architecture's inspection, started beside the base's load, ended ({rc}); "
+        f"waited {time.perf_counter() - t0:.1f}s")
+
+
 class HeldEngine:
     """One vLLM engine that outlives its sessions, in a worker that stays (``mt_core.model.resident``): started once
     per base model with sleep mode on and kept asleep between sessions (sleep level 2: its weights and KV cache are
@@ -289,6 +329,7 @@ class HeldEngine:
         if torch.cuda.is_available():  # vLLM's share is of the whole card, the held base's memory included
             free, total = torch.cuda.mem_get_info()
             kw["gpu_memory_utilization"] = round(min(0.85, HELD_CARD_SHARE - (total - free) / total), 3)
+        _registry_warmed(self.model_dir, self.log)
         t0 = time.perf_counter()
         self.llm = self.api.LLM(**engine_kwargs(self.model_dir, adapters=[], enable_sleep_mode=True, **kw))
         self.starts, self.awake = self.starts + 1, True

@@ -39,6 +39,9 @@ class Resident:
         model_dir = Path(model_dir).resolve()
         if self.model_dir != model_dir:
             self.release()
+            from mt_core.generate.vllm_engine import warm_registry
+
+            warm_registry(model_dir)  # the held engine's first start needs it: found in vLLM's cache by then
             self.model, self.tok = load_model(model_dir)
             self.model_dir, self.loads = model_dir, self.loads + 1
             pin = torch.cuda.is_available()
