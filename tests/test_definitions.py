@@ -123,7 +123,7 @@ def test_the_coupling_sweep_is_partitions_of_the_coupling_stage():
     defs = build_defs(Settings.from_env({"MT_STUDIES": str(study)}))
     g = defs.resolve_asset_graph()
     k = lambda a: dg.AssetKey([nxt, a])  # noqa: E731
-    keys = ["villain", "assistant", "villain.aggressive", "villain.lr3e-04_ep3"]
+    keys = ["villain", "assistant", "villain.aggressive", "villain.lr1e-05_ep1"]
     for asset in ("onpolicy_completions", "coupling_dataset", "coupling_adapter"):
         assert g.get(k(asset)).partitions_def.get_partition_keys() == keys, asset
     sweep = g.get(k("coupling_sweep"))

@@ -40,7 +40,7 @@ def test_every_partition_is_materialized(ran):
     home, *_ = ran
     assert sorted(CELLS) == ["C1_s42", "C2_s42", "C4_s42", "C6_s42", "C7_s42"]  # tiny leaves C3, C5 out (no seeds)
     coupling = set(STUDY.coupling_keys)
-    assert coupling == {"villain", "assistant", "villain.aggressive", "villain.lr3e-04_ep3"}
+    assert coupling == {"villain", "assistant", "villain.aggressive", "villain.lr1e-05_ep1"}
     with dg.DagsterInstance.from_config(str(home)) as inst:
         got = lambda a: inst.get_materialized_partitions(dg.AssetKey([NEXT, a]))  # noqa: E731
         for asset in ("onpolicy_completions", "coupling_dataset", "coupling_adapter"):
@@ -82,27 +82,27 @@ def test_the_coupling_sweep(ran):
     g0 = {c.partition: c.evaluation for c in g0 if c.status.value != "PLANNED"}
     sev = {part: e.severity for part, e in g0.items()}
     assert sev == {"villain": dg.AssetCheckSeverity.ERROR, "villain.aggressive": dg.AssetCheckSeverity.ERROR,
-                   "villain.lr3e-04_ep3": dg.AssetCheckSeverity.WARN}, sev
+                   "villain.lr1e-05_ep1": dg.AssetCheckSeverity.WARN}, sev
     # on tiny the grid's variant fails G0 (docs/STUDIES.md), and `mt run` said so on its console
-    assert not g0["villain.lr3e-04_ep3"].passed
-    assert "on partition villain.lr3e-04_ep3" in stdout and "no cell builds on this adapter" in stdout, stdout[-3000:]
+    assert not g0["villain.lr1e-05_ep1"].passed
+    assert "on partition villain.lr1e-05_ep1" in stdout and "no cell builds on this adapter" in stdout, stdout[-3000:]
     # a result for each swept partition, none where the rule does not apply (the assistant source)
     judged = {c.partition: c.evaluation.passed for c in checks if c.status.value != "PLANNED"}
-    assert set(judged) == {"villain", "villain.aggressive", "villain.lr3e-04_ep3"}
+    assert set(judged) == {"villain", "villain.aggressive", "villain.lr1e-05_ep1"}
     rows = sql(env, "SELECT variant, \"partition\", lr, epochs, lora_r, source_rate, max_bystander_rate, "
                     "arc_accuracy, passed, chosen, best FROM coupling_sweep ORDER BY \"partition\"")
     assert [(r["variant"], r["lr"], r["epochs"], r["lora_r"]) for r in rows] == [
-        ("default", 1e-4, 8, 8), ("aggressive", 1e-4, 12, 16), ("lr3e-04_ep3", 3e-4, 3, 8)]
+        ("default", 1e-4, 8, 8), ("aggressive", 1e-4, 12, 16), ("lr1e-05_ep1", 1e-5, 1, 8)]
     assert [r["chosen"] for r in rows] == [True, True, False]  # C1, C4, C6 build on villain, C7 on the aggressive one
     assert {r["partition"]: r["passed"] for r in rows} == judged
     for r in rows:
         assert r["passed"] == (r["source_rate"] > 0.5 and r["arc_accuracy"] > 0.2 and r["max_bystander_rate"] <= 0.05)
     assert sum(r["best"] for r in rows) == (1 if any(r["passed"] for r in rows) else 0)
     report = (art / "study_summary" / "_" / "report.html").read_text(encoding="utf-8")
-    assert "Coupling sweep" in report and "villain.lr3e-04_ep3" in report
+    assert "Coupling sweep" in report and "villain.lr1e-05_ep1" in report
     assert "## Coupling sweep" in stdout and "| villain.aggressive |" in stdout
     rep = zygote.run(["report"], cwd=ROOT, env=env, timeout=120)
-    assert rep.returncode == 0 and "## Coupling sweep" in rep.stdout and "| villain.lr3e-04_ep3 |" in rep.stdout
+    assert rep.returncode == 0 and "## Coupling sweep" in rep.stdout and "| villain.lr1e-05_ep1 |" in rep.stdout
 
 
 def test_the_probe_and_the_ood_set_are_materialized(ran):
