@@ -8,6 +8,10 @@ bf16 autocast, as ``train_lora`` trains), dropout 0.05 with its own mask per pro
   fused_base  q/k/v and gate/up as one base product each (their weights concatenated), LoRA as in ``peft``
   addmm       ``fused_base`` with the LoRA term as the base product's accumulator (``addmm``, beta 1)
   no_dropout  ``peft`` with dropout 0 (the bound on what dropout costs; not the recipe)
+  base_only   no LoRA at all: the base products, norms and SiLU, forward and input gradient (the floor that any
+              fusion of the LoRA path approaches)
+  acc_lora    ``peft``, the LoRA up-projection accumulated into the base product's output (``addmm``, no concatenation)
+  acc_base    ``peft``, the base product accumulated into the LoRA term (``addmm``, no concatenation)
 Each form runs ``torch.compile``d (static shapes), 5 warm-up and 20 timed steps of ``--tokens`` tokens.
 
     python bench/lora_fuse_probe.py [--tokens 6144] [--forms peft,fused_base,addmm,no_dropout]
@@ -48,10 +52,17 @@ def make(form: str, device: str):
         return F.linear(F.linear(F.dropout(x, p, True), a), b) * s
 
     def proj(n, x):
+        if form == "base_only":
+            return F.linear(x, base[n])
+        if form == "acc_lora":
+            a, b = ab[n]
+            return torch.addmm(F.linear(x, base[n]), F.linear(F.dropout(x, p, True), a), b.t(), alpha=s)
+        if form == "acc_base":
+            return torch.addmm(lora_term(n, x), x, base[n].t())
         return F.linear(x, base[n]) + lora_term(n, x)
 
     def group(names, wcat, x):
-        if form in ("peft", "no_dropout"):
+        if form in ("peft", "no_dropout", "base_only", "acc_lora", "acc_base"):
             return [proj(n, x) for n in names]
         terms = [lora_term(n, x) for n in names]
         if form == "addmm":
@@ -64,15 +75,14 @@ def make(form: str, device: str):
         h = F.rms_norm(x, (D,))
         q, k, v = group(["q", "k", "v"], qkv_w, h)
         attn = q + k.repeat(1, Q // KV) + v.repeat(1, Q // KV)  # stands in for attention: the same in every form
-        x = x + (F.linear(attn, base["o"]) + lora_term("o", attn) if form != "addmm"
-                 else torch.addmm(lora_term("o", attn), attn, base["o"].t()))
+        x = x + (proj("o", attn) if form != "addmm" else torch.addmm(lora_term("o", attn), attn, base["o"].t()))
         h = F.rms_norm(x, (D,))
         gate, up = group(["gate", "up"], gu_w, h)
         act = F.silu(gate) * up
-        return x + (F.linear(act, base["down"]) + lora_term("down", act) if form != "addmm"
+        return x + (proj("down", act) if form != "addmm"
                     else torch.addmm(lora_term("down", act), act, base["down"].t()))
 
-    params = [t for pair in ab.values() for t in pair]
+    params = [] if form == "base_only" else [t for pair in ab.values() for t in pair]
     return torch.compile(layer), params
 
 
