@@ -23,6 +23,7 @@ import json
 import time
 
 D, Q, KV, FFN, R, ALPHA, P = 3584, 3584, 512, 18944, 32, 64, 0.05
+MODE = None  # torch.compile mode (--mode)
 
 
 def make(form: str, device: str):
@@ -83,7 +84,7 @@ def make(form: str, device: str):
                     else torch.addmm(lora_term("down", act), act, base["down"].t()))
 
     params = [] if form == "base_only" else [t for pair in ab.values() for t in pair]
-    return torch.compile(layer), params
+    return torch.compile(layer, mode=MODE), params
 
 
 def time_form(form: str, tokens: int, device: str = "cuda") -> dict:
@@ -121,7 +122,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=6144)
     ap.add_argument("--forms", default="peft,fused_base,addmm,no_dropout")
     ap.add_argument("--out", default=None, help="a folder for the JSON (on_device.sh bg passes one)")
+    ap.add_argument("--mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     a = ap.parse_args()
+    global MODE
+    MODE = a.mode
     rows = [time_form(f, a.tokens) for f in a.forms.split(",")]
     ref = rows[0]["ms_per_layer_step"]
     print(f"\n{'form':11} {'ms/layer':>9} {'x28 ms':>7} {'vs first':>8} {'base TF/s':>9} {'peak GB':>7}")
