@@ -275,9 +275,11 @@ class VllmSession:
 _registry_warmups: dict[Path, subprocess.Popen] = {}
 # vLLM inspects a model's architecture in a fresh Python that imports torch and vLLM (24 s of a cold engine start,
 # docs/BENCHMARKS.md) and caches the answer on disk: run it early, in a process of its own, and the engine finds it
-_WARM_REGISTRY = ("import json, sys; from vllm.model_executor.models.registry import ModelRegistry; "
-                  "[ModelRegistry.models[a].inspect_model_cls() for a in json.loads(sys.argv[1]) "
-                  "if a in ModelRegistry.models]")
+# (in that process itself: vLLM's would start another Python, 48 s instead of about 25 on an H100 host)
+_WARM_REGISTRY = ("import json, sys; from vllm.model_executor.models import registry; "
+                  "registry._run_in_subprocess = lambda fn: fn(); "
+                  "[registry.ModelRegistry.models[a].inspect_model_cls() for a in json.loads(sys.argv[1]) "
+                  "if a in registry.ModelRegistry.models]")
 
 
 def warm_registry(model_dir) -> None:
