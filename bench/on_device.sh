@@ -2,6 +2,11 @@
 # The GPU machine's side of bench/cell_bench.py (docs/BENCHMARKS.md): that machine has torch, transformers and peft but
 # no vLLM or Dagster and no internet, so both travel (vLLM as bench/vllm_bundle's two parts, Dagster and polars as
 # wheels in .whl/dg), one device call each, and the measurement runs detached so that it can outlast a call.
+# Here first: `bash bench/vllm_bundle/build.sh` (the two parts, about 6 minutes on 2 cores) and the Dagster wheels,
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     $(for n in 17 24 27 28 31 34; do echo --platform manylinux_2_${n}_x86_64; done) --platform manylinux2014_x86_64 \
+#     -d .whl/dg -r bench/dg_wheels.txt
+# (58 MB: under a call's 64 MiB). Then one device call per part, and a third that carries .whl/dg and starts.
 #   bash bench/on_device.sh stash PART    # each transfer call: keep the carried part (a carried path is replaced)
 #   bash bench/on_device.sh start ARGS    # install both, then `python bench/cell_bench.py ARGS` in the background
 #   bash bench/on_device.sh bg SCRIPT ARGS   # install both, then `python SCRIPT --out RESULTS ARGS` in the background
