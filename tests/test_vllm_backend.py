@@ -385,3 +385,57 @@ def test_gc_pauses_counts_the_collector_passes_of_the_block():
     with vb.gc_pauses() as quiet:
         pass
     assert quiet == {"n": 0, "seconds": 0.0} and gc.callbacks == before  # the callback leaves with the block
+
+
+_FAKE_REGISTRY = '''
+import json, os, sys
+def _run_in_subprocess(fn):  # vLLM's: a fresh Python; the warm-up must replace it with a call in its own process
+    raise SystemExit("the warm-up started vLLM's subprocess")
+class _Model:
+    def __init__(self, arch):
+        self.arch = arch
+    def inspect_model_cls(self):  # as vLLM's: inspect through _run_in_subprocess, then cache on disk
+        info = _run_in_subprocess(lambda: {"arch": self.arch, "pid": os.getpid()})
+        with open(os.path.join(os.environ["VLLM_CACHE_ROOT"], self.arch + ".json"), "w") as f:
+            json.dump(info, f)
+class _Registry:
+    models = {"Qwen2ForCausalLM": _Model("Qwen2ForCausalLM")}
+ModelRegistry = _Registry()
+'''
+
+
+def test_the_architecture_is_inspected_early_in_a_process_of_its_own(tmp_path, monkeypatch):
+    """``warm_registry`` (a worker loading its base) starts vLLM's inspection of the architecture in a process of
+    its own, which inspects there (not in a second Python) and leaves vLLM's cache for the engine; the held engine's
+    start waits for it. Against a stand-in of vLLM's registry API (vLLM is not installed here)."""
+    site = tmp_path / "site"
+    pkg = site / "vllm" / "model_executor" / "models"
+    pkg.mkdir(parents=True)
+    for d in (site / "vllm", site / "vllm" / "model_executor", pkg):
+        (d / "__init__.py").write_text("")
+    (pkg / "registry.py").write_text(_FAKE_REGISTRY)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(cache))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    model_dir = tmp_path / "base"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM", "NotInVllm"]}))
+    monkeypatch.setattr(vb, "_registry_warmups", {})
+
+    vb.warm_registry(model_dir)
+    vb.warm_registry(model_dir)  # the same base again (another step): no second process
+    assert len(vb._registry_warmups) == 1
+    proc = vb._registry_warmups[model_dir.resolve()]
+    logs = []
+    vb._registry_warmed(model_dir.resolve(), logs.append)
+    assert proc.returncode == 0 and "ended (0)" in logs[0], logs
+    info = json.loads((cache / "Qwen2ForCausalLM.json").read_text())
+    assert info == {"arch": "Qwen2ForCausalLM", "pid": proc.pid}  # inspected in the warm-up's own process
+    assert sorted(p.name for p in cache.iterdir()) == ["Qwen2ForCausalLM.json"]
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # no GPU: nothing started
+    vb.warm_registry(tmp_path / "other")
+    assert len(vb._registry_warmups) == 1
