@@ -23,10 +23,9 @@ import json
 import time
 
 D, Q, KV, FFN, R, ALPHA, P = 3584, 3584, 512, 18944, 32, 64, 0.05
-MODE = None  # torch.compile mode (--mode)
 
 
-def make(form: str, device: str):
+def make(form: str, device: str, mode: str | None = None):
     import torch
     import torch.nn.functional as F
 
@@ -63,7 +62,7 @@ def make(form: str, device: str):
         return F.linear(x, base[n]) + lora_term(n, x)
 
     def group(names, wcat, x):
-        if form in ("peft", "no_dropout", "base_only", "acc_lora", "acc_base"):
+        if form not in ("fused_base", "addmm"):  # the two forms that concatenate a group's base products
             return [proj(n, x) for n in names]
         terms = [lora_term(n, x) for n in names]
         if form == "addmm":
@@ -84,13 +83,13 @@ def make(form: str, device: str):
                     else torch.addmm(lora_term("down", act), act, base["down"].t()))
 
     params = [] if form == "base_only" else [t for pair in ab.values() for t in pair]
-    return torch.compile(layer, mode=MODE), params
+    return torch.compile(layer, mode=mode), params
 
 
-def time_form(form: str, tokens: int, device: str = "cuda") -> dict:
+def time_form(form: str, tokens: int, device: str = "cuda", mode: str | None = None) -> dict:
     import torch
 
-    fn, params = make(form, device)
+    fn, params = make(form, device, mode)
     x = (torch.randn(tokens, D, device=device) * 0.5).to(torch.bfloat16).requires_grad_()
 
     def step():
@@ -124,9 +123,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="a folder for the JSON (on_device.sh bg passes one)")
     ap.add_argument("--mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     a = ap.parse_args()
-    global MODE
-    MODE = a.mode
-    rows = [time_form(f, a.tokens) for f in a.forms.split(",")]
+    rows = [time_form(f, a.tokens, mode=a.mode) for f in a.forms.split(",")]
     ref = rows[0]["ms_per_layer_step"]
     print(f"\n{'form':11} {'ms/layer':>9} {'x28 ms':>7} {'vs first':>8} {'base TF/s':>9} {'peak GB':>7}")
     for r in rows:
