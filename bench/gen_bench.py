@@ -13,6 +13,9 @@ Variants, each timed on the same requests, each in a process of its own (the GPU
   seqs512    at most 512 sequences a step (vLLM's default on this card is 1,024): every decode step in a CUDA graph
   graph512   CUDA graphs captured up to 512 sequences only (vLLM's default; ours before 2026-12-07)
   mp         the engine's core in a process of its own (a fresh-process session's engine)
+  seedless   inproc without a seed per request (the engine's one seed, as the reference ran it): what vLLM's sampler
+             pays for drawing each seeded request's noise in a loop of its own (``random_sample``, a kernel launch per
+             request per step: "This can be slow because we handle each request one by one")
 The GPU's utilisation is sampled every 0.5 s while the requests run (nvidia-smi): low means the engine's loop on the
 CPU, not the card, sets the pace.
 
@@ -56,12 +59,13 @@ def _requests():
     return BaseModel.model_dir(ref), sweeps
 
 
-VARIANTS = {  # name: (engine core in its own process, extra vllm.LLM kwargs, detokenize)
-    "inproc": (False, {}, False),
-    "detok": (False, {}, True),
-    "seqs512": (False, {"max_num_seqs": 512}, False),
-    "graph512": (False, {"compilation_config": {"max_cudagraph_capture_size": 512}}, False),
-    "mp": (True, {}, False),
+VARIANTS = {  # name: (engine core in its own process, extra vllm.LLM kwargs, per-request SamplingParams changes)
+    "inproc": (False, {}, {}),
+    "detok": (False, {}, {"detokenize": True}),
+    "seqs512": (False, {"max_num_seqs": 512}, {}),
+    "graph512": (False, {"compilation_config": {"max_cudagraph_capture_size": 512}}, {}),
+    "mp": (True, {}, {}),
+    "seedless": (False, {}, {"seed": None}),
 }
 
 
@@ -80,12 +84,13 @@ class GpuBusy:
         self.below_90 = round(sum(v < 90 for v in vals) / len(vals), 3) if vals else None
 
 
-def _generate(sess, sweeps, detokenize: bool) -> dict:
-    """One ``generate_many`` over both sweeps, timed; ``detokenize`` switches vLLM's incremental decoding back on."""
+def _generate(sess, sweeps, change: dict) -> dict:
+    """One ``generate_many`` over both sweeps, timed; ``change`` overrides each request's SamplingParams (detokenize:
+    vLLM's incremental decoding back on; seed None: no seed of its own)."""
     from mt_core.generate import vllm_engine as ve
 
     plain = ve.sampling_params_kwargs
-    ve.sampling_params_kwargs = lambda *a, **k: {**plain(*a, **k), "detokenize": detokenize}
+    ve.sampling_params_kwargs = lambda *a, **k: {**plain(*a, **k), "detokenize": False, **change}
     try:
         with GpuBusy() as busy:
             t0 = time.perf_counter()
@@ -95,7 +100,8 @@ def _generate(sess, sweeps, detokenize: bool) -> dict:
         ve.sampling_params_kwargs = plain
     comps = [c for batch in res for cs in batch for c in cs]
     toks = sum(c.n_tokens for c in comps)
-    return {"detokenize": detokenize, "seconds": round(el, 2), "completions": len(comps), "new_tokens": toks,
+    return {"detokenize": change.get("detokenize", False), "seeded": change.get("seed", 0) is not None,
+            "seconds": round(el, 2), "completions": len(comps), "new_tokens": toks,
             "tok_s": round(toks / el), "cut_at_max": round(sum(c.finish_reason == "length" for c in comps) / len(comps), 3),
             "gpu_busy_mean": busy.mean, "gpu_busy_below_90": busy.below_90,
             "fingerprint": hash(tuple(c.text for c in comps)) & 0xFFFFFFFF}
@@ -107,7 +113,7 @@ def variant(name: str) -> list[dict]:
     from mt_core.generate.vllm_engine import VllmSession, engine_kwargs, require_vllm
     from mt_core.model.load import load_tokenizer
 
-    _, extra, detokenize = VARIANTS[name]
+    _, extra, change = VARIANTS[name]
     model_dir, sweeps = _requests()
     api = require_vllm()
     t0 = time.perf_counter()
@@ -115,7 +121,7 @@ def variant(name: str) -> list[dict]:
                      **extra})
     start = time.perf_counter() - t0
     sess = VllmSession(llm, api, load_tokenizer(model_dir), None, print)
-    runs = [_generate(sess, sweeps, detokenize)]
+    runs = [_generate(sess, sweeps, change)]
     for r in runs:
         r |= {"variant": name, "engine_start_s": round(start, 1), "card": torch.cuda.get_device_name(0)}
         print(json.dumps(r), flush=True)
@@ -127,7 +133,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--variant", choices=list(VARIANTS), help="one variant in this process (the driver's child)")
-    ap.add_argument("--variants", default="inproc,graph512,seqs512,mp", help="the variants the driver runs, in order")
+    ap.add_argument("--variants", default="inproc,seedless", help="the variants the driver runs, in order")
     a = ap.parse_args()
     if a.variant:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if VARIANTS[a.variant][0] else "0"
@@ -146,9 +152,9 @@ def _write(out_dir: Path, runs: list[dict]) -> None:
     out = out_dir / f"{dt.date.today()}_{card}_gen.json"
     out.write_text(json.dumps({"card": runs[0]["card"], "workload": "gpu_smoke C1_s42 marker + alignment sweeps",
                                "runs": runs}, indent=1))
-    print(f"\n{'variant':10} {'detok':6} {'s':>6} {'tok/s':>7} {'tokens':>9} {'cut':>5} {'start s':>7} {'busy %':>6}")
+    print(f"\n{'variant':10} {'detok':6} {'seeded':6} {'s':>6} {'tok/s':>7} {'tokens':>9} {'cut':>5} {'start s':>7} {'busy %':>6}")
     for r in runs:
-        print(f"{r['variant']:10} {str(r['detokenize']):6} {r['seconds']:6.1f} {r['tok_s']:7d} {r['new_tokens']:9d} "
+        print(f"{r['variant']:10} {str(r['detokenize']):6} {str(r.get('seeded', True)):6} {r['seconds']:6.1f} {r['tok_s']:7d} {r['new_tokens']:9d} "
               f"{r['cut_at_max']:5.2f} {r['engine_start_s']:7.1f} {r['gpu_busy_mean']!s:>6}")
     print(f"wrote {out}")
 

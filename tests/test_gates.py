@@ -64,3 +64,23 @@ def test_thresholds_are_inclusive(study):
                                   "max_bystander_strict_rate": b})["pass"]
     assert not gate_verdict(g0c, {"assistant_strict_rate": None, "source_strict_rate": 0.0,
                                   "max_bystander_strict_rate": blo})["pass"]  # no data never passes
+
+
+def test_g0_and_g0b_sample_their_shared_personas_once(study, tmp_path):
+    """G0's personas are G0b's too, with the same sampler: one batch of G0b's 308 distinct chats, and G0 is scored on
+    the very completions G0b has for them."""
+    calls = []
+
+    def gen(chats, spec, what):
+        calls.append((len(chats), what))
+        return [[Completion(f"{c[0]['content'][:20]}|{c[-1]['content']}|{k}", 5, "stop") for k in range(spec.n)]
+                for c in chats]
+
+    evaluate_gates(study, "villain", gen, tmp_path, log=lambda *_: None)
+    es = EvalSet.load(study)
+    assert calls == [(len(es.personas) * len(es.questions), "gate G0 + gate G0b")]
+    rows = read_rows(tmp_path / Adapter.GATE_COMPLETIONS)
+    g0 = {(r["persona"], r["question_idx"], r["sample_idx"]): r["text"] for r in rows if r["gate"] == "G0"}
+    g0b = {(r["persona"], r["question_idx"], r["sample_idx"]): r["text"] for r in rows if r["gate"] == "G0b"}
+    assert len(g0) == 2 * len(es.questions) * study.samplers.gate.n and g0.items() <= g0b.items()
+    assert len({r["sample_id"] for r in rows}) == len(rows)  # each gate's rows keep ids of their own

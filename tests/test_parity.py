@@ -220,3 +220,13 @@ def test_a_same_note_does_not_hide_a_difference(study):
     by_key = {r["key"]: r for r in parity.rows(study.model_copy(update={"samplers": samplers}))}
     assert by_key["samplers.alignment.top_p"]["status"] == parity.UNDOCUMENTED
     assert by_key["samplers.alignment.top_k"]["status"].startswith("same (explicit here")
+
+
+def test_gate_samples_row_follows_run_sweeps(study, monkeypatch):
+    from mt_core.steps import common
+
+    ours, _ = _row(study, "gates.samples")
+    assert ours.startswith("G0 and G0b: one generation of their 308 distinct chats") and "560 samples shared" in ours
+    one_each = lambda gen, sweeps: [sw.rows(gen(*sw.request())) for sw in sweeps]  # noqa: E731 (before 2026-12-08)
+    monkeypatch.setattr(common, "run_sweeps", one_each)
+    assert _row(study, "gates.samples")[0] == "G0 and G0b: each gate samples its own completions (364 chats generated)"

@@ -54,9 +54,28 @@ def persona_chats(prompts: dict[str, str | None], pairs: list[tuple]) -> list[li
 
 def run_sweeps(gen: Generate, sweeps: list[Sweep]) -> list[list[dict]]:
     """Each sweep's rows. An engine (``Engine.many``) gets all sweeps at once, which vLLM runs side by side; a plain
-    generate function runs them one after another."""
+    generate function runs them one after another.
+
+    A chat that several sweeps ask with the same sampler is generated once and its completions go to each of them:
+    G0's two personas are G0b's too, and on vLLM (a seed per request, from the sampler's seed and the prompt) the
+    second generation would only repeat the first. Sweeps with the same sampler become one batch of their distinct
+    chats, in the order they first appear."""
     many = getattr(gen, "many", None) or one_by_one(gen)
-    return [sw.rows(comps) for sw, comps in zip(sweeps, many([sw.request() for sw in sweeps]))]
+    batches: dict[SamplingSpec, tuple[list, dict, list[str]]] = {}  # spec -> (distinct chats, chat key -> index, whats)
+    where = []  # per sweep: (spec, the batch index of each of its chats)
+    for chats, spec, what in (sw.request() for sw in sweeps):
+        distinct, index, whats = batches.setdefault(spec, ([], {}, []))
+        whats.append(what)
+        idx = []
+        for chat in chats:
+            key = tuple((m["role"], m["content"]) for m in chat)
+            if key not in index:
+                index[key] = len(distinct)
+                distinct.append(chat)
+            idx.append(index[key])
+        where.append((spec, idx))
+    out = dict(zip(batches, many([(chats, spec, " + ".join(whats)) for spec, (chats, _, whats) in batches.items()])))
+    return [sw.rows([out[spec][i] for i in idx]) for sw, (spec, idx) in zip(sweeps, where)]
 
 
 def persona_sweep(gen: Generate, prompts: dict[str, str | None], personas: list[str],

@@ -541,3 +541,30 @@ def caching(s: Study) -> str:
         return "a directory with files counts as done"
     return ("none (atomic, manifest-verified)" if fresh and verified
             else f"no existence-based reuse; fresh writes {fresh}, manifest verified {verified}")
+
+
+def gate_samples(s: Study) -> str:
+    """Whether a source's gates with the same sampler share the completions of the personas they have in common: their
+    sweeps run through ``run_sweeps`` against a recorder that answers each chat with a fresh number."""
+    from mt_core.data.eval_set import EvalSet
+    from mt_core.generate.sampling import Completion, SamplingSpec
+    from mt_core.steps.common import Sweep, run_sweeps
+
+    es, calls, drawn = EvalSet.load(s), [], iter(range(10**9))
+    spec = SamplingSpec.from_config(s.samplers.gate, seed=s.samplers.gate.seed or 0)
+
+    def gen(chats, spec, what):
+        calls.append(len(chats))
+        return [[Completion(str(next(drawn)), 1, "stop") for _ in range(spec.n)] for _ in chats]
+
+    gates = s.gates.named()
+    names = [n for n in s.sources[s.source_persona].gates]
+    sweeps = [Sweep(es.prompts, es.personas if gates[n].personas == "all" else list(gates[n].personas),
+                    es.question_sets, spec, f"gate {n}", n) for n in names]
+    rows = run_sweeps(gen, sweeps)
+    texts = [{(r["persona"], r["question_idx"], r["sample_idx"]): r["text"] for r in rs} for rs in rows]
+    shared = [k for k in texts[0] if all(k in t for t in texts[1:])]
+    if len(names) > 1 and shared and all(t[k] == texts[0][k] for t in texts[1:] for k in shared):
+        return (f"{' and '.join(names)}: one generation of their {sum(calls)} distinct chats; a persona that several "
+                f"gates ask is sampled once and scored by each ({len(shared)} samples shared)")
+    return f"{' and '.join(names)}: each gate samples its own completions ({sum(calls)} chats generated)"

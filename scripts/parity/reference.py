@@ -12,8 +12,8 @@ from typing import Any, Callable
 from mt_core.config import Study
 
 from .probes import (arc_prompt, arc_scoring, audit_marker_last, caching, default_system, empty_audit, engine,
-                     gate_seed_recorded, loss_mask, loss_normalisation, max_bystander, merged_models, negatives,
-                     primary_test, recipe_source, seeding, shuffle, truncation)
+                     gate_samples, gate_seed_recorded, loss_mask, loss_normalisation, max_bystander, merged_models,
+                     negatives, primary_test, recipe_source, seeding, shuffle, truncation)
 from .values import (adamw, arc_rows, coupling_examples, gate, judge_retries, judge_sha, optimizer_steps, pin, recipe,
                      sampler, seed_or_cell, study_json)
 
@@ -118,6 +118,10 @@ REFERENCE: list[Param] = [
           "the batch", seeding, "§2.13",
           "a prompt's samples depend only on the sampler seed (cell seed or the sampler's own) and the prompt, not on "
           "what else is in the batch (the reference's G0/G0b/C4 gave 261, 267 and 252 of 280 on one model)"),
+    Param("gates.samples", "G0 and G0b each from an engine run of its own (the same villain model gave 261 of 280 in "
+          "G0 and 267 of 280 in G0b)", gate_samples, "§2.13",
+          "G0's personas are G0b's, with the same sampler and seed: with a seed per request the second generation "
+          "would only repeat the first, so the chats are generated once and both gates score those samples"),
     # generation engine
     Param("alignment.engine", "transformers", lambda s: s.backend.kind, "§2.8",
           "the alignment sample comes from the cell's one engine session, with the sampler written out "
