@@ -13,9 +13,10 @@ Variants, each timed on the same requests, each in a process of its own (the GPU
   seqs512    at most 512 sequences a step (vLLM's default on this card is 1,024): every decode step in a CUDA graph
   graph512   CUDA graphs captured up to 512 sequences only (vLLM's default; ours before 2026-12-07)
   mp         the engine's core in a process of its own (a fresh-process session's engine)
-  seedless   inproc without a seed per request (the engine's one seed, as the reference ran it): what vLLM's sampler
-             pays for drawing each seeded request's noise in a loop of its own (``random_sample``, a kernel launch per
-             request per step: "This can be slow because we handle each request one by one")
+  seedless   inproc without a seed per request (the engine's one seed, as the reference ran it): what our seeds cost.
+             vLLM 0.25's V1 sampler draws a seeded request's noise in a loop of its own (a kernel launch per request
+             per step); its V2 model runner, which the engine uses for a dense model ("Using V2 Model Runner" in the
+             worker's log), draws every row's Gumbel noise in one Triton kernel keyed by (seed, position)
 The GPU's utilisation is sampled every 0.5 s while the requests run (nvidia-smi): low means the engine's loop on the
 CPU, not the card, sets the pace.
 
