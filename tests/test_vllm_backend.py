@@ -290,21 +290,32 @@ def test_parity_check_passes_a_faithful_engine_and_fails_one_that_drops_the_adap
 
 
 class _HeldStandIn:
-    """A stand-in for vLLM's ``LLM`` with sleep mode, on transformers (no vLLM on this machine): it loads the base from
-    disk as vLLM does, takes weights through ``apply_model``/``load_weights`` like vLLM's model, records every sleep,
-    wake and prefix-cache reset, and decodes greedily. What it checks is the held engine's choreography and the
-    weights it is given; the real engine runs it on the GPU (bench/held_engine_check.py)."""
+    """A stand-in for vLLM's ``LLM`` with sleep mode, on transformers (no vLLM on this machine): it builds the base's
+    architecture with random weights where asked for ``load_format="dummy"`` (else loads them from disk), takes weights
+    through ``apply_model``/``load_weights`` like vLLM's model, records every sleep, wake and prefix-cache reset, and
+    decodes greedily. What it checks is the held engine's choreography and the weights it is given; the real engine
+    runs it on the GPU (bench/held_engine_check.py)."""
     made: list = []
+    skip: set = set()  # names that load_weights leaves out (a push that misses parameters)
 
     def __init__(self, **kw):
+        import torch
+
         from mt_core.model.load import load_model
 
         self.kw, self.events = kw, ["start"]
         self.model, _ = load_model(kw["model"])
+        if kw.get("load_format") == "dummy":
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.uniform_(-1e-3, 1e-3)
         _HeldStandIn.made.append(self)
 
     def apply_model(self, func):
         return [func(self)]
+
+    def named_parameters(self):
+        return self.model.named_parameters()
 
     def load_weights(self, items):
         import torch
@@ -312,9 +323,10 @@ class _HeldStandIn:
         state = self.model.state_dict()
         with torch.no_grad():
             for name, t in items:
-                state[name].copy_(t)
+                if name not in self.skip:
+                    state[name].copy_(t)
         self.events.append("load")
-        return set(state)
+        return set(state) - self.skip
 
     def reset_prefix_cache(self):
         self.events.append("reset")
@@ -367,8 +379,20 @@ def test_a_held_engine_starts_once_and_serves_each_session_its_merged_weights(ti
             assert gen.counts["engine_starts"] == starts and gen.counts["merges"] == 0
         assert holder.checksum() == before
     assert len(_HeldStandIn.made) == 1 and engine.kw["enable_sleep_mode"] is True
+    assert engine.kw["load_format"] == "dummy"  # started on random weights: every one of them came from the pushes
     assert engine.events == ["start", "load", "reset", "sleep2", "wake", "load", "reset", "sleep2"]
     assert [t[0][0].n_tokens for t in texts] == [4, 4]  # each session generated from its engine
+
+    # a push that leaves a parameter out fails the session before it generates, and the base is still put back
+    _HeldStandIn.skip = {"model.norm.weight"}
+    try:
+        with pytest.raises(RuntimeError, match=r"no weights for 1 of its .* parameters \(model.norm.weight"):
+            with held_vllm(holder, api, tiny_model_dir, tiny_adapters, log=lambda m: None) as gen:
+                gen(chats, spec, "test")
+    finally:
+        _HeldStandIn.skip = set()
+    assert engine.events[-3:] == ["wake", "load", "sleep2"]  # asleep again for the next step, which may train
+    assert holder.checksum() == before
     holder.release()
     assert holder.engine is None and holder.model is None
 

@@ -30,6 +30,27 @@ def _lora_state(peft_model) -> dict:
     return {k: v.detach().clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
 
 
+def test_host_snapshot_is_one_buffer_of_exact_copies():
+    """Every tensor of any dtype and size copied bit for bit into views of one host buffer, none sharing memory with
+    the tensor it copies (the base changes in place during a step; the snapshot must not)."""
+    import torch
+
+    from mt_core.model.resident import host_snapshot
+
+    g = torch.Generator().manual_seed(0)
+    state = {"w": torch.randn(7, 3, generator=g).bfloat16(), "b": torch.randn(5, generator=g),
+             "t": torch.randn(4, 6, generator=g).t(), "i": torch.arange(3), "m": torch.tensor([True, False, True])}
+    snap = host_snapshot(state)
+    assert snap.keys() == state.keys()
+    assert all(snap[k].dtype == t.dtype and snap[k].shape == t.shape and torch.equal(snap[k], t)
+               for k, t in state.items())
+    assert len({v.untyped_storage().data_ptr() for v in snap.values()}) == 1  # one buffer
+    assert all(v.data_ptr() % 64 == 0 for v in snap.values())
+    for t in state.values():
+        t.zero_() if t.dtype != torch.bool else t.fill_(False)
+    assert not any(torch.equal(snap[k], t) for k, t in state.items())  # copies, not views
+
+
 def test_held_base_is_restored_exactly_and_trains_like_a_fresh_one(tiny_model_dir, tmp_path, monkeypatch):
     import torch
 

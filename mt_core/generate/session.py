@@ -80,7 +80,7 @@ def session(study: Study, model_dir: Path, adapters=(), *, loaded=None,
     from mt_core.model.resident import model_for
 
     counts = {"engine_starts": 1, "merges": 0 if loaded else int(bool(adapters))}
-    with contextlib.nullcontext(loaded) if loaded else model_for(model_dir, adapters) as (model, tok):
+    with contextlib.nullcontext(loaded) if loaded else model_for(model_dir, adapters, log=log) as (model, tok):
         yield Engine(lambda chats, spec, what: generate(model, tok, chats, spec, log=log, what=what),
                      lambda: (model, tok), counts)
 
@@ -93,15 +93,15 @@ def held_vllm(holder, api, model_dir: Path, adapters: list, log) -> Iterator[Eng
     from mt_core.generate.vllm_engine import HeldEngine, VllmSession
     from mt_core.model.resident import model_for
 
-    with model_for(model_dir, adapters, holder) as (model, tok):  # lent: holder.model_dir is model_dir now
+    with model_for(model_dir, adapters, holder, log) as (model, tok):  # lent: holder.model_dir is model_dir now
         if holder.engine is None:
             holder.engine = HeldEngine(api, holder.model_dir, log)
         engine, starts = holder.engine, holder.engine.starts
         engine.log = log
-        engine.load(model)
-        counts = {"engine_starts": engine.starts - starts, "merges": 0, "merges_in_memory": len(adapters),
-                  "engine_pushes": engine.pushes}
-        try:
+        try:  # asleep again however the session ends (a failed push included): the next step may train
+            engine.load(model)
+            counts = {"engine_starts": engine.starts - starts, "merges": 0, "merges_in_memory": len(adapters),
+                      "engine_pushes": engine.pushes}
             s = VllmSession(engine.llm, api, tok, None, log)
             yield Engine(s.generate, lambda: (model, tok), counts, s.generate_many)
         finally:

@@ -333,7 +333,10 @@ class HeldEngine:
             kw["gpu_memory_utilization"] = round(min(0.85, HELD_CARD_SHARE - (total - free) / total), 3)
         _registry_warmed(self.model_dir, self.log)
         t0 = time.perf_counter()
-        self.llm = self.api.LLM(**engine_kwargs(self.model_dir, adapters=[], enable_sleep_mode=True, **kw))
+        # dummy weights: every session pushes its own before it generates (``load`` checks that the push covers
+        # every parameter), so the engine does not read the 15 GB the worker has just loaded
+        self.llm = self.api.LLM(**engine_kwargs(self.model_dir, adapters=[], enable_sleep_mode=True, **kw),
+                                load_format="dummy")
         self.starts, self.awake = self.starts + 1, True
         self.log(f"vllm: engine started in {time.perf_counter() - t0:.0f}s (held: asleep between sessions, "
                  f"gpu_memory_utilization {kw.get('gpu_memory_utilization', 'default')})")
@@ -349,11 +352,15 @@ class HeldEngine:
             self.awake = True
         t0 = time.perf_counter()  # the push alone (a first session's start is logged by _start)
         state = model.state_dict()
-        loaded = self.llm.apply_model(lambda m: m.load_weights(state.items()))
+        loaded, params = self.llm.apply_model(
+            lambda m: (set(m.load_weights(state.items())), {n for n, _ in m.named_parameters()}))[0]
+        if missing := params - loaded:  # they would keep the engine's start-up (dummy) values
+            raise RuntimeError(f"the held engine got no weights for {len(missing)} of its {len(params)} parameters "
+                               f"({', '.join(sorted(missing)[:4])}, ...) from {len(state)} pushed tensors")
         self.llm.reset_prefix_cache()
         self.pushes += 1
-        self.log(f"vllm: {len(state)} tensors pushed to the held engine in {time.perf_counter() - t0:.1f}s"
-                 + (f" ({len(loaded[0])} parameters loaded)" if loaded and loaded[0] else ""))
+        self.log(f"vllm: {len(state)} tensors pushed to the held engine in {time.perf_counter() - t0:.1f}s "
+                 f"(all {len(params)} of its parameters loaded)")
 
     def sleep(self) -> None:
         if self.llm is not None and self.awake:

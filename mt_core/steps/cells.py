@@ -48,7 +48,7 @@ def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path |
         log(f"{cell_key}: no second stage (condition {cell.condition})")
         return {"second_stage": "none", "n_steps": 0}
     recipe = study.recipes[cell.recipe]
-    with model_for(BaseModel.model_dir(base), model_adapters(coupling)) as (model, tok):  # base + coupling
+    with model_for(BaseModel.model_dir(base), model_adapters(coupling), log=log) as (model, tok):  # base + coupling
         examples = build_examples(recipe.loss, tok, read_chat_jsonl(data / Dataset.DATA), marker=study.marker,
                                   max_length=recipe.max_length)
         seed = cell.seed if recipe.seed is None else recipe.seed
@@ -222,7 +222,7 @@ def probe_states(study: Study, cell_key: str, base: Path, adapters: list[Path], 
 
     es, layers = EvalSet.load(study), study.probe.layers
     pairs = persona_pairs(es.personas, es.question_sets)
-    with model_for(BaseModel.model_dir(base), adapters) as (model, tok):
+    with model_for(BaseModel.model_dir(base), adapters, log=log) as (model, tok):
         x = last_token_states(model, tok, persona_chats(es.prompts, pairs), layers)
     n, n_layers, hidden = x.shape
     pl.DataFrame({"persona": np.repeat([p for p, *_ in pairs], n_layers),

@@ -85,7 +85,7 @@ def train_coupling_adapter(study: Study, source: str, base: Path, dataset: Path,
     key, (source, variant) = source, study.coupling_target(source)
     recipe = study.coupling_recipe(key)
     vllm = study.backend.kind == "vllm"
-    with model_for(BaseModel.model_dir(base)) as (model, tok):
+    with model_for(BaseModel.model_dir(base), log=log) as (model, tok):
         mids = marker_ids(tok, study.marker)
         records = map(json.loads, (dataset / CouplingData.RECORDS).read_text().splitlines())
         examples = build_examples(recipe.loss, tok, (r["prompt"] + r["completion"] for r in records),
