@@ -93,7 +93,11 @@ def speed_context(peft_model, speed, device, log: Callable[[str], None], head_lo
             kernel = varlen_kernel() if speed.attention == "varlen" else varlen_reference
             undo.enter_context(_attention(peft_model, VARLEN, _varlen_attention(kernel)))
         if speed.compile:
+            from mt_core.model import warmup
+
+            warmup.wait(log)  # a compile started ahead (mt_core.model.warmup): its graphs are in the caches now
             head_loss = undo.enter_context(_compiled_regions(peft_model, head_loss))
+            warmup.compiled()
             log(f"train: regional torch.compile of {len(base_model(peft_model).get_decoder().layers)} decoder "
                 "layers and the head loss (compiles on the first step)")
         if speed.packing:
