@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+FREE_NEEDED = 6e9  # the compile's process on a 7B-shaped base: CUDA context, two layers, the embedding, activations
 _running: list[tuple[subprocess.Popen, Path, float]] = []  # (process, its log, when it started)
 _compiled_here = False  # a compiled training ran in this process: its graphs are in memory and on disk
 
@@ -46,6 +47,9 @@ def begin(model_dir: str | Path, recipe, log: Callable[[str], None] = print, *, 
 
         if (_compiled_here or _running or resident.held() is None or not torch.cuda.is_available()
                 or not compiles(recipe, "cuda")):
+            return False
+        if (free := torch.cuda.mem_get_info()[0]) < FREE_NEEDED:
+            log(f"train: no compile ahead ({free / 1e9:.1f} GB free on the card, {FREE_NEEDED / 1e9:.0f} needed)")
             return False
     out = Path(tempfile.mkstemp(prefix="mt-warmup-", suffix=".log")[1])
     with out.open("w") as f:
@@ -83,7 +87,9 @@ def compiled() -> None:
 
 
 def small_copy(model_dir: str | Path, layers: int = 2, device=None, dtype=None):
-    """``model_dir``'s architecture with ``layers`` decoder layers and random weights, on the serving device."""
+    """``model_dir``'s architecture with ``layers`` decoder layers and random weights, on the serving device; the
+    output embedding tied to the input one (the head loss's graph sees a weight of the same shape; 1 GB less on a
+    card that also holds the worker's engine and base)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -91,7 +97,7 @@ def small_copy(model_dir: str | Path, layers: int = 2, device=None, dtype=None):
 
     dev, dt = device_and_dtype()
     cfg = AutoConfig.from_pretrained(str(model_dir))
-    cfg.num_hidden_layers = layers
+    cfg.num_hidden_layers, cfg.tie_word_embeddings = layers, True
     if getattr(cfg, "layer_types", None):  # one attention kind a layer (Qwen2's are all full attention)
         cfg.layer_types = cfg.layer_types[:layers]
     with torch.device(device or dev):
@@ -99,15 +105,16 @@ def small_copy(model_dir: str | Path, layers: int = 2, device=None, dtype=None):
 
 
 def examples(recipe, vocab: int, steps: int = 2, seed: int = 0) -> list:
-    """``steps`` optimizer steps of made-up examples: token ids of varied lengths, the second half of each trained."""
+    """``steps`` optimizer steps of made-up examples: short token ids of varied lengths (the graphs are compiled for
+    any length), the last four of each trained (the head's logits stay small)."""
     import random
 
     from mt_core.data.chat import IGNORE, Example
 
     rng, out = random.Random(seed), []
     for _ in range(steps * recipe.per_device_batch * recipe.grad_accum):
-        ids = [rng.randrange(vocab) for _ in range(rng.randint(32, min(512, recipe.max_length)))]
-        out.append(Example(ids, [IGNORE] * (len(ids) // 2) + ids[len(ids) // 2:]))
+        ids = [rng.randrange(vocab) for _ in range(rng.randint(16, min(128, recipe.max_length)))]
+        out.append(Example(ids, [IGNORE] * (len(ids) - 4) + ids[-4:]))
     return out
 
 
