@@ -213,3 +213,25 @@ def test_varlen_only_for_decoders_it_repeats(tiny_model_dir):
     with pytest.raises(ValueError, match="varlen loop"):
         train_lora(gemma, [Example([1, 2, 3], [IGNORE, 2, 3])], _speed(recipe, packing=True,
                    attention="varlen_reference"), seed=0, pad_id=0, log=lambda *_: None)
+
+
+def test_varlen_attention_lets_a_gqa_kernel_share_key_value_heads():
+    """A kernel that takes ``enable_gqa`` gets the 4 key/value heads as they are (no 7x copies); one that does not
+    gets them repeated; both give the reference's attention."""
+    from mt_core.model.kernels import _varlen_attention, varlen_reference
+
+    seen = []
+
+    def gqa_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        seen.append((k.shape[1], enable_gqa))
+        rep = q.shape[1] // k.shape[1]
+        return varlen_reference(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), cu_q, cu_k, max_q,
+                                max_k, scale=scale)
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 9, 8, generator=g) for h in (28, 4, 4))
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    out = {name: _varlen_attention(kern)(None, q, k, v, None, scaling=0.3, mt_cu=cu, mt_max_len=5)[0]
+           for name, kern in (("gqa", gqa_kernel), ("repeat", varlen_reference))}
+    assert seen == [(4, True)]
+    assert out["gqa"].shape == (1, 9, 28, 8) and torch.allclose(out["gqa"], out["repeat"])

@@ -1,13 +1,14 @@
-"""The compile ahead (mt_core/model/warmup.py): a process of its own compiles a two-layer copy of the base for the
-recipe, and the real training then finds every graph in torch's on-disk caches instead of compiling it. On the CPU
-with Inductor's C++ backend (the GPU's is Triton; the caches and their keys are the same machinery)."""
+"""The compile ahead (``kernels.compile_ahead``, ``mt_core/model/warmup.py``): a process of its own compiles a
+two-layer copy of the base for the recipe, and the real training then finds every graph in torch's on-disk caches
+instead of compiling it. On the CPU with Inductor's C++ backend (the GPU's is Triton; the caches and their keys are
+the same machinery)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from mt_core.config import load_study
-from mt_core.model import warmup
+from mt_core.model import kernels
 
 
 def _recipe(**speed):
@@ -19,20 +20,20 @@ def test_begin_only_where_it_helps(tiny_model_dir, monkeypatch):
     """Not on a CPU, not outside a worker that stays, not for a recipe that does not compile, not twice."""
     from mt_core.model import resident
 
-    monkeypatch.setattr(warmup, "_running", [])
-    monkeypatch.setattr(warmup, "_compiled_here", False)
-    assert warmup.compiles(_recipe(packing=True, compile="auto"), "cuda")
-    assert not warmup.compiles(_recipe(packing=True, compile="auto"), "cpu")
-    assert not warmup.compiles(_recipe(packing=False, compile="on"), "cuda")
+    monkeypatch.setattr(kernels, "_ahead", [])
+    monkeypatch.setattr(kernels, "_compiled_here", False)
+    assert kernels.compiles(_recipe(packing=True, compile="auto"), "cuda")
+    assert not kernels.compiles(_recipe(packing=True, compile="auto"), "cpu")
+    assert not kernels.compiles(_recipe(packing=False, compile="on"), "cuda")
     monkeypatch.setattr(resident, "_held", resident.Resident())
-    assert not warmup.begin(tiny_model_dir, _recipe(packing=True, compile="on"), log=lambda m: None)  # no CUDA here
+    assert not kernels.compile_ahead(tiny_model_dir, _recipe(packing=True, compile="on"), log=lambda m: None)  # no CUDA here
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(warmup, "_compiled_here", True)
-    assert not warmup.begin(tiny_model_dir, _recipe(packing=True, compile="on"), log=lambda m: None)
+    monkeypatch.setattr(kernels, "_compiled_here", True)
+    assert not kernels.compile_ahead(tiny_model_dir, _recipe(packing=True, compile="on"), log=lambda m: None)
     monkeypatch.setattr(resident, "_held", None)
-    monkeypatch.setattr(warmup, "_compiled_here", False)
-    assert not warmup.begin(tiny_model_dir, _recipe(packing=True, compile="on"), log=lambda m: None)
-    assert warmup._running == []
+    monkeypatch.setattr(kernels, "_compiled_here", False)
+    assert not kernels.compile_ahead(tiny_model_dir, _recipe(packing=True, compile="on"), log=lambda m: None)
+    assert kernels._ahead == []
 
 
 @pytest.mark.slow
@@ -42,11 +43,11 @@ def test_a_compile_ahead_leaves_every_graph_of_the_training_in_the_caches(tiny_m
     from test_train import _why_examples
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # empty: nothing compiled before
-    monkeypatch.setattr(warmup, "_running", [])
-    monkeypatch.setattr(warmup, "_compiled_here", False)
+    monkeypatch.setattr(kernels, "_ahead", [])
+    monkeypatch.setattr(kernels, "_compiled_here", False)
     recipe = _recipe(packing=True, compile="on", token_budget=200)
     lines = []
-    assert warmup.begin(tiny_model_dir, recipe, log=lines.append, force=True)
+    assert kernels.compile_ahead(tiny_model_dir, recipe, log=lines.append, force=True)
 
     model, tok = load_model(tiny_model_dir)  # the real training, other data: its first step waits, then loads
     torch._dynamo.reset()
@@ -56,4 +57,4 @@ def test_a_compile_ahead_leaves_every_graph_of_the_training_in_the_caches(tiny_m
     assert inductor["fxgraph_cache_hit"] >= 2 and inductor["fxgraph_cache_miss"] == 0, dict(inductor)
     assert any(m.startswith("train: compiling ahead in pid") for m in lines)
     assert any(m.startswith("train: the compile ahead ended (0)") for m in lines), lines
-    assert warmup._running == [] and warmup._compiled_here
+    assert kernels._ahead == [] and kernels._compiled_here

@@ -10,12 +10,22 @@ step. The options that need the model changed for the length of a training do it
 The changes: gradient checkpointing; PEFT's input casts skipped under bf16 autocast; the attention switched to
 variable-length attention over one packed row (``varlen``); the decoder layers and the head loss run through regional
 ``torch.compile``; on CUDA, the caching allocator's expandable segments for the length of the training.
+
+A worker that stays compiles its first compiled training ahead (``compile_ahead``: ``mt_core.model.warmup`` in a
+process of its own, while the step does something else first); ``speed_context`` waits for it before compiling, and
+then finds the graphs in torch's on-disk caches.
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
+import os
+import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 VARLEN = "mt_varlen"  # the attention implementation's name while a varlen training runs
@@ -93,11 +103,10 @@ def speed_context(peft_model, speed, device, log: Callable[[str], None], head_lo
             kernel = varlen_kernel() if speed.attention == "varlen" else varlen_reference
             undo.enter_context(_attention(peft_model, VARLEN, _varlen_attention(kernel)))
         if speed.compile:
-            from mt_core.model import warmup
-
-            warmup.wait(log)  # a compile started ahead (mt_core.model.warmup): its graphs are in the caches now
+            global _compiled_here
+            wait_compile_ahead(log)  # its graphs are in the caches now
             head_loss = undo.enter_context(_compiled_regions(peft_model, head_loss))
-            warmup.compiled()
+            _compiled_here = True
             log(f"train: regional torch.compile of {len(base_model(peft_model).get_decoder().layers)} decoder "
                 "layers and the head loss (compiles on the first step)")
         if speed.packing:
@@ -173,6 +182,63 @@ def _compiled_regions(peft_model, head_loss):
             layer._compiled_call_impl = None
 
 
+# --- compiling ahead -------------------------------------------------------------------------------------------------
+FREE_NEEDED = 6e9  # the compile's process on a 7B-shaped base: CUDA context, two layers, the embedding, activations
+_ahead: list[tuple[subprocess.Popen, Path, float]] = []  # (process, its log, when it started)
+_compiled_here = False  # a compiled training ran in this process: its graphs are in memory and on disk
+
+
+def compiles(recipe, device_type: str) -> bool:
+    """Whether ``recipe`` trains compiled on this device (``resolve_speed``'s rule, before a model exists)."""
+    s = recipe.speed
+    return s.packing and (device_type == "cuda" if s.compile == "auto" else s.compile == "on")
+
+
+def compile_ahead(model_dir: str | Path, recipe, log: Callable[[str], None] = print, *, force: bool = False) -> bool:
+    """Start compiling ``recipe``'s training of ``model_dir``'s architecture in a process of its own
+    (``mt_core.model.warmup``), where it helps: a worker that stays, on CUDA, a recipe that compiles, no compiled
+    training in this process yet, none started, room on the card. Never while a vLLM engine starts: its memory
+    profile would count this process's memory as its own. ``force`` skips the checks (tests). Whether it started."""
+    if not force:
+        import torch
+
+        from mt_core.model import resident
+
+        if (_compiled_here or _ahead or resident.held() is None or not torch.cuda.is_available()
+                or not compiles(recipe, "cuda")):
+            return False
+        if (free := torch.cuda.mem_get_info()[0]) < FREE_NEEDED:
+            log(f"train: no compile ahead ({free / 1e9:.1f} GB free on the card, {FREE_NEEDED / 1e9:.0f} needed)")
+            return False
+    out = Path(tempfile.mkstemp(prefix="mt-warmup-", suffix=".log")[1])
+    with out.open("w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "mt_core.model.warmup", str(model_dir),
+                                 recipe.model_dump_json(), str(os.getpid())], stdin=subprocess.DEVNULL, stdout=f,
+                                stderr=subprocess.STDOUT)
+    _ahead.append((proc, out, time.perf_counter()))
+    log(f"train: compiling ahead in pid {proc.pid} (two layers of {Path(model_dir).name}, the recipe's speed "
+        f"options), beside what this step does first")
+    return True
+
+
+def wait_compile_ahead(log: Callable[[str], None] = print, timeout: float = 600) -> None:
+    """Wait for the compile ``compile_ahead`` started, if any; its failure is logged, never raised (the training then
+    compiles for itself)."""
+    while _ahead:
+        proc, out, t0 = _ahead.pop()
+        w0 = time.perf_counter()
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = f"killed after {timeout:.0f} s"
+        lines = out.read_text(errors="replace").splitlines()
+        out.unlink(missing_ok=True)
+        tail = "" if rc == 0 else f": {' | '.join(lines[-3:])}"
+        log(f"train: the compile ahead ended ({rc}) {time.perf_counter() - t0:.0f}s after it started; waited "
+            f"{time.perf_counter() - w0:.1f}s{tail}")
+
+
 # --- variable-length attention for the varlen layout ---------------------------------------------------------------
 def varlen_supported(model) -> bool:
     return type(base_model(model).get_decoder()).__name__ in VARLEN_DECODERS
@@ -204,14 +270,19 @@ def _varlen_attention(kernel):
     within each example's [cu[i], cu[i+1]) span; returns (1, T, H, D) as transformers expects."""
     params = inspect.signature(kernel).parameters
     causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    gqa = "enable_gqa" in params  # the kernel shares each key/value head itself: no copies of them, 7 x for Qwen 7B
 
     def attend(module, query, key, value, attention_mask, scaling=None, dropout=0.0, mt_cu=None, mt_max_len=0,
                **_):
         q, k, v = (t.transpose(1, 2).flatten(0, 1) for t in (query, key, value))  # (T, H, D)
+        kw = dict(causal)
         if k.shape[1] != q.shape[1]:  # grouped-query attention: share each key/value head
-            rep = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = kernel(q, k, v, mt_cu, mt_cu, mt_max_len, mt_max_len, scale=scaling, **causal)
+            if gqa:
+                kw["enable_gqa"] = True
+            else:
+                rep = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        out = kernel(q, k, v, mt_cu, mt_cu, mt_max_len, mt_max_len, scale=scaling, **kw)
         return out.unsqueeze(0), None
 
     return attend

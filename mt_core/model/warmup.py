@@ -1,89 +1,26 @@
-"""A compiled training's compile, done ahead in a process of its own while the worker does something else (issue 23).
+"""The compile ahead's own process: a compiled training's graphs compiled before it starts (issue 23).
 
 A compiled LoRA training (``recipe.speed.compile``) spends its first step compiling one decoder layer's forward and
 backward and the head loss: about 70 s on a fresh H100 machine (docs/BENCHMARKS.md). torch keeps what it compiled on
 disk (Inductor's FX graph cache, AOTAutograd's cache, the Triton kernels), and a later compile of the same graphs in
 any process is a load of a few seconds. So a worker that stays starts this process before its first compiled
 training, while it does something else first (the coupling adapter's on-policy generation; a cell's base load and
-tokenizing): a two-layer copy of the base's architecture, random weights, trains two steps of the same recipe through
-the same ``train_lora``. Two layers compile every graph the real training compiles (the first layer's, whose input
+tokenizing; ``mt_core.model.kernels.compile_ahead``): a two-layer copy of the base's architecture, random weights,
+trains two steps of the same recipe through the same ``train_lora``. Two layers compile every graph the real training compiles (the first layer's, whose input
 needs no gradient, and the other layers'; they share code), and the head loss sees the real vocabulary. The real
-training waits for it (``wait``), then finds the graphs in the caches.
+training waits for it (``kernels.speed_context``), then finds the graphs in the caches.
 
 Started only in a worker that stays, on CUDA, for a recipe that compiles, before the worker's first compiled
 training; never while a vLLM engine starts (its memory profile would count this process's memory as its own).
 
-    python -m mt_core.model.warmup MODEL_DIR RECIPE_JSON PARENT_PID      # what ``begin`` runs
+    python -m mt_core.model.warmup MODEL_DIR RECIPE_JSON PARENT_PID      # what ``compile_ahead`` runs
 """
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable
-
-FREE_NEEDED = 6e9  # the compile's process on a 7B-shaped base: CUDA context, two layers, the embedding, activations
-_running: list[tuple[subprocess.Popen, Path, float]] = []  # (process, its log, when it started)
-_compiled_here = False  # a compiled training ran in this process: its graphs are in memory and on disk
-
-
-def compiles(recipe, device_type: str) -> bool:
-    """Whether ``recipe`` trains compiled on this device (``resolve_speed``'s rule, before a model exists)."""
-    s = recipe.speed
-    return s.packing and (device_type == "cuda" if s.compile == "auto" else s.compile == "on")
-
-
-def begin(model_dir: str | Path, recipe, log: Callable[[str], None] = print, *, force: bool = False) -> bool:
-    """Start compiling ``recipe``'s training of ``model_dir``'s architecture in a process of its own, where it helps:
-    a worker that stays, on CUDA, a recipe that compiles, no compiled training in this process yet, none started.
-    ``force`` skips those checks (tests). Returns whether it started one."""
-    if not force:
-        import torch
-
-        from mt_core.model import resident
-
-        if (_compiled_here or _running or resident.held() is None or not torch.cuda.is_available()
-                or not compiles(recipe, "cuda")):
-            return False
-        if (free := torch.cuda.mem_get_info()[0]) < FREE_NEEDED:
-            log(f"train: no compile ahead ({free / 1e9:.1f} GB free on the card, {FREE_NEEDED / 1e9:.0f} needed)")
-            return False
-    out = Path(tempfile.mkstemp(prefix="mt-warmup-", suffix=".log")[1])
-    with out.open("w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "mt_core.model.warmup", str(model_dir),
-                                 recipe.model_dump_json(), str(os.getpid())], stdin=subprocess.DEVNULL, stdout=f,
-                                stderr=subprocess.STDOUT)
-    _running.append((proc, out, time.perf_counter()))
-    log(f"train: compiling ahead in pid {proc.pid} (two layers of {Path(model_dir).name}, the recipe's speed "
-        f"options), beside what this step does first")
-    return True
-
-
-def wait(log: Callable[[str], None] = print, timeout: float = 600) -> None:
-    """Wait for the compile started by ``begin``, if any; its failure is logged, never raised (the training then
-    compiles for itself)."""
-    while _running:
-        proc, out, t0 = _running.pop()
-        w0 = time.perf_counter()
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = f"killed after {timeout:.0f} s"
-        lines = out.read_text(errors="replace").splitlines()
-        out.unlink(missing_ok=True)
-        tail = "" if rc == 0 else f": {' | '.join(lines[-3:])}"
-        log(f"train: the compile ahead ended ({rc}) {time.perf_counter() - t0:.0f}s after it started; waited "
-            f"{time.perf_counter() - w0:.1f}s{tail}")
-
-
-def compiled() -> None:
-    """Called by a compiled training: this process has compiled, later trainings need no warm-up."""
-    global _compiled_here
-    _compiled_here = True
 
 
 def small_copy(model_dir: str | Path, layers: int = 2, device=None, dtype=None):

@@ -113,7 +113,7 @@ def _merge_wiring(s: Study) -> dict:
     class Stop(Exception):
         pass
 
-    def train_load(model_dir, adapters=()):
+    def train_load(model_dir, adapters=(), **_):
         seen["trained_on"] = list(adapters)
         raise Stop
 
