@@ -47,9 +47,12 @@ def test_a_compile_ahead_leaves_every_graph_of_the_training_in_the_caches(tiny_m
     monkeypatch.setattr(kernels, "_compiled_here", False)
     recipe = _recipe(packing=True, compile="on", token_budget=200)
     lines = []
+    model, tok = load_model(tiny_model_dir)  # (sets this process's torch threads)
+    # the CPU's C++ kernels are specialised on the thread count, which is part of their cache key (the GPU's are not)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     assert kernels.compile_ahead(tiny_model_dir, recipe, log=lines.append, force=True)
 
-    model, tok = load_model(tiny_model_dir)  # the real training, other data: its first step waits, then loads
+    # the real training, other data: its first step waits for the compile ahead, then loads what it compiled
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     train_lora(model, _why_examples(tok, 32), recipe, seed=3, pad_id=tok.pad_token_id, log=lines.append)

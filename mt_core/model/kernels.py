@@ -87,6 +87,7 @@ def speed_context(peft_model, speed, device, log: Callable[[str], None], head_lo
     On exit every change is undone, in reverse order, also when the training raises: the model leaves as it came,
     eager, with its own attention, PEFT's input casts and no gradient checkpointing.
     """
+    global _compiled_here
     from peft.helpers import disable_input_dtype_casting
 
     speed = resolve_speed(speed, peft_model, device)
@@ -103,7 +104,6 @@ def speed_context(peft_model, speed, device, log: Callable[[str], None], head_lo
             kernel = varlen_kernel() if speed.attention == "varlen" else varlen_reference
             undo.enter_context(_attention(peft_model, VARLEN, _varlen_attention(kernel)))
         if speed.compile:
-            global _compiled_here
             wait_compile_ahead(log)  # its graphs are in the caches now
             head_loss = undo.enter_context(_compiled_regions(peft_model, head_loss))
             _compiled_here = True
