@@ -183,6 +183,7 @@ def test_launch_one_cell_from_the_ui(server, tmp_path_factory):
             rate_ci = re.compile(r"^\d+\.\d % \(\d+/\d+; 95 % CI \d+\.\d–\d+\.\d %\)$")
             assert rates.get_by_text(rate_ci).count() >= 11 * 2  # strict, loose
             up = f"/assets/{STUDY}/marker_completions?view=partitions&partition={CELL}"
+            panel.locator(f'a[href="{up}"]').first.wait_for()  # its rows may render after the table's first ones
             assert panel.locator(f'a[href="{up}"]').count() == 1
             assert panel.locator(f'a[href="/runs/{run.run_id}"]').count() == 1
             assert _long_floats(panel.inner_text()) == []
