@@ -8,6 +8,8 @@ second with everything compiled in memory. Each logs every step's wall time; Dyn
 are printed (TORCH_LOGS) and its compile-time table at the end.
 
     TORCH_LOGS=recompiles,graph_breaks python bench/compile_probe.py [--steps 24]
+    python bench/compile_probe.py --ahead     # first the compile ahead (kernels.compile_ahead) in its own process,
+                                              # timed, then the same two trainings: the cold one now loads its graphs
 """
 import argparse
 import random
@@ -28,9 +30,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--mean-tokens", type=float, default=560)
+    ap.add_argument("--ahead", action="store_true", help="compile ahead in a process of its own first (a worker's way)")
     a = ap.parse_args()
-    model, _ = build_model(QWEN7B, "cuda")
     rc = with_speed(recipe(), **OURS)
+    if a.ahead:  # the child reads the architecture from a folder: the same config, written once
+        import tempfile
+
+        from transformers import Qwen2Config
+
+        from mt_core.model import kernels
+
+        cfg_dir = Path(tempfile.mkdtemp(prefix="mt-compile-probe-"))
+        Qwen2Config(**QWEN7B).save_pretrained(str(cfg_dir))
+        t0 = time.perf_counter()
+        kernels.compile_ahead(cfg_dir, rc, log=print, force=True)
+        kernels.wait_compile_ahead(log=print)
+        print(f"== ahead: {time.perf_counter() - t0:.1f}s in its own process", flush=True)
+    model, _ = build_model(QWEN7B, "cuda")
     per_step = rc.per_device_batch * rc.grad_accum
     examples = sft_examples(per_step * a.steps * 2, QWEN7B["vocab_size"], a.mean_tokens, random.Random(0))
     for run, data in (("cold", examples[: per_step * a.steps]), ("warm", examples[per_step * a.steps:])):
