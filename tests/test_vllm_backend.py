@@ -83,6 +83,7 @@ def test_engine_kwargs(tmp_path):
     assert (plain["dtype"], plain["max_model_len"], plain["gpu_memory_utilization"], plain["seed"]) == \
         ("bfloat16", 2048, 0.85, 3)
     assert plain["compilation_config"] == {"max_cudagraph_capture_size": vb.CUDA_GRAPH_MAX_BATCH}
+    assert plain["skip_tokenizer_init"] is True  # token ids in, token ids out: decoded by to_completions
 
 
 def test_vllm_missing_message(qwen, tmp_path):
