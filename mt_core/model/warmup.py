@@ -6,9 +6,10 @@ disk (Inductor's FX graph cache, AOTAutograd's cache, the Triton kernels), and a
 any process is a load of a few seconds. So a worker that stays starts this process before its first compiled
 training, while it does something else first (the coupling adapter's on-policy generation; a cell's base load and
 tokenizing; ``mt_core.model.kernels.compile_ahead``): a two-layer copy of the base's architecture, random weights,
-trains two steps of the same recipe through the same ``train_lora``. Two layers compile every graph the real training compiles (the first layer's, whose input
-needs no gradient, and the other layers'; they share code), and the head loss sees the real vocabulary. The real
-training waits for it (``kernels.speed_context``), then finds the graphs in the caches.
+trains two steps of the same recipe through the same ``train_lora``. Two layers compile every layer graph the real
+training compiles (the first layer's, whose input needs no gradient, and the other layers'; they share code). The
+real training waits for it (``kernels.speed_context``), then finds the layers' graphs in the caches and compiles only
+the small head loss (the copy's vocabulary is smaller: ``small_copy``).
 
 Started only in a worker that stays, on CUDA, for a recipe that compiles, before the worker's first compiled
 training; never while a vLLM engine starts (its memory profile would count this process's memory as its own).
@@ -22,11 +23,14 @@ import sys
 import time
 from pathlib import Path
 
+VOCAB = 4096  # the copy's vocabulary at most
 
-def small_copy(model_dir: str | Path, layers: int = 2, device=None, dtype=None):
-    """``model_dir``'s architecture with ``layers`` decoder layers and random weights, on the serving device; the
-    output embedding tied to the input one (the head loss's graph sees a weight of the same shape; 1 GB less on a
-    card that also holds the worker's engine and base)."""
+
+def small_copy(model_dir: str | Path, layers: int = 2, vocab: int = VOCAB, device=None, dtype=None):
+    """``model_dir``'s architecture with ``layers`` decoder layers and random weights, on the serving device, with at
+    most ``vocab`` tokens and the output embedding tied to the input one. The layers' graphs do not depend on the
+    vocabulary; the head loss's does, and the real training compiles that small graph itself (a few seconds): a 7B
+    base's 152,064 x 3,584 embeddings would put 1-2 GB more on a card that also holds the worker's awake engine."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -35,6 +39,7 @@ def small_copy(model_dir: str | Path, layers: int = 2, device=None, dtype=None):
     dev, dt = device_and_dtype()
     cfg = AutoConfig.from_pretrained(str(model_dir))
     cfg.num_hidden_layers, cfg.tie_word_embeddings = layers, True
+    cfg.vocab_size = min(cfg.vocab_size, vocab)
     if getattr(cfg, "layer_types", None):  # one attention kind a layer (Qwen2's are all full attention)
         cfg.layer_types = cfg.layer_types[:layers]
     with torch.device(device or dev):
