@@ -330,6 +330,9 @@ class HeldEngine:
     def _start(self) -> None:
         import torch
 
+        from mt_core.model.kernels import wait_compile_ahead
+
+        wait_compile_ahead(self.log)  # a compile beside vLLM's memory profile would be counted as the engine's
         kw = {}
         if torch.cuda.is_available():  # vLLM's share is of the whole card, the held base's memory included
             free, total = torch.cuda.mem_get_info()
