@@ -4,6 +4,8 @@ instead of compiling it. On the CPU with Inductor's C++ backend (the GPU's is Tr
 the same machinery)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -16,24 +18,48 @@ def _recipe(**speed):
     return r.model_copy(update={"epochs": 1, "lr": 5e-3, "speed": r.speed.model_copy(update=speed)})
 
 
-def test_begin_only_where_it_helps(tiny_model_dir, monkeypatch):
-    """Not on a CPU, not outside a worker that stays, not for a recipe that does not compile, not twice."""
-    from mt_core.model import resident
+def test_compile_ahead_only_where_it_helps(tiny_model_dir, monkeypatch):
+    """In a worker that stays, on CUDA, for a recipe that compiles, before any compiled training, with room on the
+    card: then the child is started (its command recorded here) and waited for. Nowhere else."""
+    started = []
 
+    class Child:
+        pid = 4242
+
+        def __init__(self, cmd, **kw):
+            started.append(cmd)
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(kernels.subprocess, "Popen", Child)
     monkeypatch.setattr(kernels, "_ahead", [])
     monkeypatch.setattr(kernels, "_compiled_here", False)
-    assert kernels.compiles(_recipe(packing=True, compile="auto"), "cuda")
-    assert not kernels.compiles(_recipe(packing=True, compile="auto"), "cpu")
+    monkeypatch.setattr(kernels, "_stays", True)
+    recipe, lines = _recipe(packing=True, compile="auto"), []
+    assert kernels.compiles(recipe, "cuda") and not kernels.compiles(recipe, "cpu")
     assert not kernels.compiles(_recipe(packing=False, compile="on"), "cuda")
-    monkeypatch.setattr(resident, "_held", resident.Resident())
-    assert not kernels.compile_ahead(tiny_model_dir, _recipe(packing=True, compile="on"), log=lambda m: None)  # no CUDA here
+    assert not kernels.compile_ahead(tiny_model_dir, recipe, log=lines.append)  # no CUDA on this machine
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(kernels, "_compiled_here", True)
-    assert not kernels.compile_ahead(tiny_model_dir, _recipe(packing=True, compile="on"), log=lambda m: None)
-    monkeypatch.setattr(resident, "_held", None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (2e9, 80e9))
+    assert not kernels.compile_ahead(tiny_model_dir, recipe, log=lines.append)
+    assert lines[-1] == "train: no compile ahead (2.0 GB free on the card, 6 needed)"
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (20e9, 80e9))
+    for stays, compiled in ((False, False), (True, True)):  # a fresh process per step; a process that compiled
+        monkeypatch.setattr(kernels, "_stays", stays)
+        monkeypatch.setattr(kernels, "_compiled_here", compiled)
+        assert not kernels.compile_ahead(tiny_model_dir, recipe, log=lines.append)
+    assert not kernels.compile_ahead(tiny_model_dir, _recipe(packing=True, compile="off"), log=lines.append)
+    assert started == []
+
     monkeypatch.setattr(kernels, "_compiled_here", False)
-    assert not kernels.compile_ahead(tiny_model_dir, _recipe(packing=True, compile="on"), log=lambda m: None)
-    assert kernels._ahead == []
+    assert kernels.compile_ahead(tiny_model_dir, recipe, log=lines.append)
+    assert not kernels.compile_ahead(tiny_model_dir, recipe, log=lines.append)  # one at a time
+    [cmd] = started
+    assert cmd[1:4] == ["-m", "mt_core.model.warmup", str(tiny_model_dir)] and json.loads(cmd[4])["lora_r"] == 8
+    kernels.wait_compile_ahead(log=lines.append)
+    assert lines[-1].startswith("train: the compile ahead ended (0)") and kernels._ahead == []
 
 
 @pytest.mark.slow

@@ -186,6 +186,14 @@ def _compiled_regions(peft_model, head_loss):
 FREE_NEEDED = 6e9  # the compile's process on a 7B-shaped base: CUDA context, two layers, the embedding, activations
 _ahead: list[tuple[subprocess.Popen, Path, float]] = []  # (process, its log, when it started)
 _compiled_here = False  # a compiled training ran in this process: its graphs are in memory and on disk
+_stays = False  # this process is a worker that stays (``mt_core.model.resident.hold``): its next trainings benefit
+
+
+def worker_stays() -> None:
+    """Called when this process becomes a worker that stays: compiling ahead pays here (a fresh process per step
+    would compile from the disk caches anyway)."""
+    global _stays
+    _stays = True
 
 
 def compiles(recipe, device_type: str) -> bool:
@@ -202,10 +210,7 @@ def compile_ahead(model_dir: str | Path, recipe, log: Callable[[str], None] = pr
     if not force:
         import torch
 
-        from mt_core.model import resident
-
-        if (_compiled_here or _ahead or resident.held() is None or not torch.cuda.is_available()
-                or not compiles(recipe, "cuda")):
+        if _compiled_here or _ahead or not _stays or not torch.cuda.is_available() or not compiles(recipe, "cuda"):
             return False
         if (free := torch.cuda.mem_get_info()[0]) < FREE_NEEDED:
             log(f"train: no compile ahead ({free / 1e9:.1f} GB free on the card, {FREE_NEEDED / 1e9:.0f} needed)")

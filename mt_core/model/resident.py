@@ -146,9 +146,11 @@ def hold() -> Resident:
     global _held
     if _held is None:
         from mt_core.data.chat import remember_built
+        from mt_core.model.kernels import worker_stays
 
         _held = Resident()
         remember_built(2)  # the EM and the benign data: every cell of a condition trains on the same chats
+        worker_stays()  # its first compiled training is compiled ahead
     return _held
 
 
