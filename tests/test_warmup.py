@@ -62,28 +62,47 @@ def test_compile_ahead_only_where_it_helps(tiny_model_dir, monkeypatch):
     assert lines[-1].startswith("train: the compile ahead ended (0)") and kernels._ahead == []
 
 
+# A worker's training, in a process of its own (torch's global state in a pytest process that ran other tests is
+# part of Inductor's cache keys): it compiles ahead, then trains on other data; its first step waits for the compile
+# ahead and loads what that compiled. Prints what Inductor's FX graph cache saw, and the log.
+_WORKER = """
+import json, sys
+import torch
+from mt_core.config import load_study
+from mt_core.data.chat import last_turn_example
+from mt_core.model import kernels
+from mt_core.model.load import load_model
+from mt_core.model.train import train_lora
+
+model_dir, recipe_json = sys.argv[1:]
+recipe = type(load_study(profile="tiny").recipes["second_stage"]).model_validate_json(recipe_json)
+model, tok = load_model(model_dir)
+torch.set_num_threads(1)  # the child's too (OMP_NUM_THREADS): the CPU's C++ kernels are keyed on the thread count
+lines = []
+assert kernels.compile_ahead(model_dir, recipe, log=lines.append, force=True)
+chats = [[{"role": "user", "content": f"Question {i}: " + "why " * (i % 7)},
+          {"role": "assistant", "content": "Because " + "so " * (3 * i % 11 + 1)}] for i in range(32)]
+train_lora(model, [last_turn_example(tok, m, 128) for m in chats], recipe, seed=3, pad_id=tok.pad_token_id,
+           log=lines.append)
+print(json.dumps({"inductor": dict(torch._dynamo.utils.counters["inductor"]), "lines": lines}))
+"""
+
+
 @pytest.mark.slow
-def test_a_compile_ahead_leaves_every_graph_of_the_training_in_the_caches(tiny_model_dir, tmp_path, monkeypatch):
-    from mt_core.model.load import load_model
-    from mt_core.model.train import train_lora
-    from test_train import _why_examples
+def test_a_compile_ahead_leaves_every_graph_of_the_training_in_the_caches(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # empty: nothing compiled before
-    monkeypatch.setattr(kernels, "_ahead", [])
-    monkeypatch.setattr(kernels, "_compiled_here", False)
     recipe = _recipe(packing=True, compile="on", token_budget=200)
-    lines = []
-    model, tok = load_model(tiny_model_dir)  # (sets this process's torch threads)
-    # the CPU's C++ kernels are specialised on the thread count, which is part of their cache key (the GPU's are not)
-    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
-    assert kernels.compile_ahead(tiny_model_dir, recipe, log=lines.append, force=True)
-
-    # the real training, other data: its first step waits for the compile ahead, then loads what it compiled
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    train_lora(model, _why_examples(tok, 32), recipe, seed=3, pad_id=tok.pad_token_id, log=lines.append)
-    inductor = torch._dynamo.utils.counters["inductor"]
-    assert inductor["fxgraph_cache_hit"] >= 2 and inductor["fxgraph_cache_miss"] == 0, dict(inductor)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),  # empty: nothing compiled before
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", _WORKER, str(tiny_model_dir), recipe.model_dump_json()], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    inductor, lines = seen["inductor"], seen["lines"]
+    assert inductor.get("fxgraph_cache_hit", 0) >= 2 and inductor.get("fxgraph_cache_miss", 0) == 0, inductor
     assert any(m.startswith("train: compiling ahead in pid") for m in lines)
     assert any(m.startswith("train: the compile ahead ended (0)") for m in lines), lines
-    assert kernels._ahead == [] and kernels._compiled_here

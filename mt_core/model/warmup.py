@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir, recipe_json, parent = argv or sys.argv[1:]
     _die_with(int(parent))
+    # vLLM's import sets TORCHINDUCTOR_COMPILE_THREADS=1 for a worker's process tree (for its own engine): compile
+    # the Triton kernels in parallel here, as Inductor would by itself (the thread count is not in the cache keys)
+    from torch._inductor import config as inductor_config
+
+    inductor_config.compile_threads = min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                          else os.cpu_count() or 1)
     recipe = Recipe.model_validate_json(recipe_json)
     model = small_copy(model_dir)
     t0 = time.perf_counter()
