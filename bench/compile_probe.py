@@ -66,6 +66,10 @@ def main() -> None:
         model = pm.unload()
         print(f"== {run}: {res.n_steps} steps, {res.seen_tokens} tokens in {wall:.1f}s "
               f"({res.seen_tokens / wall:.0f} tok/s over the whole training)", flush=True)
+        counters = torch._dynamo.utils.counters  # what the caches saw (hits, misses, bypasses and why)
+        print(f"== {run} caches: inductor {dict(counters['inductor'])}; aot_autograd {dict(counters['aot_autograd'])}",
+              flush=True)
+        counters.clear()
     try:
         from torch._dynamo.utils import compile_times
         print(compile_times(repr="str", aggregate=True))
