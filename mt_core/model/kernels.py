@@ -11,9 +11,11 @@ The changes: gradient checkpointing; PEFT's input casts skipped under bf16 autoc
 variable-length attention over one packed row (``varlen``); the decoder layers and the head loss run through regional
 ``torch.compile``; on CUDA, the caching allocator's expandable segments for the length of the training.
 
-A worker that stays compiles its first compiled training ahead (``compile_ahead``: ``mt_core.model.warmup`` in a
-process of its own, while the step does something else first); ``speed_context`` waits for it before compiling, and
-then finds the graphs in torch's on-disk caches.
+A training's compile can be done ahead in a process of its own (``compile_ahead``: ``mt_core.model.warmup``), and
+``speed_context`` waits for one that runs before it compiles. No step starts one now: in the worker run of
+2026-12-08 on an H100 the worker's training did not find the child's graphs (it waited 78 s, then compiled for about
+100 s), while on the CPU a clean process finds all of them (tests/test_warmup.py); ``bench/compile_probe.py --ahead``
+separates the two on a GPU (docs/BENCHMARKS.md).
 """
 from __future__ import annotations
 

@@ -11,8 +11,10 @@ training compiles (the first layer's, whose input needs no gradient, and the oth
 real training waits for it (``kernels.speed_context``), then finds the layers' graphs in the caches and compiles only
 the small head loss (the copy's vocabulary is smaller: ``small_copy``).
 
-Started only in a worker that stays, on CUDA, for a recipe that compiles, before the worker's first compiled
-training; never while a vLLM engine starts (its memory profile would count this process's memory as its own).
+Meant for a worker that stays, on CUDA, for a recipe that compiles, before the worker's first compiled training;
+never while a vLLM engine starts (its memory profile would count this process's memory as its own). No step starts
+it yet: on an H100 the worker's training did not reuse what it compiled (docs/BENCHMARKS.md, "a partial worker run,
+session 25"); ``bench/compile_probe.py --ahead`` is the next measurement.
 
     python -m mt_core.model.warmup MODEL_DIR RECIPE_JSON PARENT_PID      # what ``compile_ahead`` runs
 """

@@ -21,7 +21,6 @@ from mt_core.io import check_md5, read_chat_jsonl, write_json
 from mt_core.layout import (Adapter, AlignmentCompletions, AlignmentScores, ArcScores, Audit, BaseModel,
                             CompletionLength, Dataset, MarkerCompletions, MarkerRates, ProbeStates, read_rows, row_keys,
                             write_rows)
-from mt_core.model.kernels import compile_ahead
 from mt_core.model.resident import model_for
 from mt_core.model.tracking import WandbSettings
 from mt_core.records import ArcSummary
@@ -49,7 +48,6 @@ def train_cell_adapter(study: Study, cell_key: str, base: Path, coupling: Path |
         log(f"{cell_key}: no second stage (condition {cell.condition})")
         return {"second_stage": "none", "n_steps": 0}
     recipe = study.recipes[cell.recipe]
-    compile_ahead(BaseModel.model_dir(base), recipe, log)  # a worker's first training: compile it beside the load
     with model_for(BaseModel.model_dir(base), model_adapters(coupling), log=log) as (model, tok):  # base + coupling
         examples = build_examples(recipe.loss, tok, read_chat_jsonl(data / Dataset.DATA), marker=study.marker,
                                   max_length=recipe.max_length)

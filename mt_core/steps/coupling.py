@@ -13,7 +13,6 @@ from mt_core.generate.sampling import SamplingSpec
 from mt_core.generate.session import Generate, session
 from mt_core.io import read_json, write_json
 from mt_core.layout import Adapter, BaseModel, CouplingData, Onpolicy, read_rows, row_keys, write_rows
-from mt_core.model.kernels import compile_ahead
 from mt_core.model.load import merge_lora
 from mt_core.model.resident import model_for
 from mt_core.model.tracking import WandbSettings
@@ -32,8 +31,6 @@ def onpolicy_completions(study: Study, source: str, base: Path, out: Path, log: 
     personas = [src_persona] + negs
     spec = SamplingSpec.from_config(study.samplers.onpolicy, seed=cd.seed)
     with session(study, BaseModel.model_dir(base), log=log) as gen:
-        # the engine has started (never compile beside its memory profile): the coupling training's compile, ahead
-        compile_ahead(BaseModel.model_dir(base), study.coupling_recipe(source), log)
         rows = persona_sweep(gen, es.prompts, personas, {"coupling": es.coupling_questions}, spec,
                              f"onpolicy[{source}]", owner=source)
     write_rows(rows, out / Onpolicy.COMPLETIONS, row_keys(study, source=source))
