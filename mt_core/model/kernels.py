@@ -75,10 +75,9 @@ def resolve_speed(speed, model, device) -> Resolved:
     if attention == "varlen" and speed.packing and varlen_kernel() is None:
         raise ValueError("attention='varlen': this torch has no torch.nn.attention.varlen kernel; "
                          "use 'varlen_reference' or 'mask'")
-    compile = speed.packing and (cuda if speed.compile == "auto" else speed.compile == "on")
-    return Resolved(packing=speed.packing, attention=attention if speed.packing else "mask", compile=compile,
-                    token_budget=speed.token_budget, gradient_checkpointing=speed.gradient_checkpointing,
-                    row_tokens=speed.row_tokens)
+    return Resolved(packing=speed.packing, attention=attention if speed.packing else "mask",
+                    compile=compiles(speed, device.type), token_budget=speed.token_budget,
+                    gradient_checkpointing=speed.gradient_checkpointing, row_tokens=speed.row_tokens)
 
 
 # --- applying -----------------------------------------------------------------------------------------------------
@@ -198,10 +197,10 @@ def worker_stays() -> None:
     _stays = True
 
 
-def compiles(recipe, device_type: str) -> bool:
-    """Whether ``recipe`` trains compiled on this device (``resolve_speed``'s rule, before a model exists)."""
-    s = recipe.speed
-    return s.packing and (device_type == "cuda" if s.compile == "auto" else s.compile == "on")
+def compiles(speed, device_type: str) -> bool:
+    """Whether a recipe's ``speed`` trains compiled on this device: "auto" is on with packing on CUDA; without
+    packing nothing is compiled (``resolve_speed`` and ``compile_ahead`` both ask here)."""
+    return speed.packing and (device_type == "cuda" if speed.compile == "auto" else speed.compile == "on")
 
 
 def compile_ahead(model_dir: str | Path, recipe, log: Callable[[str], None] = print, *, force: bool = False) -> bool:
@@ -212,7 +211,7 @@ def compile_ahead(model_dir: str | Path, recipe, log: Callable[[str], None] = pr
     if not force:
         import torch
 
-        if _compiled_here or _ahead or not _stays or not torch.cuda.is_available() or not compiles(recipe, "cuda"):
+        if _compiled_here or _ahead or not _stays or not torch.cuda.is_available() or not compiles(recipe.speed, "cuda"):
             return False
         if (free := torch.cuda.mem_get_info()[0]) < FREE_NEEDED:
             log(f"train: no compile ahead ({free / 1e9:.1f} GB free on the card, {FREE_NEEDED / 1e9:.0f} needed)")

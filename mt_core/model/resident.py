@@ -150,7 +150,7 @@ def hold() -> Resident:
 
         _held = Resident()
         remember_built(2)  # the EM and the benign data: every cell of a condition trains on the same chats
-        worker_stays()  # its first compiled training is compiled ahead
+        worker_stays()  # a compile ahead may serve its first compiled training (kernels.compile_ahead)
     return _held
 
 
