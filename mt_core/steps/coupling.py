@@ -142,19 +142,25 @@ def judge_variant(study: Study, key: str, gates: dict, model, tok, out: Path, lo
     return res
 
 
+def gate_sweeps(study: Study, source: str) -> dict[str, tuple[Gate, Sweep]]:
+    """Each gate of this source with its sweep: the gate sampler over the gate's personas x every question."""
+    es = EvalSet.load(study)
+    spec = SamplingSpec.from_config(study.samplers.gate, seed=study.samplers.gate.seed or 0)
+    gates = {name: study.gates.named()[name] for name in study.sources[source].gates}
+    return {name: (g, Sweep(es.prompts, es.personas if g.personas == "all" else list(g.personas), es.question_sets,
+                            spec, f"gate {name}", owner=f"{source}/{name}")) for name, g in gates.items()}
+
+
 def evaluate_gates(study: Study, source: str, gen: Generate, out: Path, log: Log) -> dict:
     """Run each gate of this source on the freshly trained coupling model; write gate completions and verdicts."""
     es = EvalSet.load(study)
-    spec = SamplingSpec.from_config(study.samplers.gate, seed=study.samplers.gate.seed or 0)
     own = study.sources[source].persona
-    gates = {name: study.gates.named()[name] for name in study.sources[source].gates}
-    sweeps = [Sweep(es.prompts, es.personas if g.personas == "all" else list(g.personas), es.question_sets, spec,
-                    f"gate {name}", owner=f"{source}/{name}") for name, g in gates.items()]
+    gates = gate_sweeps(study, source)
     results, rows_all = {}, []
-    for (name, g), sw, rows in zip(gates.items(), sweeps, run_sweeps(gen, sweeps)):  # one engine call for all gates
+    for (name, (g, sw)), rows in zip(gates.items(), run_sweeps(gen, [sw for _, sw in gates.values()])):  # one call
         rows = score_markers(study, rows)
         results[name] = {**gate_verdict(g, summarize(study, rows, sw.personas, es.questions, own)["summary"]),
-                         "seed": spec.seed, "bystanders_exclude": [study.assistant_persona, own]}
+                         "seed": sw.spec.seed, "bystanders_exclude": [study.assistant_persona, own]}
         rows_all += [{**r, "gate": name} for r in rows]
         log(f"gate {name}: {'PASS' if results[name]['pass'] else 'FAIL'} {results[name]}")
     write_rows(rows_all, out / Adapter.GATE_COMPLETIONS, row_keys(study, source=source))

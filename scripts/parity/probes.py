@@ -546,22 +546,19 @@ def caching(s: Study) -> str:
 def gate_samples(s: Study) -> str:
     """Whether a source's gates with the same sampler share the completions of the personas they have in common: their
     sweeps run through ``run_sweeps`` against a recorder that answers each chat with a fresh number."""
-    from mt_core.data.eval_set import EvalSet
-    from mt_core.generate.sampling import Completion, SamplingSpec
-    from mt_core.steps.common import Sweep, run_sweeps
+    from mt_core.generate.sampling import Completion
+    from mt_core.steps.common import run_sweeps
+    from mt_core.steps.coupling import gate_sweeps
 
-    es, calls, drawn = EvalSet.load(s), [], iter(range(10**9))
-    spec = SamplingSpec.from_config(s.samplers.gate, seed=s.samplers.gate.seed or 0)
+    calls, drawn = [], iter(range(10**9))
 
     def gen(chats, spec, what):
         calls.append(len(chats))
         return [[Completion(str(next(drawn)), 1, "stop") for _ in range(spec.n)] for _ in chats]
 
-    gates = s.gates.named()
-    names = [n for n in s.sources[s.source_persona].gates]
-    sweeps = [Sweep(es.prompts, es.personas if gates[n].personas == "all" else list(gates[n].personas),
-                    es.question_sets, spec, f"gate {n}", n) for n in names]
-    rows = run_sweeps(gen, sweeps)
+    gates = gate_sweeps(s, s.source_persona)
+    names = list(gates)
+    rows = run_sweeps(gen, [sw for _, sw in gates.values()])
     texts = [{(r["persona"], r["question_idx"], r["sample_idx"]): r["text"] for r in rs} for rs in rows]
     shared = [k for k in texts[0] if all(k in t for t in texts[1:])]
     if len(names) > 1 and shared and all(t[k] == texts[0][k] for t in texts[1:] for k in shared):
