@@ -91,7 +91,7 @@ def _generate(sess, sweeps, change: dict) -> dict:
     from mt_core.generate import vllm_engine as ve
 
     plain = ve.sampling_params_kwargs
-    ve.sampling_params_kwargs = lambda *a, **k: {**plain(*a, **k), "detokenize": False, **change}
+    ve.sampling_params_kwargs = lambda *a, **k: {**plain(*a, **k), **change}
     try:
         with GpuBusy() as busy:
             t0 = time.perf_counter()
@@ -153,10 +153,12 @@ def _write(out_dir: Path, runs: list[dict]) -> None:
     out = out_dir / f"{dt.date.today()}_{card}_gen.json"
     out.write_text(json.dumps({"card": runs[0]["card"], "workload": "gpu_smoke C1_s42 marker + alignment sweeps",
                                "runs": runs}, indent=1))
-    print(f"\n{'variant':10} {'detok':6} {'seeded':6} {'s':>6} {'tok/s':>7} {'tokens':>9} {'cut':>5} {'start s':>7} {'busy %':>6}")
+    print(f"\n{'variant':10} {'detok':6} {'seeded':6} {'s':>6} {'tok/s':>7} {'tokens':>9} {'cut':>5} {'start s':>7} "
+          f"{'busy %':>6}")
     for r in runs:
-        print(f"{r['variant']:10} {str(r['detokenize']):6} {str(r.get('seeded', True)):6} {r['seconds']:6.1f} {r['tok_s']:7d} {r['new_tokens']:9d} "
-              f"{r['cut_at_max']:5.2f} {r['engine_start_s']:7.1f} {r['gpu_busy_mean']!s:>6}")
+        print(f"{r['variant']:10} {str(r['detokenize']):6} {str(r.get('seeded', True)):6} {r['seconds']:6.1f} "
+              f"{r['tok_s']:7d} {r['new_tokens']:9d} {r['cut_at_max']:5.2f} {r['engine_start_s']:7.1f} "
+              f"{r['gpu_busy_mean']!s:>6}")
     print(f"wrote {out}")
 
 
